@@ -1,0 +1,177 @@
+//! The `Backend` trait (DESIGN §5): the kernel-level operations that `reference`, `emu` and
+//! `cuda` implement. Inputs reaching a backend are already validated by [`crate::ops`] (shapes,
+//! finiteness, ranges); a backend may assume them and must return results obeying the
+//! tie rule of DESIGN §4 (higher score first, equal scores → lower id).
+
+use crate::candidates::Candidates;
+use crate::error::{Error, Result};
+use crate::index::{Codebook, Codebooks, Embeddings, Index, Tree};
+use crate::matrix::Matrix;
+use crate::metric::Metric;
+use crate::tables::QueryTables;
+use crate::topk::TopK;
+
+/// What [`Backend::assign`] computes besides the hard code.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AssignOptions {
+    /// Best codes kept per row (`1 ≤ top_m ≤ K`).
+    pub top_m: usize,
+    /// Inverse temperature `α` for soft weights `softmax_k(α·logit_k)`; `None` skips them.
+    pub alpha: Option<f32>,
+    /// Also return the hard residual `r - C[code]`.
+    pub residual: bool,
+}
+
+impl Default for AssignOptions {
+    fn default() -> Self {
+        AssignOptions {
+            top_m: 1,
+            alpha: None,
+            residual: false,
+        }
+    }
+}
+
+/// One level's assignment of `n` rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    /// Codes kept per row (`top_m`).
+    pub top_m: usize,
+    /// `n × top_m` codes, best first (highest logit, ties → lowest code).
+    pub codes: Vec<u32>,
+    /// `n × top_m` logits at `α = 1` without the constant: `2<r, C[k]> - ||C[k]||²`.
+    pub logits: Vec<f32>,
+    /// `n × K` soft weights `softmax_k(α·logit_k)` when asked for.
+    pub soft: Option<Matrix>,
+    /// `n × d` hard residuals `r - C[code]` when asked for.
+    pub residual: Option<Matrix>,
+}
+
+/// Codes of `n` items over all levels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoding {
+    /// Number of levels `L`.
+    pub levels: usize,
+    /// `n × L` codes, item-major.
+    pub codes: Vec<u32>,
+    /// `||x - x̂||²` per item.
+    pub error: Vec<f32>,
+}
+
+/// The kernel-level operations of one backend. See the module docs for the contract.
+pub trait Backend: Send + Sync {
+    /// Short name (`reference`, `emu`, `cuda`).
+    fn name(&self) -> &'static str;
+
+    /// One level of code assignment for `residuals` (`n × d`) over `codebook` (`K × d`).
+    fn assign(
+        &self,
+        residuals: &Matrix,
+        codebook: &Codebook,
+        opts: &AssignOptions,
+    ) -> Result<Assignment>;
+
+    /// Encodes `items` (`n × d`) over all levels keeping the `beam` best partial paths by
+    /// squared reconstruction error (`beam = 1`: greedy).
+    fn encode(&self, items: &Matrix, codebooks: &Codebooks, beam: usize) -> Result<Encoding>;
+
+    /// Lookup tables of `queries` (`B × d`).
+    fn lookup_tables(
+        &self,
+        queries: &Matrix,
+        codebooks: &Codebooks,
+        metric: Metric,
+    ) -> Result<QueryTables>;
+
+    /// Beam traversal: keep `beams[l]` nodes per query at depth `l+1`
+    /// (`1 ≤ beams.len() ≤ L`).
+    fn traverse(&self, tables: &QueryTables, tree: &Tree, beams: &[usize]) -> Result<Candidates>;
+
+    /// Fused residual lookup + top-k over each query's candidate items. Returned ids are
+    /// item positions, ranked by (score, caller id `index.ids[pos]`) so that ties follow the
+    /// caller's ids; missing slots are `-1` / `-inf`.
+    fn fused_topk(
+        &self,
+        tables: &QueryTables,
+        index: &Index,
+        candidates: &Candidates,
+        k: usize,
+    ) -> Result<TopK>;
+
+    /// Re-scores each query's `shortlist` (item positions, `-1` = empty) exactly against
+    /// `embeddings` (rows = positions) and keeps the best `k`, ranked by (score, `ids[pos]`);
+    /// returned ids are positions.
+    fn rerank(
+        &self,
+        queries: &Matrix,
+        embeddings: &Embeddings,
+        ids: &[i64],
+        metric: Metric,
+        shortlist: &TopK,
+        k: usize,
+    ) -> Result<TopK>;
+
+    /// Row-wise top-k of `scores` (`rows × n`); ids are column indices.
+    fn topk(&self, scores: &Matrix, k: usize) -> Result<TopK>;
+
+    /// Segmented top-k: segment `s` is `values[offsets[s]..offsets[s+1]]`; ids are offsets
+    /// within the segment.
+    fn segmented_topk(&self, values: &[f32], offsets: &[usize], k: usize) -> Result<TopK>;
+
+    /// Exact brute-force top-k of `queries` against `items` (ids are item rows).
+    fn exact_topk(
+        &self,
+        queries: &Matrix,
+        items: &Matrix,
+        metric: Metric,
+        k: usize,
+    ) -> Result<TopK>;
+}
+
+/// Which backend to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// `cuda` when a device and kernels are present, else `reference`.
+    Auto,
+    /// The CPU reference.
+    Reference,
+    /// The CUDA kernels emulated on the CPU.
+    Emu,
+    /// The CUDA kernels on a GPU.
+    Cuda,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendKind::Auto),
+            "reference" => Ok(BackendKind::Reference),
+            "emu" => Ok(BackendKind::Emu),
+            "cuda" => Ok(BackendKind::Cuda),
+            _ => Err(Error::param(format!(
+                "backend '{s}': expected auto, reference, emu or cuda"
+            ))),
+        }
+    }
+}
+
+/// Opens the backend `kind`; for `Auto`, also says why it chose what it chose.
+pub fn open(kind: BackendKind) -> Result<(Box<dyn Backend>, String)> {
+    match kind {
+        BackendKind::Reference => Ok((
+            Box::new(crate::reference::Reference),
+            "reference: requested".into(),
+        )),
+        BackendKind::Emu => Err(Error::BackendUnavailable(
+            "the emu backend is not part of this build".into(),
+        )),
+        BackendKind::Cuda => Err(Error::BackendUnavailable(
+            "the cuda backend is not part of this build (feature `cuda`)".into(),
+        )),
+        BackendKind::Auto => Ok((
+            Box::new(crate::reference::Reference),
+            "reference: no CUDA backend in this build".into(),
+        )),
+    }
+}

@@ -1,0 +1,100 @@
+//! Item embeddings kept in the index for exact re-ranking, in item (code) order.
+
+use half::f16;
+
+use crate::error::{Error, Result};
+use crate::matrix::Matrix;
+
+/// How stored embeddings are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmbeddingKind {
+    /// Not stored; `rerank = exact` is unavailable.
+    None,
+    /// Half precision (2 bytes per value).
+    F16,
+    /// Single precision.
+    F32,
+}
+
+impl std::str::FromStr for EmbeddingKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(EmbeddingKind::None),
+            "f16" => Ok(EmbeddingKind::F16),
+            "f32" => Ok(EmbeddingKind::F32),
+            _ => Err(Error::param(format!(
+                "embedding storage '{s}': expected none, f16 or f32"
+            ))),
+        }
+    }
+}
+
+/// `N × d` embeddings, row `i` = item position `i`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Embeddings {
+    /// f32 rows.
+    F32(Matrix),
+    /// f16 rows, row-major, `rows × cols`.
+    F16 {
+        /// Number of rows `N`.
+        rows: usize,
+        /// Dimension `d`.
+        cols: usize,
+        /// Values, row-major.
+        data: Vec<f16>,
+    },
+}
+
+impl Embeddings {
+    /// Converts `m` into the requested storage (`None` for [`EmbeddingKind::None`]).
+    pub fn store(m: Matrix, kind: EmbeddingKind) -> Option<Embeddings> {
+        match kind {
+            EmbeddingKind::None => None,
+            EmbeddingKind::F32 => Some(Embeddings::F32(m)),
+            EmbeddingKind::F16 => Some(Embeddings::F16 {
+                rows: m.rows(),
+                cols: m.cols(),
+                data: m.data().iter().map(|&v| f16::from_f32(v)).collect(),
+            }),
+        }
+    }
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            Embeddings::F32(m) => m.rows(),
+            Embeddings::F16 { rows, .. } => *rows,
+        }
+    }
+    /// Dimension.
+    pub fn cols(&self) -> usize {
+        match self {
+            Embeddings::F32(m) => m.cols(),
+            Embeddings::F16 { cols, .. } => *cols,
+        }
+    }
+    /// The storage kind.
+    pub fn kind(&self) -> EmbeddingKind {
+        match self {
+            Embeddings::F32(_) => EmbeddingKind::F32,
+            Embeddings::F16 { .. } => EmbeddingKind::F16,
+        }
+    }
+    /// Row `i` widened to f32 into `out` (`out.len() == cols`).
+    pub fn row_into(&self, i: usize, out: &mut [f32]) {
+        match self {
+            Embeddings::F32(m) => out.copy_from_slice(m.row(i)),
+            Embeddings::F16 { cols, data, .. } => {
+                for (o, v) in out.iter_mut().zip(&data[i * cols..(i + 1) * cols]) {
+                    *o = v.to_f32();
+                }
+            }
+        }
+    }
+    /// Row `i` widened to f32.
+    pub fn row(&self, i: usize) -> Vec<f32> {
+        let mut out = vec![0.0; self.cols()];
+        self.row_into(i, &mut out);
+        out
+    }
+}

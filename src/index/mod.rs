@@ -1,0 +1,103 @@
+//! The index: codebooks, item codes in code order, the caller's ids, the tree, norms and
+//! optional embeddings — everything search needs, validated as a whole.
+
+pub mod codebooks;
+pub mod codes;
+pub mod embeddings;
+pub mod tree;
+
+use crate::error::{Error, Result};
+use crate::metric::Metric;
+pub use codebooks::{Codebook, Codebooks};
+pub use codes::{CodeData, Codes};
+pub use embeddings::{EmbeddingKind, Embeddings};
+pub use tree::{Depth, Tree};
+
+/// A built index. Item arrays are indexed by *position* (code order), not by caller id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Index {
+    /// Similarity used by search.
+    pub metric: Metric,
+    /// The `L` codebooks.
+    pub codebooks: Codebooks,
+    /// `L × N` codes in item (code) order.
+    pub codes: Codes,
+    /// The caller's id of each item position, length `N`, distinct.
+    pub ids: Vec<i64>,
+    /// `||x̂||²` of each item position's reconstruction, length `N`.
+    pub item_norms: Vec<f32>,
+    /// The code tree.
+    pub tree: Tree,
+    /// Embeddings in item order, when kept.
+    pub embeddings: Option<Embeddings>,
+}
+
+impl Index {
+    /// Number of items `N`.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    /// True for an index without items (never produced by the builder or the loader).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    /// Dimension `d`.
+    pub fn dim(&self) -> usize {
+        self.codebooks.dim()
+    }
+    /// Number of levels `L`.
+    pub fn levels(&self) -> usize {
+        self.codebooks.levels()
+    }
+
+    /// Checks every invariant: lengths, code ranges, tree structure, distinct ids, finite
+    /// norms, embedding shape. The loader calls this; so can anyone who edits an index.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.codes.items();
+        if n == 0 {
+            return Err(Error::index("the index has no items"));
+        }
+        if self.ids.len() != n || self.item_norms.len() != n {
+            return Err(Error::index(format!(
+                "{n} items in codes, {} ids, {} item norms",
+                self.ids.len(),
+                self.item_norms.len()
+            )));
+        }
+        let sizes = self.codebooks.sizes();
+        self.codes.check_range(&sizes)?;
+        let narrow = matches!(self.codes.data(), CodeData::U8(_));
+        if narrow != self.codebooks.fits_u8() {
+            return Err(Error::index(
+                "code width does not match codebook sizes (u8 iff every K <= 256)",
+            ));
+        }
+        self.tree.validate(&self.codes, &sizes)?;
+        let mut sorted = self.ids.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::index(format!("item id {} appears twice", w[0])));
+        }
+        if let Some(i) = self
+            .item_norms
+            .iter()
+            .position(|v| !v.is_finite() || *v < 0.0)
+        {
+            return Err(Error::index(format!(
+                "item norm at position {i} is invalid ({})",
+                self.item_norms[i]
+            )));
+        }
+        if let Some(e) = &self.embeddings {
+            if e.rows() != n || e.cols() != self.dim() {
+                return Err(Error::index(format!(
+                    "embeddings are {} x {}, expected {n} x {}",
+                    e.rows(),
+                    e.cols(),
+                    self.dim()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
