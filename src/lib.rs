@@ -8,11 +8,17 @@
 
 pub mod backend;
 pub mod candidates;
+pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod index;
 pub mod matrix;
 pub mod metric;
+pub mod ops;
+pub mod progress;
 pub mod reference;
+pub mod search;
+pub mod synthetic;
 pub mod tables;
 pub mod topk;
 

@@ -1,9 +1,12 @@
 //! The index: codebooks, item codes in code order, the caller's ids, the tree, norms and
 //! optional embeddings — everything search needs, validated as a whole.
 
+pub mod build;
 pub mod codebooks;
 pub mod codes;
 pub mod embeddings;
+pub mod kmeans;
+pub mod stats;
 pub mod tree;
 
 use crate::error::{Error, Result};

@@ -1,0 +1,133 @@
+//! The search pipeline of DESIGN §3: lookup tables → beam traversal → fused residual lookup
+//! with top-k → optional exact re-rank → the caller's ids and scores, best first.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::index::Index;
+use crate::matrix::Matrix;
+use crate::ops;
+use crate::tables::QueryTables;
+use crate::topk::{TopK, NO_ID};
+
+/// Whether to re-score the approximate shortlist against stored embeddings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rerank {
+    /// Return the lookup-table scores.
+    #[default]
+    None,
+    /// Re-score the best `rerank_k` candidates exactly (`None`: all candidates).
+    Exact {
+        /// Shortlist length per query; at least `k`.
+        rerank_k: Option<usize>,
+    },
+}
+
+/// Search parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchParams {
+    /// Results per query.
+    pub k: usize,
+    /// Beam width per depth; the search goes `beams.len()` levels deep.
+    pub beams: Vec<usize>,
+    /// Exact re-rank.
+    pub rerank: Rerank,
+}
+
+/// Results of a batch search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchOutput {
+    /// `B × k` caller ids and scores, best first; `-1` / `-inf` where fewer than `k`
+    /// candidates were found.
+    pub topk: TopK,
+    /// Candidate items scanned per query (items under its kept nodes).
+    pub candidates: Vec<usize>,
+}
+
+/// Replaces the level-1 lookup table with a caller's scores of every depth-1 node
+/// (`B × n1`): the score of depth-1 node `j` stands in for `LUT_1[code_j]` in every sum.
+fn fold_level1(tables: &mut QueryTables, index: &Index, scores: &Matrix) -> Result<()> {
+    let d1 = &index.tree.depths[0];
+    if scores.rows() != tables.queries() || scores.cols() != d1.len() {
+        return Err(Error::shape(format!(
+            "level-1 scores are {} x {}, expected {} queries x {} depth-1 nodes",
+            scores.rows(),
+            scores.cols(),
+            tables.queries(),
+            d1.len()
+        )));
+    }
+    scores.check_finite("level-1 scores")?;
+    let lut = &mut tables.levels[0];
+    let kk = lut.cols();
+    for b in 0..scores.rows() {
+        let row = &mut lut.data_mut()[b * kk..(b + 1) * kk];
+        row.fill(0.0);
+        for (j, &s) in scores.row(b).iter().enumerate() {
+            row[d1.code[j] as usize] = s;
+        }
+    }
+    Ok(())
+}
+
+/// Searches `queries` (`B × d`, finite) in `index`. `level1` optionally replaces the level-1
+/// lookup table with the caller's `B × (#depth-1 nodes)` scores.
+pub fn search(
+    be: &dyn Backend,
+    index: &Index,
+    queries: &Matrix,
+    level1: Option<&Matrix>,
+    params: &SearchParams,
+) -> Result<SearchOutput> {
+    ops::check_k(params.k)?;
+    ops::check_beams(&params.beams, index.levels())?;
+    ops::check_input(queries, index.dim(), "queries")?;
+    let shortlist = match params.rerank {
+        Rerank::None => params.k,
+        Rerank::Exact { rerank_k } => {
+            if index.embeddings.is_none() {
+                return Err(Error::param(
+                    "rerank = exact needs stored embeddings; build with --keep-embeddings f16|f32",
+                ));
+            }
+            match rerank_k {
+                Some(r) if r < params.k => {
+                    return Err(Error::param(format!(
+                        "rerank-k = {r} is smaller than k = {}",
+                        params.k
+                    )));
+                }
+                Some(r) => r,
+                None => 0,
+            }
+        }
+    };
+    let mut tables = ops::lookup_tables(be, queries, &index.codebooks, index.metric)?;
+    if let Some(s) = level1 {
+        fold_level1(&mut tables, index, s)?;
+    }
+    let cand = ops::traverse(be, &tables, &index.tree, &params.beams)?;
+    let candidates: Vec<usize> = (0..queries.rows())
+        .map(|b| cand.items_of(b, &index.tree))
+        .collect();
+    let shortlist = if shortlist == 0 {
+        candidates.iter().copied().max().unwrap_or(0).max(params.k)
+    } else {
+        shortlist
+    };
+    let approx = be.fused_topk(&tables, index, &cand, shortlist)?;
+    let mut top = match (params.rerank, &index.embeddings) {
+        (Rerank::Exact { .. }, Some(e)) => {
+            be.rerank(queries, e, &index.ids, index.metric, &approx, params.k)?
+        }
+        _ => approx,
+    };
+    for id in top.ids.iter_mut() {
+        if *id != NO_ID {
+            *id = index.ids[*id as usize];
+        }
+    }
+    Ok(SearchOutput {
+        topk: top,
+        candidates,
+    })
+}
