@@ -7,6 +7,7 @@
 //! persists indexes.
 
 pub mod backend;
+pub mod bench;
 pub mod candidates;
 pub mod demo;
 pub mod error;

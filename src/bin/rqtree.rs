@@ -1,1 +1,540 @@
-fn main() {}
+//! The `rqtree` command line (DESIGN §9).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use rqtree::backend::{self, Backend, BackendKind};
+use rqtree::eval::recall_at;
+use rqtree::index::build::{build, BuildOptions};
+use rqtree::index::codebook_file::read_codebooks;
+use rqtree::index::kmeans::KMeansOptions;
+use rqtree::index::stats::depth_stats;
+use rqtree::index::{file, EmbeddingKind, Index};
+use rqtree::metric::Metric;
+use rqtree::search::{search, Rerank, SearchParams};
+use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "rqtree",
+    version,
+    about = "Learned hierarchical retrieval indexes: build, search, evaluate"
+)]
+struct Cli {
+    /// Worker threads for the CPU backends (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build an index from item embeddings (.npy) and optional codebooks.
+    Build(BuildArgs),
+    /// Search a batch of queries; writes ids.npy (B × k, i64) and scores.npy (B × k, f32).
+    Search(SearchArgs),
+    /// Recall@k against exact search (or a ground-truth file) and queries per second.
+    Eval(EvalArgs),
+    /// Describe an index file: sizes and per-level statistics.
+    Info {
+        /// The index file.
+        index: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Self-contained run: seeded data → index → search → report.
+    Demo {
+        /// Backend: auto, reference, emu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kernel and end-to-end timings on seeded synthetic data.
+    Bench {
+        /// Backend: auto, reference, emu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Smaller problem sizes (for smoke runs).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Item embeddings, N × d, f32 or f16 .npy.
+    #[arg(long)]
+    items: PathBuf,
+    /// Codebooks (safetensors, tensors codebook.0..L-1); default: residual k-means.
+    #[arg(long)]
+    codebooks: Option<PathBuf>,
+    /// Levels of residual k-means.
+    #[arg(long, default_value_t = 2)]
+    levels: usize,
+    /// Codewords per level of residual k-means.
+    #[arg(long, default_value_t = 256)]
+    codes: usize,
+    /// Lloyd iterations per level.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Rows sampled to train k-means.
+    #[arg(long, default_value_t = 100_000)]
+    train_sample: usize,
+    /// Seed of k-means.
+    #[arg(long, default_value_t = 20240601)]
+    seed: u64,
+    /// Encoder beam (1 = greedy).
+    #[arg(long, default_value_t = 1)]
+    encode_beam: usize,
+    /// Metric: ip or l2.
+    #[arg(long, default_value = "ip")]
+    metric: String,
+    /// Stored embeddings for exact re-rank: none, f16 or f32.
+    #[arg(long, default_value = "f32")]
+    keep_embeddings: String,
+    /// Caller ids of the items (N, i64 .npy); default 0..N.
+    #[arg(long)]
+    ids: Option<PathBuf>,
+    /// Backend for encoding and k-means.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Output index file.
+    #[arg(short = 'o', long = "out")]
+    out: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct QueryArgs {
+    /// The index file.
+    #[arg(long)]
+    index: PathBuf,
+    /// Queries, B × d, f32 or f16 .npy.
+    #[arg(long)]
+    queries: PathBuf,
+    /// Exact re-rank: none or exact.
+    #[arg(long, default_value = "none")]
+    rerank: String,
+    /// Shortlist re-ranked per query (default: all candidates).
+    #[arg(long)]
+    rerank_k: Option<usize>,
+    /// Backend: auto, reference, emu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    q: QueryArgs,
+    /// Results per query.
+    #[arg(short = 'k', long = "k")]
+    k: usize,
+    /// Beam width per depth, e.g. 32,256.
+    #[arg(long)]
+    beam: String,
+    /// Caller's level-1 scores, B × (#depth-1 nodes) .npy, replacing the level-1 table.
+    #[arg(long)]
+    level1_scores: Option<PathBuf>,
+    /// Output ids (.npy, B × k, i64).
+    #[arg(long)]
+    out_ids: PathBuf,
+    /// Output scores (.npy, B × k, f32).
+    #[arg(long)]
+    out_scores: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    q: QueryArgs,
+    /// Items for exact ground truth (.npy); row r has id r unless --ids is given.
+    #[arg(long, conflicts_with = "gt")]
+    items: Option<PathBuf>,
+    /// Caller ids of --items rows.
+    #[arg(long, requires = "items")]
+    ids: Option<PathBuf>,
+    /// Ground-truth ids, B × ≥k (.npy, i64 or i32), best first.
+    #[arg(long)]
+    gt: Option<PathBuf>,
+    /// Recall cut-offs, e.g. 10,100.
+    #[arg(short = 'k', long = "k", default_value = "10,100")]
+    k: String,
+    /// Beam widths per depth; repeat for several settings.
+    #[arg(long, required = true)]
+    beam: Vec<String>,
+    /// Timed repetitions per setting (the best is reported).
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_list(s: &str, what: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|t| {
+            t.trim().parse::<usize>().map_err(|_| {
+                Error::param(format!("{what} '{s}': expected comma-separated integers"))
+            })
+        })
+        .collect()
+}
+
+fn open_backend(name: &str) -> Result<Box<dyn Backend>> {
+    let (be, why) = backend::open(name.parse::<BackendKind>()?)?;
+    eprintln!("backend: {why}");
+    Ok(be)
+}
+
+fn rerank_of(q: &QueryArgs) -> Result<Rerank> {
+    match q.rerank.as_str() {
+        "none" => {
+            if q.rerank_k.is_some() {
+                return Err(Error::param("--rerank-k needs --rerank exact"));
+            }
+            Ok(Rerank::None)
+        }
+        "exact" => Ok(Rerank::Exact {
+            rerank_k: q.rerank_k,
+        }),
+        other => Err(Error::param(format!(
+            "rerank '{other}': expected none or exact"
+        ))),
+    }
+}
+
+fn load_queries(index: &Index, path: &Path) -> Result<Matrix> {
+    let q = npy::read_matrix(path)?;
+    q.check_cols(index.dim(), &format!("queries ({})", path.display()))?;
+    q.check_finite(&format!("queries ({})", path.display()))?;
+    Ok(q)
+}
+
+fn cmd_build(a: &BuildArgs) -> Result<()> {
+    let be = open_backend(&a.backend)?;
+    let items = npy::read_matrix(&a.items)?;
+    items.check_finite(&format!("items ({})", a.items.display()))?;
+    let ids = a.ids.as_ref().map(npy::read_i64_1d).transpose()?;
+    let codebooks = a.codebooks.as_ref().map(read_codebooks).transpose()?;
+    let opts = BuildOptions {
+        metric: a.metric.parse::<Metric>()?,
+        keep_embeddings: a.keep_embeddings.parse::<EmbeddingKind>()?,
+        encode_beam: a.encode_beam,
+        kmeans: KMeansOptions {
+            levels: a.levels,
+            codes: a.codes,
+            iters: a.iters,
+            max_train: a.train_sample,
+            seed: a.seed,
+        },
+        progress: !a.json,
+    };
+    let t = Instant::now();
+    let index = build(be.as_ref(), &items, ids, codebooks, &opts)?;
+    let secs = t.elapsed().as_secs_f64();
+    file::save(&index, &a.out)?;
+    let nodes: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({"items": index.len(), "dim": index.dim(), "levels": index.levels(),
+                   "codes": index.codebooks.sizes(), "nodes": nodes, "build_s": secs,
+                   "out": a.out})
+        );
+    } else {
+        println!(
+            "built {} items (d = {}) into {} levels {:?}, nodes per depth {:?}, in {:.2} s -> {}",
+            index.len(),
+            index.dim(),
+            index.levels(),
+            index.codebooks.sizes(),
+            nodes,
+            secs,
+            a.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_search(a: &SearchArgs) -> Result<()> {
+    let be = open_backend(&a.q.backend)?;
+    let index = file::load(&a.q.index)?;
+    let queries = load_queries(&index, &a.q.queries)?;
+    let level1 = a.level1_scores.as_ref().map(npy::read_matrix).transpose()?;
+    let params = SearchParams {
+        k: a.k,
+        beams: parse_list(&a.beam, "beam")?,
+        rerank: rerank_of(&a.q)?,
+    };
+    let t = Instant::now();
+    let out = search(be.as_ref(), &index, &queries, level1.as_ref(), &params)?;
+    let secs = t.elapsed().as_secs_f64();
+    npy::write_i64(&a.out_ids, out.topk.rows, out.topk.k, &out.topk.ids)?;
+    if let Some(p) = &a.out_scores {
+        npy::write_f32(
+            p,
+            &Matrix::new(out.topk.rows, out.topk.k, out.topk.scores.clone())?,
+        )?;
+    }
+    let cand = out.candidates.iter().sum::<usize>() as f64 / queries.rows().max(1) as f64;
+    eprintln!(
+        "searched {} queries in {:.3} s ({:.0} queries/s), {:.0} candidates per query",
+        queries.rows(),
+        secs,
+        queries.rows() as f64 / secs.max(1e-9),
+        cand
+    );
+    Ok(())
+}
+
+fn cmd_eval(a: &EvalArgs) -> Result<()> {
+    let be = open_backend(&a.q.backend)?;
+    let index = file::load(&a.q.index)?;
+    let queries = load_queries(&index, &a.q.queries)?;
+    let ks = parse_list(&a.k, "k")?;
+    let kmax = ks.iter().copied().max().unwrap_or(0);
+    ops::check_k(kmax)?;
+    let (truth, truth_k) = match (&a.gt, &a.items) {
+        (Some(gt), _) => {
+            let g = npy::read_i64_2d(gt)?;
+            if g.rows != queries.rows() || g.cols < kmax {
+                return Err(Error::file(
+                    gt,
+                    format!(
+                        "ground truth is {} x {}, need {} queries x at least {kmax}",
+                        g.rows,
+                        g.cols,
+                        queries.rows()
+                    ),
+                ));
+            }
+            (g.data, g.cols)
+        }
+        (None, Some(items)) => {
+            let m = npy::read_matrix(items)?;
+            let ids = a.ids.as_ref().map(npy::read_i64_1d).transpose()?;
+            if let Some(ids) = &ids {
+                if ids.len() != m.rows() {
+                    return Err(Error::shape(format!(
+                        "{} ids for {} items",
+                        ids.len(),
+                        m.rows()
+                    )));
+                }
+            }
+            let t = ops::exact_topk(be.as_ref(), &queries, &m, index.metric, kmax)?;
+            let data = t
+                .ids
+                .iter()
+                .map(|&r| ids.as_ref().map_or(r, |ids| ids[r as usize]))
+                .collect();
+            (data, kmax)
+        }
+        (None, None) => return Err(Error::param("eval needs --gt or --items")),
+    };
+    let rerank = rerank_of(&a.q)?;
+    let mut rows = Vec::new();
+    for beam in &a.beam {
+        let params = SearchParams {
+            k: kmax,
+            beams: parse_list(beam, "beam")?,
+            rerank,
+        };
+        let mut best = f64::INFINITY;
+        let mut out = None;
+        for _ in 0..a.repeats.max(1) {
+            let t = Instant::now();
+            out = Some(search(be.as_ref(), &index, &queries, None, &params)?);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let out = out.ok_or_else(|| Error::param("no repetition ran"))?;
+        let recalls: Vec<(usize, f64)> = ks
+            .iter()
+            .map(|&k| (k, recall_at(&out.topk, &truth, truth_k, k)))
+            .collect();
+        let cand = out.candidates.iter().sum::<usize>() as f64 / queries.rows().max(1) as f64;
+        rows.push(json!({
+            "beam": params.beams,
+            "candidates": cand,
+            "recall": recalls.iter().map(|(k, r)| (format!("{k}"), json!(r))).collect::<serde_json::Map<_, _>>(),
+            "qps": queries.rows() as f64 / best.max(1e-9),
+            "seconds": best,
+        }));
+    }
+    let report = json!({
+        "index": a.q.index, "queries": queries.rows(), "backend": be.name(),
+        "rerank": a.q.rerank, "rerank_k": a.q.rerank_k, "rows": rows,
+    });
+    if a.json {
+        println!("{report}");
+    } else {
+        print!("{:>16} {:>12}", "beam", "candidates");
+        for k in &ks {
+            print!(" {:>10}", format!("recall@{k}"));
+        }
+        println!(" {:>10}", "queries/s");
+        for r in &rows {
+            print!(
+                "{:>16} {:>12.0}",
+                r["beam"].as_array().map_or(String::new(), |b| b
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")),
+                r["candidates"].as_f64().unwrap_or(0.0)
+            );
+            for k in &ks {
+                print!(
+                    " {:>10.4}",
+                    r["recall"][format!("{k}")].as_f64().unwrap_or(0.0)
+                );
+            }
+            println!(" {:>10.0}", r["qps"].as_f64().unwrap_or(0.0));
+        }
+    }
+    Ok(())
+}
+
+fn cmd_info(path: &Path, as_json: bool) -> Result<()> {
+    let index = file::load(path)?;
+    let stats = depth_stats(&index);
+    let emb = index
+        .embeddings
+        .as_ref()
+        .map_or("none", |e| match e.kind() {
+            EmbeddingKind::F16 => "f16",
+            EmbeddingKind::F32 => "f32",
+            EmbeddingKind::None => "none",
+        });
+    if as_json {
+        println!(
+            "{}",
+            json!({"items": index.len(), "dim": index.dim(), "levels": index.levels(),
+                   "metric": index.metric.name(), "codes": index.codebooks.sizes(),
+                   "embeddings": emb, "depths": stats})
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} items, d = {}, metric {}, {} levels {:?}, embeddings {}",
+        path.display(),
+        index.len(),
+        index.dim(),
+        index.metric.name(),
+        index.levels(),
+        index.codebooks.sizes(),
+        emb
+    );
+    println!(
+        "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>14}",
+        "depth", "K", "nodes", "min", "median", "max", "entropy/bit", "empty codes"
+    );
+    for s in &stats {
+        println!(
+            "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12.3} {:>14}",
+            s.depth,
+            s.codewords,
+            s.nodes,
+            s.items_min,
+            s.items_median,
+            s.items_max,
+            s.code_entropy_bits,
+            s.empty_codewords
+        );
+    }
+    Ok(())
+}
+
+fn cmd_demo(backend: &str, seed: u64, as_json: bool) -> Result<()> {
+    let be = open_backend(backend)?;
+    let t = Instant::now();
+    let r = demo::run(be.as_ref(), seed, !as_json)?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(|e| Error::param(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "rqtree demo ({} backend): {} clustered items, d = {}, {} levels x {} codes, {} queries",
+        r.backend, r.items, r.dim, r.levels, r.codes, r.queries
+    );
+    println!(
+        "index built in {:.2} s (residual k-means + encoding + tree)",
+        r.build_s
+    );
+    println!(
+        "{:>10} {:>12} {:>10} {:>12}",
+        "beam", "candidates", "recall@10", "queries/s"
+    );
+    for row in &r.rows {
+        println!(
+            "{:>10} {:>12.0} {:>10.4} {:>12.0}",
+            format!("{},{}", row.beam[0], row.beam[1]),
+            row.candidates,
+            row.recall10,
+            row.qps
+        );
+    }
+    println!(
+        "(exact re-rank of all candidates; recall against brute-force search; total {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(t) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| Error::param(format!("--threads {t}: {e}")))?;
+    }
+    match &cli.cmd {
+        Cmd::Build(a) => cmd_build(a),
+        Cmd::Search(a) => cmd_search(a),
+        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Info { index, json } => cmd_info(index, *json),
+        Cmd::Demo {
+            backend,
+            seed,
+            json,
+        } => cmd_demo(backend, *seed, *json),
+        Cmd::Bench {
+            backend,
+            json,
+            quick,
+        } => {
+            let be = open_backend(backend)?;
+            bench::run(be.as_ref(), *quick, *json)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
