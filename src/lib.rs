@@ -12,6 +12,7 @@ pub mod error;
 pub mod index;
 pub mod matrix;
 pub mod metric;
+pub mod npy;
 pub mod reference;
 pub mod tables;
 pub mod topk;

@@ -1,9 +1,11 @@
 //! The index: codebooks, item codes in code order, the caller's ids, the tree, norms and
 //! optional embeddings — everything search needs, validated as a whole.
 
+pub mod codebook_file;
 pub mod codebooks;
 pub mod codes;
 pub mod embeddings;
+pub mod file;
 pub mod tree;
 
 use crate::error::{Error, Result};
