@@ -15,6 +15,7 @@ pub mod eval;
 pub mod index;
 pub mod matrix;
 pub mod metric;
+pub mod npy;
 pub mod ops;
 pub mod progress;
 pub mod reference;

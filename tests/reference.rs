@@ -103,11 +103,11 @@ fn assign_is_nearest_codeword_with_topm_soft_and_residual() {
                 })
                 .collect();
             let want = brute_topk(&dist, m);
-            for j in 0..m {
+            for (j, &(wd, wc)) in want.iter().enumerate() {
                 let got = a.codes[i * m + j] as i64;
-                if got != want[j].1 {
+                if got != wc {
                     let lg = dist[got as usize].0;
-                    assert!((lg - want[j].0).abs() <= 1e-5 * (1.0 + lg.abs()), "row {i}");
+                    assert!((lg - wd).abs() <= 1e-5 * (1.0 + lg.abs()), "row {i}");
                 }
             }
             let logit: Vec<f64> = (0..k)
@@ -115,8 +115,8 @@ fn assign_is_nearest_codeword_with_topm_soft_and_residual() {
                 .collect();
             let mx = logit.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = logit.iter().map(|&l| (2.5 * (l - mx)).exp()).sum();
-            for c in 0..k {
-                let p = (2.5 * (logit[c] - mx)).exp() / z;
+            for (c, &l) in logit.iter().enumerate() {
+                let p = (2.5 * (l - mx)).exp() / z;
                 assert!(
                     (soft.row(i)[c] as f64 - p).abs() < 1e-5,
                     "soft weight {i},{c}"

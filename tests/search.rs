@@ -74,8 +74,8 @@ fn built_tree_satisfies_its_invariants() {
                 .collect();
             prefixes.dedup();
             assert_eq!(dep.len(), prefixes.len());
-            for j in 0..dep.len() {
-                let c = index.codebooks.reconstruct(&prefixes[j]);
+            for (j, prefix) in prefixes.iter().enumerate() {
+                let c = index.codebooks.reconstruct(prefix);
                 let n2: f64 = c.iter().map(|&v| v as f64 * v as f64).sum();
                 assert!((dep.centroid_norm[j] as f64 - n2).abs() < 1e-4);
                 // Representative: nearest item of the subtree to the centroid.

@@ -2,9 +2,11 @@
 //! optional embeddings — everything search needs, validated as a whole.
 
 pub mod build;
+pub mod codebook_file;
 pub mod codebooks;
 pub mod codes;
 pub mod embeddings;
+pub mod file;
 pub mod kmeans;
 pub mod stats;
 pub mod tree;

@@ -240,12 +240,20 @@ impl Tree {
                         nodes + 1
                     )));
                 }
+                if let Some(j) = (0..nodes).find(|&j| cs[j] >= cs[j + 1]) {
+                    return Err(Error::index(format!(
+                        "depth {d}: child offsets not strictly increasing at node {j}"
+                    )));
+                }
+                if next.item_start.len() != next.code.len() + 1 {
+                    return Err(Error::index(format!(
+                        "depth {}: {} item offsets for {} nodes",
+                        d + 1,
+                        next.item_start.len(),
+                        next.code.len()
+                    )));
+                }
                 for j in 0..nodes {
-                    if cs[j] >= cs[j + 1] {
-                        return Err(Error::index(format!(
-                            "depth {d}: child offsets not strictly increasing at node {j}"
-                        )));
-                    }
                     let first = next.item_start[cs[j] as usize];
                     let last = next.item_start[cs[j + 1] as usize];
                     if first != dep.item_start[j] || last != dep.item_start[j + 1] {

@@ -26,10 +26,13 @@ pub(crate) fn softmax(z: &[f32], alpha: f32) -> Vec<f32> {
     e.iter().map(|&v| (v / s) as f32).collect()
 }
 
+/// One row's best (logit, code) pairs and, when asked for, its soft weights.
+type RowAssignment = (Vec<(f32, i64)>, Option<Vec<f32>>);
+
 pub(crate) fn assign(r: &Matrix, cb: &Codebook, o: &AssignOptions) -> Assignment {
     let n = r.rows();
     let kk = cb.len();
-    let rows: Vec<(Vec<(f32, i64)>, Option<Vec<f32>>)> = (0..n)
+    let rows: Vec<RowAssignment> = (0..n)
         .into_par_iter()
         .map(|i| {
             let z = logits(r.row(i), cb);

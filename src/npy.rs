@@ -1,0 +1,295 @@
+//! `.npy` files (DESIGN §8): embeddings and queries in (2-D, C order, `f32` or `f16`), ids and
+//! ground truth in (1-D / 2-D, `i64` or `i32`), search results out (`i64` and `f32`, 2-D).
+//!
+//! Every problem with a file's content (wrong dtype, wrong rank, Fortran order, a truncated
+//! data section, a malformed header) is an [`Error::File`] naming the file and the problem;
+//! failures of the operating system are [`Error::Io`]. Readers do not check float values for
+//! finiteness: callers do, naming the tensor (`items`, `queries`, …).
+//!
+//! Writers go through [`write_atomic`]: the data goes to a temporary name in the same
+//! directory, is flushed to disk and renamed over the target, so a reader never sees a
+//! half-written file.
+
+use std::fs::File;
+use std::io::{BufWriter, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use half::f16;
+use memmap2::Mmap;
+use npyz::{DType, NpyFile, NpyHeader, Order, TypeChar, WriterBuilder};
+
+use crate::error::{Error, Result};
+use crate::matrix::Matrix;
+
+/// A 2-D `i64` array (`rows × cols`, row-major), e.g. ground-truth ids (`B × k`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct I64Matrix {
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Values, row-major, `rows * cols` of them.
+    pub data: Vec<i64>,
+}
+
+/// A parsed `.npy` file: its header and the raw data bytes that follow it, with the shape
+/// already checked to fit in memory and the data section checked to be complete.
+struct Parsed {
+    header: NpyHeader,
+    shape: Vec<usize>,
+    bytes: Mmap,
+    data_start: usize,
+}
+
+impl Parsed {
+    /// The data section, exactly `len × itemsize` bytes (a trailing surplus is ignored).
+    fn data(&self) -> &[u8] {
+        &self.bytes[self.data_start..]
+    }
+}
+
+fn bad(path: &Path, msg: impl Into<String>) -> Error {
+    Error::file(path, msg)
+}
+
+/// Maps the file and parses its header; checks the element count against the size of the
+/// data section (a short file is reported as truncated).
+fn parse(path: &Path) -> Result<Parsed> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the mapping is only read; as with any mapped file, another process truncating
+    // it while we read is outside our control.
+    let bytes = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let mut cursor = Cursor::new(&bytes[..]);
+    // npyz multiplies the shape's dimensions without overflow checks, which panics in debug
+    // builds on a forged header; contain that as an ordinary parse error.
+    let header = std::panic::catch_unwind(move || {
+        let h = NpyHeader::from_reader(&mut cursor);
+        (h, cursor.position())
+    });
+    let (header, pos) = match header {
+        Ok((Ok(h), pos)) => (h, pos),
+        Ok((Err(e), _)) => return Err(bad(path, format!("not a valid .npy file: {e}"))),
+        Err(_) => {
+            return Err(bad(
+                path,
+                "not a valid .npy file: the shape in the header overflows",
+            ))
+        }
+    };
+    let shape = header
+        .shape()
+        .iter()
+        .map(|&s| usize::try_from(s).ok())
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| bad(path, "shape does not fit in memory"))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &s| a.checked_mul(s))
+        .ok_or_else(|| bad(path, format!("shape {shape:?} overflows")))?;
+    let item = header
+        .dtype()
+        .num_bytes()
+        .ok_or_else(|| bad(path, "dtype has no fixed size"))?;
+    let need = count
+        .checked_mul(item)
+        .ok_or_else(|| bad(path, format!("shape {shape:?} overflows")))?;
+    let data_start = usize::try_from(pos).unwrap_or(usize::MAX).min(bytes.len());
+    let have = bytes.len() - data_start;
+    if have < need {
+        return Err(bad(
+            path,
+            format!("truncated: shape {shape:?} needs {need} data bytes, the file has {have}"),
+        ));
+    }
+    Ok(Parsed {
+        header,
+        shape,
+        bytes,
+        data_start,
+    })
+}
+
+/// The dtype as numpy writes it (`<f4`, `<i4`, …), for error messages.
+fn dtype_name(dtype: &DType) -> String {
+    match dtype {
+        DType::Plain(t) => t.to_string(),
+        other => format!("{:?}", other.descr()),
+    }
+}
+
+/// `(type char, bytes)` of a plain dtype, `None` for records and arrays.
+fn plain(dtype: &DType) -> Option<(TypeChar, usize)> {
+    match dtype {
+        DType::Plain(t) => Some((t.type_char(), t.num_bytes()?)),
+        _ => None,
+    }
+}
+
+fn check_c_order(p: &Parsed, path: &Path) -> Result<()> {
+    if p.header.order() == Order::Fortran && p.shape.len() > 1 {
+        return Err(bad(
+            path,
+            "array is in Fortran order; save it in C order (numpy.ascontiguousarray)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_rank(p: &Parsed, path: &Path, ranks: &[usize], what: &str) -> Result<()> {
+    if !ranks.contains(&p.shape.len()) {
+        return Err(bad(
+            path,
+            format!(
+                "{what} must be a {}-D array, got rank {} (shape {:?})",
+                ranks
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join("-D or "),
+                p.shape.len(),
+                p.shape
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes the data section with npyz as `T` (npyz handles byte order).
+fn decode<T: npyz::Deserialize>(p: &Parsed, path: &Path) -> Result<Vec<T>> {
+    NpyFile::with_header(p.header.clone(), p.data())
+        .into_vec::<T>()
+        .map_err(|e| bad(path, format!("cannot decode data: {e}")))
+}
+
+/// Reads a 2-D, C-order `f32` or `f16` array (`f16` is widened) as a `rows × cols` [`Matrix`].
+/// Values are not checked for finiteness.
+pub fn read_matrix(path: impl AsRef<Path>) -> Result<Matrix> {
+    let path = path.as_ref();
+    let p = parse(path)?;
+    check_rank(&p, path, &[2], "an embedding matrix")?;
+    check_c_order(&p, path)?;
+    let dtype = p.header.dtype();
+    let data = match plain(&dtype) {
+        Some((TypeChar::Float, 4)) => decode::<f32>(&p, path)?,
+        Some((TypeChar::Float, 2)) => decode::<f16>(&p, path)?
+            .into_iter()
+            .map(f16::to_f32)
+            .collect(),
+        _ => {
+            return Err(bad(
+                path,
+                format!(
+                    "dtype {} is not supported for embeddings: expected float32 or float16",
+                    dtype_name(&dtype)
+                ),
+            ))
+        }
+    };
+    Matrix::new(p.shape[0], p.shape[1], data).map_err(|e| bad(path, e.to_string()))
+}
+
+/// Reads a 1-D or 2-D `i64` (or `i32`, widened) array: its shape and values in C order.
+fn read_ints(path: &Path, ranks: &[usize], what: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+    let p = parse(path)?;
+    check_rank(&p, path, ranks, what)?;
+    check_c_order(&p, path)?;
+    let dtype = p.header.dtype();
+    let data = match plain(&dtype) {
+        Some((TypeChar::Int, 8)) => decode::<i64>(&p, path)?,
+        Some((TypeChar::Int, 4)) => decode::<i32>(&p, path)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        _ => {
+            return Err(bad(
+                path,
+                format!(
+                    "dtype {} is not supported for {what}: expected int64 or int32",
+                    dtype_name(&dtype)
+                ),
+            ))
+        }
+    };
+    Ok((p.shape, data))
+}
+
+/// Reads a 1-D `i64` (or `i32`, widened) array, e.g. item ids (`N`).
+pub fn read_i64_1d(path: impl AsRef<Path>) -> Result<Vec<i64>> {
+    read_ints(path.as_ref(), &[1], "an id array").map(|(_, data)| data)
+}
+
+/// Reads a 2-D C-order `i64` (or `i32`, widened) array, e.g. ground truth (`B × k`).
+pub fn read_i64_2d(path: impl AsRef<Path>) -> Result<I64Matrix> {
+    let (shape, data) = read_ints(path.as_ref(), &[2], "an id matrix")?;
+    Ok(I64Matrix {
+        rows: shape[0],
+        cols: shape[1],
+        data,
+    })
+}
+
+/// Writes to `path` atomically: `write` receives a temporary path in the same directory and
+/// must create and fill it; the file is then fsynced and renamed over `path`. On any error
+/// the temporary file is removed and `path` is left untouched.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::param(format!("{} is not a file path", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, AtomicOrdering::Relaxed);
+    tmp_name.push(format!(".tmp{}.{seq}", std::process::id()));
+    let tmp: PathBuf = path.with_file_name(tmp_name);
+    let result = write(&tmp).and_then(|()| {
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    });
+    if result.is_err() {
+        // Best effort: the temporary file may not exist if `write` failed early.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `data` (`rows × cols`, row-major) as a 2-D C-order `.npy` of `T`'s default dtype.
+fn write_2d<T: npyz::AutoSerialize + Copy>(
+    path: &Path,
+    rows: usize,
+    cols: usize,
+    data: &[T],
+) -> Result<()> {
+    if rows.checked_mul(cols) != Some(data.len()) {
+        return Err(Error::shape(format!(
+            "writing {}: {rows} x {cols} needs {} values, got {}",
+            path.display(),
+            rows.saturating_mul(cols),
+            data.len()
+        )));
+    }
+    write_atomic(path, |tmp| {
+        let io = |e| Error::io(tmp, e);
+        let file = BufWriter::new(File::create(tmp).map_err(io)?);
+        let mut w = npyz::WriteOptions::<T>::new()
+            .default_dtype()
+            .shape(&[rows as u64, cols as u64])
+            .writer(file)
+            .begin_nd()
+            .map_err(io)?;
+        w.extend(data.iter().copied()).map_err(io)?;
+        w.finish().map_err(io)
+    })
+}
+
+/// Writes a `rows × cols` `i64` array (e.g. result ids `B × k`) as `.npy`, atomically.
+pub fn write_i64(path: impl AsRef<Path>, rows: usize, cols: usize, data: &[i64]) -> Result<()> {
+    write_2d(path.as_ref(), rows, cols, data)
+}
+
+/// Writes a matrix (e.g. result scores `B × k`) as a 2-D `f32` `.npy`, atomically.
+pub fn write_f32(path: impl AsRef<Path>, m: &Matrix) -> Result<()> {
+    write_2d(path.as_ref(), m.rows(), m.cols(), m.data())
+}
