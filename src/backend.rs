@@ -98,16 +98,18 @@ pub trait Backend: Send + Sync {
         k: usize,
     ) -> Result<TopK>;
 
-    /// Re-scores each query's `shortlist` (item positions, `-1` = empty) exactly against
-    /// `embeddings` (rows = positions) and keeps the best `k`, ranked by (score, `ids[pos]`);
-    /// returned ids are positions.
+    /// Re-scores each query's shortlist exactly against `embeddings` (rows = positions) and
+    /// keeps the best `k`, ranked by (score, `ids[pos]`); returned ids are positions. The
+    /// shortlist of query `b` is `positions[offsets[b]..offsets[b+1]]`.
+    #[allow(clippy::too_many_arguments)]
     fn rerank(
         &self,
         queries: &Matrix,
         embeddings: &Embeddings,
         ids: &[i64],
         metric: Metric,
-        shortlist: &TopK,
+        offsets: &[usize],
+        positions: &[u32],
         k: usize,
     ) -> Result<TopK>;
 

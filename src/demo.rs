@@ -52,7 +52,7 @@ pub struct DemoRow {
 /// Runs the demo on `be`: 20,000 items, d = 64, 2 levels × 64 codes, 500 queries.
 pub fn run(be: &dyn Backend, seed: u64, progress: bool) -> Result<DemoReport> {
     let (n, d, nq) = (20_000, 64, 500);
-    let data = clustered(n + nq, d, 200, 0.35, true, seed);
+    let data = clustered(n + nq, d, 100, 1.2, true, seed);
     let items = data.slice_rows(0..n);
     let queries = data.slice_rows(n..n + nq);
     let opts = BuildOptions {

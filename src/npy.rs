@@ -219,6 +219,19 @@ pub fn read_i64_1d(path: impl AsRef<Path>) -> Result<Vec<i64>> {
     read_ints(path.as_ref(), &[1], "an id array").map(|(_, data)| data)
 }
 
+/// Reads item ids: a 1-D array `N`, or a 2-D column `N × 1`, of `i64` (or `i32`, widened).
+pub fn read_ids(path: impl AsRef<Path>) -> Result<Vec<i64>> {
+    let path = path.as_ref();
+    let (shape, data) = read_ints(path, &[1, 2], "an id array")?;
+    if shape.len() == 2 && shape[1] != 1 {
+        return Err(bad(
+            path,
+            format!("ids must be N or N x 1, got shape {shape:?}"),
+        ));
+    }
+    Ok(data)
+}
+
 /// Reads a 2-D C-order `i64` (or `i32`, widened) array, e.g. ground truth (`B × k`).
 pub fn read_i64_2d(path: impl AsRef<Path>) -> Result<I64Matrix> {
     let (shape, data) = read_ints(path.as_ref(), &[2], "an id matrix")?;

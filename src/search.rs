@@ -2,6 +2,7 @@
 //! with top-k → optional exact re-rank → the caller's ids and scores, best first.
 
 use crate::backend::Backend;
+use crate::candidates::Candidates;
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::matrix::Matrix;
@@ -69,6 +70,36 @@ fn fold_level1(tables: &mut QueryTables, index: &Index, scores: &Matrix) -> Resu
     Ok(())
 }
 
+/// Every candidate item position of every query, in CSR form (`B + 1` offsets).
+fn candidate_positions(index: &Index, cand: &Candidates) -> (Vec<usize>, Vec<u32>) {
+    let dep = &index.tree.depths[cand.depth - 1];
+    let mut offsets = vec![0];
+    let mut positions = Vec::new();
+    for b in 0..cand.queries() {
+        for &j in cand.nodes_of(b) {
+            positions.extend(dep.items(j as usize).map(|p| p as u32));
+        }
+        offsets.push(positions.len());
+    }
+    (offsets, positions)
+}
+
+/// The filled slots of a top-k of item positions, in CSR form (`B + 1` offsets).
+fn shortlist_positions(top: &TopK) -> (Vec<usize>, Vec<u32>) {
+    let mut offsets = vec![0];
+    let mut positions = Vec::new();
+    for b in 0..top.rows {
+        positions.extend(
+            top.row_ids(b)
+                .iter()
+                .filter(|&&p| p != NO_ID)
+                .map(|&p| p as u32),
+        );
+        offsets.push(positions.len());
+    }
+    (offsets, positions)
+}
+
 /// Searches `queries` (`B × d`, finite) in `index`. `level1` optionally replaces the level-1
 /// lookup table with the caller's `B × (#depth-1 nodes)` scores.
 pub fn search(
@@ -109,17 +140,26 @@ pub fn search(
     let candidates: Vec<usize> = (0..queries.rows())
         .map(|b| cand.items_of(b, &index.tree))
         .collect();
-    let shortlist = if shortlist == 0 {
-        candidates.iter().copied().max().unwrap_or(0).max(params.k)
-    } else {
-        shortlist
-    };
-    let approx = be.fused_topk(&tables, index, &cand, shortlist)?;
     let mut top = match (params.rerank, &index.embeddings) {
         (Rerank::Exact { .. }, Some(e)) => {
-            be.rerank(queries, e, &index.ids, index.metric, &approx, params.k)?
+            // The shortlist: every candidate (rerank_k unset), or the best rerank_k by the
+            // lookup-table scores.
+            let (offsets, positions) = if shortlist == 0 {
+                candidate_positions(index, &cand)
+            } else {
+                shortlist_positions(&be.fused_topk(&tables, index, &cand, shortlist)?)
+            };
+            be.rerank(
+                queries,
+                e,
+                &index.ids,
+                index.metric,
+                &offsets,
+                &positions,
+                params.k,
+            )?
         }
-        _ => approx,
+        _ => be.fused_topk(&tables, index, &cand, params.k)?,
     };
     for id in top.ids.iter_mut() {
         if *id != NO_ID {

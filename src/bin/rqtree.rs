@@ -231,7 +231,7 @@ fn cmd_build(a: &BuildArgs) -> Result<()> {
     let be = open_backend(&a.backend)?;
     let items = npy::read_matrix(&a.items)?;
     items.check_finite(&format!("items ({})", a.items.display()))?;
-    let ids = a.ids.as_ref().map(npy::read_i64_1d).transpose()?;
+    let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
     let codebooks = a.codebooks.as_ref().map(read_codebooks).transpose()?;
     let opts = BuildOptions {
         metric: a.metric.parse::<Metric>()?,
@@ -329,7 +329,7 @@ fn cmd_eval(a: &EvalArgs) -> Result<()> {
         }
         (None, Some(items)) => {
             let m = npy::read_matrix(items)?;
-            let ids = a.ids.as_ref().map(npy::read_i64_1d).transpose()?;
+            let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
             if let Some(ids) = &ids {
                 if ids.len() != m.rows() {
                     return Err(Error::shape(format!(

@@ -39,17 +39,24 @@ pub(crate) fn rerank(
     e: &Embeddings,
     ids: &[i64],
     metric: Metric,
-    shortlist: &TopK,
+    offsets: &[usize],
+    positions: &[u32],
     k: usize,
 ) -> TopK {
     let rows = (0..q.rows())
         .into_par_iter()
         .map(|b| {
             let mut heap = TopKHeap::new(k);
-            let mut x = vec![0.0f32; e.cols()];
-            for &p in shortlist.row_ids(b).iter().filter(|&&p| p >= 0) {
-                e.row_into(p as usize, &mut x);
-                heap.push(exact_score(metric, q.row(b), &x), ids[p as usize], p);
+            let mut widened = vec![0.0f32; e.cols()];
+            for &p in &positions[offsets[b]..offsets[b + 1]] {
+                let x = match e {
+                    Embeddings::F32(m) => m.row(p as usize),
+                    Embeddings::F16 { .. } => {
+                        e.row_into(p as usize, &mut widened);
+                        &widened
+                    }
+                };
+                heap.push(exact_score(metric, q.row(b), x), ids[p as usize], p as i64);
             }
             heap.into_sorted()
         })

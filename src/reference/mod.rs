@@ -46,10 +46,11 @@ impl Backend for Reference {
         e: &Embeddings,
         ids: &[i64],
         metric: Metric,
-        shortlist: &TopK,
+        offsets: &[usize],
+        positions: &[u32],
         k: usize,
     ) -> Result<TopK> {
-        Ok(exact::rerank(q, e, ids, metric, shortlist, k))
+        Ok(exact::rerank(q, e, ids, metric, offsets, positions, k))
     }
     fn topk(&self, scores: &Matrix, k: usize) -> Result<TopK> {
         Ok(select::topk(scores, k))

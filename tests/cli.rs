@@ -1,0 +1,243 @@
+//! The `rqtree` binary end to end: build → info → search → eval, and bad input reported as
+//! a one-line error with exit status 2, never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use rqtree::npy;
+
+fn rqtree(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rqtree"))
+        .args(args)
+        .output()
+        .expect("run rqtree")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = rqtree(args);
+    assert!(
+        out.status.success(),
+        "rqtree {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], needle: &str) {
+    let out = rqtree(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "rqtree {args:?}: {err}");
+    assert!(
+        err.contains("error: ") && err.contains(needle),
+        "rqtree {args:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn p(dir: &Path, name: &str) -> String {
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+#[test]
+fn build_info_search_eval_round_trip() {
+    let mut rng = rng("build_info_search_eval_round_trip");
+    let dir = tempfile::tempdir().unwrap();
+    let cbs = rand_codebooks(&mut rng, 2, 9, 8);
+    let items = rand_items(&mut rng, &cbs, 300, 0.1);
+    let queries = rand_matrix(&mut rng, 7, 8);
+    npy::write_f32(p(dir.path(), "items.npy"), &items).unwrap();
+    npy::write_f32(p(dir.path(), "q.npy"), &queries).unwrap();
+    let ids: Vec<i64> = (0..300).map(|i| 1000 + i).collect();
+    npy::write_i64(p(dir.path(), "ids.npy"), 300, 1, &ids).unwrap();
+    let out = ok(&[
+        "build",
+        "--items",
+        &p(dir.path(), "items.npy"),
+        "--levels",
+        "2",
+        "--codes",
+        "9",
+        "--metric",
+        "l2",
+        "--keep-embeddings",
+        "f16",
+        "-o",
+        &p(dir.path(), "ix.rqt"),
+    ]);
+    assert!(out.contains("built 300 items"), "{out}");
+    let info = ok(&["info", &p(dir.path(), "ix.rqt")]);
+    assert!(
+        info.contains("300 items") && info.contains("metric l2"),
+        "{info}"
+    );
+    ok(&[
+        "search",
+        "--index",
+        &p(dir.path(), "ix.rqt"),
+        "--queries",
+        &p(dir.path(), "q.npy"),
+        "-k",
+        "5",
+        "--beam",
+        "9,81",
+        "--rerank",
+        "exact",
+        "--out-ids",
+        &p(dir.path(), "ids_out.npy"),
+        "--out-scores",
+        &p(dir.path(), "s.npy"),
+    ]);
+    let got = npy::read_i64_2d(p(dir.path(), "ids_out.npy")).unwrap();
+    assert_eq!((got.rows, got.cols), (7, 5));
+    let scores = npy::read_matrix(p(dir.path(), "s.npy")).unwrap();
+    assert!(scores.data().iter().all(|s| s.is_finite()));
+    // A full beam with exact re-rank is exact search: recall 1 (up to f16 storage ties).
+    let eval = ok(&[
+        "eval",
+        "--index",
+        &p(dir.path(), "ix.rqt"),
+        "--queries",
+        &p(dir.path(), "q.npy"),
+        "--items",
+        &p(dir.path(), "items.npy"),
+        "-k",
+        "1,5",
+        "--beam",
+        "9,81",
+        "--rerank",
+        "exact",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert!(
+        v["rows"][0]["recall"]["5"].as_f64().unwrap() >= 0.95,
+        "{eval}"
+    );
+    assert_eq!(v["rows"][0]["candidates"].as_f64().unwrap(), 300.0);
+    // Custom ids flow through.
+    ok(&[
+        "build",
+        "--items",
+        &p(dir.path(), "items.npy"),
+        "--ids",
+        &p(dir.path(), "ids.npy"),
+        "--levels",
+        "1",
+        "--codes",
+        "5",
+        "-o",
+        &p(dir.path(), "ix2.rqt"),
+    ]);
+    ok(&[
+        "search",
+        "--index",
+        &p(dir.path(), "ix2.rqt"),
+        "--queries",
+        &p(dir.path(), "q.npy"),
+        "-k",
+        "3",
+        "--beam",
+        "2",
+        "--out-ids",
+        &p(dir.path(), "ids2.npy"),
+    ]);
+    let got = npy::read_i64_2d(p(dir.path(), "ids2.npy")).unwrap();
+    assert!(got.data.iter().all(|&i| (1000..1300).contains(&i)));
+}
+
+#[test]
+fn bad_input_is_an_error_message_not_a_panic() {
+    let mut rng = rng("bad_input_is_an_error_message_not_a_panic");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut items = rand_matrix(&mut rng, 50, 4);
+    npy::write_f32(p(d, "items.npy"), &items).unwrap();
+    items.row_mut(13)[1] = f32::NAN;
+    npy::write_f32(p(d, "nan.npy"), &items).unwrap();
+    npy::write_i64(p(d, "int.npy"), 2, 2, &[1, 2, 3, 4]).unwrap();
+    let q = rand_matrix(&mut rng, 3, 4);
+    npy::write_f32(p(d, "q.npy"), &q).unwrap();
+    let mut qn = q.clone();
+    qn.row_mut(2)[0] = f32::INFINITY;
+    npy::write_f32(p(d, "qinf.npy"), &qn).unwrap();
+    npy::write_f32(p(d, "q5.npy"), &rand_matrix(&mut rng, 3, 5)).unwrap();
+    let ix = p(d, "ix.rqt");
+    ok(&[
+        "build",
+        "--items",
+        &p(d, "items.npy"),
+        "--codes",
+        "4",
+        "-o",
+        &ix,
+    ]);
+
+    fails(
+        &["build", "--items", &p(d, "nan.npy"), "-o", &p(d, "x.rqt")],
+        "row 13",
+    );
+    fails(
+        &["build", "--items", &p(d, "int.npy"), "-o", &p(d, "x.rqt")],
+        "dtype",
+    );
+    fails(
+        &[
+            "build",
+            "--items",
+            &p(d, "items.npy"),
+            "--codes",
+            "70000",
+            "-o",
+            &p(d, "x.rqt"),
+        ],
+        "65536",
+    );
+    fails(
+        &[
+            "build",
+            "--items",
+            &p(d, "items.npy"),
+            "--metric",
+            "cos",
+            "-o",
+            &p(d, "x.rqt"),
+        ],
+        "metric",
+    );
+    assert!(
+        !Path::new(&p(d, "x.rqt")).exists(),
+        "a failed build must not leave a file"
+    );
+    let search = |q: &str, k: &str, beam: &str| {
+        vec![
+            "search".to_string(),
+            "--index".into(),
+            ix.clone(),
+            "--queries".into(),
+            p(d, q),
+            "-k".into(),
+            k.into(),
+            "--beam".into(),
+            beam.into(),
+            "--out-ids".into(),
+            p(d, "o.npy"),
+        ]
+    };
+    let run = |v: Vec<String>, needle: &str| {
+        let a: Vec<&str> = v.iter().map(String::as_str).collect();
+        fails(&a, needle);
+    };
+    run(search("q.npy", "0", "2,4"), "k = 0");
+    run(search("q.npy", "3", "2,0"), "beam width at depth 2 is 0");
+    run(search("qinf.npy", "3", "2,4"), "row 2");
+    run(search("q5.npy", "3", "2,4"), "5 columns, expected 4");
+    run(search("q.npy", "3", "2,x"), "beam");
+    // A truncated index file.
+    let bytes = std::fs::read(&ix).unwrap();
+    std::fs::write(&ix, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["info", &ix], "invalid file");
+    fails(&["info", &p(d, "missing.rqt")], "I/O error");
+}
