@@ -19,7 +19,7 @@ extern "C" __global__ void rq_assign(const float* x, int d, const float* cb, con
                                      int K, int top_m, int cap, int want_soft, float alpha,
                                      int want_residual, unsigned* codes, float* logits,
                                      float* soft, float* residual) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const unsigned row_bytes = ((unsigned)d * 4u + 15u) / 16u * 16u;
   float* r = reinterpret_cast<float*>(smem);
   double* scratch = reinterpret_cast<double*>(smem + row_bytes);
@@ -86,7 +86,7 @@ extern "C" __global__ void rq_assign(const float* x, int d, const float* cb, con
 extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* cbs,
                                      const long long* cb_rows, int E, int cap, unsigned* codes,
                                      float* err) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const unsigned res_bytes = ((unsigned)E * (unsigned)d * 4u + 15u) / 16u * 16u;
   const unsigned path_bytes = ((unsigned)E * (unsigned)L * 4u + 15u) / 16u * 16u;
   // Double-buffered paths: (res_cur, path_cur) are read, (res_nxt, path_nxt) written.

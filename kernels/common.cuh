@@ -11,7 +11,16 @@
 // warp-synchronous code, no inline PTX, shared memory only through RQ_DYNAMIC_SHARED.
 #pragma once
 
+#include <math.h>
+
 #include "rq_shared.cuh"
+
+/// Declares `unsigned char* name`, the raw base of the launch's dynamic shared memory, which
+/// the kernels carve by hand (RQ_DYNAMIC_SHARED may yield a checked pointer under the
+/// emulator; `&x[0]` is a plain pointer in both builds).
+#define RQ_SHARED_BASE(name)                  \
+  RQ_DYNAMIC_SHARED(unsigned char, name##_dyn); \
+  unsigned char* name = &name##_dyn[0]
 
 #define RQ_FULL_MASK 0xffffffffu
 #define RQ_WARP 32

@@ -11,7 +11,8 @@
 /// q: B × d; cb: K × d; out: B × K.
 extern "C" __global__ void rq_lut(const float* q, int B, int d, const float* cb, int K,
                                   float* out) {
-  RQ_DYNAMIC_SHARED(float, smem);
+  RQ_SHARED_BASE(smem_bytes);
+  float* smem = reinterpret_cast<float*>(smem_bytes);
   float* sq = smem;                                      // [16][33] query chunk
   float* sc = smem + RQ_LUT_TILE * (RQ_LUT_CHUNK + 1);   // [16][33] codeword chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
@@ -89,7 +90,7 @@ extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut
                                          const float* qnorm, int metric, const long long* ids,
                                          int k, int cap, long long* out_pos,
                                          float* out_scores) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const long long b = blockIdx.x;
   int ksum = 0;
   for (int l = 0; l < L; ++l) ksum += lut_k[l];
@@ -169,7 +170,7 @@ extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char*
                                      int emb_f16, const long long* shortlist, int S,
                                      const long long* ids, int metric, int k, int cap,
                                      long long* out_pos, float* out_scores) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const long long b = blockIdx.x;
   float* qs = reinterpret_cast<float*>(smem);
   const RqSelect sel = rq_select_carve(smem + ((unsigned)d * 4u + 15u) / 16u * 16u, k, cap);
@@ -196,7 +197,7 @@ extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char*
 extern "C" __global__ void rq_exact_topk(const float* q, int d, const float* items, int N,
                                          int metric, int k, int cap, long long* out_ids,
                                          float* out_scores) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const long long b = blockIdx.x;
   float* qs = reinterpret_cast<float*>(smem);
   const RqSelect sel = rq_select_carve(smem + ((unsigned)d * 4u + 15u) / 16u * 16u, k, cap);

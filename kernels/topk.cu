@@ -55,7 +55,7 @@ __device__ inline void rq_topk_range(const float* values, long long begin, long 
 /// scores: rows × n; out_ids/out_scores: rows × k.
 extern "C" __global__ void rq_topk_rows(const float* scores, int n, int k, int cap,
                                         long long* out_ids, float* out_scores) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const RqSelect q = rq_select_carve(smem, k, cap);
   const long long row = blockIdx.x;
   rq_topk_range(scores, row * n, row * n + n, q, out_ids + row * k, out_scores + row * k);
@@ -67,7 +67,7 @@ extern "C" __global__ void rq_topk_rows(const float* scores, int n, int k, int c
 extern "C" __global__ void rq_segmented_topk(const float* values, const long long* offsets,
                                              int k, int cap, long long* out_ids,
                                              float* out_scores) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const RqSelect q = rq_select_carve(smem, k, cap);
   const long long seg = blockIdx.x;
   rq_topk_range(values, offsets[seg], offsets[seg + 1], q, out_ids + seg * k,

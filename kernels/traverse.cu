@@ -12,7 +12,7 @@ extern "C" __global__ void rq_beam_first(const float* lut, int K, const unsigned
                                          int nodes, const float* cnorm, const float* qnorm,
                                          int metric, int W, int cap, unsigned* out_nodes,
                                          float* out_ip, int* out_count) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   const RqSelect q = rq_select_carve(smem, W, cap);
   const long long b = blockIdx.x;
   const float* t = lut + b * K;
@@ -47,7 +47,7 @@ extern "C" __global__ void rq_beam_step(const float* lut, int K, const unsigned*
                                         const int* prev_count, int Wp, const float* qnorm,
                                         int metric, int W, int cap, unsigned* out_nodes,
                                         float* out_ip, int* out_count) {
-  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  RQ_SHARED_BASE(smem);
   unsigned* pre = reinterpret_cast<unsigned*>(smem);
   unsigned* base = pre + blockDim.x + 1;
   const RqSelect q = rq_select_carve(smem + (8u * blockDim.x + 4u + 15u) / 16u * 16u, W, cap);

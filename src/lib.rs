@@ -8,8 +8,10 @@
 
 pub mod backend;
 pub mod candidates;
+pub mod device;
 pub mod error;
 pub mod index;
+pub mod kernels;
 pub mod matrix;
 pub mod metric;
 pub mod reference;
