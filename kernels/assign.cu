@@ -145,3 +145,68 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
   for (int m = threadIdx.x; m < L; m += blockDim.x) codes[row * L + m] = path_cur[m];
   if (threadIdx.x == 0) err[row] = best_err;
 }
+
+/// Greedy hard assignment of a row tile over all L levels with the residual kept in shared
+/// memory: a block holds R = blockDim.x / 32 rows (one warp each) and streams every level's
+/// codebook through shared memory in tiles of `tk` codewords, so each codeword read from
+/// global memory serves R rows. Per level, each lane scores its codewords of the tile, the
+/// warp's argmax keeps the best (ties → lowest code), and the row's residual loses it.
+///
+/// mode 0 (encoding, the reference's `encode` with beam 1): key = -||r - C[k]||² (f64 inside);
+///   err[row] = ||x - x̂||² after the last level.
+/// mode 1 (one level of assignment, L = 1): key = 2<r, C[k]> - ||C[k]||²; err[row] = the
+///   best key (the logit).
+/// x: n × d; cbs / cb_rows: the L codebooks stacked, level l = rows cb_rows[l]..cb_rows[l+1];
+/// cnorms: their squared norms stacked the same way (read in mode 1 only).
+/// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
+/// grid: ceil(n / R); block: a multiple of 32; shared: round16(4·R·d) + 4·tk·(d + 1) bytes.
+extern "C" __global__ void rq_greedy_rows(const float* x, int n, int d, int L, const float* cbs,
+                                          const long long* cb_rows, const float* cnorms,
+                                          int mode, int tk, unsigned* codes, float* err,
+                                          int want_residual, float* residual) {
+  RQ_SHARED_BASE(smem);
+  const int R = (int)(blockDim.x / RQ_WARP);
+  const int w = (int)(threadIdx.x / RQ_WARP), lane = (int)(threadIdx.x % RQ_WARP);
+  float* res = reinterpret_cast<float*>(smem) + (long long)w * d;
+  float* tile = reinterpret_cast<float*>(smem + ((unsigned)R * (unsigned)d * 4u + 15u) / 16u * 16u);
+  const long long row = (long long)blockIdx.x * R + w;
+  const bool live = row < n;
+  if (live)
+    for (int e = lane; e < d; e += RQ_WARP) res[e] = x[row * d + e];
+  for (int l = 0; l < L; ++l) {
+    const long long r0 = cb_rows[l];
+    const int K = (int)(cb_rows[l + 1] - r0);
+    float best_s = rq_neg_inf();
+    long long best_k = RQ_MAX_RANK;
+    for (int t0 = 0; t0 < K; t0 += tk) {
+      const int nt = K - t0 < tk ? K - t0 : tk;
+      __syncthreads();  // the previous tile is consumed; residual updates are visible
+      for (int i = threadIdx.x; i < nt * d; i += blockDim.x)
+        tile[(i / d) * (d + 1) + i % d] = cbs[(r0 + t0) * d + i];
+      __syncthreads();
+      if (live) {
+        for (int j = lane; j < nt; j += RQ_WARP) {
+          const float* c = tile + j * (d + 1);
+          const float s = mode == 1 ? 2.0f * rq_dot(res, c, d) - cnorms[r0 + t0 + j]
+                                    : -rq_dist_sq(res, c, d);
+          if (rq_better(s, t0 + j, best_s, best_k)) {
+            best_s = s;
+            best_k = t0 + j;
+          }
+        }
+      }
+    }
+    rq_warp_argmax(best_s, best_k);
+    __syncthreads();  // every lane's reads of the residual precede its update
+    if (live) {
+      if (lane == 0) codes[row * L + l] = (unsigned)best_k;
+      const float* c = cbs + (r0 + best_k) * d;
+      for (int e = lane; e < d; e += RQ_WARP) res[e] = res[e] - c[e];
+      if (lane == 0 && (mode == 1 || l == L - 1)) err[row] = mode == 1 ? best_s : -best_s;
+    }
+  }
+  // Each lane writes back the residual elements it updated itself.
+  if (live && want_residual) {
+    for (int e = lane; e < d; e += RQ_WARP) residual[row * d + e] = res[e];
+  }
+}
