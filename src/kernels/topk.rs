@@ -6,16 +6,19 @@ use crate::matrix::Matrix;
 use crate::topk::TopK;
 
 use super::{
-    alloc, arg_i32, check_k, download_topk, launch_1d, select_bytes, select_cap, upload,
+    alloc, arg_i32, check_k, download_topk, launch_1d, round16, select_bytes, select_cap, upload,
     SELECT_THREADS,
 };
 
 /// Warps (rows) per block of `rq_topk_argmax`.
 const ARGMAX_WARPS: usize = 8;
+/// Largest `k` served by the block selector; larger `k` (up to [`super::MAX_K`]) by radix
+/// select.
+const SELECTOR_MAX_K: usize = 256;
 
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
-/// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax;
-/// `2 ≤ k ≤ 2048` the block selector.
+/// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
+/// `2 ≤ k ≤ 256` the block selector, `256 < k ≤ 2048` the radix select.
 pub fn topk<D: Device>(dev: &D, scores: &Matrix, k: usize) -> Result<TopK> {
     let (rows, n) = (scores.rows(), scores.cols());
     if rows == 0 || k == 0 {
@@ -40,6 +43,22 @@ pub fn topk<D: Device>(dev: &D, scores: &Matrix, k: usize) -> Result<TopK> {
                 KernelArg::Buf(&x),
                 KernelArg::I32(arg_i32(rows, "topk: rows")?),
                 KernelArg::I32(n32),
+                KernelArg::Buf(&ids),
+                KernelArg::Buf(&out),
+            ],
+        )?;
+    } else if k > SELECTOR_MAX_K {
+        let cap = k.next_power_of_two();
+        let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
+        let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
+        dev.launch(
+            "rq_topk_radix",
+            cfg,
+            &[
+                KernelArg::Buf(&x),
+                KernelArg::I32(n32),
+                KernelArg::I32(k as i32),
+                KernelArg::I32(cap as i32),
                 KernelArg::Buf(&ids),
                 KernelArg::Buf(&out),
             ],
