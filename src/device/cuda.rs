@@ -67,8 +67,25 @@ impl CudaDevice {
     /// Opens GPU 0 and loads the embedded kernels, without panicking: errors with
     /// [`Error::BackendUnavailable`] when there is no driver or device,
     /// [`Error::KernelsUnavailable`] when the crate was built without nvcc, and
-    /// [`Error::Device`] when a module fails to load.
+    /// [`Error::Device`] when a module fails to load. cudarc panics when the driver library
+    /// lacks a symbol (a driver older than CUDA 13); that too becomes `BackendUnavailable`.
     pub fn open() -> Result<Self> {
+        match std::panic::catch_unwind(Self::open_inner) {
+            Ok(r) => r,
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("panic");
+                Err(Error::BackendUnavailable(format!(
+                    "the CUDA driver library is unusable: {msg}"
+                )))
+            }
+        }
+    }
+
+    fn open_inner() -> Result<Self> {
         if let Some(why) = embedded::KERNELS_MISSING {
             return Err(Error::KernelsUnavailable(why.to_string()));
         }
