@@ -7,7 +7,7 @@
 /// Lookup table of one level: out[b·K + k] = <q_b, C[k]> with the reference's dot.
 /// Tiled like a GEMM: a block computes a 16 × 16 tile (queries × codewords), staging 32
 /// dimensions of both operands per step in shared memory.
-/// grid: (ceil(K / 16), ceil(B / 16)); block: (16, 16); shared: 2 · 16 · 33 · 4 bytes.
+/// grid: (ceil(B / 16), ceil(K / 16)) (K ≤ 65536 keeps y in range); block: (16, 16); shared: 2 · 16 · 33 · 4 bytes.
 /// q: B × d; cb: K × d; out: B × K.
 extern "C" __global__ void rq_lut(const float* q, int B, int d, const float* cb, int K,
                                   float* out) {
@@ -17,7 +17,7 @@ extern "C" __global__ void rq_lut(const float* q, int B, int d, const float* cb,
   float* sc = smem + RQ_LUT_TILE * (RQ_LUT_CHUNK + 1);   // [16][33] codeword chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
   const int tid = ty * RQ_LUT_TILE + tx;
-  const int b0 = (int)blockIdx.y * RQ_LUT_TILE, k0 = (int)blockIdx.x * RQ_LUT_TILE;
+  const int b0 = (int)blockIdx.x * RQ_LUT_TILE, k0 = (int)blockIdx.y * RQ_LUT_TILE;
   const int b = b0 + ty, k = k0 + tx;
   const int d8 = d / 8 * 8;
   float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;

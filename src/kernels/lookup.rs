@@ -58,19 +58,13 @@ pub fn lookup_tables<D: Device>(
         let out = alloc::<D, f32>(dev, b * kk)?;
         let cfg = LaunchConfig {
             grid: [
+                grid_dim(b.div_ceil(LUT_TILE), "lookup_tables: query tiles")?,
                 grid_dim(kk.div_ceil(LUT_TILE), "lookup_tables: codeword tiles")?,
-                grid_dim(b.div_ceil(LUT_TILE), "lookup_tables: query tiles")?.min(65535),
                 1,
             ],
             block: [LUT_TILE as u32, LUT_TILE as u32, 1],
             shared_bytes: (2 * LUT_TILE * (LUT_CHUNK + 1) * 4) as u32,
         };
-        if b.div_ceil(LUT_TILE) > 65535 {
-            return Err(Error::param(format!(
-                "lookup_tables: {b} queries exceed one launch (at most {})",
-                65535 * LUT_TILE
-            )));
-        }
         dev.launch(
             "rq_lut",
             cfg,
