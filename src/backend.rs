@@ -158,22 +158,52 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
-/// Opens the backend `kind`; for `Auto`, also says why it chose what it chose.
+/// Opens the cuda backend, or says why it cannot run here.
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Box<dyn Backend>> {
+    let dev = crate::device::cuda::CudaDevice::open()?;
+    Ok(Box::new(crate::kernels::KernelBackend::new(dev)))
+}
+
+/// Without the `cuda` feature there is no cuda backend.
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Box<dyn Backend>> {
+    Err(Error::BackendUnavailable(
+        "the cuda backend is not part of this build (feature `cuda`)".into(),
+    ))
+}
+
+/// Opens the emu backend (the CUDA kernel sources emulated on the CPU).
+#[cfg(feature = "emu")]
+fn open_emu() -> Result<Box<dyn Backend>> {
+    let dev = crate::device::emu::EmuDevice::new();
+    Ok(Box::new(crate::kernels::KernelBackend::new(dev)))
+}
+
+/// Without the `emu` feature there is no emu backend.
+#[cfg(not(feature = "emu"))]
+fn open_emu() -> Result<Box<dyn Backend>> {
+    Err(Error::BackendUnavailable(
+        "the emu backend is not part of this build (feature `emu`)".into(),
+    ))
+}
+
+/// Opens the backend `kind`; also says why it chose what it chose (for `Auto`: `cuda` when a
+/// device and kernels are present, else `reference`, with the reason).
 pub fn open(kind: BackendKind) -> Result<(Box<dyn Backend>, String)> {
     match kind {
         BackendKind::Reference => Ok((
             Box::new(crate::reference::Reference),
             "reference: requested".into(),
         )),
-        BackendKind::Emu => Err(Error::BackendUnavailable(
-            "the emu backend is not part of this build".into(),
-        )),
-        BackendKind::Cuda => Err(Error::BackendUnavailable(
-            "the cuda backend is not part of this build (feature `cuda`)".into(),
-        )),
-        BackendKind::Auto => Ok((
-            Box::new(crate::reference::Reference),
-            "reference: no CUDA backend in this build".into(),
-        )),
+        BackendKind::Emu => Ok((open_emu()?, "emu: requested".into())),
+        BackendKind::Cuda => Ok((open_cuda()?, "cuda: requested".into())),
+        BackendKind::Auto => match open_cuda() {
+            Ok(be) => Ok((be, "cuda: a device and kernels are present".into())),
+            Err(e) => Ok((
+                Box::new(crate::reference::Reference),
+                format!("reference, because cuda is unavailable ({e})"),
+            )),
+        },
     }
 }

@@ -84,22 +84,6 @@ fn candidate_positions(index: &Index, cand: &Candidates) -> (Vec<usize>, Vec<u32
     (offsets, positions)
 }
 
-/// The filled slots of a top-k of item positions, in CSR form (`B + 1` offsets).
-fn shortlist_positions(top: &TopK) -> (Vec<usize>, Vec<u32>) {
-    let mut offsets = vec![0];
-    let mut positions = Vec::new();
-    for b in 0..top.rows {
-        positions.extend(
-            top.row_ids(b)
-                .iter()
-                .filter(|&&p| p != NO_ID)
-                .map(|&p| p as u32),
-        );
-        offsets.push(positions.len());
-    }
-    (offsets, positions)
-}
-
 /// Searches `queries` (`B × d`, finite) in `index`. `level1` optionally replaces the level-1
 /// lookup table with the caller's `B × (#depth-1 nodes)` scores.
 pub fn search(
@@ -147,7 +131,7 @@ pub fn search(
             let (offsets, positions) = if shortlist == 0 {
                 candidate_positions(index, &cand)
             } else {
-                shortlist_positions(&be.fused_topk(&tables, index, &cand, shortlist)?)
+                be.fused_topk(&tables, index, &cand, shortlist)?.to_csr()
             };
             be.rerank(
                 queries,

@@ -38,6 +38,22 @@ impl TopK {
     pub fn row_scores(&self, r: usize) -> &[f32] {
         &self.scores[r * self.k..(r + 1) * self.k]
     }
+    /// The filled slots (ids `!= -1`, which must be `u32` positions) in CSR form:
+    /// `rows + 1` offsets and the ids row after row.
+    pub fn to_csr(&self) -> (Vec<usize>, Vec<u32>) {
+        let mut offsets = vec![0];
+        let mut positions = Vec::new();
+        for r in 0..self.rows {
+            positions.extend(
+                self.row_ids(r)
+                    .iter()
+                    .filter(|&&p| p != NO_ID)
+                    .map(|&p| p as u32),
+            );
+            offsets.push(positions.len());
+        }
+        (offsets, positions)
+    }
     /// Builds from per-row lists already sorted best first (each at most `k` long), padding.
     pub fn from_rows(k: usize, rows: Vec<Vec<(f32, i64)>>) -> Self {
         let mut out = TopK::empty(rows.len(), k);

@@ -1,0 +1,356 @@
+// Reusable device utilities of the rqtree kernels (in the spirit of FAISS's GPU utils):
+// the crate's rank order, the exact dot/distance arithmetic of the CPU reference, warp and
+// block reductions, and the block-wide top-k selector every selecting kernel is built on.
+//
+// Arithmetic contract: the kernels are compiled with `-fmad=false`, so `a * b + c` is a
+// rounded multiply then a rounded add, exactly as the Rust reference computes it. With the
+// same summation order (rq_dot, rq_dist_sq, rq_norm_sq below) the results are bitwise equal
+// to the reference's, which makes ties (and therefore ids) reproducible.
+//
+// Rules (DESIGN §5): full-mask `*_sync` warp intrinsics reached by every lane, no implicit
+// warp-synchronous code, no inline PTX, shared memory only through RQ_DYNAMIC_SHARED.
+#pragma once
+
+#include <math.h>
+
+#include "rq_shared.cuh"
+
+/// Declares `unsigned char* name`, the raw base of the launch's dynamic shared memory, which
+/// the kernels carve by hand (RQ_DYNAMIC_SHARED may yield a checked pointer under the
+/// emulator; `&x[0]` is a plain pointer in both builds).
+#define RQ_SHARED_BASE(name)                  \
+  RQ_DYNAMIC_SHARED(unsigned char, name##_dyn); \
+  unsigned char* name = &name##_dyn[0]
+
+#define RQ_FULL_MASK 0xffffffffu
+#define RQ_WARP 32
+/// Payload of an empty selector slot.
+#define RQ_NO_PAYLOAD 0xffffffffu
+/// Rank id of an empty selector slot (ranks after every real id).
+#define RQ_MAX_RANK 0x7fffffffffffffffLL
+/// Metric codes passed by the host: inner product, negated squared L2.
+#define RQ_METRIC_IP 0
+#define RQ_METRIC_L2 1
+
+/// -inf as a float.
+__device__ inline float rq_neg_inf() { return -__builtin_huge_valf(); }
+
+/// The crate's rank order: true when (s1, r1) ranks strictly before (s2, r2), i.e. a higher
+/// score, or an equal score and a lower id. Scores are finite or -inf, never NaN.
+__device__ inline bool rq_better(float s1, long long r1, float s2, long long r2) {
+  return s1 > s2 || (s1 == s2 && r1 < r2);
+}
+
+/// `Metric::score`: `ip` for inner product, `-(qn - 2 ip + xn)` for l2 (f32, same order).
+__device__ inline float rq_metric_score(int metric, float ip, float qn, float xn) {
+  return metric == RQ_METRIC_L2 ? -(qn - 2.0f * ip + xn) : ip;
+}
+
+/// `<a, b>` exactly as the reference's `matrix::dot`: eight f32 partial sums over the first
+/// `d / 8 * 8` elements, the rest in f64, all combined in f64, rounded to f32.
+__device__ inline float rq_dot(const float* a, const float* b, int d) {
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;
+  const int d8 = d / 8 * 8;
+  for (int e = 0; e < d8; e += 8) {
+    a0 += a[e] * b[e];
+    a1 += a[e + 1] * b[e + 1];
+    a2 += a[e + 2] * b[e + 2];
+    a3 += a[e + 3] * b[e + 3];
+    a4 += a[e + 4] * b[e + 4];
+    a5 += a[e + 5] * b[e + 5];
+    a6 += a[e + 6] * b[e + 6];
+    a7 += a[e + 7] * b[e + 7];
+  }
+  double tail = 0.0;
+  for (int e = d8; e < d; ++e) tail += (double)a[e] * (double)b[e];
+  double s = 0.0;
+  s += (double)a0; s += (double)a1; s += (double)a2; s += (double)a3;
+  s += (double)a4; s += (double)a5; s += (double)a6; s += (double)a7;
+  return (float)(s + tail);
+}
+
+/// IEEE binary16 bits → f32 (exact, subnormals and inf included; no NaN reaches a kernel).
+__device__ inline float rq_half_to_float(unsigned short h) {
+  const unsigned sign = (unsigned)(h & 0x8000u) << 16;
+  const unsigned exp = (h >> 10) & 0x1fu;
+  const unsigned man = h & 0x3ffu;
+  float v;
+  if (exp == 0) {
+    v = (float)man * (1.0f / 16777216.0f);  // man · 2^-24
+  } else if (exp == 31) {
+    v = man == 0 ? __builtin_huge_valf() : __builtin_nanf("");
+  } else {
+    // 2^(exp-15) · (1 + man/1024), exact in f32.
+    v = (1.0f + (float)man * (1.0f / 1024.0f));
+    int e = (int)exp - 15;
+    for (; e > 0; --e) v *= 2.0f;
+    for (; e < 0; ++e) v *= 0.5f;
+  }
+  return sign ? -v : v;
+}
+
+/// `<a, widen(b)>` for an f16 row `b`: the reference widens the row to f32, then `rq_dot`.
+__device__ inline float rq_dot_h(const float* a, const unsigned short* b, int d) {
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;
+  const int d8 = d / 8 * 8;
+  for (int e = 0; e < d8; e += 8) {
+    a0 += a[e] * rq_half_to_float(b[e]);
+    a1 += a[e + 1] * rq_half_to_float(b[e + 1]);
+    a2 += a[e + 2] * rq_half_to_float(b[e + 2]);
+    a3 += a[e + 3] * rq_half_to_float(b[e + 3]);
+    a4 += a[e + 4] * rq_half_to_float(b[e + 4]);
+    a5 += a[e + 5] * rq_half_to_float(b[e + 5]);
+    a6 += a[e + 6] * rq_half_to_float(b[e + 6]);
+    a7 += a[e + 7] * rq_half_to_float(b[e + 7]);
+  }
+  double tail = 0.0;
+  for (int e = d8; e < d; ++e) tail += (double)a[e] * (double)rq_half_to_float(b[e]);
+  double s = 0.0;
+  s += (double)a0; s += (double)a1; s += (double)a2; s += (double)a3;
+  s += (double)a4; s += (double)a5; s += (double)a6; s += (double)a7;
+  return (float)(s + tail);
+}
+
+/// `||a - b||²` accumulated in f64 in element order, rounded to f32 (reference `dist_sq`).
+__device__ inline float rq_dist_sq(const float* a, const float* b, int d) {
+  double s = 0.0;
+  for (int e = 0; e < d; ++e) {
+    const double t = (double)a[e] - (double)b[e];
+    s += t * t;
+  }
+  return (float)s;
+}
+
+/// `||a - widen(b)||²` for an f16 row `b`.
+__device__ inline float rq_dist_sq_h(const float* a, const unsigned short* b, int d) {
+  double s = 0.0;
+  for (int e = 0; e < d; ++e) {
+    const double t = (double)a[e] - (double)rq_half_to_float(b[e]);
+    s += t * t;
+  }
+  return (float)s;
+}
+
+/// `||a||²` accumulated in f64 in element order, rounded to f32 (reference `norm_sq`).
+__device__ inline float rq_norm_sq(const float* a, int d) {
+  double s = 0.0;
+  for (int e = 0; e < d; ++e) s += (double)a[e] * (double)a[e];
+  return (float)s;
+}
+
+/// Sum over the warp; every lane gets the result. Every lane of the warp must call it.
+__device__ inline float rq_warp_sum(float v) {
+  for (int o = RQ_WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(RQ_FULL_MASK, v, o);
+  return v;
+}
+
+/// Best (score, id) over the warp under the rank order; every lane gets the result.
+/// Every lane of the warp must call it.
+__device__ inline void rq_warp_argmax(float& s, long long& r) {
+  for (int o = RQ_WARP / 2; o > 0; o >>= 1) {
+    const float os = __shfl_xor_sync(RQ_FULL_MASK, s, o);
+    const long long orr = __shfl_xor_sync(RQ_FULL_MASK, r, o);
+    if (rq_better(os, orr, s, r)) {
+      s = os;
+      r = orr;
+    }
+  }
+}
+
+/// Block-wide max and sum of doubles through `scratch` (blockDim.x doubles of shared
+/// memory); blockDim.x must be a power of two. Every thread of the block must call them;
+/// every thread gets the result.
+__device__ inline double rq_block_max_f64(double v, double* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned h = blockDim.x / 2; h > 0; h >>= 1) {
+    if (threadIdx.x < h && scratch[threadIdx.x + h] > scratch[threadIdx.x])
+      scratch[threadIdx.x] = scratch[threadIdx.x + h];
+    __syncthreads();
+  }
+  const double r = scratch[0];
+  __syncthreads();
+  return r;
+}
+
+__device__ inline double rq_block_sum_f64(double v, double* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned h = blockDim.x / 2; h > 0; h >>= 1) {
+    if (threadIdx.x < h) scratch[threadIdx.x] += scratch[threadIdx.x + h];
+    __syncthreads();
+  }
+  const double r = scratch[0];
+  __syncthreads();
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Block-wide top-k selector (k ≤ 2048).
+//
+// Shared layout (carved by rq_select_carve from `cap` entries; the host sizes it with
+// `rq_select_bytes`): rank ids r[cap] (i64), scores s[cap], payloads p[cap], one counter.
+// Slots [0, k) hold the best entries seen so far, sorted best first (after a merge);
+// slots [k, k + count) are a buffer of candidates that beat the current k-th entry.
+// `cap` is a power of two with cap ≥ k + blockDim.x, so a round never overflows the buffer.
+// When the buffer might overflow on the next round, a bitonic sort merges it into [0, k).
+// Entries order by (score desc, rank asc); the payload rides along (an item position, a
+// parent slot, …). Empty slots are (-inf, RQ_MAX_RANK, RQ_NO_PAYLOAD).
+// Every function below must be called by every thread of the block (they synchronise).
+// ---------------------------------------------------------------------------------------
+
+struct RqSelect {
+  long long* r;
+  float* s;
+  unsigned* p;
+  int* count;
+  int k;
+  int cap;
+};
+
+/// Bytes of shared memory a selector of `cap` entries takes (mirrors the host's formula).
+__device__ inline unsigned rq_select_bytes(int cap) { return 16u * (unsigned)cap + 16u; }
+
+/// Lays a selector over `base` (16-byte aligned, rq_select_bytes(cap) bytes).
+__device__ inline RqSelect rq_select_carve(unsigned char* base, int k, int cap) {
+  RqSelect q;
+  q.r = reinterpret_cast<long long*>(base);
+  q.s = reinterpret_cast<float*>(base + 8u * (unsigned)cap);
+  q.p = reinterpret_cast<unsigned*>(base + 12u * (unsigned)cap);
+  q.count = reinterpret_cast<int*>(base + 16u * (unsigned)cap);
+  q.k = k;
+  q.cap = cap;
+  return q;
+}
+
+/// Empties the selector.
+__device__ inline void rq_select_init(const RqSelect& q) {
+  for (int i = threadIdx.x; i < q.cap; i += blockDim.x) {
+    q.r[i] = RQ_MAX_RANK;
+    q.s[i] = rq_neg_inf();
+    q.p[i] = RQ_NO_PAYLOAD;
+  }
+  if (threadIdx.x == 0) *q.count = 0;
+  __syncthreads();
+}
+
+/// Bitonic sort of slots [0, n) best first; n is a power of two ≤ cap.
+__device__ inline void rq_select_sort(const RqSelect& q, unsigned n) {
+  for (unsigned size = 2; size <= n; size <<= 1) {
+    for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+      for (unsigned i = threadIdx.x; i < n / 2; i += blockDim.x) {
+        const unsigned lo = 2 * i - (i & (stride - 1));
+        const unsigned hi = lo + stride;
+        const bool best_first = (lo & size) == 0;
+        const bool hi_better = rq_better(q.s[hi], q.r[hi], q.s[lo], q.r[lo]);
+        const bool lo_better = rq_better(q.s[lo], q.r[lo], q.s[hi], q.r[hi]);
+        if (best_first ? hi_better : lo_better) {
+          const long long tr = q.r[lo];
+          const float ts = q.s[lo];
+          const unsigned tp = q.p[lo];
+          q.r[lo] = q.r[hi];
+          q.s[lo] = q.s[hi];
+          q.p[lo] = q.p[hi];
+          q.r[hi] = tr;
+          q.s[hi] = ts;
+          q.p[hi] = tp;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+/// Merges `c` buffered candidates into the sorted best-k region and empties the buffer.
+__device__ inline void rq_select_merge(const RqSelect& q, int c) {
+  if (c == 0) return;
+  unsigned n = 1;
+  while (n < (unsigned)(q.k + c)) n <<= 1;
+  rq_select_sort(q, n);
+  for (unsigned i = (unsigned)q.k + threadIdx.x; i < n; i += blockDim.x) {
+    q.r[i] = RQ_MAX_RANK;
+    q.s[i] = rq_neg_inf();
+    q.p[i] = RQ_NO_PAYLOAD;
+  }
+  if (threadIdx.x == 0) *q.count = 0;
+  __syncthreads();
+}
+
+/// One round: every thread offers at most one candidate (`valid`).
+__device__ inline void rq_select_push(const RqSelect& q, bool valid, float s, long long r,
+                                      unsigned p) {
+  if (valid && rq_better(s, r, q.s[q.k - 1], q.r[q.k - 1])) {
+    const int pos = atomicAdd(q.count, 1);
+    q.r[q.k + pos] = r;
+    q.s[q.k + pos] = s;
+    q.p[q.k + pos] = p;
+  }
+  __syncthreads();
+  const int c = *q.count;
+  __syncthreads();
+  if (c > q.cap - q.k - (int)blockDim.x) rq_select_merge(q, c);
+}
+
+/// Final merge: afterwards slots [0, k) hold the best k entries, best first.
+__device__ inline void rq_select_finish(const RqSelect& q) {
+  __syncthreads();
+  const int c = *q.count;
+  __syncthreads();
+  rq_select_merge(q, c);
+}
+
+/// Block-wide inclusive prefix sum of v[0..n) in place (n ≤ blockDim.x, shared memory).
+__device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
+  for (int off = 1; off < n; off <<= 1) {
+    unsigned add = 0;
+    const int t = (int)threadIdx.x;
+    if (t < n && t >= off) add = v[t - off];
+    __syncthreads();
+    if (t < n) v[t] += add;
+    __syncthreads();
+  }
+}
+
+/// Visits the concatenation of `m` ranges in rounds of blockDim.x elements, so that tiny and
+/// empty ranges cost nothing. `range(j, begin, len)` gives range j (called by one thread);
+/// `visit(valid, j, x)` is called by every thread the same number of times, with the range
+/// index j and the element x = begin_j + offset (meaningful only when `valid`); it may
+/// synchronise (e.g. push into a selector). Scratch: `pre` (blockDim.x + 1 unsigned) and
+/// `base` (blockDim.x unsigned) in shared memory.
+template <class Range, class Visit>
+__device__ inline void rq_for_ranges(int m, unsigned* pre, unsigned* base, Range range,
+                                     Visit visit) {
+  const int T = (int)blockDim.x;
+  const int t = (int)threadIdx.x;
+  for (int j0 = 0; j0 < m; j0 += T) {
+    const int nb = m - j0 < T ? m - j0 : T;
+    if (t < nb) {
+      unsigned b = 0, len = 0;
+      range(j0 + t, b, len);
+      base[t] = b;
+      pre[t + 1] = len;
+    }
+    if (t == 0) pre[0] = 0;
+    __syncthreads();
+    rq_block_inclusive_scan(pre + 1, nb);
+    const unsigned total = pre[nb];
+    for (unsigned f0 = 0; f0 < total; f0 += (unsigned)T) {
+      const unsigned f = f0 + (unsigned)t;
+      const bool valid = f < total;
+      int j = 0;
+      unsigned x = 0;
+      if (valid) {
+        // Largest j with pre[j] <= f; pre[j + 1] > f, so range j is not empty.
+        int lo = 0, hi = nb - 1;
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) / 2;
+          if (pre[mid] <= f) lo = mid; else hi = mid - 1;
+        }
+        j = lo;
+        x = base[j] + (f - pre[j]);
+      }
+      visit(valid, j0 + j, x);
+    }
+    __syncthreads();
+  }
+}

@@ -1,0 +1,219 @@
+// Lookup tables, the fused residual lookup + top-k, and exact (re-)scoring (DESIGN §3).
+#include "common.cuh"
+
+#define RQ_LUT_TILE 16
+#define RQ_LUT_CHUNK 32
+
+/// Lookup table of one level: out[b·K + k] = <q_b, C[k]> with the reference's dot.
+/// Tiled like a GEMM: a block computes a 16 × 16 tile (queries × codewords), staging 32
+/// dimensions of both operands per step in shared memory.
+/// grid: (ceil(B / 16), ceil(K / 16)) (K ≤ 65536 keeps y in range); block: (16, 16); shared: 2 · 16 · 33 · 4 bytes.
+/// q: B × d; cb: K × d; out: B × K.
+extern "C" __global__ void rq_lut(const float* q, int B, int d, const float* cb, int K,
+                                  float* out) {
+  RQ_SHARED_BASE(smem_bytes);
+  float* smem = reinterpret_cast<float*>(smem_bytes);
+  float* sq = smem;                                      // [16][33] query chunk
+  float* sc = smem + RQ_LUT_TILE * (RQ_LUT_CHUNK + 1);   // [16][33] codeword chunk
+  const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
+  const int tid = ty * RQ_LUT_TILE + tx;
+  const int b0 = (int)blockIdx.x * RQ_LUT_TILE, k0 = (int)blockIdx.y * RQ_LUT_TILE;
+  const int b = b0 + ty, k = k0 + tx;
+  const int d8 = d / 8 * 8;
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;
+  double tail = 0.0;
+  for (int c0 = 0; c0 < d; c0 += RQ_LUT_CHUNK) {
+    for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_TILE * RQ_LUT_TILE) {
+      const int rr = i / RQ_LUT_CHUNK, e = i % RQ_LUT_CHUNK;
+      const bool in = c0 + e < d;
+      sq[rr * (RQ_LUT_CHUNK + 1) + e] =
+          in && b0 + rr < B ? q[(long long)(b0 + rr) * d + c0 + e] : 0.0f;
+      sc[rr * (RQ_LUT_CHUNK + 1) + e] =
+          in && k0 + rr < K ? cb[(long long)(k0 + rr) * d + c0 + e] : 0.0f;
+    }
+    __syncthreads();
+    const float* x = sq + ty * (RQ_LUT_CHUNK + 1);
+    const float* y = sc + tx * (RQ_LUT_CHUNK + 1);
+    for (int e = 0; e < RQ_LUT_CHUNK; e += 8) {
+      if (c0 + e < d8) {
+        a0 += x[e] * y[e];
+        a1 += x[e + 1] * y[e + 1];
+        a2 += x[e + 2] * y[e + 2];
+        a3 += x[e + 3] * y[e + 3];
+        a4 += x[e + 4] * y[e + 4];
+        a5 += x[e + 5] * y[e + 5];
+        a6 += x[e + 6] * y[e + 6];
+        a7 += x[e + 7] * y[e + 7];
+      } else {
+        for (int j = 0; j < 8; ++j)
+          if (c0 + e + j < d) tail += (double)x[e + j] * (double)y[e + j];
+      }
+    }
+    __syncthreads();
+  }
+  if (b < B && k < K) {
+    double s = 0.0;
+    s += (double)a0; s += (double)a1; s += (double)a2; s += (double)a3;
+    s += (double)a4; s += (double)a5; s += (double)a6; s += (double)a7;
+    out[(long long)b * K + k] = (float)(s + tail);
+  }
+}
+
+/// Squared norm of each row in f64, rounded to f32 (the reference's `row_norms_sq`).
+/// grid: ceil(rows / blockDim.x); no shared memory. x: rows × d; out: rows.
+extern "C" __global__ void rq_row_norms(const float* x, int rows, int d, float* out) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < rows) out[i] = rq_norm_sq(x + i * d, d);
+}
+
+/// Fused residual lookup + top-k: for query b (one block), the candidates are the items of
+/// its kept nodes; each is scored Σ_l LUT_l[code_l(i)] (+ the metric's norms) straight from
+/// the tables and offered to the block's selector, so no candidate-score matrix exists.
+/// Ranked by (score, ids[i]); the payload is the item position i.
+///
+/// luts: the L tables stacked; level l's B × K_l table starts at element lut_off[l];
+/// lut_k: K_l. lut_shared = 1: the query's L table rows are staged in shared memory
+/// (Σ K_l floats); 0: read from global memory.
+/// codes: L × N level-major, code_bytes = 1 (u8) or 2 (u16).
+/// item_start: the depth's item CSR (nodes + 1, u32); cand_off: B + 1 (i64) offsets into
+/// cand_nodes (u32 node ids at that depth). item_norms: N (||x̂||²); qnorm: B;
+/// metric: 0 ip, 1 l2; ids: N caller ids (i64).
+/// out_pos / out_scores: B × k, positions (-1 when empty) and scores (-inf), best first.
+/// grid: B; block: a power of two ≥ 32; 1 ≤ k ≤ 2048;
+/// shared: 4·Σ K_l·lut_shared (rounded up to 16) + 8·blockDim.x + 16 + 16·cap + 16 bytes,
+/// cap = next power of two ≥ k + blockDim.x.
+extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut_off,
+                                         const int* lut_k, int L, int lut_shared,
+                                         const unsigned char* codes, int code_bytes, int N,
+                                         const unsigned* item_start, const long long* cand_off,
+                                         const unsigned* cand_nodes, const float* item_norms,
+                                         const float* qnorm, int metric, const long long* ids,
+                                         int k, int cap, long long* out_pos,
+                                         float* out_scores) {
+  RQ_SHARED_BASE(smem);
+  const long long b = blockIdx.x;
+  int ksum = 0;
+  for (int l = 0; l < L; ++l) ksum += lut_k[l];
+  const unsigned tab_bytes = lut_shared ? ((unsigned)ksum * 4u + 15u) / 16u * 16u : 0u;
+  float* tab = reinterpret_cast<float*>(smem);
+  unsigned* pre = reinterpret_cast<unsigned*>(smem + tab_bytes);
+  unsigned* base = pre + blockDim.x + 1;
+  const RqSelect q =
+      rq_select_carve(smem + tab_bytes + ((8u * blockDim.x + 4u + 15u) / 16u * 16u), k, cap);
+
+  if (lut_shared) {
+    int off = 0;
+    for (int l = 0; l < L; ++l) {
+      const int kl = lut_k[l];
+      const float* src = luts + lut_off[l] + b * kl;
+      for (int c = threadIdx.x; c < kl; c += blockDim.x) tab[off + c] = src[c];
+      off += kl;
+    }
+  }
+  rq_select_init(q);  // synchronises: the tables are visible
+
+  const float qn = qnorm[b];
+  const long long c0 = cand_off[b];
+  const int m = (int)(cand_off[b + 1] - c0);
+  const unsigned short* codes16 = reinterpret_cast<const unsigned short*>(codes);
+  rq_for_ranges(
+      m, pre, base,
+      [&](int j, unsigned& begin, unsigned& len) {
+        const unsigned node = cand_nodes[c0 + j];
+        begin = item_start[node];
+        len = item_start[node + 1] - begin;
+      },
+      [&](bool valid, int, unsigned i) {
+        float s = 0.0f;
+        long long id = 0;
+        if (valid) {
+          float ip = 0.0f;
+          int off = 0;
+          for (int l = 0; l < L; ++l) {
+            const long long at = (long long)l * N + i;
+            const int c = code_bytes == 1 ? (int)codes[at] : (int)codes16[at];
+            const int kl = lut_k[l];
+            ip += lut_shared ? tab[off + c] : luts[lut_off[l] + b * kl + c];
+            off += kl;
+          }
+          s = rq_metric_score(metric, ip, qn, item_norms[i]);
+          id = ids[i];
+        }
+        rq_select_push(q, valid, s, id, i);
+      });
+  rq_select_finish(q);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    const bool full = q.p[i] != RQ_NO_PAYLOAD;
+    out_pos[b * k + i] = full ? (long long)q.p[i] : -1;
+    out_scores[b * k + i] = full ? q.s[i] : rq_neg_inf();
+  }
+}
+
+/// Exact score of query row `qs` (shared) against row `p` of f32 or f16 embeddings.
+__device__ inline float rq_exact_score(int metric, const float* qs, const unsigned char* emb,
+                                       int emb_f16, long long p, int d) {
+  if (emb_f16) {
+    const unsigned short* x = reinterpret_cast<const unsigned short*>(emb) + p * d;
+    return metric == RQ_METRIC_L2 ? -rq_dist_sq_h(qs, x, d) : rq_dot_h(qs, x, d);
+  }
+  const float* x = reinterpret_cast<const float*>(emb) + p * d;
+  return metric == RQ_METRIC_L2 ? -rq_dist_sq(qs, x, d) : rq_dot(qs, x, d);
+}
+
+/// Exact re-rank of a shortlist: query b (one block) re-scores its S shortlisted item
+/// positions (-1 = empty, skipped) against the stored embeddings (ip: <q, x>; l2:
+/// -||q - x||²) and keeps the best k, ranked by (score, ids[pos]); payload = position.
+/// q: B × d; emb: N × d, f32 (emb_f16 = 0) or f16 bits (1); shortlist: B × S (i64);
+/// ids: N (i64); out_pos / out_scores: B × k. grid: B; block: a power of two ≥ 32;
+/// shared: 4·d (rounded up to 16) + 16·cap + 16 bytes, cap = next pow2 ≥ k + blockDim.x.
+extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char* emb,
+                                     int emb_f16, const long long* shortlist, int S,
+                                     const long long* ids, int metric, int k, int cap,
+                                     long long* out_pos, float* out_scores) {
+  RQ_SHARED_BASE(smem);
+  const long long b = blockIdx.x;
+  float* qs = reinterpret_cast<float*>(smem);
+  const RqSelect sel = rq_select_carve(smem + ((unsigned)d * 4u + 15u) / 16u * 16u, k, cap);
+  for (int e = threadIdx.x; e < d; e += blockDim.x) qs[e] = q[b * d + e];
+  rq_select_init(sel);
+  for (int j0 = 0; j0 < S; j0 += blockDim.x) {
+    const int j = j0 + (int)threadIdx.x;
+    const long long p = j < S ? shortlist[b * S + j] : -1;
+    const bool valid = p >= 0;
+    const float s = valid ? rq_exact_score(metric, qs, emb, emb_f16, p, d) : 0.0f;
+    rq_select_push(sel, valid, s, valid ? ids[p] : 0, valid ? (unsigned)p : 0u);
+  }
+  rq_select_finish(sel);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    const bool full = sel.p[i] != RQ_NO_PAYLOAD;
+    out_pos[b * k + i] = full ? (long long)sel.p[i] : -1;
+    out_scores[b * k + i] = full ? sel.s[i] : rq_neg_inf();
+  }
+}
+
+/// Exact brute-force top-k: query b (one block) scores all N item rows (f32) and keeps the
+/// best k, ids = item rows. q: B × d; items: N × d; out_ids / out_scores: B × k.
+/// grid: B; block / shared as rq_rerank.
+extern "C" __global__ void rq_exact_topk(const float* q, int d, const float* items, int N,
+                                         int metric, int k, int cap, long long* out_ids,
+                                         float* out_scores) {
+  RQ_SHARED_BASE(smem);
+  const long long b = blockIdx.x;
+  float* qs = reinterpret_cast<float*>(smem);
+  const RqSelect sel = rq_select_carve(smem + ((unsigned)d * 4u + 15u) / 16u * 16u, k, cap);
+  for (int e = threadIdx.x; e < d; e += blockDim.x) qs[e] = q[b * d + e];
+  rq_select_init(sel);
+  const unsigned char* emb = reinterpret_cast<const unsigned char*>(items);
+  for (int j0 = 0; j0 < N; j0 += blockDim.x) {
+    const int j = j0 + (int)threadIdx.x;
+    const bool valid = j < N;
+    const float s = valid ? rq_exact_score(metric, qs, emb, 0, j, d) : 0.0f;
+    rq_select_push(sel, valid, s, j, (unsigned)j);
+  }
+  rq_select_finish(sel);
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    const bool full = sel.p[i] != RQ_NO_PAYLOAD;
+    out_ids[b * k + i] = full ? sel.r[i] : -1;
+    out_scores[b * k + i] = full ? sel.s[i] : rq_neg_inf();
+  }
+}

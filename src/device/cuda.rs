@@ -1,0 +1,392 @@
+//! The `cuda` device: the kernels of `kernels/*.cu`, compiled by build.rs into fatbins
+//! (`compute_80` PTX + `sm_90` code) and embedded, launched through cudarc's driver API with
+//! the driver library loaded dynamically. One context, one stream; every kernel image is
+//! loaded once at [`CudaDevice::open`], functions are looked up once and cached by name.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
+
+use crate::device::{Device, KernelArg, LaunchConfig};
+use crate::error::{Error, Result};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// Dynamic shared memory a launch may use without opting in (bytes).
+const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
+
+fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+/// A loaded module (`CUmodule`), unloaded on drop.
+struct Module(sys::CUmodule);
+// SAFETY: a CUmodule handle may be used from any thread once its context is current.
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+
+/// A kernel handle (`CUfunction`) and the dynamic shared memory it was opted in to.
+#[derive(Clone, Copy)]
+struct Function {
+    raw: sys::CUfunction,
+    shared_limit: u32,
+}
+// SAFETY: a CUfunction handle may be used from any thread once its context is current.
+unsafe impl Send for Function {}
+
+/// A device buffer: `len` bytes (the allocation has at least one byte).
+pub struct CudaBuffer {
+    slice: CudaSlice<u8>,
+    len: usize,
+}
+
+impl CudaBuffer {
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True for a zero-byte buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A GPU with the rqtree kernels loaded.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Vec<Module>,
+    functions: Mutex<HashMap<String, Function>>,
+}
+
+impl CudaDevice {
+    /// Opens GPU 0 and loads the embedded kernels, without panicking: errors with
+    /// [`Error::BackendUnavailable`] when there is no driver or device,
+    /// [`Error::KernelsUnavailable`] when the crate was built without nvcc, and
+    /// [`Error::Device`] when a module fails to load. cudarc panics when the driver library
+    /// lacks a symbol (a driver older than CUDA 13); that too becomes `BackendUnavailable`.
+    pub fn open() -> Result<Self> {
+        match std::panic::catch_unwind(Self::open_inner) {
+            Ok(r) => r,
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("panic");
+                Err(Error::BackendUnavailable(format!(
+                    "the CUDA driver library is unusable: {msg}"
+                )))
+            }
+        }
+    }
+
+    fn open_inner() -> Result<Self> {
+        if let Some(why) = embedded::KERNELS_MISSING {
+            return Err(Error::KernelsUnavailable(why.to_string()));
+        }
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::BackendUnavailable(
+                "no CUDA driver library (libcuda) found".into(),
+            ));
+        }
+        let count = CudaContext::device_count()
+            .map_err(|e| Error::BackendUnavailable(format!("CUDA driver: {e:?}")))?;
+        if count < 1 {
+            return Err(Error::BackendUnavailable("no CUDA device".into()));
+        }
+        let ctx = CudaContext::new(0)
+            .map_err(|e| Error::BackendUnavailable(format!("CUDA context: {e:?}")))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::BackendUnavailable(format!("CUDA stream: {e:?}")))?;
+        ctx.bind_to_thread()
+            .map_err(|e| dev_err("bind context", e))?;
+        let mut modules = Vec::with_capacity(embedded::KERNEL_IMAGES.len());
+        for (name, image) in embedded::KERNEL_IMAGES {
+            // cuModuleLoadData wants an aligned image: copy into u64 storage.
+            let mut aligned = vec![0u64; image.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..image.len()].copy_from_slice(image);
+            // SAFETY: `aligned` holds a complete fatbin produced by nvcc.
+            let m = unsafe { result::module::load_data(aligned.as_ptr() as *const c_void) }
+                .map_err(|e| dev_err(&format!("loading kernels/{name}.cu"), e))?;
+            modules.push(Module(m));
+        }
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The device's name as the driver reports it.
+    pub fn device_name(&self) -> Result<String> {
+        self.ctx.name().map_err(|e| dev_err("device name", e))
+    }
+
+    /// The cached handle of `kernel`, looked up in every loaded module the first time.
+    fn function(&self, kernel: &str) -> Result<Function> {
+        let mut map = self
+            .functions
+            .lock()
+            .map_err(|_| Error::Device("kernel cache lock poisoned".into()))?;
+        if let Some(f) = map.get(kernel) {
+            return Ok(*f);
+        }
+        let cname = CString::new(kernel)
+            .map_err(|_| Error::Device(format!("kernel name {kernel:?} contains NUL")))?;
+        for m in &self.modules {
+            // SAFETY: the module is loaded in this context; a missing name is an error code.
+            if let Ok(raw) = unsafe { result::module::get_function(m.0, cname.clone()) } {
+                let f = Function {
+                    raw,
+                    shared_limit: DEFAULT_SHARED_LIMIT,
+                };
+                map.insert(kernel.to_string(), f);
+                return Ok(f);
+            }
+        }
+        Err(Error::Device(format!(
+            "kernel {kernel} is not in the embedded images"
+        )))
+    }
+
+    /// Opts `kernel` in to `bytes` of dynamic shared memory when it needs more than 48 KiB.
+    fn ensure_shared(&self, kernel: &str, f: Function, bytes: u32) -> Result<Function> {
+        if bytes <= f.shared_limit {
+            return Ok(f);
+        }
+        // SAFETY: `f.raw` is a live function of this context.
+        unsafe {
+            result::function::set_function_attribute(
+                f.raw,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        }
+        .map_err(|e| dev_err(&format!("{kernel}: {bytes} bytes of shared memory"), e))?;
+        let f = Function {
+            raw: f.raw,
+            shared_limit: bytes,
+        };
+        if let Ok(mut map) = self.functions.lock() {
+            map.insert(kernel.to_string(), f);
+        }
+        Ok(f)
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            let _ = self.stream.synchronize();
+            for m in self.modules.drain(..) {
+                // SAFETY: no launch is in flight (synchronised) and the handle is dropped.
+                let _ = unsafe { result::module::unload(m.0) };
+            }
+        }
+    }
+}
+
+impl Device for CudaDevice {
+    type Buffer = CudaBuffer;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {
+        // cuMemAlloc returns 256-byte (or more) aligned memory; it refuses zero bytes.
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| dev_err(&format!("alloc {bytes} bytes"), e))?;
+        Ok(CudaBuffer { slice, len: bytes })
+    }
+
+    fn upload(&self, dst: &mut CudaBuffer, src: &[u8]) -> Result<()> {
+        if src.len() > dst.len {
+            return Err(Error::Device(format!(
+                "upload of {} bytes into a {}-byte buffer",
+                src.len(),
+                dst.len
+            )));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut view = dst.slice.slice_mut(0..src.len());
+        self.stream
+            .memcpy_htod(src, &mut view)
+            .map_err(|e| dev_err("upload", e))?;
+        self.stream.synchronize().map_err(|e| dev_err("upload", e))
+    }
+
+    fn download(&self, src: &CudaBuffer, dst: &mut [u8]) -> Result<()> {
+        if dst.len() > src.len {
+            return Err(Error::Device(format!(
+                "download of {} bytes from a {}-byte buffer",
+                dst.len(),
+                src.len
+            )));
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let view = src.slice.slice(0..dst.len());
+        self.stream
+            .memcpy_dtoh(&view, dst)
+            .map_err(|e| dev_err("download", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| dev_err("download", e))
+    }
+
+    fn launch(
+        &self,
+        kernel: &str,
+        cfg: LaunchConfig,
+        args: &[KernelArg<'_, CudaBuffer>],
+    ) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("bind context", e))?;
+        let f = self.function(kernel)?;
+        let f = self.ensure_shared(kernel, f, cfg.shared_bytes)?;
+        // One 8-byte slot per argument; cuLaunchKernel reads each parameter's size from the
+        // start of its slot (little-endian, so narrower values sit in the low bytes).
+        let mut slots: Vec<u64> = Vec::with_capacity(args.len());
+        let mut guards = Vec::new();
+        for a in args {
+            slots.push(match a {
+                KernelArg::Buf(b) => {
+                    let (ptr, guard) = b.slice.device_ptr(&self.stream);
+                    guards.push(guard);
+                    ptr
+                }
+                KernelArg::I32(v) => *v as u32 as u64,
+                KernelArg::U32(v) => *v as u64,
+                KernelArg::I64(v) => *v as u64,
+                KernelArg::U64(v) => *v,
+                KernelArg::F32(v) => v.to_bits() as u64,
+            });
+        }
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        let g = cfg.grid;
+        let b = cfg.block;
+        // SAFETY: the parameters match the kernel's `extern "C"` signature (the typed
+        // wrappers in crate::kernels guarantee it) and every buffer outlives the launch
+        // (`guards` orders later work after it on the stream).
+        unsafe {
+            result::launch_kernel(
+                f.raw,
+                (g[0], g[1], g[2]),
+                (b[0], b[1], b[2]),
+                cfg.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| dev_err(&format!("launching {kernel}"), e))?;
+        drop(guards);
+        self.stream
+            .context()
+            .check_err()
+            .map_err(|e| dev_err(kernel, e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| dev_err("synchronize", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opens the device, or prints `SKIP: <reason>` and returns `None` unless
+    /// `REQUIRE_GPU=1`, which turns a missing device into a failure.
+    fn device_or_skip() -> Option<CudaDevice> {
+        match CudaDevice::open() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                    panic!("REQUIRE_GPU=1 but the CUDA device is unavailable: {e}");
+                }
+                println!("SKIP: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn open_never_panics() {
+        match CudaDevice::open() {
+            Ok(d) => assert_eq!(d.name(), "cuda"),
+            Err(Error::BackendUnavailable(_)) | Err(Error::KernelsUnavailable(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_argmax() {
+        let Some(dev) = device_or_skip() else { return };
+        let data: Vec<f32> = vec![1.0, 3.0, 3.0, -2.0, 0.5, 0.25, 7.0, 7.0, 7.0];
+        let mut buf = dev.alloc(data.len() * 4).expect("alloc");
+        dev.upload(&mut buf, bytemuck::cast_slice(&data))
+            .expect("upload");
+        let mut back = vec![0f32; data.len()];
+        dev.download(&buf, bytemuck::cast_slice_mut(&mut back))
+            .expect("download");
+        assert_eq!(back, data);
+        let ids = dev.alloc(3 * 8).expect("alloc");
+        let scores = dev.alloc(3 * 4).expect("alloc");
+        let cfg = LaunchConfig {
+            grid: [1, 1, 1],
+            block: [96, 1, 1],
+            shared_bytes: 0,
+        };
+        dev.launch(
+            "rq_topk_argmax",
+            cfg,
+            &[
+                KernelArg::Buf(&buf),
+                KernelArg::I32(3),
+                KernelArg::I32(3),
+                KernelArg::Buf(&ids),
+                KernelArg::Buf(&scores),
+            ],
+        )
+        .expect("launch");
+        dev.synchronize().expect("sync");
+        let mut got = vec![0i64; 3];
+        dev.download(&ids, bytemuck::cast_slice_mut(&mut got))
+            .expect("download");
+        assert_eq!(got, vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn unknown_kernel_is_an_error() {
+        let Some(dev) = device_or_skip() else { return };
+        let cfg = LaunchConfig {
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+            shared_bytes: 0,
+        };
+        assert!(matches!(
+            dev.launch("no_such_kernel", cfg, &[]),
+            Err(Error::Device(_))
+        ));
+    }
+}

@@ -1,0 +1,244 @@
+//! Wrappers of `kernels/assign.cu`: one level of code assignment and the all-level encoding.
+
+use crate::backend::{AssignOptions, Assignment, Encoding};
+use crate::device::{Device, KernelArg};
+use crate::error::{Error, Result};
+use crate::index::{Codebook, Codebooks};
+use crate::matrix::Matrix;
+
+use super::{
+    alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
+};
+
+/// Threads per block of the general assignment kernels (one row per block).
+const THREADS: u32 = 128;
+/// Rows (warps) per block of `rq_greedy_rows`.
+const GREEDY_ROWS: usize = 8;
+/// Shared memory budget of one `rq_greedy_rows` codeword tile (bytes).
+const GREEDY_TILE_BYTES: usize = 32 * 1024;
+
+/// Output of [`greedy_rows`]: `n × L` codes, one float per row, optional residuals.
+struct Greedy {
+    codes: Vec<u32>,
+    err: Vec<f32>,
+    residual: Option<Vec<f32>>,
+}
+
+/// Launches `rq_greedy_rows` over `levels` (codebooks), `mode` 0 (encode) or 1 (assign).
+fn greedy_rows<D: Device>(
+    dev: &D,
+    x: &Matrix,
+    levels: &[&Codebook],
+    mode: i32,
+    want_residual: bool,
+) -> Result<Greedy> {
+    let (n, d, l) = (x.rows(), x.cols(), levels.len());
+    let tk = (GREEDY_TILE_BYTES / (4 * (d + 1))).clamp(1, 64);
+    let shared = round16(4 * GREEDY_ROWS * d) + 4 * tk * (d + 1);
+    let cfg = launch_1d(
+        n.div_ceil(GREEDY_ROWS),
+        (GREEDY_ROWS * 32) as u32,
+        shared,
+        "greedy assignment",
+    )?;
+    let mut stacked = Vec::new();
+    let mut norms = Vec::new();
+    let mut rows = vec![0i64];
+    for cb in levels {
+        stacked.extend_from_slice(cb.words().data());
+        norms.extend_from_slice(cb.norms());
+        rows.push(rows[rows.len() - 1] + cb.len() as i64);
+    }
+    let d_x = upload(dev, x.data())?;
+    let d_cb = upload(dev, &stacked)?;
+    let d_rows = upload(dev, &rows)?;
+    let d_norms = upload(dev, &norms)?;
+    let codes = alloc::<D, u32>(dev, n * l)?;
+    let err = alloc::<D, f32>(dev, n)?;
+    let res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
+    dev.launch(
+        "rq_greedy_rows",
+        cfg,
+        &[
+            KernelArg::Buf(&d_x),
+            KernelArg::I32(arg_i32(n, "greedy assignment: rows")?),
+            KernelArg::I32(arg_i32(d, "greedy assignment: d")?),
+            KernelArg::I32(l as i32),
+            KernelArg::Buf(&d_cb),
+            KernelArg::Buf(&d_rows),
+            KernelArg::Buf(&d_norms),
+            KernelArg::I32(mode),
+            KernelArg::I32(tk as i32),
+            KernelArg::Buf(&codes),
+            KernelArg::Buf(&err),
+            KernelArg::I32(want_residual as i32),
+            KernelArg::Buf(&res),
+        ],
+    )?;
+    dev.synchronize()?;
+    Ok(Greedy {
+        codes: download(dev, &codes, n * l)?,
+        err: download(dev, &err, n)?,
+        residual: if want_residual {
+            Some(download(dev, &res, n * d)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// One level of assignment of `residuals` (`n × d`) over `codebook` (`K × d`): the
+/// `top_m` best codes (`1 ≤ top_m ≤ min(K, 2048)`) with their logits
+/// `2<r, C[k]> - ||C[k]||²`, optionally the soft weights `softmax(α·logit)` (`n × K`) and the
+/// hard residual `r - C[code]` (`n × d`). Ties → lowest code. The hard-code-only case
+/// (`top_m = 1`, no soft weights) runs the row-tiled kernel.
+pub fn assign<D: Device>(
+    dev: &D,
+    residuals: &Matrix,
+    codebook: &Codebook,
+    opts: &AssignOptions,
+) -> Result<Assignment> {
+    let (n, d, kk) = (residuals.rows(), codebook.dim(), codebook.len());
+    residuals.check_cols(d, "residuals")?;
+    if opts.top_m == 0 || opts.top_m > kk {
+        return Err(Error::param(format!(
+            "assign: top_m = {} must be in 1..={kk}",
+            opts.top_m
+        )));
+    }
+    check_k(opts.top_m, "assign: top_m")?;
+    let m = opts.top_m;
+    if n == 0 {
+        return Ok(Assignment {
+            top_m: m,
+            codes: Vec::new(),
+            logits: Vec::new(),
+            soft: opts.alpha.map(|_| Matrix::zeros(0, kk)),
+            residual: opts.residual.then(|| Matrix::zeros(0, d)),
+        });
+    }
+    if m == 1 && opts.alpha.is_none() {
+        // Hard code only: the row-tiled kernel (codebook tiles in shared memory).
+        let g = greedy_rows(dev, residuals, &[codebook], 1, opts.residual)?;
+        return Ok(Assignment {
+            top_m: 1,
+            codes: g.codes,
+            logits: g.err,
+            soft: None,
+            residual: g.residual.map(|r| Matrix::new(n, d, r)).transpose()?,
+        });
+    }
+    let cap = select_cap(m, THREADS);
+    let shared = round16(4 * d) + 8 * THREADS as usize + select_bytes(cap);
+    let cfg = launch_1d(n, THREADS, shared, "assign")?;
+    let x = upload(dev, residuals.data())?;
+    let cb = upload(dev, codebook.words().data())?;
+    let norms = upload(dev, codebook.norms())?;
+    let codes = alloc::<D, u32>(dev, n * m)?;
+    let logits = alloc::<D, f32>(dev, n * m)?;
+    let soft = alloc::<D, f32>(dev, if opts.alpha.is_some() { n * kk } else { 0 })?;
+    let res = alloc::<D, f32>(dev, if opts.residual { n * d } else { 0 })?;
+    dev.launch(
+        "rq_assign",
+        cfg,
+        &[
+            KernelArg::Buf(&x),
+            KernelArg::I32(arg_i32(d, "assign: d")?),
+            KernelArg::Buf(&cb),
+            KernelArg::Buf(&norms),
+            KernelArg::I32(arg_i32(kk, "assign: K")?),
+            KernelArg::I32(m as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::I32(opts.alpha.is_some() as i32),
+            KernelArg::F32(opts.alpha.unwrap_or(1.0)),
+            KernelArg::I32(opts.residual as i32),
+            KernelArg::Buf(&codes),
+            KernelArg::Buf(&logits),
+            KernelArg::Buf(&soft),
+            KernelArg::Buf(&res),
+        ],
+    )?;
+    dev.synchronize()?;
+    let soft = match opts.alpha {
+        Some(_) => Some(Matrix::new(n, kk, download(dev, &soft, n * kk)?)?),
+        None => None,
+    };
+    let residual = if opts.residual {
+        Some(Matrix::new(n, d, download(dev, &res, n * d)?)?)
+    } else {
+        None
+    };
+    Ok(Assignment {
+        top_m: m,
+        codes: download(dev, &codes, n * m)?,
+        logits: download(dev, &logits, n * m)?,
+        soft,
+        residual,
+    })
+}
+
+/// Encodes `items` (`n × d`) over all levels keeping the `beam` best partial paths by
+/// squared reconstruction error (`1 ≤ beam ≤ 2048`; 1 = greedy): `n × L` codes and
+/// `||x - x̂||²` per item. The residuals stay in shared memory across levels; `beam = 1`
+/// runs the row-tiled greedy kernel, wider beams the per-row beam kernel.
+pub fn encode<D: Device>(
+    dev: &D,
+    items: &Matrix,
+    cbs: &Codebooks,
+    beam: usize,
+) -> Result<Encoding> {
+    let (n, d, levels) = (items.rows(), cbs.dim(), cbs.levels());
+    items.check_cols(d, "items")?;
+    check_k(beam, "encode: beam")?;
+    if n == 0 {
+        return Ok(Encoding {
+            levels,
+            codes: Vec::new(),
+            error: Vec::new(),
+        });
+    }
+    if beam == 1 {
+        let levels_ref: Vec<&Codebook> = cbs.iter().collect();
+        let g = greedy_rows(dev, items, &levels_ref, 0, false)?;
+        return Ok(Encoding {
+            levels,
+            codes: g.codes,
+            error: g.err,
+        });
+    }
+    let cap = select_cap(beam, THREADS);
+    let shared = 2 * round16(4 * beam * d) + 2 * round16(4 * beam * levels) + select_bytes(cap);
+    let cfg = launch_1d(n, THREADS, shared, "encode")?;
+    let mut stacked = Vec::with_capacity(cbs.sizes().iter().sum::<usize>() * d);
+    let mut rows = vec![0i64];
+    for cb in cbs.iter() {
+        stacked.extend_from_slice(cb.words().data());
+        rows.push(rows[rows.len() - 1] + cb.len() as i64);
+    }
+    let x = upload(dev, items.data())?;
+    let cb = upload(dev, &stacked)?;
+    let cb_rows = upload(dev, &rows)?;
+    let codes = alloc::<D, u32>(dev, n * levels)?;
+    let err = alloc::<D, f32>(dev, n)?;
+    dev.launch(
+        "rq_encode",
+        cfg,
+        &[
+            KernelArg::Buf(&x),
+            KernelArg::I32(arg_i32(d, "encode: d")?),
+            KernelArg::I32(levels as i32),
+            KernelArg::Buf(&cb),
+            KernelArg::Buf(&cb_rows),
+            KernelArg::I32(beam as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::Buf(&codes),
+            KernelArg::Buf(&err),
+        ],
+    )?;
+    dev.synchronize()?;
+    Ok(Encoding {
+        levels,
+        codes: download(dev, &codes, n * levels)?,
+        error: download(dev, &err, n)?,
+    })
+}

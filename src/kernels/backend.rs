@@ -1,0 +1,310 @@
+//! [`KernelBackend`]: the [`Backend`] whose every operation runs the kernels of
+//! `kernels/*.cu` on a [`Device`] (uploading inputs, launching, downloading results).
+//! Operations outside the kernels' limits (`k`, beam widths or `top_m` above
+//! [`super::MAX_K`], shared memory above [`super::MAX_SHARED_BYTES`]) are errors naming the
+//! operation, never a silent CPU fallback.
+
+use crate::backend::{AssignOptions, Assignment, Backend, Encoding};
+use crate::candidates::Candidates;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::index::{Codebook, Codebooks, Embeddings, Index, Tree};
+use crate::matrix::Matrix;
+use crate::metric::Metric;
+use crate::tables::QueryTables;
+use crate::topk::TopK;
+
+/// A backend running the rqtree kernels on device `D`.
+pub struct KernelBackend<D: Device> {
+    dev: D,
+}
+
+impl<D: Device> KernelBackend<D> {
+    /// Wraps an opened device.
+    pub fn new(dev: D) -> Self {
+        KernelBackend { dev }
+    }
+    /// The device.
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+}
+
+impl<D: Device> Backend for KernelBackend<D> {
+    fn name(&self) -> &'static str {
+        self.dev.name()
+    }
+
+    fn assign(&self, r: &Matrix, cb: &Codebook, o: &AssignOptions) -> Result<Assignment> {
+        super::assign::assign(&self.dev, r, cb, o)
+    }
+
+    fn encode(&self, items: &Matrix, cbs: &Codebooks, beam: usize) -> Result<Encoding> {
+        super::assign::encode(&self.dev, items, cbs, beam)
+    }
+
+    fn lookup_tables(&self, q: &Matrix, cbs: &Codebooks, metric: Metric) -> Result<QueryTables> {
+        super::lookup::lookup_tables(&self.dev, q, cbs, metric)
+    }
+
+    fn traverse(&self, t: &QueryTables, tree: &Tree, beams: &[usize]) -> Result<Candidates> {
+        super::traverse::traverse(&self.dev, t, tree, beams)
+    }
+
+    fn fused_topk(&self, t: &QueryTables, ix: &Index, c: &Candidates, k: usize) -> Result<TopK> {
+        super::lookup::fused_topk(&self.dev, t, ix, c, k)
+    }
+
+    fn rerank(
+        &self,
+        q: &Matrix,
+        e: &Embeddings,
+        ids: &[i64],
+        metric: Metric,
+        offsets: &[usize],
+        positions: &[u32],
+        k: usize,
+    ) -> Result<TopK> {
+        if ids.len() != e.rows() {
+            return Err(Error::shape(format!(
+                "rerank: {} ids for {} embedding rows",
+                ids.len(),
+                e.rows()
+            )));
+        }
+        super::lookup::rerank(&self.dev, q, e, ids, metric, offsets, positions, k)
+    }
+
+    fn topk(&self, scores: &Matrix, k: usize) -> Result<TopK> {
+        super::topk::topk(&self.dev, scores, k)
+    }
+
+    fn segmented_topk(&self, values: &[f32], offsets: &[usize], k: usize) -> Result<TopK> {
+        super::topk::segmented_topk(&self.dev, values, offsets, k)
+    }
+
+    fn exact_topk(&self, q: &Matrix, items: &Matrix, metric: Metric, k: usize) -> Result<TopK> {
+        super::lookup::exact_topk(&self.dev, q, items, metric, k)
+    }
+}
+
+/// The agreement check of DESIGN §4, written once for any device: every operation of
+/// [`KernelBackend`] against the CPU reference on small inputs with ties, sizes that are not
+/// multiples of 32, `k` larger than the candidate count and empty results.
+#[cfg(test)]
+pub(crate) mod agreement {
+    use super::*;
+    use crate::index::{CodeData, Codes};
+    use crate::reference::Reference;
+    use rand::{Rng, SeedableRng};
+
+    fn matrix(
+        rng: &mut rand_xoshiro::Xoshiro256PlusPlus,
+        rows: usize,
+        cols: usize,
+        levels: i32,
+    ) -> Matrix {
+        let data = (0..rows * cols)
+            .map(|_| {
+                if levels > 0 {
+                    rng.random_range(0..levels) as f32 - (levels / 2) as f32
+                } else {
+                    rng.random_range(-1.0f32..1.0)
+                }
+            })
+            .collect();
+        Matrix::new(rows, cols, data).expect("shape")
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            let ok = x == y || (x - y).abs() <= 1e-5 * (1.0 + y.abs());
+            assert!(ok, "{what}[{i}]: {x} vs reference {y}");
+        }
+    }
+
+    fn same_topk(a: &TopK, b: &TopK, what: &str) {
+        assert_eq!((a.rows, a.k), (b.rows, b.k), "{what}: shape");
+        assert_eq!(a.ids, b.ids, "{what}: ids");
+        close(&a.scores, &b.scores, what);
+    }
+
+    /// A small index over `items` with codebooks `cbs` (items sorted into code order).
+    fn index(items: &Matrix, cbs: &Codebooks, metric: Metric) -> Index {
+        let enc = Reference.encode(items, cbs, 1).expect("encode");
+        let l = cbs.levels();
+        let mut order: Vec<usize> = (0..items.rows()).collect();
+        order.sort_by(|&a, &b| enc.codes[a * l..(a + 1) * l].cmp(&enc.codes[b * l..(b + 1) * l]));
+        let item_major: Vec<u32> = order
+            .iter()
+            .flat_map(|&i| enc.codes[i * l..(i + 1) * l].to_vec())
+            .collect();
+        let codes = Codes::from_item_major(&item_major, &cbs.sizes()).expect("codes");
+        let rows: Vec<f32> = order.iter().flat_map(|&i| items.row(i).to_vec()).collect();
+        let sorted = Matrix::new(items.rows(), items.cols(), rows).expect("items");
+        let tree = Tree::build(&codes, cbs, &|i| sorted.row(i).to_vec()).expect("tree");
+        let item_norms = (0..items.rows())
+            .map(|i| crate::matrix::norm_sq(&cbs.reconstruct(&codes.path(i))))
+            .collect();
+        let ids = order.iter().map(|&i| 1000 - 3 * i as i64).collect();
+        let ix = Index {
+            metric,
+            codebooks: cbs.clone(),
+            codes,
+            ids,
+            item_norms,
+            tree,
+            embeddings: Embeddings::store(sorted, crate::index::EmbeddingKind::F16),
+        };
+        ix.validate().expect("valid index");
+        ix
+    }
+
+    /// Runs every operation on `b` and on the reference and asserts agreement.
+    pub(crate) fn check<B: Backend>(b: &B) {
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(11);
+        // top-k: ties (few distinct values), k = 1, small, > 256 (radix), > n.
+        let scores = matrix(&mut rng, 5, 301, 7);
+        for k in [1, 3, 40, 300, 400] {
+            same_topk(
+                &b.topk(&scores, k).expect("topk"),
+                &Reference.topk(&scores, k).expect("ref"),
+                "topk",
+            );
+        }
+        let values = scores.data()[..120].to_vec();
+        let offsets = [0, 0, 7, 7, 100, 120];
+        for k in [1, 9] {
+            same_topk(
+                &b.segmented_topk(&values, &offsets, k).expect("segmented"),
+                &Reference.segmented_topk(&values, &offsets, k).expect("ref"),
+                "segmented_topk",
+            );
+        }
+        // assignment: duplicated codewords force ties.
+        let d = 13;
+        let mut words = matrix(&mut rng, 37, d, 3);
+        let dup = words.row(3).to_vec();
+        words.row_mut(20).copy_from_slice(&dup);
+        let cb = Codebook::new(words, "codebook.0").expect("codebook");
+        let x = matrix(&mut rng, 45, d, 3);
+        for opts in [
+            AssignOptions::default(),
+            AssignOptions {
+                top_m: 1,
+                alpha: None,
+                residual: true,
+            },
+            AssignOptions {
+                top_m: 5,
+                alpha: Some(0.5),
+                residual: true,
+            },
+        ] {
+            let got = b.assign(&x, &cb, &opts).expect("assign");
+            let want = Reference.assign(&x, &cb, &opts).expect("ref");
+            assert_eq!(got.codes, want.codes, "assign codes {opts:?}");
+            close(&got.logits, &want.logits, "assign logits");
+            match (&got.soft, &want.soft) {
+                (Some(g), Some(w)) => close(g.data(), w.data(), "assign soft"),
+                (None, None) => {}
+                _ => panic!("assign soft presence differs"),
+            }
+            match (&got.residual, &want.residual) {
+                (Some(g), Some(w)) => close(g.data(), w.data(), "assign residual"),
+                (None, None) => {}
+                _ => panic!("assign residual presence differs"),
+            }
+        }
+        // encoding and a small index.
+        let cbs = Codebooks::from_matrices(vec![
+            matrix(&mut rng, 6, d, 0),
+            matrix(&mut rng, 5, d, 0),
+            matrix(&mut rng, 4, d, 0),
+        ])
+        .expect("codebooks");
+        let items = matrix(&mut rng, 150, d, 0);
+        for beam in [1, 3] {
+            let got = b.encode(&items, &cbs, beam).expect("encode");
+            let want = Reference.encode(&items, &cbs, beam).expect("ref");
+            assert_eq!(got.codes, want.codes, "encode beam {beam}");
+            close(&got.error, &want.error, "encode error");
+        }
+        let queries = matrix(&mut rng, 7, d, 0);
+        for metric in [Metric::Ip, Metric::L2] {
+            let ix = index(&items, &cbs, metric);
+            let t = b.lookup_tables(&queries, &cbs, metric).expect("tables");
+            let tr = Reference
+                .lookup_tables(&queries, &cbs, metric)
+                .expect("ref");
+            close(&t.qnorm, &tr.qnorm, "qnorm");
+            for (g, w) in t.levels.iter().zip(&tr.levels) {
+                close(g.data(), w.data(), "lookup table");
+            }
+            for beams in [vec![2], vec![2, 5], vec![1, 3, 100]] {
+                let c = b.traverse(&tr, &ix.tree, &beams).expect("traverse");
+                let cr = Reference.traverse(&tr, &ix.tree, &beams).expect("ref");
+                assert_eq!(c, cr, "traverse {beams:?}");
+                for k in [1, 10, 200] {
+                    let f = b.fused_topk(&tr, &ix, &cr, k).expect("fused");
+                    let fr = Reference.fused_topk(&tr, &ix, &cr, k).expect("ref");
+                    same_topk(&f, &fr, "fused_topk");
+                    let e = ix.embeddings.as_ref().expect("embeddings");
+                    let (off, pos) = fr.to_csr();
+                    let r = b
+                        .rerank(&queries, e, &ix.ids, metric, &off, &pos, 4)
+                        .expect("rerank");
+                    let rr = Reference
+                        .rerank(&queries, e, &ix.ids, metric, &off, &pos, 4)
+                        .expect("ref");
+                    same_topk(&r, &rr, "rerank");
+                }
+            }
+            for k in [1, 5, 200] {
+                same_topk(
+                    &b.exact_topk(&queries, &items, metric, k).expect("exact"),
+                    &Reference
+                        .exact_topk(&queries, &items, metric, k)
+                        .expect("ref"),
+                    "exact_topk",
+                );
+            }
+        }
+        // u16 codes (a level with K > 256).
+        let big =
+            Codebooks::from_matrices(vec![matrix(&mut rng, 300, d, 0), matrix(&mut rng, 3, d, 0)])
+                .expect("codebooks");
+        let ix = index(&items, &big, Metric::Ip);
+        assert!(matches!(ix.codes.data(), CodeData::U16(_)));
+        let tr = Reference
+            .lookup_tables(&queries, &big, Metric::Ip)
+            .expect("ref");
+        let cr = Reference.traverse(&tr, &ix.tree, &[20, 40]).expect("ref");
+        same_topk(
+            &b.fused_topk(&tr, &ix, &cr, 30).expect("fused u16"),
+            &Reference.fused_topk(&tr, &ix, &cr, 30).expect("ref"),
+            "fused_topk u16",
+        );
+    }
+
+    /// The harness itself (index construction, shapes) checked on the reference.
+    #[test]
+    fn harness_runs_on_the_reference() {
+        check(&Reference);
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_agrees_with_reference() {
+        match crate::device::cuda::CudaDevice::open() {
+            Ok(dev) => check(&KernelBackend::new(dev)),
+            Err(e) => {
+                if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                    panic!("REQUIRE_GPU=1 but the CUDA device is unavailable: {e}");
+                }
+                println!("SKIP: {e}");
+            }
+        }
+    }
+}

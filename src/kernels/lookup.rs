@@ -1,0 +1,313 @@
+//! Wrappers of `kernels/lookup.cu`: lookup tables, the fused residual lookup + top-k, exact
+//! re-rank and exact brute-force top-k.
+
+use crate::candidates::Candidates;
+use crate::device::{Device, KernelArg, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::index::{CodeData, Codebooks, Embeddings, Index};
+use crate::matrix::Matrix;
+use crate::metric::Metric;
+use crate::tables::QueryTables;
+use crate::topk::TopK;
+
+use super::{
+    alloc, arg_i32, check_k, download, download_topk, grid_dim, launch_1d, round16, select_bytes,
+    select_cap, upload, SELECT_THREADS,
+};
+
+/// Tile edge of `rq_lut` (queries × codewords per block) and its staged dimensions.
+const LUT_TILE: usize = 16;
+const LUT_CHUNK: usize = 32;
+/// Largest Σ K_l whose table rows the fused kernel stages in shared memory (floats).
+const FUSED_SHARED_TABLES: usize = 8192;
+
+fn metric_arg(m: Metric) -> i32 {
+    match m {
+        Metric::Ip => 0,
+        Metric::L2 => 1,
+    }
+}
+
+/// Lookup tables of `queries` (`B × d`): per level `B × K_l`, `<q_b, C_l[k]>`, and `||q||²`.
+pub fn lookup_tables<D: Device>(
+    dev: &D,
+    queries: &Matrix,
+    codebooks: &Codebooks,
+    metric: Metric,
+) -> Result<QueryTables> {
+    let (b, d) = (queries.rows(), codebooks.dim());
+    queries.check_cols(d, "queries")?;
+    if b == 0 {
+        return Ok(QueryTables {
+            metric,
+            qnorm: Vec::new(),
+            levels: codebooks
+                .sizes()
+                .into_iter()
+                .map(|k| Matrix::zeros(0, k))
+                .collect(),
+        });
+    }
+    let b32 = arg_i32(b, "lookup_tables: queries")?;
+    let d32 = arg_i32(d, "lookup_tables: d")?;
+    let q = upload(dev, queries.data())?;
+    let mut outs = Vec::with_capacity(codebooks.levels());
+    for cb in codebooks.iter() {
+        let kk = cb.len();
+        let c = upload(dev, cb.words().data())?;
+        let out = alloc::<D, f32>(dev, b * kk)?;
+        let cfg = LaunchConfig {
+            grid: [
+                grid_dim(b.div_ceil(LUT_TILE), "lookup_tables: query tiles")?,
+                grid_dim(kk.div_ceil(LUT_TILE), "lookup_tables: codeword tiles")?,
+                1,
+            ],
+            block: [LUT_TILE as u32, LUT_TILE as u32, 1],
+            shared_bytes: (2 * LUT_TILE * (LUT_CHUNK + 1) * 4) as u32,
+        };
+        dev.launch(
+            "rq_lut",
+            cfg,
+            &[
+                KernelArg::Buf(&q),
+                KernelArg::I32(b32),
+                KernelArg::I32(d32),
+                KernelArg::Buf(&c),
+                KernelArg::I32(kk as i32),
+                KernelArg::Buf(&out),
+            ],
+        )?;
+        outs.push((out, kk));
+    }
+    let norms = alloc::<D, f32>(dev, b)?;
+    dev.launch(
+        "rq_row_norms",
+        launch_1d(b.div_ceil(128), 128, 0, "lookup_tables")?,
+        &[
+            KernelArg::Buf(&q),
+            KernelArg::I32(b32),
+            KernelArg::I32(d32),
+            KernelArg::Buf(&norms),
+        ],
+    )?;
+    dev.synchronize()?;
+    let mut levels = Vec::with_capacity(outs.len());
+    for (buf, kk) in &outs {
+        levels.push(Matrix::new(b, *kk, download(dev, buf, b * kk)?)?);
+    }
+    Ok(QueryTables {
+        metric,
+        qnorm: download(dev, &norms, b)?,
+        levels,
+    })
+}
+
+/// Fused residual lookup + top-k over each query's candidates (the items of its kept nodes
+/// at depth `candidates.depth`): `B × k` item positions (ranked by score, then the caller's
+/// id `index.ids[pos]`) and scores; missing slots `-1` / `-inf`. `1 ≤ k ≤ 2048`.
+pub fn fused_topk<D: Device>(
+    dev: &D,
+    tables: &QueryTables,
+    index: &Index,
+    candidates: &Candidates,
+    k: usize,
+) -> Result<TopK> {
+    let b = candidates.queries();
+    if b == 0 || k == 0 {
+        return Ok(TopK::empty(b, k));
+    }
+    check_k(k, "fused_topk: k")?;
+    let levels = index.levels();
+    let depth = candidates.depth;
+    if depth == 0 || depth > levels || tables.levels.len() != levels || tables.queries() != b {
+        return Err(Error::shape(format!(
+            "fused_topk: {} table levels for {} queries, candidates of depth {depth}, \
+             an index of {levels} levels and {b} queries",
+            tables.levels.len(),
+            tables.queries()
+        )));
+    }
+    let n = index.len();
+    let mut luts = Vec::new();
+    let mut lut_off = Vec::with_capacity(levels);
+    let mut lut_k = Vec::with_capacity(levels);
+    for m in &tables.levels {
+        lut_off.push(luts.len() as i64);
+        lut_k.push(arg_i32(m.cols(), "fused_topk: K")?);
+        luts.extend_from_slice(m.data());
+    }
+    let ksum: usize = tables.levels.iter().map(Matrix::cols).sum();
+    let lut_shared = ksum <= FUSED_SHARED_TABLES;
+    let (codes, code_bytes) = match index.codes.data() {
+        CodeData::U8(v) => (upload(dev, v)?, 1),
+        CodeData::U16(v) => (upload(dev, v)?, 2),
+    };
+    let cand_off: Vec<i64> = candidates.offsets.iter().map(|&o| o as i64).collect();
+    let cap = select_cap(k, SELECT_THREADS);
+    let shared = if lut_shared { round16(4 * ksum) } else { 0 }
+        + round16(8 * SELECT_THREADS as usize + 4)
+        + select_bytes(cap);
+    let cfg = launch_1d(b, SELECT_THREADS, shared, "fused_topk")?;
+    let d_luts = upload(dev, &luts)?;
+    let d_off = upload(dev, &lut_off)?;
+    let d_k = upload(dev, &lut_k)?;
+    let d_items = upload(dev, &index.tree.depths[depth - 1].item_start)?;
+    let d_coff = upload(dev, &cand_off)?;
+    let d_nodes = upload(dev, &candidates.nodes)?;
+    let d_norms = upload(dev, &index.item_norms)?;
+    let d_qn = upload(dev, &tables.qnorm)?;
+    let d_ids = upload(dev, &index.ids)?;
+    let pos = alloc::<D, i64>(dev, b * k)?;
+    let scores = alloc::<D, f32>(dev, b * k)?;
+    dev.launch(
+        "rq_fused_topk",
+        cfg,
+        &[
+            KernelArg::Buf(&d_luts),
+            KernelArg::Buf(&d_off),
+            KernelArg::Buf(&d_k),
+            KernelArg::I32(levels as i32),
+            KernelArg::I32(lut_shared as i32),
+            KernelArg::Buf(&codes),
+            KernelArg::I32(code_bytes),
+            KernelArg::I32(arg_i32(n, "fused_topk: items")?),
+            KernelArg::Buf(&d_items),
+            KernelArg::Buf(&d_coff),
+            KernelArg::Buf(&d_nodes),
+            KernelArg::Buf(&d_norms),
+            KernelArg::Buf(&d_qn),
+            KernelArg::I32(metric_arg(tables.metric)),
+            KernelArg::Buf(&d_ids),
+            KernelArg::I32(k as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::Buf(&pos),
+            KernelArg::Buf(&scores),
+        ],
+    )?;
+    download_topk(dev, &pos, &scores, b, k)
+}
+
+/// The CSR shortlist as the kernel reads it: `B × S` positions, `S` the longest list,
+/// `-1` in unused slots.
+fn padded_shortlist(offsets: &[usize], positions: &[u32]) -> TopK {
+    let s = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let mut out = TopK::empty(offsets.len().saturating_sub(1), s);
+    for (r, w) in offsets.windows(2).enumerate() {
+        for (j, &p) in positions[w[0]..w[1]].iter().enumerate() {
+            out.ids[r * s + j] = i64::from(p);
+        }
+    }
+    out
+}
+
+/// Exact re-rank: each query's shortlist (`positions[offsets[b]..offsets[b+1]]`, item
+/// positions) re-scored against `embeddings` (f32 or f16 rows = positions) with `metric`; the
+/// best `k` by (score, `ids[pos]`), returned as positions. `1 ≤ k ≤ 2048`.
+#[allow(clippy::too_many_arguments)]
+pub fn rerank<D: Device>(
+    dev: &D,
+    queries: &Matrix,
+    embeddings: &Embeddings,
+    ids: &[i64],
+    metric: Metric,
+    offsets: &[usize],
+    positions: &[u32],
+    k: usize,
+) -> Result<TopK> {
+    let (b, d) = (queries.rows(), embeddings.cols());
+    queries.check_cols(d, "queries")?;
+    if offsets.len() != b + 1 || offsets.last() != Some(&positions.len()) {
+        return Err(Error::shape(format!(
+            "rerank: {} shortlist offsets for {b} queries and {} positions",
+            offsets.len(),
+            positions.len()
+        )));
+    }
+    let shortlist = padded_shortlist(offsets, positions);
+    if b == 0 || k == 0 {
+        return Ok(TopK::empty(b, k));
+    }
+    check_k(k, "rerank: k")?;
+    let (emb, f16) = match embeddings {
+        Embeddings::F32(m) => (upload(dev, m.data())?, 0),
+        Embeddings::F16 { data, .. } => {
+            let bits: Vec<u16> = data.iter().map(|h| h.to_bits()).collect();
+            (upload(dev, &bits)?, 1)
+        }
+    };
+    let cap = select_cap(k, SELECT_THREADS);
+    let cfg = launch_1d(
+        b,
+        SELECT_THREADS,
+        round16(4 * d) + select_bytes(cap),
+        "rerank",
+    )?;
+    let q = upload(dev, queries.data())?;
+    let sl = upload(dev, &shortlist.ids)?;
+    let d_ids = upload(dev, ids)?;
+    let pos = alloc::<D, i64>(dev, b * k)?;
+    let scores = alloc::<D, f32>(dev, b * k)?;
+    dev.launch(
+        "rq_rerank",
+        cfg,
+        &[
+            KernelArg::Buf(&q),
+            KernelArg::I32(arg_i32(d, "rerank: d")?),
+            KernelArg::Buf(&emb),
+            KernelArg::I32(f16),
+            KernelArg::Buf(&sl),
+            KernelArg::I32(arg_i32(shortlist.k, "rerank: shortlist length")?),
+            KernelArg::Buf(&d_ids),
+            KernelArg::I32(metric_arg(metric)),
+            KernelArg::I32(k as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::Buf(&pos),
+            KernelArg::Buf(&scores),
+        ],
+    )?;
+    download_topk(dev, &pos, &scores, b, k)
+}
+
+/// Exact brute-force top-k of `queries` (`B × d`) against `items` (`N × d`) with `metric`;
+/// ids are item rows. `1 ≤ k ≤ 2048`.
+pub fn exact_topk<D: Device>(
+    dev: &D,
+    queries: &Matrix,
+    items: &Matrix,
+    metric: Metric,
+    k: usize,
+) -> Result<TopK> {
+    let (b, d) = (queries.rows(), items.cols());
+    queries.check_cols(d, "queries")?;
+    if b == 0 || k == 0 {
+        return Ok(TopK::empty(b, k));
+    }
+    check_k(k, "exact_topk: k")?;
+    let cap = select_cap(k, SELECT_THREADS);
+    let cfg = launch_1d(
+        b,
+        SELECT_THREADS,
+        round16(4 * d) + select_bytes(cap),
+        "exact_topk",
+    )?;
+    let q = upload(dev, queries.data())?;
+    let x = upload(dev, items.data())?;
+    let ids = alloc::<D, i64>(dev, b * k)?;
+    let scores = alloc::<D, f32>(dev, b * k)?;
+    dev.launch(
+        "rq_exact_topk",
+        cfg,
+        &[
+            KernelArg::Buf(&q),
+            KernelArg::I32(arg_i32(d, "exact_topk: d")?),
+            KernelArg::Buf(&x),
+            KernelArg::I32(arg_i32(items.rows(), "exact_topk: items")?),
+            KernelArg::I32(metric_arg(metric)),
+            KernelArg::I32(k as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::Buf(&ids),
+            KernelArg::Buf(&scores),
+        ],
+    )?;
+    download_topk(dev, &ids, &scores, b, k)
+}

@@ -1,0 +1,132 @@
+//! Typed launch wrappers of the kernels in `kernels/*.cu`, written once against the
+//! [`Device`] abstraction so that the `cuda` and `emu` devices share them, and
+//! [`KernelBackend`], the [`crate::Backend`] built from them.
+//!
+//! Every wrapper validates what its kernel assumes (sizes that fit the kernel's `i32`/`u32`
+//! arguments, `k` within the selector's limit, shared memory within budget) and returns an
+//! [`Error`] otherwise; nothing falls back to the CPU silently.
+
+pub mod assign;
+pub mod backend;
+pub mod lookup;
+pub mod topk;
+pub mod traverse;
+
+pub use backend::KernelBackend;
+
+use crate::device::{Device, LaunchConfig};
+use crate::error::{Error, Result};
+use crate::topk::TopK;
+
+/// Largest `k` (and beam width, `top_m`, encoding beam) the block-wide selector handles.
+pub const MAX_K: usize = 2048;
+
+/// Most dynamic shared memory a wrapper asks for (bytes): below every sm_80+ opt-in limit.
+pub const MAX_SHARED_BYTES: usize = 96 * 1024;
+
+/// Threads per block of the selecting kernels (a power of two ≥ 32).
+pub(crate) const SELECT_THREADS: u32 = 256;
+
+/// Entries of a selector for `k` best with `threads` threads: the next power of two
+/// ≥ `k + threads` (the kernels' `cap` argument).
+pub(crate) fn select_cap(k: usize, threads: u32) -> usize {
+    (k + threads as usize).next_power_of_two()
+}
+
+/// Shared bytes of a selector of `cap` entries (common.cuh `rq_select_bytes`).
+pub(crate) fn select_bytes(cap: usize) -> usize {
+    16 * cap + 16
+}
+
+/// `bytes` rounded up to a multiple of 16 (the kernels' shared-memory carving).
+pub(crate) fn round16(bytes: usize) -> usize {
+    bytes.div_ceil(16) * 16
+}
+
+/// Errors unless `1 ≤ k ≤ MAX_K`; `what` names the parameter and the operation.
+pub(crate) fn check_k(k: usize, what: &str) -> Result<()> {
+    if k == 0 || k > MAX_K {
+        return Err(Error::param(format!(
+            "{what} = {k}: the CUDA kernels select 1..={MAX_K}"
+        )));
+    }
+    Ok(())
+}
+
+/// `v` as a kernel's `i32` argument, or an error naming it.
+pub(crate) fn arg_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| Error::param(format!("{what} = {v} exceeds the kernels' i32 range")))
+}
+
+/// `v` as a grid dimension, or an error naming it.
+pub(crate) fn grid_dim(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&g| g <= i32::MAX as u32)
+        .ok_or_else(|| Error::param(format!("{what} = {v} exceeds the launch grid")))
+}
+
+/// A 1-D launch of `blocks × threads` with `shared` bytes, checked against the budget.
+pub(crate) fn launch_1d(
+    blocks: usize,
+    threads: u32,
+    shared: usize,
+    what: &str,
+) -> Result<LaunchConfig> {
+    if shared > MAX_SHARED_BYTES {
+        return Err(Error::param(format!(
+            "{what} needs {shared} bytes of shared memory per block, more than the \
+             kernels' budget of {MAX_SHARED_BYTES}"
+        )));
+    }
+    Ok(LaunchConfig {
+        grid: [grid_dim(blocks, what)?, 1, 1],
+        block: [threads, 1, 1],
+        shared_bytes: shared as u32,
+    })
+}
+
+/// Uploads `data` into a new device buffer.
+pub(crate) fn upload<D: Device, T: bytemuck::Pod>(dev: &D, data: &[T]) -> Result<D::Buffer> {
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    let mut buf = dev.alloc(bytes.len())?;
+    dev.upload(&mut buf, bytes)?;
+    Ok(buf)
+}
+
+/// A zero-filled device buffer of `n` values of `T`.
+pub(crate) fn alloc<D: Device, T>(dev: &D, n: usize) -> Result<D::Buffer> {
+    let bytes = n
+        .checked_mul(std::mem::size_of::<T>())
+        .ok_or_else(|| Error::param(format!("a device buffer of {n} values overflows")))?;
+    dev.alloc(bytes)
+}
+
+/// Downloads the first `n` values of `T` of `buf`.
+pub(crate) fn download<D: Device, T: bytemuck::Pod>(
+    dev: &D,
+    buf: &D::Buffer,
+    n: usize,
+) -> Result<Vec<T>> {
+    let mut out = vec![T::zeroed(); n];
+    dev.download(buf, bytemuck::cast_slice_mut(&mut out))?;
+    Ok(out)
+}
+
+/// Downloads a `rows × k` (id, score) result.
+pub(crate) fn download_topk<D: Device>(
+    dev: &D,
+    ids: &D::Buffer,
+    scores: &D::Buffer,
+    rows: usize,
+    k: usize,
+) -> Result<TopK> {
+    dev.synchronize()?;
+    Ok(TopK {
+        rows,
+        k,
+        ids: download(dev, ids, rows * k)?,
+        scores: download(dev, scores, rows * k)?,
+    })
+}

@@ -1,0 +1,119 @@
+//! Wrappers of `kernels/topk.cu`: row-wise and segmented top-k.
+
+use crate::device::{Device, KernelArg};
+use crate::error::Result;
+use crate::matrix::Matrix;
+use crate::topk::TopK;
+
+use super::{
+    alloc, arg_i32, check_k, download_topk, launch_1d, round16, select_bytes, select_cap, upload,
+    SELECT_THREADS,
+};
+
+/// Warps (rows) per block of `rq_topk_argmax`.
+const ARGMAX_WARPS: usize = 8;
+/// Largest `k` served by the block selector; larger `k` (up to [`super::MAX_K`]) by radix
+/// select.
+const SELECTOR_MAX_K: usize = 256;
+
+/// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
+/// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
+/// `2 ≤ k ≤ 256` the block selector, `256 < k ≤ 2048` the radix select.
+pub fn topk<D: Device>(dev: &D, scores: &Matrix, k: usize) -> Result<TopK> {
+    let (rows, n) = (scores.rows(), scores.cols());
+    if rows == 0 || k == 0 {
+        return Ok(TopK::empty(rows, k));
+    }
+    check_k(k, "topk: k")?;
+    let n32 = arg_i32(n, "topk: columns")?;
+    let x = upload(dev, scores.data())?;
+    let ids = alloc::<D, i64>(dev, rows * k)?;
+    let out = alloc::<D, f32>(dev, rows * k)?;
+    if k == 1 {
+        let cfg = launch_1d(
+            rows.div_ceil(ARGMAX_WARPS),
+            (ARGMAX_WARPS * 32) as u32,
+            0,
+            "topk",
+        )?;
+        dev.launch(
+            "rq_topk_argmax",
+            cfg,
+            &[
+                KernelArg::Buf(&x),
+                KernelArg::I32(arg_i32(rows, "topk: rows")?),
+                KernelArg::I32(n32),
+                KernelArg::Buf(&ids),
+                KernelArg::Buf(&out),
+            ],
+        )?;
+    } else if k > SELECTOR_MAX_K {
+        let cap = k.next_power_of_two();
+        let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
+        let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
+        dev.launch(
+            "rq_topk_radix",
+            cfg,
+            &[
+                KernelArg::Buf(&x),
+                KernelArg::I32(n32),
+                KernelArg::I32(k as i32),
+                KernelArg::I32(cap as i32),
+                KernelArg::Buf(&ids),
+                KernelArg::Buf(&out),
+            ],
+        )?;
+    } else {
+        let cap = select_cap(k, SELECT_THREADS);
+        let cfg = launch_1d(rows, SELECT_THREADS, select_bytes(cap), "topk")?;
+        dev.launch(
+            "rq_topk_rows",
+            cfg,
+            &[
+                KernelArg::Buf(&x),
+                KernelArg::I32(n32),
+                KernelArg::I32(k as i32),
+                KernelArg::I32(cap as i32),
+                KernelArg::Buf(&ids),
+                KernelArg::Buf(&out),
+            ],
+        )?;
+    }
+    download_topk(dev, &ids, &out, rows, k)
+}
+
+/// Segmented top-k: segment `s` is `values[offsets[s]..offsets[s+1]]` (offsets
+/// non-decreasing, last ≤ `values.len()`, as validated by the caller); ids are offsets
+/// within the segment. `1 ≤ k ≤ 2048`.
+pub fn segmented_topk<D: Device>(
+    dev: &D,
+    values: &[f32],
+    offsets: &[usize],
+    k: usize,
+) -> Result<TopK> {
+    let segs = offsets.len().saturating_sub(1);
+    if segs == 0 || k == 0 {
+        return Ok(TopK::empty(segs, k));
+    }
+    check_k(k, "segmented_topk: k")?;
+    let offs: Vec<i64> = offsets.iter().map(|&o| o as i64).collect();
+    let x = upload(dev, values)?;
+    let o = upload(dev, &offs)?;
+    let ids = alloc::<D, i64>(dev, segs * k)?;
+    let out = alloc::<D, f32>(dev, segs * k)?;
+    let cap = select_cap(k, SELECT_THREADS);
+    let cfg = launch_1d(segs, SELECT_THREADS, select_bytes(cap), "segmented_topk")?;
+    dev.launch(
+        "rq_segmented_topk",
+        cfg,
+        &[
+            KernelArg::Buf(&x),
+            KernelArg::Buf(&o),
+            KernelArg::I32(k as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::Buf(&ids),
+            KernelArg::Buf(&out),
+        ],
+    )?;
+    download_topk(dev, &ids, &out, segs, k)
+}

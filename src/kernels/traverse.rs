@@ -1,0 +1,135 @@
+//! Wrapper of `kernels/traverse.cu`: the beam traversal, one launch per depth.
+
+use crate::candidates::Candidates;
+use crate::device::{Device, KernelArg};
+use crate::error::{Error, Result};
+use crate::index::Tree;
+use crate::tables::QueryTables;
+
+use super::{
+    alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
+    SELECT_THREADS,
+};
+
+fn metric_arg(t: &QueryTables) -> i32 {
+    match t.metric {
+        crate::metric::Metric::Ip => 0,
+        crate::metric::Metric::L2 => 1,
+    }
+}
+
+/// Beam traversal: keeps `beams[l]` nodes per query at depth `l + 1`
+/// (`1 ≤ beams.len() ≤ L`, every width in `1..=2048`); returns the nodes kept at the last
+/// searched depth, best first, per query.
+pub fn traverse<D: Device>(
+    dev: &D,
+    tables: &QueryTables,
+    tree: &Tree,
+    beams: &[usize],
+) -> Result<Candidates> {
+    let b = tables.queries();
+    if beams.is_empty() || beams.len() > tree.depths.len() || beams.len() > tables.levels.len() {
+        return Err(Error::param(format!(
+            "traverse: {} beam widths for a tree of {} depths",
+            beams.len(),
+            tree.depths.len()
+        )));
+    }
+    for &w in beams {
+        check_k(w, "traverse: beam width")?;
+    }
+    if b == 0 {
+        return Ok(Candidates {
+            depth: beams.len(),
+            offsets: vec![0],
+            nodes: Vec::new(),
+        });
+    }
+    let metric = metric_arg(tables);
+    let qn = upload(dev, &tables.qnorm)?;
+    let d1 = &tree.depths[0];
+    let w0 = beams[0];
+    let lut0 = upload(dev, tables.levels[0].data())?;
+    let code0 = upload(dev, &d1.code)?;
+    let cn0 = upload(dev, &d1.centroid_norm)?;
+    let mut nodes = alloc::<D, u32>(dev, b * w0)?;
+    let mut ip = alloc::<D, f32>(dev, b * w0)?;
+    let mut count = alloc::<D, i32>(dev, b)?;
+    let cap = select_cap(w0, SELECT_THREADS);
+    dev.launch(
+        "rq_beam_first",
+        launch_1d(b, SELECT_THREADS, select_bytes(cap), "traverse")?,
+        &[
+            KernelArg::Buf(&lut0),
+            KernelArg::I32(arg_i32(tables.levels[0].cols(), "traverse: K")?),
+            KernelArg::Buf(&code0),
+            KernelArg::I32(arg_i32(d1.len(), "traverse: depth-1 nodes")?),
+            KernelArg::Buf(&cn0),
+            KernelArg::Buf(&qn),
+            KernelArg::I32(metric),
+            KernelArg::I32(w0 as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::Buf(&nodes),
+            KernelArg::Buf(&ip),
+            KernelArg::Buf(&count),
+        ],
+    )?;
+    for (l, &w) in beams.iter().enumerate().skip(1) {
+        let parent = &tree.depths[l - 1];
+        let dep = &tree.depths[l];
+        let lut = upload(dev, tables.levels[l].data())?;
+        let cs = upload(dev, &parent.child_start)?;
+        let code = upload(dev, &dep.code)?;
+        let cn = upload(dev, &dep.centroid_norm)?;
+        let n_nodes = alloc::<D, u32>(dev, b * w)?;
+        let n_ip = alloc::<D, f32>(dev, b * w)?;
+        let n_count = alloc::<D, i32>(dev, b)?;
+        let cap = select_cap(w, SELECT_THREADS);
+        let shared = round16(8 * SELECT_THREADS as usize + 4) + select_bytes(cap);
+        dev.launch(
+            "rq_beam_step",
+            launch_1d(b, SELECT_THREADS, shared, "traverse")?,
+            &[
+                KernelArg::Buf(&lut),
+                KernelArg::I32(arg_i32(tables.levels[l].cols(), "traverse: K")?),
+                KernelArg::Buf(&cs),
+                KernelArg::Buf(&code),
+                KernelArg::Buf(&cn),
+                KernelArg::Buf(&nodes),
+                KernelArg::Buf(&ip),
+                KernelArg::Buf(&count),
+                KernelArg::I32(beams[l - 1] as i32),
+                KernelArg::Buf(&qn),
+                KernelArg::I32(metric),
+                KernelArg::I32(w as i32),
+                KernelArg::I32(cap as i32),
+                KernelArg::Buf(&n_nodes),
+                KernelArg::Buf(&n_ip),
+                KernelArg::Buf(&n_count),
+            ],
+        )?;
+        // The previous depth's lists are read by this launch: keep them until it is done.
+        dev.synchronize()?;
+        nodes = n_nodes;
+        ip = n_ip;
+        count = n_count;
+    }
+    dev.synchronize()?;
+    let w = beams[beams.len() - 1];
+    let kept: Vec<u32> = download(dev, &nodes, b * w)?;
+    let counts: Vec<i32> = download(dev, &count, b)?;
+    drop(ip);
+    let mut offsets = Vec::with_capacity(b + 1);
+    offsets.push(0);
+    let mut out = Vec::new();
+    for (q, &c) in counts.iter().enumerate() {
+        let c = (c.max(0) as usize).min(w);
+        out.extend_from_slice(&kept[q * w..q * w + c]);
+        offsets.push(out.len());
+    }
+    Ok(Candidates {
+        depth: beams.len(),
+        offsets,
+        nodes: out,
+    })
+}
