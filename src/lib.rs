@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod candidates;
+pub mod device;
 pub mod error;
 pub mod index;
 pub mod matrix;
