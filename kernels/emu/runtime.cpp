@@ -16,3 +16,12 @@ extern "C" void rq_emu_unpoison(void* addr, size_t len) {
   (void)len;
 #endif
 }
+
+/// Whether the kernels were compiled with RQ_EMU_CHECKS (bounds-checked dynamic shared memory).
+extern "C" int rq_emu_checks_enabled() {
+#ifdef RQ_EMU_CHECKS
+  return 1;
+#else
+  return 0;
+#endif
+}

@@ -134,6 +134,13 @@ impl EmuDevice {
         ffi::registry().contains_key(name)
     }
 
+    /// Whether the kernels were built with debug checks (bounds-checked dynamic shared
+    /// memory); on in debug profiles.
+    pub fn bounds_checks() -> bool {
+        // SAFETY: a pure function without arguments.
+        unsafe { ffi::rq_emu_checks_enabled() != 0 }
+    }
+
     /// Fiber context switches performed by this device's launches so far.
     pub fn context_switches(&self) -> u64 {
         self.switches.load(Ordering::Relaxed)

@@ -2,9 +2,11 @@
 // error naming the kernel, block and thread.
 #include "rq_shared.cuh"
 
-// A shuffle with a half-warp mask.
+// A shuffle with a half-warp mask, in block 2 only.
 extern "C" __global__ void rq_emu_test_partial_mask(int* out) {
-  out[threadIdx.x] = __shfl_sync(0x0000ffffu, static_cast<int>(threadIdx.x), 0);
+  const unsigned mask = blockIdx.x == 2 ? 0x0000ffffu : 0xffffffffu;
+  out[blockIdx.x * blockDim.x + threadIdx.x] =
+      __shfl_sync(mask, static_cast<int>(threadIdx.x), 0);
 }
 
 // A barrier inside a branch only half the block takes.
