@@ -97,8 +97,11 @@ pub fn build() {
         );
         for k in &src.kernels {
             writeln!(wrapper, "RQ_EMU_EXPORT({k})").unwrap_or_default();
-            writeln!(registry, "extern \"C\" const rq_emu_kernel rq_emu_entry_{k};")
-                .unwrap_or_default();
+            writeln!(
+                registry,
+                "extern \"C\" const rq_emu_kernel rq_emu_entry_{k};"
+            )
+            .unwrap_or_default();
         }
         let file = out.join(format!("emu_{}.cpp", src.stem));
         write_if_changed(&file, &wrapper);

@@ -188,7 +188,11 @@ impl EmuDevice {
                 }
                 let gx = u64::from(spec.grid[0]);
                 let gy = u64::from(spec.grid[1]);
-                let bid = [(b % gx) as u32, ((b / gx) % gy) as u32, (b / (gx * gy)) as u32];
+                let bid = [
+                    (b % gx) as u32,
+                    ((b / gx) % gy) as u32,
+                    (b / (gx * gy)) as u32,
+                ];
                 if let Err(msg) = worker.run_block(spec, bid) {
                     abort.store(true, Ordering::Relaxed);
                     let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,7 +307,12 @@ impl Device for EmuDevice {
         Ok(())
     }
 
-    fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg<'_, EmuBuffer>]) -> Result<()> {
+    fn launch(
+        &self,
+        kernel: &str,
+        cfg: LaunchConfig,
+        args: &[KernelArg<'_, EmuBuffer>],
+    ) -> Result<()> {
         let entry = *ffi::registry().get(kernel).ok_or_else(|| {
             Error::Device(format!("emu: no kernel named `{kernel}` in this build"))
         })?;

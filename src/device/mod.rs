@@ -107,15 +107,27 @@ pub trait DeviceExt: Device {
         Ok(buf)
     }
     /// Copies `src` to the start of `dst`.
-    fn upload_slice<T: bytemuck::Pod>(&self, dst: &mut Self::Buffer, src: &[T]) -> crate::Result<()> {
+    fn upload_slice<T: bytemuck::Pod>(
+        &self,
+        dst: &mut Self::Buffer,
+        src: &[T],
+    ) -> crate::Result<()> {
         self.upload(dst, bytemuck::cast_slice(src))
     }
     /// Copies the first `dst.len()` values of `src` to `dst`.
-    fn download_slice<T: bytemuck::Pod>(&self, src: &Self::Buffer, dst: &mut [T]) -> crate::Result<()> {
+    fn download_slice<T: bytemuck::Pod>(
+        &self,
+        src: &Self::Buffer,
+        dst: &mut [T],
+    ) -> crate::Result<()> {
         self.download(src, bytemuck::cast_slice_mut(dst))
     }
     /// The first `len` values of `src`.
-    fn download_vec<T: bytemuck::Pod>(&self, src: &Self::Buffer, len: usize) -> crate::Result<Vec<T>> {
+    fn download_vec<T: bytemuck::Pod>(
+        &self,
+        src: &Self::Buffer,
+        len: usize,
+    ) -> crate::Result<Vec<T>> {
         let mut v = vec![T::zeroed(); len];
         self.download_slice(src, &mut v)?;
         Ok(v)

@@ -100,7 +100,11 @@ impl ThreadCtx {
 
     /// The failure message written by `rq_emu::fail`.
     pub fn message(&self) -> String {
-        let end = self.msg.iter().position(|&b| b == 0).unwrap_or(self.msg.len());
+        let end = self
+            .msg
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.msg.len());
         String::from_utf8_lossy(&self.msg[..end]).into_owned()
     }
 }

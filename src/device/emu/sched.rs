@@ -333,8 +333,12 @@ impl Worker {
                 continue;
             }
             let lanes = w * 32..(w * 32 + 32).min(n);
-            let at_warp = lanes.clone().find(|&t| self.threads[t].state == ffi::STATE_WARP);
-            let at_bar = lanes.clone().find(|&t| self.threads[t].state == ffi::STATE_BARRIER);
+            let at_warp = lanes
+                .clone()
+                .find(|&t| self.threads[t].state == ffi::STATE_WARP);
+            let at_bar = lanes
+                .clone()
+                .find(|&t| self.threads[t].state == ffi::STATE_BARRIER);
             if let (Some(a), Some(b)) = (at_warp, at_bar) {
                 return (
                     a,
@@ -350,7 +354,10 @@ impl Worker {
         let first = (0..n)
             .find(|&t| self.threads[t].state != 0)
             .unwrap_or_default();
-        (first, "deadlock: no thread of the block can make progress".to_string())
+        (
+            first,
+            "deadlock: no thread of the block can make progress".to_string(),
+        )
     }
 }
 
@@ -450,12 +457,7 @@ unsafe fn resolve_warp(base: *mut ThreadCtx, w: usize) -> Result<(), Fault> {
             ffi::W_ALL => u64::from(ballot == 0xffff_ffff),
             ffi::W_SYNCWARP => 0,
             ffi::W_ACTIVEMASK => 0xffff_ffff,
-            other => {
-                return Err((
-                    w * 32 + l,
-                    format!("unknown warp intrinsic code {other}"),
-                ))
-            }
+            other => return Err((w * 32 + l, format!("unknown warp intrinsic code {other}"))),
         };
     }
     Ok(())
