@@ -770,3 +770,19 @@ fn switch_rate() {
         );
     }
 }
+
+/// A kernel writing past the end of its buffer: AddressSanitizer must abort the process.
+/// `scripts/emu-asan.sh` runs this ignored test and expects the `heap-buffer-overflow` report.
+#[test]
+#[ignore = "run by scripts/emu-asan.sh, which expects AddressSanitizer to abort it"]
+fn asan_catches_heap_overflow() {
+    let d = dev();
+    let n = 64usize;
+    let out = d.alloc_zeroed::<i32>(n).unwrap();
+    d.launch(
+        "rq_emu_test_heap_overflow",
+        LaunchConfig::linear(1, 32),
+        &[Buf(&out), I32(n as i32)],
+    )
+    .unwrap();
+}

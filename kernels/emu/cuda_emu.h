@@ -139,8 +139,9 @@ inline void sync_point(rq_emu_thread* me) {
   std::vsnprintf(me->msg, sizeof me->msg, fmt, ap);
   va_end(ap);
   me->state = FAILED;
-  sync_point(me);
-  std::abort();  // unreachable: a failed fiber is never resumed
+  for (;;) {
+    sync_point(me);  // a failed fiber is never resumed; it would only suspend again
+  }
 }
 
 inline void barrier(uint32_t op, int pred, int& out) {

@@ -54,3 +54,9 @@ extern "C" __global__ void rq_emu_test_warp_vs_barrier(int* out) {
 extern "C" __global__ void rq_emu_test_partial_warp(int* out) {
   out[threadIdx.x] = static_cast<int>(__ballot_sync(0xffffffffu, 1));
 }
+
+// Writes one element past the end of `out` (n elements): only AddressSanitizer catches this
+// (scripts/emu-asan.sh runs it and expects the report).
+extern "C" __global__ void rq_emu_test_heap_overflow(int* out, int n) {
+  if (threadIdx.x == 0) out[n] = 1;
+}
