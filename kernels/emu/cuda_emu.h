@@ -30,7 +30,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <math.h>
 #include <type_traits>
