@@ -68,7 +68,9 @@ pub fn build() {
         .include(emu_dir.join("include"))
         .define("RQ_EMU", "1")
         .warnings(true)
-        .flag("-fno-strict-aliasing");
+        .flag("-fno-strict-aliasing")
+        // Nothing may unwind out of a kernel into the Rust scheduler.
+        .flag("-fno-exceptions");
     if env("PROFILE") == "debug" {
         build.define("RQ_EMU_CHECKS", "1");
     }
