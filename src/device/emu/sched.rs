@@ -445,7 +445,9 @@ unsafe fn resolve_warp(base: *mut ThreadCtx, w: usize) -> Result<(), Fault> {
                 }
             }
             ffi::W_SHFL_XOR => {
-                let src = l ^ (arg as usize & 31);
+                // As PTX `shfl.bfly`: a source past the end of the lane's segment (including
+                // any lane mask of 32 or more) yields the lane's own value.
+                let src = l ^ (arg as u32 as usize);
                 if src < seg + wd {
                     vals[src]
                 } else {
