@@ -364,6 +364,22 @@ fn static_and_dynamic_shared_memory() {
 }
 
 #[test]
+fn static_shared_is_private_to_each_block() {
+    let c = Counter::new("static_shared_is_private_to_each_block");
+    for workers in [2, 3] {
+        let d = EmuDevice::with_workers(workers);
+        let out = d.alloc_zeroed::<i32>(1).unwrap();
+        c.ok(
+            &d,
+            "rq_emu_test_shared_private",
+            LaunchConfig::linear(400, 64),
+            &[Buf(&out)],
+        );
+        assert_eq!(d.download_vec::<i32>(&out, 1).unwrap()[0], 0);
+    }
+}
+
+#[test]
 fn geometry_and_barrier_variants() {
     let c = Counter::new("geometry_and_barrier_variants");
     let d = dev();

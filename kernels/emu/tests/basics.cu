@@ -179,3 +179,14 @@ extern "C" __global__ void __launch_bounds__(256) rq_emu_test_switch_bench(float
     out[blockIdx.x] = s;
   }
 }
+
+// Static shared memory is private to a block while blocks run concurrently on other workers:
+// counts the times a thread sees another block's value.
+extern "C" __global__ void rq_emu_test_shared_private(int* mismatches) {
+  __shared__ unsigned owner[2];
+  for (int i = 0; i < 40; ++i) {
+    if (threadIdx.x == 0) owner[i & 1] = blockIdx.x * 1000u + static_cast<unsigned>(i);
+    __syncthreads();
+    if (owner[i & 1] != blockIdx.x * 1000u + static_cast<unsigned>(i)) atomicAdd(mismatches, 1);
+  }
+}
