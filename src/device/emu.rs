@@ -2,10 +2,11 @@
 //! `kernels/emu/cuda_emu.h` (see `build_support/emu.rs`) and run on the CPU.
 //!
 //! Blocks run on a pool of worker OS threads, one block per worker at a time; the threads of
-//! a block run as fibers on their worker ([`sched`]). Launches are synchronous. Misuse found
-//! while running (partial warp masks, divergent barriers, out-of-bounds dynamic shared
-//! memory in debug builds, …) comes back from [`Device::launch`] as [`Error::Device`] naming
-//! the kernel, block and thread.
+//! a block run as fibers on their worker (`src/device/emu/sched.rs`). Launches are
+//! synchronous. Misuse found while running (partial warp masks, divergent barriers,
+//! out-of-bounds dynamic shared memory in debug builds, …) comes back from
+//! [`Device::launch`] as [`Error::Device`] naming the kernel, block and thread. See
+//! `kernels/emu/README.md` for the emulation model and the kernel-author conventions.
 
 mod ffi;
 mod sched;
