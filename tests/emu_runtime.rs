@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rqtree::device::emu::{EmuBuffer, EmuDevice};
+use rqtree::device::emu::{EmuBuffer, EmuDevice, FiberOrder};
 use rqtree::device::{Device, DeviceExt, KernelArg, LaunchConfig};
 use rqtree::Error;
 
@@ -78,8 +78,10 @@ impl Drop for Counter {
     }
 }
 
+/// The device most tests use: `RQTREE_EMU_WORKERS` / `RQTREE_EMU_ORDER` apply, so the suite
+/// can be rerun with `RQTREE_EMU_ORDER=reverse`.
 fn dev() -> EmuDevice {
-    EmuDevice::with_workers(2)
+    EmuDevice::new()
 }
 
 /// A deterministic pseudo-random sequence.
@@ -260,7 +262,7 @@ fn ballot_any_all() {
 fn atomics_across_blocks_and_workers() {
     let c = Counter::new("atomics_across_blocks_and_workers");
     for workers in [2, 4] {
-        let d = EmuDevice::with_workers(workers);
+        let d = EmuDevice::with_workers(workers).with_order(dev().order());
         let (blocks, n) = (300u32, 128u32);
         let total = u64::from(blocks * n);
         let fsum = d.alloc_zeroed::<f32>(1).unwrap();
@@ -367,7 +369,7 @@ fn static_and_dynamic_shared_memory() {
 fn static_shared_is_private_to_each_block() {
     let c = Counter::new("static_shared_is_private_to_each_block");
     for workers in [2, 3] {
-        let d = EmuDevice::with_workers(workers);
+        let d = EmuDevice::with_workers(workers).with_order(dev().order());
         let out = d.alloc_zeroed::<i32>(1).unwrap();
         c.ok(
             &d,
@@ -618,7 +620,8 @@ fn arguments_are_checked_and_passed() {
 #[test]
 fn misuse_is_reported_with_kernel_block_and_thread() {
     let c = Counter::new("misuse_is_reported_with_kernel_block_and_thread");
-    let d = dev();
+    // Forward order: the reported thread is the first to reach the misuse.
+    let d = EmuDevice::with_workers(2).with_order(FiberOrder::Forward);
     let out = d.alloc_zeroed::<i32>(4096).unwrap();
 
     let m = c.err(
@@ -733,21 +736,59 @@ fn reduction_matches(c: &Counter, d: &EmuDevice, kernel: &str, per: usize) -> bo
 #[test]
 fn broken_twins_are_caught() {
     let c = Counter::new("broken_twins_are_caught");
-    let d = dev();
-    assert!(reduction_matches(&c, &d, "rq_emu_test_reduce_smem_ok", 256));
+    for order in [FiberOrder::Forward, FiberOrder::Reverse] {
+        let d = EmuDevice::with_workers(2).with_order(order);
+        assert!(reduction_matches(&c, &d, "rq_emu_test_reduce_smem_ok", 256));
+        assert!(reduction_matches(&c, &d, "rq_emu_test_reduce_shfl_ok", 32));
+        assert!(!reduction_matches(
+            &c,
+            &d,
+            "rq_emu_test_reduce_shfl_broken",
+            32
+        ));
+        assert!(neighbour_matches(&c, &d, "rq_emu_test_neighbour_ok"));
+    }
+    let forward = EmuDevice::with_workers(2).with_order(FiberOrder::Forward);
+    let reverse = EmuDevice::with_workers(2).with_order(FiberOrder::Reverse);
+    // A missing barrier before a tree reduction: thread order runs thread 0 into the
+    // reduction before the upper half has written its values.
     assert!(!reduction_matches(
         &c,
-        &d,
+        &forward,
         "rq_emu_test_reduce_smem_broken",
         256
     ));
-    assert!(reduction_matches(&c, &d, "rq_emu_test_reduce_shfl_ok", 32));
-    assert!(!reduction_matches(
+    // A missing barrier before reading the left neighbour: thread order hides it (the
+    // neighbour always ran first), reverse order catches it.
+    assert!(neighbour_matches(
         &c,
-        &d,
-        "rq_emu_test_reduce_shfl_broken",
-        32
+        &forward,
+        "rq_emu_test_neighbour_broken"
     ));
+    assert!(!neighbour_matches(
+        &c,
+        &reverse,
+        "rq_emu_test_neighbour_broken"
+    ));
+}
+
+/// Runs a neighbour-read twin and tells whether it matches plain Rust.
+fn neighbour_matches(c: &Counter, d: &EmuDevice, kernel: &str) -> bool {
+    let (blocks, n) = (8usize, 256usize);
+    let input: Vec<f32> = lcg(13, blocks * n)
+        .iter()
+        .map(|&r| (r % 1000) as f32)
+        .collect();
+    let ib = d.alloc_from(&input).unwrap();
+    let out = d.alloc_zeroed::<f32>(blocks * n).unwrap();
+    c.ok(
+        d,
+        kernel,
+        LaunchConfig::linear(blocks as u32, n as u32),
+        &[Buf(&ib), Buf(&out)],
+    );
+    let got: Vec<f32> = d.download_vec(&out, blocks * n).unwrap();
+    (0..blocks * n).all(|g| got[g] == if g % n > 0 { input[g - 1] } else { 0.0 })
 }
 
 /// Scheduler throughput: 2000 blocks of 256 threads, each a 5-step shuffle reduction and one

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 
 use super::{Device, KernelArg, LaunchConfig};
 use crate::error::{Error, Result};
+pub use sched::FiberOrder;
 use sched::{LaunchSpec, Worker};
 
 /// Alignment of every [`EmuBuffer`].
@@ -81,6 +82,7 @@ impl std::fmt::Debug for EmuBuffer {
 /// The host-emulated device.
 pub struct EmuDevice {
     workers: usize,
+    order: FiberOrder,
     pool: Mutex<Vec<Worker>>,
     switches: AtomicU64,
 }
@@ -93,29 +95,49 @@ impl Default for EmuDevice {
 
 impl std::fmt::Debug for EmuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EmuDevice({} workers)", self.workers)
+        write!(
+            f,
+            "EmuDevice({} workers, {:?} fiber order)",
+            self.workers, self.order
+        )
     }
 }
 
 impl EmuDevice {
     /// A device with one worker per available CPU, or `RQTREE_EMU_WORKERS` workers when that
-    /// environment variable holds a positive integer.
+    /// environment variable holds a positive integer; fibers in [`FiberOrder::Reverse`] when
+    /// `RQTREE_EMU_ORDER=reverse`, else forward.
     pub fn new() -> Self {
         let workers = std::env::var("RQTREE_EMU_WORKERS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        Self::with_workers(workers)
+        let order = match std::env::var("RQTREE_EMU_ORDER").as_deref() {
+            Ok("reverse") => FiberOrder::Reverse,
+            _ => FiberOrder::Forward,
+        };
+        Self::with_workers(workers).with_order(order)
     }
 
     /// A device running blocks on `workers` OS threads (at least one).
     pub fn with_workers(workers: usize) -> Self {
         EmuDevice {
             workers: workers.max(1),
+            order: FiberOrder::Forward,
             pool: Mutex::new(Vec::new()),
             switches: AtomicU64::new(0),
         }
+    }
+
+    /// The same device running the fibers of each block in `order`.
+    pub fn with_order(self, order: FiberOrder) -> Self {
+        EmuDevice { order, ..self }
+    }
+
+    /// The order fibers run in.
+    pub fn order(&self) -> FiberOrder {
+        self.order
     }
 
     /// Number of worker threads.
@@ -343,6 +365,7 @@ impl Device for EmuDevice {
             .collect();
         let spec = LaunchSpec {
             entry,
+            order: self.order,
             params: params.as_mut_ptr(),
             grid: cfg.grid,
             block: cfg.block,

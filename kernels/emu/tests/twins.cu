@@ -41,3 +41,21 @@ extern "C" __global__ void rq_emu_test_reduce_shfl_broken(const float* in, float
   for (int o = 16; o > 1; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   if (threadIdx.x % 32 == 0) out[g / 32] = v;
 }
+
+// Each thread reads its left neighbour's slot.
+extern "C" __global__ void rq_emu_test_neighbour_ok(const float* in, float* out) {
+  __shared__ float s[256];
+  const unsigned t = threadIdx.x, g = blockIdx.x * blockDim.x + t;
+  s[t] = in[g];
+  __syncthreads();
+  out[g] = t > 0 ? s[t - 1] : 0.0f;
+}
+
+// BROKEN: no barrier between the write and the neighbour's read. Thread order hides it (the
+// left neighbour always ran first); reverse order exposes it.
+extern "C" __global__ void rq_emu_test_neighbour_broken(const float* in, float* out) {
+  __shared__ float s[256];
+  const unsigned t = threadIdx.x, g = blockIdx.x * blockDim.x + t;
+  s[t] = in[g];
+  out[g] = t > 0 ? s[t - 1] : 0.0f;
+}

@@ -1,8 +1,9 @@
 //! The block scheduler: runs the threads of one block as `corosensei` fibers on the calling OS
 //! thread. A fiber runs until it reaches a sync point (`__syncthreads*`, a warp intrinsic), a
 //! reported misuse, or the end of the kernel. Ready fibers are resumed in FIFO order; a barrier
-//! releases the block (in thread order) once every thread of the block has arrived; a warp
-//! intrinsic releases the warp once all 32 lanes have arrived, after exchanging their values.
+//! releases the block (in thread order, or reverse thread order with [`FiberOrder::Reverse`])
+//! once every thread of the block has arrived; a warp intrinsic releases the warp (likewise
+//! ordered) once all 32 lanes have arrived, after exchanging their values.
 //! When nothing is ready but threads remain, the block is deadlocked and the culprit reported.
 
 use std::collections::VecDeque;
@@ -25,9 +26,23 @@ const STACK_BYTES: usize = 1024 * 1024;
 #[repr(C, align(256))]
 struct SmemChunk([u8; 256]);
 
+/// The order in which the fibers of a block start and are released from a sync point.
+///
+/// Kernels that forget a barrier or a `__syncwarp` may still pass in one order (the reader
+/// happens to run after the writer); running them in both orders exposes more such races.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FiberOrder {
+    /// Thread 0 first.
+    #[default]
+    Forward,
+    /// The last thread first.
+    Reverse,
+}
+
 /// Everything one launch's blocks share.
 pub(crate) struct LaunchSpec {
     pub entry: Entry,
+    pub order: FiberOrder,
     pub params: *mut *mut c_void,
     pub grid: [u32; 3],
     pub block: [u32; 3],
@@ -162,7 +177,7 @@ impl Worker {
         self.warp_exited.clear();
         self.warp_exited.resize(warps, 0);
         self.ready.clear();
-        self.ready.extend(0..n as u32);
+        push_range(&mut self.ready, spec.order, 0, n as u32);
         Ok(())
     }
 
@@ -261,7 +276,7 @@ impl Worker {
                                 // SAFETY: all n fibers are suspended at the barrier.
                                 unsafe { release_barrier(base, n)? };
                                 at_barrier = 0;
-                                self.ready.extend(0..n as u32);
+                                push_range(&mut self.ready, spec.order, 0, n as u32);
                             }
                         }
                         ffi::STATE_WARP => {
@@ -291,7 +306,7 @@ impl Worker {
                                 unsafe { resolve_warp(base, w)? };
                                 self.warp_arrived[w] = 0;
                                 let first = (w * 32) as u32;
-                                self.ready.extend(first..first + 32);
+                                push_range(&mut self.ready, spec.order, first, first + 32);
                             }
                         }
                         ffi::STATE_FAILED => {
@@ -358,6 +373,14 @@ impl Worker {
             first,
             "deadlock: no thread of the block can make progress".to_string(),
         )
+    }
+}
+
+/// Queues threads `lo..hi` in `order`.
+fn push_range(ready: &mut VecDeque<u32>, order: FiberOrder, lo: u32, hi: u32) {
+    match order {
+        FiberOrder::Forward => ready.extend(lo..hi),
+        FiberOrder::Reverse => ready.extend((lo..hi).rev()),
     }
 }
 
