@@ -1,15 +1,18 @@
-// Portability layer shared by every kernel: under nvcc it is plain CUDA; under a host C++20
-// compiler (the `emu` backend) it pulls in the SIMT emulation header instead.
+// Dynamic shared memory through one macro, for both the nvcc and the emu build.
 //
-// RQ_DYNAMIC_SHARED(T, name) declares `T* name` pointing at the block's dynamic shared memory
-// (the launch's `shared_bytes`). It is the only way kernels reach shared memory: no static
-// `__shared__` arrays, so the emulator has one per-block allocation to manage.
+//   RQ_DYNAMIC_SHARED(float, smem);   // smem[i] addresses the launch's dynamic shared memory
+//
+// nvcc: `smem` is a `T*` into `extern __shared__` storage aligned to 16 bytes.
+// emu:  `smem` is a `T*` in release builds; with RQ_EMU_CHECKS (debug builds) it is a checked
+//       pointer whose indexing (and offsets `smem + k`) is bounds-checked against the launch's
+//       `shared_bytes`; an out-of-bounds access is reported as a launch error naming the
+//       kernel, block and thread. Raw pointers obtained by casts are not checked.
 #pragma once
 
-#ifdef __CUDACC__
-#define RQ_DYNAMIC_SHARED(T, name)                                                        \
-  extern __shared__ __align__(16) unsigned char rq_dynamic_smem_[];                      \
-  T* name = reinterpret_cast<T*>(rq_dynamic_smem_)
+#ifdef RQ_EMU
+#define RQ_DYNAMIC_SHARED(T, name) auto name = ::rq_emu::dynamic_shared<T>()
 #else
-#include "emu/cuda_emu.h"
+#define RQ_DYNAMIC_SHARED(T, name)                                                     \
+  extern __shared__ __align__(16) unsigned char rq_dynamic_smem_[];                    \
+  T* name = reinterpret_cast<T*>(rq_dynamic_smem_)
 #endif

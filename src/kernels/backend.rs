@@ -294,6 +294,13 @@ pub(crate) mod agreement {
         check(&Reference);
     }
 
+    /// The kernel sources, emulated on the CPU, against the reference.
+    #[cfg(feature = "emu")]
+    #[test]
+    fn emu_agrees_with_reference() {
+        check(&KernelBackend::new(crate::device::emu::EmuDevice::new()));
+    }
+
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_agrees_with_reference() {

@@ -1,0 +1,3 @@
+// emu shim: the CUDA header cuda_fp16.h maps to the SIMT emulation header.
+#pragma once
+#include "cuda_emu.h"

@@ -1,0 +1,62 @@
+// Emulator self-test kernels that misuse the SIMT model; each must be reported as a launch
+// error naming the kernel, block and thread.
+#include "rq_shared.cuh"
+
+// A shuffle with a half-warp mask, in block 2 only.
+extern "C" __global__ void rq_emu_test_partial_mask(int* out) {
+  const unsigned mask = blockIdx.x == 2 ? 0x0000ffffu : 0xffffffffu;
+  out[blockIdx.x * blockDim.x + threadIdx.x] =
+      __shfl_sync(mask, static_cast<int>(threadIdx.x), 0);
+}
+
+// A barrier inside a branch only half the block takes.
+extern "C" __global__ void rq_emu_test_divergent_barrier(int* out) {
+  if (threadIdx.x < 16) {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1;
+}
+
+// One thread returns early; the others then reach a barrier.
+extern "C" __global__ void rq_emu_test_early_exit_barrier(int* out) {
+  if (threadIdx.x == 37) return;
+  __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
+// Reads one element past the end of the dynamic shared memory.
+extern "C" __global__ void rq_emu_test_oob_dynamic(float* out) {
+  RQ_DYNAMIC_SHARED(float, smem);
+  smem[threadIdx.x] = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = smem[threadIdx.x + 1];
+}
+
+// Lanes of a warp at different warp intrinsics.
+extern "C" __global__ void rq_emu_test_warp_divergent(int* out) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (lane < 16) {
+    out[threadIdx.x] = __shfl_sync(0xffffffffu, lane, 0);
+  } else {
+    out[threadIdx.x] = static_cast<int>(__ballot_sync(0xffffffffu, 1));
+  }
+}
+
+// Some lanes at a shuffle, the others at a barrier.
+extern "C" __global__ void rq_emu_test_warp_vs_barrier(int* out) {
+  if (threadIdx.x % 32 < 8) {
+    out[threadIdx.x] = __shfl_down_sync(0xffffffffu, 1, 1);
+  }
+  __syncthreads();
+}
+
+// A warp intrinsic in a block whose size is not a multiple of 32.
+extern "C" __global__ void rq_emu_test_partial_warp(int* out) {
+  out[threadIdx.x] = static_cast<int>(__ballot_sync(0xffffffffu, 1));
+}
+
+// Writes one element past the end of `out` (n elements): only AddressSanitizer catches this
+// (scripts/emu-asan.sh runs it and expects the report).
+extern "C" __global__ void rq_emu_test_heap_overflow(int* out, int n) {
+  if (threadIdx.x == 0) out[n] = 1;
+}
