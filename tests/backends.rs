@@ -1,0 +1,282 @@
+//! One test body per operation, run on every backend against the `reference` oracle:
+//! `reference` itself, `emu` (the CUDA kernel sources emulated on the CPU) and `cuda` (a GPU;
+//! prints `SKIP: <reason>` without one, fails instead when `REQUIRE_GPU=1`). Fresh seeded
+//! inputs each run, sizes that are not multiples of 32, ties, k = 1, k = n, k > n, empty
+//! batches; tolerances of DESIGN §4.
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use rqtree::backend::{self, AssignOptions, Backend, BackendKind};
+use rqtree::index::{Codebook, EmbeddingKind};
+use rqtree::matrix::Matrix;
+use rqtree::metric::Metric;
+use rqtree::ops;
+use rqtree::reference::Reference;
+use rqtree::search::{search, Rerank, SearchParams};
+use rqtree::topk::TopK;
+
+/// Opens backend `kind`, or prints why it is skipped (a failure under `REQUIRE_GPU=1` for cuda).
+fn open(kind: BackendKind) -> Option<Box<dyn Backend>> {
+    match backend::open(kind) {
+        Ok((be, _)) => Some(be),
+        Err(e) => {
+            let gpu = kind == BackendKind::Cuda;
+            if gpu && std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("REQUIRE_GPU=1 but the cuda backend is unavailable: {e}");
+            }
+            println!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+/// `||a - b|| / ||b|| ≤ rel` (DESIGN §4 for float outputs).
+fn rel_close(a: &[f32], b: &[f32], rel: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    assert!(
+        num.sqrt() <= rel * den.sqrt().max(1e-30),
+        "{what}: relative error {}",
+        num.sqrt() / den.sqrt()
+    );
+}
+
+/// Codes agree, or the two codes' logits are a near-tie (DESIGN §4).
+fn codes_agree(got: &[u32], want: &[u32], logit: impl Fn(usize, u32) -> f32, per_row: usize) {
+    for (p, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            let (lg, lw) = (logit(p / per_row, g), logit(p / per_row, w));
+            assert!(
+                (lg - lw).abs() <= 1e-5 * (1.0 + lw.abs()),
+                "row {}: code {g} vs {w}",
+                p / per_row
+            );
+        }
+    }
+}
+
+fn topk_rows_and_segments(be: &dyn Backend) {
+    let mut rng = rng("topk_rows_and_segments");
+    for &(rows, n) in &[(5, 301), (3, 1500), (1, 1)] {
+        let m = tied_matrix(&mut rng, rows, n);
+        for k in [1, 7, 100, 256, n, n + 5, 1000] {
+            let got = ops::topk(be, &m, k).unwrap();
+            assert_eq!(
+                got,
+                ops::topk(&Reference, &m, k).unwrap(),
+                "top-{k} of {rows} x {n}"
+            );
+        }
+    }
+    assert_eq!(
+        ops::topk(be, &Matrix::zeros(0, 9), 4).unwrap(),
+        TopK::empty(0, 4)
+    );
+    let lens = [0usize, 45, 1, 0, 300, 33];
+    let mut offsets = vec![0];
+    for l in lens {
+        offsets.push(offsets.last().unwrap() + l);
+    }
+    let v = tied_matrix(&mut rng, 1, *offsets.last().unwrap());
+    for k in [1, 10, 300] {
+        let got = ops::segmented_topk(be, v.data(), &offsets, k).unwrap();
+        assert_eq!(
+            got,
+            ops::segmented_topk(&Reference, v.data(), &offsets, k).unwrap(),
+            "k {k}"
+        );
+    }
+}
+
+fn assign_levels(be: &dyn Backend) {
+    let mut rng = rng("assign_levels");
+    for &(n, k, d) in &[(77, 37, 19), (33, 300, 8), (0, 5, 3), (1, 1, 1)] {
+        let r = rand_matrix(&mut rng, n, d);
+        let cb = Codebook::new(rand_matrix(&mut rng, k, d), "cb").unwrap();
+        for opts in [
+            AssignOptions::default(),
+            AssignOptions {
+                top_m: k.min(4),
+                alpha: Some(1.7),
+                residual: true,
+            },
+        ] {
+            let got = ops::assign(be, &r, &cb, &opts).unwrap();
+            let want = ops::assign(&Reference, &r, &cb, &opts).unwrap();
+            let logit = |row: usize, c: u32| {
+                2.0 * rqtree::matrix::dot(r.row(row), cb.word(c as usize)) - cb.norms()[c as usize]
+            };
+            codes_agree(&got.codes, &want.codes, logit, opts.top_m);
+            if n > 0 {
+                rel_close(&got.logits, &want.logits, 1e-5, "logits");
+                if let (Some(g), Some(w)) = (&got.soft, &want.soft) {
+                    rel_close(g.data(), w.data(), 1e-5, "soft weights");
+                }
+                if let (Some(g), Some(w)) = (&got.residual, &want.residual) {
+                    if got.codes == want.codes {
+                        rel_close(g.data(), w.data(), 1e-5, "residual");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn encode_greedy_and_beam(be: &dyn Backend) {
+    let mut rng = rng("encode_greedy_and_beam");
+    for (levels, k, beam) in [(2, 23, 1), (3, 17, 4), (2, 40, 8), (1, 5, 1)] {
+        let cbs = rand_codebooks(&mut rng, levels, k, 11);
+        let x = rand_matrix(&mut rng, 67, 11);
+        let got = ops::encode(be, &x, &cbs, beam).unwrap();
+        let want = ops::encode(&Reference, &x, &cbs, beam).unwrap();
+        for i in 0..67 {
+            let (g, w) = (
+                &got.codes[i * levels..(i + 1) * levels],
+                &want.codes[i * levels..(i + 1) * levels],
+            );
+            let (eg, ew) = (got.error[i], want.error[i]);
+            assert!(
+                g == w || (eg - ew).abs() <= 1e-5 * (1.0 + ew.abs()),
+                "item {i}: {g:?} vs {w:?}"
+            );
+        }
+        rel_close(&got.error, &want.error, 1e-5, "encoding error");
+    }
+}
+
+fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
+    let mut rng = rng("tables_traversal_fused_and_rerank");
+    for (metric, keep, levels, k_codes, tol) in [
+        (Metric::Ip, EmbeddingKind::F32, 2, 13, 1e-5),
+        (Metric::L2, EmbeddingKind::F16, 3, 5, 1e-2),
+        (Metric::Ip, EmbeddingKind::F32, 2, 300, 1e-5),
+    ] {
+        let n = rng.random_range(150..400);
+        let (index, _, _) = rand_index(&mut rng, n, 10, levels, k_codes, metric, keep);
+        let q = rand_matrix(&mut rng, 9, 10);
+        let t = ops::lookup_tables(be, &q, &index.codebooks, metric).unwrap();
+        let tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+        for (g, w) in t.levels.iter().zip(&tr.levels) {
+            rel_close(g.data(), w.data(), 1e-5, "lookup table");
+        }
+        let full: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
+        for beams in [vec![1], vec![3, 7], full.clone(), vec![2; levels]] {
+            let c = ops::traverse(be, &tr, &index.tree, &beams).unwrap();
+            let cr = ops::traverse(&Reference, &tr, &index.tree, &beams).unwrap();
+            assert_eq!(c, cr, "traverse {beams:?}");
+            for k in [1, 10, n, n + 3] {
+                let f = be.fused_topk(&tr, &index, &cr, k).unwrap();
+                let fr = Reference.fused_topk(&tr, &index, &cr, k).unwrap();
+                assert_topk_close(&f, &fr, 1e-5, "fused top-k");
+            }
+            let fr = Reference.fused_topk(&tr, &index, &cr, 50).unwrap();
+            let (off, pos) = fr.to_csr();
+            let e = index.embeddings.as_ref().unwrap();
+            for k in [1, 5, 50] {
+                let r = be.rerank(&q, e, &index.ids, metric, &off, &pos, k).unwrap();
+                let rr = Reference
+                    .rerank(&q, e, &index.ids, metric, &off, &pos, k)
+                    .unwrap();
+                assert_topk_close(&r, &rr, tol, "rerank");
+            }
+        }
+    }
+}
+
+fn exact_topk_both_metrics(be: &dyn Backend) {
+    let mut rng = rng("exact_topk_both_metrics");
+    let items = tied_matrix(&mut rng, 203, 6);
+    let q = rand_matrix(&mut rng, 7, 6);
+    for metric in [Metric::Ip, Metric::L2] {
+        for k in [1, 20, 203, 250] {
+            let got = ops::exact_topk(be, &q, &items, metric, k).unwrap();
+            let want = ops::exact_topk(&Reference, &q, &items, metric, k).unwrap();
+            assert_topk_close(&got, &want, 1e-5, "exact top-k");
+        }
+    }
+    let none = ops::exact_topk(be, &Matrix::zeros(0, 6), &items, Metric::Ip, 3).unwrap();
+    assert_eq!(none.rows, 0);
+}
+
+fn search_pipeline(be: &dyn Backend) {
+    let mut rng = rng("search_pipeline");
+    let (index, _, _) = rand_index(&mut rng, 321, 12, 2, 19, Metric::L2, EmbeddingKind::F32);
+    let q = rand_matrix(&mut rng, 11, 12);
+    for (beams, rerank) in [
+        (vec![4, 16], Rerank::None),
+        (vec![4, 16], Rerank::Exact { rerank_k: None }),
+        (vec![2, 9], Rerank::Exact { rerank_k: Some(25) }),
+    ] {
+        let p = SearchParams {
+            k: 25,
+            beams,
+            rerank,
+        };
+        let got = search(be, &index, &q, None, &p).unwrap();
+        let want = search(&Reference, &index, &q, None, &p).unwrap();
+        assert_eq!(got.candidates, want.candidates);
+        assert_topk_close(&got.topk, &want.topk, 1e-5, "search");
+    }
+}
+
+macro_rules! backend_suite {
+    ($name:ident, $kind:expr) => {
+        mod $name {
+            use super::*;
+
+            fn be() -> Option<Box<dyn Backend>> {
+                open($kind)
+            }
+
+            #[test]
+            fn topk_rows_and_segments() {
+                if let Some(b) = be() {
+                    super::topk_rows_and_segments(b.as_ref());
+                }
+            }
+            #[test]
+            fn assign_levels() {
+                if let Some(b) = be() {
+                    super::assign_levels(b.as_ref());
+                }
+            }
+            #[test]
+            fn encode_greedy_and_beam() {
+                if let Some(b) = be() {
+                    super::encode_greedy_and_beam(b.as_ref());
+                }
+            }
+            #[test]
+            fn tables_traversal_fused_and_rerank() {
+                if let Some(b) = be() {
+                    super::tables_traversal_fused_and_rerank(b.as_ref());
+                }
+            }
+            #[test]
+            fn exact_topk_both_metrics() {
+                if let Some(b) = be() {
+                    super::exact_topk_both_metrics(b.as_ref());
+                }
+            }
+            #[test]
+            fn search_pipeline() {
+                if let Some(b) = be() {
+                    super::search_pipeline(b.as_ref());
+                }
+            }
+        }
+    };
+}
+
+backend_suite!(reference, BackendKind::Reference);
+#[cfg(feature = "emu")]
+backend_suite!(emu, BackendKind::Emu);
+#[cfg(feature = "cuda")]
+backend_suite!(cuda, BackendKind::Cuda);
