@@ -255,24 +255,6 @@ fn exact_topk_matches_brute_force_for_both_metrics() {
     }
 }
 
-/// Brute-force scores of every item of `index` for query `b` from its reconstruction.
-fn brute_item_scores(index: &rqtree::Index, q: &[f32]) -> Vec<(f32, i64)> {
-    (0..index.len())
-        .map(|p| {
-            let x = index.codebooks.reconstruct(&index.codes.path(p));
-            let s = match index.metric {
-                Metric::Ip => dot64(q, &x),
-                Metric::L2 => -q
-                    .iter()
-                    .zip(&x)
-                    .map(|(&a, &c)| (a as f64 - c as f64).powi(2))
-                    .sum::<f64>(),
-            };
-            (s as f32, index.ids[p])
-        })
-        .collect()
-}
-
 #[test]
 fn fused_lookup_and_traversal_match_brute_force() {
     let mut rng = rng("fused_lookup_and_traversal_match_brute_force");
@@ -319,7 +301,7 @@ fn fused_lookup_and_traversal_match_brute_force() {
                 .filter(|i| **i >= 0)
                 .for_each(|i| *i = index.ids[*i as usize]);
             let rows: Vec<Vec<(f32, i64)>> = (0..5)
-                .map(|b| brute_topk(&brute_item_scores(&index, q.row(b)), k))
+                .map(|b| brute_topk(&recon_scores(&index, q.row(b)), k))
                 .collect();
             let want = TopK::from_rows(k, rows);
             assert_topk_close(&mapped, &want, 1e-5, "fused top-k");

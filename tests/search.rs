@@ -14,23 +14,6 @@ use rqtree::search::{search, Rerank, SearchParams};
 use rqtree::topk::TopK;
 use rqtree::Matrix;
 
-fn recon_scores(index: &rqtree::Index, q: &[f32]) -> Vec<(f32, i64)> {
-    (0..index.len())
-        .map(|p| {
-            let x = index.codebooks.reconstruct(&index.codes.path(p));
-            let s = match index.metric {
-                Metric::Ip => dot64(q, &x),
-                Metric::L2 => -q
-                    .iter()
-                    .zip(&x)
-                    .map(|(&a, &c)| (a as f64 - c as f64).powi(2))
-                    .sum::<f64>(),
-            };
-            (s as f32, index.ids[p])
-        })
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]

@@ -163,3 +163,22 @@ pub fn assert_topk_close(got: &TopK, want: &TopK, rel: f32, what: &str) {
 pub fn reference() -> Option<Box<dyn Backend>> {
     Some(Box::new(Reference))
 }
+
+/// Brute-force (score, caller id) of every item of `index` for query `q`, scored against the
+/// item's reconstruction `x̂` with the index's metric, in f64.
+pub fn recon_scores(index: &Index, q: &[f32]) -> Vec<(f32, i64)> {
+    (0..index.len())
+        .map(|p| {
+            let x = index.codebooks.reconstruct(&index.codes.path(p));
+            let s = match index.metric {
+                Metric::Ip => dot64(q, &x),
+                Metric::L2 => -q
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &c)| (a as f64 - c as f64).powi(2))
+                    .sum::<f64>(),
+            };
+            (s as f32, index.ids[p])
+        })
+        .collect()
+}
