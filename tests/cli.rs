@@ -235,7 +235,22 @@ fn bad_input_is_an_error_message_not_a_panic() {
     run(search("qinf.npy", "3", "2,4"), "row 2");
     run(search("q5.npy", "3", "2,4"), "5 columns, expected 4");
     run(search("q.npy", "3", "2,x"), "beam");
-    // A truncated index file.
+    npy::write_f32(p(d, "empty.npy"), &rqtree::Matrix::zeros(0, 4)).unwrap();
+    fails(
+        &["build", "--items", &p(d, "empty.npy"), "-o", &p(d, "x.rqt")],
+        "empty item set",
+    );
+    npy::write_f32(p(d, "d0.npy"), &rqtree::Matrix::zeros(5, 0)).unwrap();
+    fails(
+        &["build", "--items", &p(d, "d0.npy"), "-o", &p(d, "x.rqt")],
+        "d = 0",
+    );
+    // A flipped byte inside the last tensor's data, then a truncated index file.
+    let mut bytes = std::fs::read(&ix).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(p(d, "flipped.rqt"), &bytes).unwrap();
+    fails(&["info", &p(d, "flipped.rqt")], "checksum");
     let bytes = std::fs::read(&ix).unwrap();
     std::fs::write(&ix, &bytes[..bytes.len() / 2]).unwrap();
     fails(&["info", &ix], "invalid file");
