@@ -446,6 +446,42 @@ mod tests {
     }
 
     #[test]
+    fn events_time_a_region_and_its_kernels() {
+        let Some(dev) = device_or_skip() else { return };
+        let rows = 4096;
+        let data: Vec<f32> = (0..rows * 64).map(|i| (i % 97) as f32).collect();
+        let mut buf = dev.alloc(data.len() * 4).expect("alloc");
+        dev.upload(&mut buf, bytemuck::cast_slice(&data))
+            .expect("upload");
+        let ids = dev.alloc(rows * 8).expect("alloc");
+        let scores = dev.alloc(rows * 4).expect("alloc");
+        let cfg = LaunchConfig::linear((rows / 8) as u32, 256);
+        let t = dev
+            .time(&mut || {
+                for _ in 0..3 {
+                    dev.launch(
+                        "rq_topk_argmax",
+                        cfg,
+                        &[
+                            KernelArg::Buf(&buf),
+                            KernelArg::I32(rows as i32),
+                            KernelArg::I32(64),
+                            KernelArg::Buf(&ids),
+                            KernelArg::Buf(&scores),
+                        ],
+                    )?;
+                }
+                Ok(())
+            })
+            .expect("time");
+        assert_eq!(t.clock, Clock::CudaEvents);
+        let k = t.kernel_ms.expect("kernel time");
+        assert!(k > 0.0 && k <= t.ms + 1e-3, "{t:?}");
+        // Launches outside a timed region are not recorded.
+        assert!(!dev.timing_kernels().expect("lock"));
+    }
+
+    #[test]
     fn unknown_kernel_is_an_error() {
         let Some(dev) = device_or_skip() else { return };
         let cfg = LaunchConfig {
