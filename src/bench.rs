@@ -432,11 +432,8 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         traverse_bytes(&index, sb, &beams),
         |c| ops::traverse(be, &all_tables[c], &index.tree, &beams).map(|_| ()),
     )?);
-    let cands: Vec<Candidates> = all_tables
-        .iter()
-        .map(|t| ops::traverse(&Reference, t, &index.tree, &beams))
-        .collect::<Result<_>>()?;
-    let scanned: usize = (0..sb).map(|q| cands[0].items_of(q, &index.tree)).sum();
+    let cand0 = ops::traverse(&Reference, &all_tables[0], &index.tree, &beams)?;
+    let scanned: usize = (0..sb).map(|q| cand0.items_of(q, &index.tree)).sum();
     let rerank = if sz.random_tree {
         Rerank::None
     } else {

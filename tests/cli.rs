@@ -9,11 +9,11 @@ use std::process::{Command, Output};
 use common::*;
 use rqtree::npy;
 
+/// The binary under test: `RQTREE_BIN` when set (a test binary run away from its build
+/// tree, e.g. from the GPU bundle), else the one cargo built.
 fn rqtree(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rqtree"))
-        .args(args)
-        .output()
-        .expect("run rqtree")
+    let bin = std::env::var_os("RQTREE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rqtree").into());
+    Command::new(bin).args(args).output().expect("run rqtree")
 }
 
 fn ok(args: &[&str]) -> String {
