@@ -106,7 +106,8 @@ def main():
         ms = statistics.median(times)
         floor_ms = max(nbytes / PEAK_BYTES_PER_S, flops / PEAK_FLOPS) * 1e3
         rows.append(dict(op=op, label=label, ms=ms, kernel_ms=None,
-                         clock="cuda-events" if cuda else "wall", runs=len(times), copies=copies, flops=flops, bytes=nbytes,
+                         clock="cuda-events" if cuda else "wall", runs=len(times),
+                         copies=copies, flops=flops, bytes=nbytes,
                          gflops=flops / ms / 1e6, gbps=nbytes / ms / 1e6, floor_ms=floor_ms,
                          floor_fraction=floor_ms / ms))
         if not args.json:
@@ -118,7 +119,7 @@ def main():
 
     def random_tree(n, levels, k):
         """Sorted uniformly random code paths: codes (L x N, int64) and, per depth, the
-        flat node id of each item and the CSR item_start over all K^depth possible nodes."""
+        CSR item_start over all K^depth possible nodes (node id = flat code prefix)."""
         paths = torch.randint(0, k, (n, levels), device=dev, generator=gen)
         key = torch.zeros(n, dtype=torch.int64, device=dev)
         for l in range(levels):

@@ -57,8 +57,8 @@ def main(argv):
         speed = tms / rms if rms and tms else None
         rf, tf = r.get("floor_fraction"), t.get("floor_fraction")
         print(f"{op:<14} {rq:>22} {fmt(tms, '.3f'):>10} {fmt(speed, '.2f') + ('x' if speed else ''):>9} "
-              f"{fmt(rf and 100 * rf, '.1f') + ('%' if rf else ''):>9} "
-              f"{fmt(tf and 100 * tf, '.1f') + ('%' if tf else ''):>12}")
+              f"{fmt(rf and 100 * rf, '.2f') + ('%' if rf else ''):>9} "
+              f"{fmt(tf and 100 * tf, '.2f') + ('%' if tf else ''):>12}")
     print("speed-up = torch ms / rqtree ms (whole call); [..] = rqtree kernels alone; "
           "floor = max(bytes/4.3 TB/s, flops/67 TFLOP/s) / time")
     return 0
