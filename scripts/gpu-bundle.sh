@@ -68,6 +68,7 @@ cat >"$DEST/run.sh" <<'RUN'
 #   REQUIRE_GPU=1    (default) a missing GPU fails the GPU tests; REQUIRE_GPU= lets them SKIP
 #   ALL_TESTS=1      also run the CPU-only test binaries (files, cli, reference, ...)
 #   BENCH_ARGS=...   arguments of both benches (default --targets)
+#   STEP_TIMEOUT=s   limit of each test binary and each bench (default 300 s)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-./out}"
@@ -75,6 +76,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 export REQUIRE_GPU="${REQUIRE_GPU-1}"
 BENCH_ARGS="${BENCH_ARGS:---targets}"
+LIMIT="${STEP_TIMEOUT:-300}"
 export RQTREE_BIN="$HERE/bin/rqtree"
 status=0
 note() { echo "== $*" | tee -a "$OUT/summary.txt"; }
@@ -90,7 +92,7 @@ fi
 run_tests() { # name
   local t="$1"
   # Test binaries run from a scratch folder (some tests write temporary files).
-  (cd "$OUT" && "$HERE/tests/$t" --test-threads=4 --show-output) >"$OUT/test-$t.log" 2>&1
+  (cd "$OUT" && timeout "$LIMIT" "$HERE/tests/$t" --test-threads=4 --show-output) >"$OUT/test-$t.log" 2>&1
   local rc=$?
   local summary skips
   summary="$(grep -E '^test result:' "$OUT/test-$t.log" | tail -1)"
@@ -112,13 +114,13 @@ if [[ "${ALL_TESTS:-0}" == 1 ]]; then
 fi
 
 # shellcheck disable=SC2086
-"$HERE/bin/rqtree" bench --backend cuda $BENCH_ARGS --json >"$OUT/bench-rqtree.json" 2>"$OUT/bench-rqtree.log"
+timeout "$LIMIT" "$HERE/bin/rqtree" bench --backend cuda $BENCH_ARGS --json >"$OUT/bench-rqtree.json" 2>"$OUT/bench-rqtree.log"
 rc=$?
 if [[ $rc -eq 0 ]]; then note "rqtree bench: $OUT/bench-rqtree.json"
 else note "FAIL rqtree bench (exit $rc): $(tail -1 "$OUT/bench-rqtree.log")"; status=1; fi
 
 # shellcheck disable=SC2086
-python3 "$HERE/benches/torch_baseline.py" $BENCH_ARGS --json >"$OUT/bench-torch.json" 2>"$OUT/bench-torch.log"
+timeout "$LIMIT" python3 "$HERE/benches/torch_baseline.py" $BENCH_ARGS --json >"$OUT/bench-torch.json" 2>"$OUT/bench-torch.log"
 rc=$?
 if [[ $rc -eq 0 ]]; then note "torch baseline: $OUT/bench-torch.json"
 else note "torch baseline did not run (exit $rc): $(tail -1 "$OUT/bench-torch.log")"; fi
