@@ -3,7 +3,10 @@
 //! finiteness, ranges); a backend may assume them and must return results obeying the
 //! tie rule of DESIGN §4 (higher score first, equal scores → lower id).
 
+use std::sync::Arc;
+
 use crate::candidates::Candidates;
+use crate::device::Timing;
 use crate::error::{Error, Result};
 use crate::index::{Codebook, Codebooks, Embeddings, Index, Tree};
 use crate::matrix::Matrix;
@@ -56,6 +59,16 @@ pub struct Encoding {
     pub codes: Vec<u32>,
     /// `||x - x̂||²` per item.
     pub error: Vec<f32>,
+}
+
+/// Host data a backend may keep on its device for as long as it holds the `Arc` (see
+/// [`Backend::keep_resident`]).
+#[derive(Clone, Debug)]
+pub enum Resident {
+    /// A whole index: codebooks, codes, ids, norms, tree tables, embeddings.
+    Index(Arc<Index>),
+    /// One matrix (items, queries or scores passed to later calls).
+    Matrix(Arc<Matrix>),
 }
 
 /// The kernel-level operations of one backend. See the module docs for the contract.
@@ -128,6 +141,32 @@ pub trait Backend: Send + Sync {
         metric: Metric,
         k: usize,
     ) -> Result<TopK>;
+
+    /// Keeps `data` resident on the device until [`Backend::release_resident`]: later calls
+    /// passing (parts of) it read the device copy without any host work. Data not kept this
+    /// way is still cached by content where the backend can (index data on `emu`/`cuda`).
+    /// The default (CPU backends) does nothing.
+    fn keep_resident(&self, data: Resident) -> Result<()> {
+        let _ = data;
+        Ok(())
+    }
+
+    /// Drops everything kept by [`Backend::keep_resident`] and any cached device copies.
+    fn release_resident(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Runs `f` (calls of this backend) and times it: CUDA events on `cuda` (with the time
+    /// of the kernels alone), the wall clock elsewhere.
+    fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Timing> {
+        let start = std::time::Instant::now();
+        f()?;
+        Ok(Timing {
+            ms: start.elapsed().as_secs_f64() * 1e3,
+            kernel_ms: None,
+            clock: crate::device::Clock::Wall,
+        })
+    }
 }
 
 /// Which backend to run on.

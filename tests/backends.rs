@@ -8,8 +8,10 @@ mod common;
 
 use common::*;
 use rand::Rng;
-use rqtree::backend::{self, AssignOptions, Backend, BackendKind};
-use rqtree::index::{Codebook, EmbeddingKind};
+use std::sync::Arc;
+
+use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Resident};
+use rqtree::index::{Codebook, EmbeddingKind, Embeddings, Index};
 use rqtree::matrix::Matrix;
 use rqtree::metric::Metric;
 use rqtree::ops;
@@ -226,6 +228,55 @@ fn search_pipeline(be: &dyn Backend) {
     }
 }
 
+/// Repeated calls on an index modified in place (same allocations, new contents) never see
+/// the previous contents; an index kept resident gives the same results as the reference.
+fn resident_copies_follow_changes(be: &dyn Backend) {
+    let mut rng = rng("resident_copies_follow_changes");
+    let (mut index, _, _) = rand_index(&mut rng, 257, 10, 2, 13, Metric::L2, EmbeddingKind::F32);
+    let q = rand_matrix(&mut rng, 9, 10);
+    let beams = [3, 8];
+    let check = |index: &Index, round: usize| {
+        let t = ops::lookup_tables(&Reference, &q, &index.codebooks, Metric::L2).unwrap();
+        let c = be.traverse(&t, &index.tree, &beams).unwrap();
+        let cr = Reference.traverse(&t, &index.tree, &beams).unwrap();
+        assert_eq!(c, cr, "traverse, round {round}");
+        let f = be.fused_topk(&t, index, &cr, 20).unwrap();
+        let fr = Reference.fused_topk(&t, index, &cr, 20).unwrap();
+        assert_topk_close(&f, &fr, 1e-5, &format!("fused top-k, round {round}"));
+        let (off, pos) = fr.to_csr();
+        let e = index.embeddings.as_ref().unwrap();
+        let r = be
+            .rerank(&q, e, &index.ids, Metric::L2, &off, &pos, 7)
+            .unwrap();
+        let rr = Reference
+            .rerank(&q, e, &index.ids, Metric::L2, &off, &pos, 7)
+            .unwrap();
+        assert_topk_close(&r, &rr, 1e-5, &format!("rerank, round {round}"));
+    };
+    for round in 0..3 {
+        check(&index, round);
+        check(&index, round);
+        for v in &mut index.item_norms {
+            *v = *v * 1.5 + 0.25;
+        }
+        index.ids.reverse();
+        for v in &mut index.tree.depths[0].centroid_norm {
+            *v *= 3.0;
+        }
+        match &mut index.embeddings {
+            Some(Embeddings::F32(m)) => m.data_mut().iter_mut().for_each(|v| *v = -*v),
+            _ => panic!("the test index keeps f32 embeddings"),
+        }
+    }
+    let pinned = Arc::new(index);
+    be.keep_resident(Resident::Index(Arc::clone(&pinned)))
+        .unwrap();
+    check(&pinned, 3);
+    check(&pinned, 4);
+    be.release_resident().unwrap();
+    check(&pinned, 5);
+}
+
 macro_rules! backend_suite {
     ($name:ident, $kind:expr) => {
         mod $name {
@@ -263,6 +314,12 @@ macro_rules! backend_suite {
             fn exact_topk_both_metrics() {
                 if let Some(b) = be() {
                     super::exact_topk_both_metrics(b.as_ref());
+                }
+            }
+            #[test]
+            fn resident_copies_follow_changes() {
+                if let Some(b) = be() {
+                    super::resident_copies_follow_changes(b.as_ref());
                 }
             }
             #[test]

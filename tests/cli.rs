@@ -9,11 +9,11 @@ use std::process::{Command, Output};
 use common::*;
 use rqtree::npy;
 
+/// The binary under test: `RQTREE_BIN` when set (a test binary run away from its build
+/// tree, e.g. from the GPU bundle), else the one cargo built.
 fn rqtree(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rqtree"))
-        .args(args)
-        .output()
-        .expect("run rqtree")
+    let bin = std::env::var_os("RQTREE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rqtree").into());
+    Command::new(bin).args(args).output().expect("run rqtree")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -255,4 +255,34 @@ fn bad_input_is_an_error_message_not_a_panic() {
     std::fs::write(&ix, &bytes[..bytes.len() / 2]).unwrap();
     fails(&["info", &ix], "invalid file");
     fails(&["info", &p(d, "missing.rqt")], "I/O error");
+}
+
+/// `bench --quick --json` on the emu backend: one row per operation, each with its clock, a
+/// positive median and the floor fraction (the plumbing the GPU bundle relies on).
+#[test]
+fn bench_quick_json_rows() {
+    let out = ok(&["bench", "--backend", "emu", "--quick", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bench JSON");
+    assert_eq!(v["backend"], "emu");
+    let rows = v["rows"].as_array().expect("rows");
+    let ops: Vec<&str> = rows.iter().filter_map(|r| r["op"].as_str()).collect();
+    for want in [
+        "assign",
+        "fused_topk",
+        "topk_k10",
+        "topk_k100",
+        "topk_k1000",
+        "exact_topk",
+        "lookup_tables",
+        "traverse",
+        "search",
+    ] {
+        assert!(ops.contains(&want), "{want} missing from {ops:?}");
+    }
+    for r in rows {
+        assert_eq!(r["clock"], "wall", "{r}");
+        assert!(r["ms"].as_f64().is_some_and(|m| m > 0.0), "{r}");
+        assert!(r["floor_fraction"].as_f64().is_some(), "{r}");
+    }
+    fails(&["bench", "--quick", "--targets"], "cannot be used with");
 }

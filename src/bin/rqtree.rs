@@ -71,6 +71,9 @@ enum Cmd {
         /// Smaller problem sizes (for smoke runs).
         #[arg(long)]
         quick: bool,
+        /// The target sizes (GPU-sized; seeded random-tree indexes).
+        #[arg(long, conflicts_with = "quick")]
+        targets: bool,
     },
 }
 
@@ -522,9 +525,15 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             json,
             quick,
+            targets,
         } => {
             let be = open_backend(backend)?;
-            bench::run(be.as_ref(), *quick, *json)
+            let opts = bench::BenchOptions {
+                quick: *quick,
+                targets: *targets,
+                json: *json,
+            };
+            bench::run(be.as_ref(), &opts)
         }
     }
 }

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{result, sys, CudaContext, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
 
-use crate::device::{Device, KernelArg, LaunchConfig};
+use crate::device::{Clock, Device, KernelArg, LaunchConfig, Timing};
 use crate::error::{Error, Result};
 
 mod embedded {
@@ -61,6 +61,8 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     modules: Vec<Module>,
     functions: Mutex<HashMap<String, Function>>,
+    /// While [`Device::time`] runs: a (start, end) event pair recorded around each launch.
+    kernel_events: Mutex<Option<Vec<(CudaEvent, CudaEvent)>>>,
 }
 
 impl CudaDevice {
@@ -122,12 +124,29 @@ impl CudaDevice {
             stream,
             modules,
             functions: Mutex::new(HashMap::new()),
+            kernel_events: Mutex::new(None),
         })
     }
 
     /// The device's name as the driver reports it.
     pub fn device_name(&self) -> Result<String> {
         self.ctx.name().map_err(|e| dev_err("device name", e))
+    }
+
+    /// A new event that records timestamps, recorded now on the stream.
+    fn timestamp(&self) -> Result<CudaEvent> {
+        self.stream
+            .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| dev_err("recording a timing event", e))
+    }
+
+    /// Whether launches are being timed (inside [`Device::time`]).
+    fn timing_kernels(&self) -> Result<bool> {
+        Ok(self
+            .kernel_events
+            .lock()
+            .map_err(|_| Error::Device("timing lock poisoned".into()))?
+            .is_some())
     }
 
     /// The cached handle of `kernel`, looked up in every loaded module the first time.
@@ -283,6 +302,11 @@ impl Device for CudaDevice {
             .collect();
         let g = cfg.grid;
         let b = cfg.block;
+        let started = if self.timing_kernels()? {
+            Some(self.timestamp()?)
+        } else {
+            None
+        };
         // SAFETY: the parameters match the kernel's `extern "C"` signature (the typed
         // wrappers in crate::kernels guarantee it) and every buffer outlives the launch
         // (`guards` orders later work after it on the stream).
@@ -297,6 +321,17 @@ impl Device for CudaDevice {
             )
         }
         .map_err(|e| dev_err(&format!("launching {kernel}"), e))?;
+        if let Some(start) = started {
+            let end = self.timestamp()?;
+            if let Some(v) = self
+                .kernel_events
+                .lock()
+                .map_err(|_| Error::Device("timing lock poisoned".into()))?
+                .as_mut()
+            {
+                v.push((start, end));
+            }
+        }
         drop(guards);
         self.stream
             .context()
@@ -308,6 +343,40 @@ impl Device for CudaDevice {
         self.stream
             .synchronize()
             .map_err(|e| dev_err("synchronize", e))
+    }
+
+    /// CUDA events on the stream around `f` (the whole region) and around each kernel it
+    /// launches (their sum is `kernel_ms`).
+    fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Timing> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("bind context", e))?;
+        self.synchronize()?;
+        let lock = || {
+            self.kernel_events
+                .lock()
+                .map_err(|_| Error::Device("timing lock poisoned".into()))
+        };
+        *lock()? = Some(Vec::new());
+        let start = self.timestamp();
+        let run = start.and_then(|s| f().map(|()| s));
+        let end = self.timestamp();
+        let pairs = lock()?.take().unwrap_or_default();
+        let (start, end) = (run?, end?);
+        let elapsed = |a: &CudaEvent, b: &CudaEvent| {
+            a.elapsed_ms(b)
+                .map(f64::from)
+                .map_err(|e| dev_err("event elapsed time", e))
+        };
+        let mut kernel_ms = 0.0;
+        for (a, b) in &pairs {
+            kernel_ms += elapsed(a, b)?;
+        }
+        Ok(Timing {
+            ms: elapsed(&start, &end)?,
+            kernel_ms: Some(kernel_ms),
+            clock: Clock::CudaEvents,
+        })
     }
 }
 
@@ -374,6 +443,42 @@ mod tests {
         dev.download(&ids, bytemuck::cast_slice_mut(&mut got))
             .expect("download");
         assert_eq!(got, vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn events_time_a_region_and_its_kernels() {
+        let Some(dev) = device_or_skip() else { return };
+        let rows = 4096;
+        let data: Vec<f32> = (0..rows * 64).map(|i| (i % 97) as f32).collect();
+        let mut buf = dev.alloc(data.len() * 4).expect("alloc");
+        dev.upload(&mut buf, bytemuck::cast_slice(&data))
+            .expect("upload");
+        let ids = dev.alloc(rows * 8).expect("alloc");
+        let scores = dev.alloc(rows * 4).expect("alloc");
+        let cfg = LaunchConfig::linear((rows / 8) as u32, 256);
+        let t = dev
+            .time(&mut || {
+                for _ in 0..3 {
+                    dev.launch(
+                        "rq_topk_argmax",
+                        cfg,
+                        &[
+                            KernelArg::Buf(&buf),
+                            KernelArg::I32(rows as i32),
+                            KernelArg::I32(64),
+                            KernelArg::Buf(&ids),
+                            KernelArg::Buf(&scores),
+                        ],
+                    )?;
+                }
+                Ok(())
+            })
+            .expect("time");
+        assert_eq!(t.clock, Clock::CudaEvents);
+        let k = t.kernel_ms.expect("kernel time");
+        assert!(k > 0.0 && k <= t.ms + 1e-3, "{t:?}");
+        // Launches outside a timed region are not recorded.
+        assert!(!dev.timing_kernels().expect("lock"));
     }
 
     #[test]

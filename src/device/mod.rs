@@ -91,6 +91,41 @@ pub trait Device: Send + Sync {
     ) -> crate::Result<()>;
     /// Waits for all launched work to finish and reports its errors.
     fn synchronize(&self) -> crate::Result<()>;
+    /// Runs `f` (which launches work on this device) and times it. The default measures the
+    /// wall clock from an idle device to the end of `f`'s work and reports no kernel time;
+    /// `cuda` records events on its stream around `f` and around every kernel `f` launches.
+    fn time(&self, f: &mut dyn FnMut() -> crate::Result<()>) -> crate::Result<Timing> {
+        self.synchronize()?;
+        let start = std::time::Instant::now();
+        f()?;
+        self.synchronize()?;
+        Ok(Timing {
+            ms: start.elapsed().as_secs_f64() * 1e3,
+            kernel_ms: None,
+            clock: Clock::Wall,
+        })
+    }
+}
+
+/// The clock a [`Timing`] was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Clock {
+    /// CUDA events recorded on the device's stream (GPU time).
+    CudaEvents,
+    /// The host's wall clock (CPU backends and the emulator).
+    Wall,
+}
+
+/// How long one timed region took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    /// The whole region: uploads, launches, downloads (milliseconds).
+    pub ms: f64,
+    /// The sum of the kernels launched inside it, when the device can tell (milliseconds).
+    pub kernel_ms: Option<f64>,
+    /// Where the times come from.
+    pub clock: Clock,
 }
 
 /// Typed helpers over any [`Device`], for slices of plain-old-data values.

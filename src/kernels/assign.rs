@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::index::{Codebook, Codebooks};
 use crate::matrix::Matrix;
 
+use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
 };
@@ -27,6 +28,7 @@ struct Greedy {
 /// Launches `rq_greedy_rows` over `levels` (codebooks), `mode` 0 (encode) or 1 (assign).
 fn greedy_rows<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     x: &Matrix,
     levels: &[&Codebook],
     mode: i32,
@@ -49,30 +51,30 @@ fn greedy_rows<D: Device>(
         norms.extend_from_slice(cb.norms());
         rows.push(rows[rows.len() - 1] + cb.len() as i64);
     }
-    let d_x = upload(dev, x.data())?;
-    let d_cb = upload(dev, &stacked)?;
+    let d_x = res.input(dev, x.data(), Reuse::PinnedOnly)?;
+    let d_cb = res.input(dev, &stacked, Reuse::Content)?;
     let d_rows = upload(dev, &rows)?;
-    let d_norms = upload(dev, &norms)?;
+    let d_norms = res.input(dev, &norms, Reuse::Content)?;
     let codes = alloc::<D, u32>(dev, n * l)?;
     let err = alloc::<D, f32>(dev, n)?;
-    let res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
+    let d_res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
     dev.launch(
         "rq_greedy_rows",
         cfg,
         &[
-            KernelArg::Buf(&d_x),
+            KernelArg::Buf(&*d_x),
             KernelArg::I32(arg_i32(n, "greedy assignment: rows")?),
             KernelArg::I32(arg_i32(d, "greedy assignment: d")?),
             KernelArg::I32(l as i32),
-            KernelArg::Buf(&d_cb),
+            KernelArg::Buf(&*d_cb),
             KernelArg::Buf(&d_rows),
-            KernelArg::Buf(&d_norms),
+            KernelArg::Buf(&*d_norms),
             KernelArg::I32(mode),
             KernelArg::I32(tk as i32),
             KernelArg::Buf(&codes),
             KernelArg::Buf(&err),
             KernelArg::I32(want_residual as i32),
-            KernelArg::Buf(&res),
+            KernelArg::Buf(&d_res),
         ],
     )?;
     dev.synchronize()?;
@@ -80,7 +82,7 @@ fn greedy_rows<D: Device>(
         codes: download(dev, &codes, n * l)?,
         err: download(dev, &err, n)?,
         residual: if want_residual {
-            Some(download(dev, &res, n * d)?)
+            Some(download(dev, &d_res, n * d)?)
         } else {
             None
         },
@@ -94,6 +96,7 @@ fn greedy_rows<D: Device>(
 /// (`top_m = 1`, no soft weights) runs the row-tiled kernel.
 pub fn assign<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     residuals: &Matrix,
     codebook: &Codebook,
     opts: &AssignOptions,
@@ -119,7 +122,7 @@ pub fn assign<D: Device>(
     }
     if m == 1 && opts.alpha.is_none() {
         // Hard code only: the row-tiled kernel (codebook tiles in shared memory).
-        let g = greedy_rows(dev, residuals, &[codebook], 1, opts.residual)?;
+        let g = greedy_rows(dev, res, residuals, &[codebook], 1, opts.residual)?;
         return Ok(Assignment {
             top_m: 1,
             codes: g.codes,
@@ -131,21 +134,21 @@ pub fn assign<D: Device>(
     let cap = select_cap(m, THREADS);
     let shared = round16(4 * d) + 8 * THREADS as usize + select_bytes(cap);
     let cfg = launch_1d(n, THREADS, shared, "assign")?;
-    let x = upload(dev, residuals.data())?;
-    let cb = upload(dev, codebook.words().data())?;
-    let norms = upload(dev, codebook.norms())?;
+    let x = res.input(dev, residuals.data(), Reuse::PinnedOnly)?;
+    let cb = res.input(dev, codebook.words().data(), Reuse::Content)?;
+    let norms = res.input(dev, codebook.norms(), Reuse::Content)?;
     let codes = alloc::<D, u32>(dev, n * m)?;
     let logits = alloc::<D, f32>(dev, n * m)?;
     let soft = alloc::<D, f32>(dev, if opts.alpha.is_some() { n * kk } else { 0 })?;
-    let res = alloc::<D, f32>(dev, if opts.residual { n * d } else { 0 })?;
+    let d_res = alloc::<D, f32>(dev, if opts.residual { n * d } else { 0 })?;
     dev.launch(
         "rq_assign",
         cfg,
         &[
-            KernelArg::Buf(&x),
+            KernelArg::Buf(&*x),
             KernelArg::I32(arg_i32(d, "assign: d")?),
-            KernelArg::Buf(&cb),
-            KernelArg::Buf(&norms),
+            KernelArg::Buf(&*cb),
+            KernelArg::Buf(&*norms),
             KernelArg::I32(arg_i32(kk, "assign: K")?),
             KernelArg::I32(m as i32),
             KernelArg::I32(cap as i32),
@@ -155,7 +158,7 @@ pub fn assign<D: Device>(
             KernelArg::Buf(&codes),
             KernelArg::Buf(&logits),
             KernelArg::Buf(&soft),
-            KernelArg::Buf(&res),
+            KernelArg::Buf(&d_res),
         ],
     )?;
     dev.synchronize()?;
@@ -164,7 +167,7 @@ pub fn assign<D: Device>(
         None => None,
     };
     let residual = if opts.residual {
-        Some(Matrix::new(n, d, download(dev, &res, n * d)?)?)
+        Some(Matrix::new(n, d, download(dev, &d_res, n * d)?)?)
     } else {
         None
     };
@@ -183,6 +186,7 @@ pub fn assign<D: Device>(
 /// runs the row-tiled greedy kernel, wider beams the per-row beam kernel.
 pub fn encode<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     items: &Matrix,
     cbs: &Codebooks,
     beam: usize,
@@ -199,7 +203,7 @@ pub fn encode<D: Device>(
     }
     if beam == 1 {
         let levels_ref: Vec<&Codebook> = cbs.iter().collect();
-        let g = greedy_rows(dev, items, &levels_ref, 0, false)?;
+        let g = greedy_rows(dev, res, items, &levels_ref, 0, false)?;
         return Ok(Encoding {
             levels,
             codes: g.codes,
@@ -215,8 +219,8 @@ pub fn encode<D: Device>(
         stacked.extend_from_slice(cb.words().data());
         rows.push(rows[rows.len() - 1] + cb.len() as i64);
     }
-    let x = upload(dev, items.data())?;
-    let cb = upload(dev, &stacked)?;
+    let x = res.input(dev, items.data(), Reuse::PinnedOnly)?;
+    let cb = res.input(dev, &stacked, Reuse::Content)?;
     let cb_rows = upload(dev, &rows)?;
     let codes = alloc::<D, u32>(dev, n * levels)?;
     let err = alloc::<D, f32>(dev, n)?;
@@ -224,10 +228,10 @@ pub fn encode<D: Device>(
         "rq_encode",
         cfg,
         &[
-            KernelArg::Buf(&x),
+            KernelArg::Buf(&*x),
             KernelArg::I32(arg_i32(d, "encode: d")?),
             KernelArg::I32(levels as i32),
-            KernelArg::Buf(&cb),
+            KernelArg::Buf(&*cb),
             KernelArg::Buf(&cb_rows),
             KernelArg::I32(beam as i32),
             KernelArg::I32(cap as i32),

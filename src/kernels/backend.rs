@@ -4,9 +4,9 @@
 //! [`super::MAX_K`], shared memory above [`super::MAX_SHARED_BYTES`]) are errors naming the
 //! operation, never a silent CPU fallback.
 
-use crate::backend::{AssignOptions, Assignment, Backend, Encoding};
+use crate::backend::{AssignOptions, Assignment, Backend, Encoding, Resident};
 use crate::candidates::Candidates;
-use crate::device::Device;
+use crate::device::{Device, Timing};
 use crate::error::{Error, Result};
 use crate::index::{Codebook, Codebooks, Embeddings, Index, Tree};
 use crate::matrix::Matrix;
@@ -14,19 +14,36 @@ use crate::metric::Metric;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
-/// A backend running the rqtree kernels on device `D`.
+use super::resident::{Residency, ResidencyStats, DEFAULT_CACHE_BYTES};
+
+/// A backend running the rqtree kernels on device `D`. Index and codebook inputs stay on the
+/// device across calls ([`Residency`]): pinned with [`Backend::keep_resident`], or cached by
+/// content (a modified index is uploaded again, never served stale).
 pub struct KernelBackend<D: Device> {
     dev: D,
+    res: Residency<D>,
 }
 
 impl<D: Device> KernelBackend<D> {
-    /// Wraps an opened device.
+    /// Wraps an opened device, with a content cache of [`DEFAULT_CACHE_BYTES`].
     pub fn new(dev: D) -> Self {
-        KernelBackend { dev }
+        Self::with_cache_budget(dev, DEFAULT_CACHE_BYTES)
+    }
+    /// Wraps an opened device whose content cache holds at most `bytes` (0: no caching of
+    /// unpinned inputs).
+    pub fn with_cache_budget(dev: D, bytes: usize) -> Self {
+        KernelBackend {
+            dev,
+            res: Residency::new(bytes),
+        }
     }
     /// The device.
     pub fn device(&self) -> &D {
         &self.dev
+    }
+    /// Upload and reuse counters of the resident copies.
+    pub fn residency_stats(&self) -> Result<ResidencyStats> {
+        self.res.stats()
     }
 }
 
@@ -36,23 +53,23 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
 
     fn assign(&self, r: &Matrix, cb: &Codebook, o: &AssignOptions) -> Result<Assignment> {
-        super::assign::assign(&self.dev, r, cb, o)
+        super::assign::assign(&self.dev, &self.res, r, cb, o)
     }
 
     fn encode(&self, items: &Matrix, cbs: &Codebooks, beam: usize) -> Result<Encoding> {
-        super::assign::encode(&self.dev, items, cbs, beam)
+        super::assign::encode(&self.dev, &self.res, items, cbs, beam)
     }
 
     fn lookup_tables(&self, q: &Matrix, cbs: &Codebooks, metric: Metric) -> Result<QueryTables> {
-        super::lookup::lookup_tables(&self.dev, q, cbs, metric)
+        super::lookup::lookup_tables(&self.dev, &self.res, q, cbs, metric)
     }
 
     fn traverse(&self, t: &QueryTables, tree: &Tree, beams: &[usize]) -> Result<Candidates> {
-        super::traverse::traverse(&self.dev, t, tree, beams)
+        super::traverse::traverse(&self.dev, &self.res, t, tree, beams)
     }
 
     fn fused_topk(&self, t: &QueryTables, ix: &Index, c: &Candidates, k: usize) -> Result<TopK> {
-        super::lookup::fused_topk(&self.dev, t, ix, c, k)
+        super::lookup::fused_topk(&self.dev, &self.res, t, ix, c, k)
     }
 
     fn rerank(
@@ -72,11 +89,13 @@ impl<D: Device> Backend for KernelBackend<D> {
                 e.rows()
             )));
         }
-        super::lookup::rerank(&self.dev, q, e, ids, metric, offsets, positions, k)
+        super::lookup::rerank(
+            &self.dev, &self.res, q, e, ids, metric, offsets, positions, k,
+        )
     }
 
     fn topk(&self, scores: &Matrix, k: usize) -> Result<TopK> {
-        super::topk::topk(&self.dev, scores, k)
+        super::topk::topk(&self.dev, &self.res, scores, k)
     }
 
     fn segmented_topk(&self, values: &[f32], offsets: &[usize], k: usize) -> Result<TopK> {
@@ -84,7 +103,22 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
 
     fn exact_topk(&self, q: &Matrix, items: &Matrix, metric: Metric, k: usize) -> Result<TopK> {
-        super::lookup::exact_topk(&self.dev, q, items, metric, k)
+        super::lookup::exact_topk(&self.dev, &self.res, q, items, metric, k)
+    }
+
+    fn keep_resident(&self, data: Resident) -> Result<()> {
+        match data {
+            Resident::Index(ix) => self.res.pin_index(ix),
+            Resident::Matrix(m) => self.res.pin_matrix(m),
+        }
+    }
+
+    fn release_resident(&self) -> Result<()> {
+        self.res.release()
+    }
+
+    fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Timing> {
+        self.dev.time(f)
     }
 }
 
@@ -286,6 +320,50 @@ pub(crate) mod agreement {
             &Reference.fused_topk(&tr, &ix, &cr, 30).expect("ref"),
             "fused_topk u16",
         );
+    }
+
+    /// Index data crosses to the device once: later calls hit the content cache, and a
+    /// pinned index is served without hashing; a changed index is uploaded again.
+    #[cfg(feature = "emu")]
+    #[test]
+    fn index_stays_resident_across_calls() {
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5);
+        let d = 9;
+        let cbs =
+            Codebooks::from_matrices(vec![matrix(&mut rng, 6, d, 0), matrix(&mut rng, 5, d, 0)])
+                .expect("codebooks");
+        let mut ix = index(&matrix(&mut rng, 90, d, 0), &cbs, Metric::L2);
+        let q = matrix(&mut rng, 4, d, 0);
+        let b = KernelBackend::new(crate::device::emu::EmuDevice::new());
+        let t = Reference.lookup_tables(&q, &cbs, Metric::L2).expect("ref");
+        let c = Reference.traverse(&t, &ix.tree, &[2, 4]).expect("ref");
+        let stats = || b.residency_stats().expect("stats");
+        b.fused_topk(&t, &ix, &c, 5).expect("fused");
+        let first = stats();
+        assert_eq!(first.uploads, 4, "codes, item ranges, norms, ids");
+        b.fused_topk(&t, &ix, &c, 5).expect("fused");
+        let second = stats();
+        assert_eq!(
+            second.uploads, first.uploads,
+            "no upload on the second call"
+        );
+        assert_eq!(second.hits, first.hits + 4);
+        ix.item_norms[0] += 1.0;
+        b.fused_topk(&t, &ix, &c, 5).expect("fused");
+        assert_eq!(
+            stats().uploads,
+            second.uploads + 1,
+            "only the changed norms"
+        );
+        let pinned = std::sync::Arc::new(ix);
+        b.keep_resident(Resident::Index(pinned.clone()))
+            .expect("pin");
+        b.fused_topk(&t, &pinned, &c, 5).expect("fused");
+        let third = stats();
+        b.fused_topk(&t, &pinned, &c, 5).expect("fused");
+        assert_eq!(stats().uploads, third.uploads);
+        assert_eq!(stats().hits, third.hits + 4);
+        b.release_resident().expect("release");
     }
 
     /// The harness itself (index construction, shapes) checked on the reference.

@@ -10,6 +10,7 @@ use crate::metric::Metric;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
+use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download, download_topk, grid_dim, launch_1d, round16, select_bytes,
     select_cap, upload, SELECT_THREADS,
@@ -31,6 +32,7 @@ fn metric_arg(m: Metric) -> i32 {
 /// Lookup tables of `queries` (`B × d`): per level `B × K_l`, `<q_b, C_l[k]>`, and `||q||²`.
 pub fn lookup_tables<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     queries: &Matrix,
     codebooks: &Codebooks,
     metric: Metric,
@@ -50,11 +52,11 @@ pub fn lookup_tables<D: Device>(
     }
     let b32 = arg_i32(b, "lookup_tables: queries")?;
     let d32 = arg_i32(d, "lookup_tables: d")?;
-    let q = upload(dev, queries.data())?;
+    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let mut outs = Vec::with_capacity(codebooks.levels());
     for cb in codebooks.iter() {
         let kk = cb.len();
-        let c = upload(dev, cb.words().data())?;
+        let c = res.input(dev, cb.words().data(), Reuse::Content)?;
         let out = alloc::<D, f32>(dev, b * kk)?;
         let cfg = LaunchConfig {
             grid: [
@@ -69,10 +71,10 @@ pub fn lookup_tables<D: Device>(
             "rq_lut",
             cfg,
             &[
-                KernelArg::Buf(&q),
+                KernelArg::Buf(&*q),
                 KernelArg::I32(b32),
                 KernelArg::I32(d32),
-                KernelArg::Buf(&c),
+                KernelArg::Buf(&*c),
                 KernelArg::I32(kk as i32),
                 KernelArg::Buf(&out),
             ],
@@ -84,7 +86,7 @@ pub fn lookup_tables<D: Device>(
         "rq_row_norms",
         launch_1d(b.div_ceil(128), 128, 0, "lookup_tables")?,
         &[
-            KernelArg::Buf(&q),
+            KernelArg::Buf(&*q),
             KernelArg::I32(b32),
             KernelArg::I32(d32),
             KernelArg::Buf(&norms),
@@ -107,6 +109,7 @@ pub fn lookup_tables<D: Device>(
 /// id `index.ids[pos]`) and scores; missing slots `-1` / `-inf`. `1 ≤ k ≤ 2048`.
 pub fn fused_topk<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     tables: &QueryTables,
     index: &Index,
     candidates: &Candidates,
@@ -139,8 +142,8 @@ pub fn fused_topk<D: Device>(
     let ksum: usize = tables.levels.iter().map(Matrix::cols).sum();
     let lut_shared = ksum <= FUSED_SHARED_TABLES;
     let (codes, code_bytes) = match index.codes.data() {
-        CodeData::U8(v) => (upload(dev, v)?, 1),
-        CodeData::U16(v) => (upload(dev, v)?, 2),
+        CodeData::U8(v) => (res.input(dev, v, Reuse::Content)?, 1),
+        CodeData::U16(v) => (res.input(dev, v, Reuse::Content)?, 2),
     };
     let cand_off: Vec<i64> = candidates.offsets.iter().map(|&o| o as i64).collect();
     let cap = select_cap(k, SELECT_THREADS);
@@ -151,12 +154,16 @@ pub fn fused_topk<D: Device>(
     let d_luts = upload(dev, &luts)?;
     let d_off = upload(dev, &lut_off)?;
     let d_k = upload(dev, &lut_k)?;
-    let d_items = upload(dev, &index.tree.depths[depth - 1].item_start)?;
+    let d_items = res.input(
+        dev,
+        &index.tree.depths[depth - 1].item_start,
+        Reuse::Content,
+    )?;
     let d_coff = upload(dev, &cand_off)?;
     let d_nodes = upload(dev, &candidates.nodes)?;
-    let d_norms = upload(dev, &index.item_norms)?;
+    let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
     let d_qn = upload(dev, &tables.qnorm)?;
-    let d_ids = upload(dev, &index.ids)?;
+    let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
     let pos = alloc::<D, i64>(dev, b * k)?;
     let scores = alloc::<D, f32>(dev, b * k)?;
     dev.launch(
@@ -168,16 +175,16 @@ pub fn fused_topk<D: Device>(
             KernelArg::Buf(&d_k),
             KernelArg::I32(levels as i32),
             KernelArg::I32(lut_shared as i32),
-            KernelArg::Buf(&codes),
+            KernelArg::Buf(&*codes),
             KernelArg::I32(code_bytes),
             KernelArg::I32(arg_i32(n, "fused_topk: items")?),
-            KernelArg::Buf(&d_items),
+            KernelArg::Buf(&*d_items),
             KernelArg::Buf(&d_coff),
             KernelArg::Buf(&d_nodes),
-            KernelArg::Buf(&d_norms),
+            KernelArg::Buf(&*d_norms),
             KernelArg::Buf(&d_qn),
             KernelArg::I32(metric_arg(tables.metric)),
-            KernelArg::Buf(&d_ids),
+            KernelArg::Buf(&*d_ids),
             KernelArg::I32(k as i32),
             KernelArg::I32(cap as i32),
             KernelArg::Buf(&pos),
@@ -206,6 +213,7 @@ fn padded_shortlist(offsets: &[usize], positions: &[u32]) -> TopK {
 #[allow(clippy::too_many_arguments)]
 pub fn rerank<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     queries: &Matrix,
     embeddings: &Embeddings,
     ids: &[i64],
@@ -229,11 +237,8 @@ pub fn rerank<D: Device>(
     }
     check_k(k, "rerank: k")?;
     let (emb, f16) = match embeddings {
-        Embeddings::F32(m) => (upload(dev, m.data())?, 0),
-        Embeddings::F16 { data, .. } => {
-            let bits: Vec<u16> = data.iter().map(|h| h.to_bits()).collect();
-            (upload(dev, &bits)?, 1)
-        }
+        Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, 0),
+        Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, 1),
     };
     let cap = select_cap(k, SELECT_THREADS);
     let cfg = launch_1d(
@@ -242,22 +247,22 @@ pub fn rerank<D: Device>(
         round16(4 * d) + select_bytes(cap),
         "rerank",
     )?;
-    let q = upload(dev, queries.data())?;
+    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let sl = upload(dev, &shortlist.ids)?;
-    let d_ids = upload(dev, ids)?;
+    let d_ids = res.input(dev, ids, Reuse::Content)?;
     let pos = alloc::<D, i64>(dev, b * k)?;
     let scores = alloc::<D, f32>(dev, b * k)?;
     dev.launch(
         "rq_rerank",
         cfg,
         &[
-            KernelArg::Buf(&q),
+            KernelArg::Buf(&*q),
             KernelArg::I32(arg_i32(d, "rerank: d")?),
-            KernelArg::Buf(&emb),
+            KernelArg::Buf(&*emb),
             KernelArg::I32(f16),
             KernelArg::Buf(&sl),
             KernelArg::I32(arg_i32(shortlist.k, "rerank: shortlist length")?),
-            KernelArg::Buf(&d_ids),
+            KernelArg::Buf(&*d_ids),
             KernelArg::I32(metric_arg(metric)),
             KernelArg::I32(k as i32),
             KernelArg::I32(cap as i32),
@@ -272,6 +277,7 @@ pub fn rerank<D: Device>(
 /// ids are item rows. `1 ≤ k ≤ 2048`.
 pub fn exact_topk<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     queries: &Matrix,
     items: &Matrix,
     metric: Metric,
@@ -290,17 +296,17 @@ pub fn exact_topk<D: Device>(
         round16(4 * d) + select_bytes(cap),
         "exact_topk",
     )?;
-    let q = upload(dev, queries.data())?;
-    let x = upload(dev, items.data())?;
+    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
+    let x = res.input(dev, items.data(), Reuse::PinnedOnly)?;
     let ids = alloc::<D, i64>(dev, b * k)?;
     let scores = alloc::<D, f32>(dev, b * k)?;
     dev.launch(
         "rq_exact_topk",
         cfg,
         &[
-            KernelArg::Buf(&q),
+            KernelArg::Buf(&*q),
             KernelArg::I32(arg_i32(d, "exact_topk: d")?),
-            KernelArg::Buf(&x),
+            KernelArg::Buf(&*x),
             KernelArg::I32(arg_i32(items.rows(), "exact_topk: items")?),
             KernelArg::I32(metric_arg(metric)),
             KernelArg::I32(k as i32),

@@ -9,10 +9,12 @@
 pub mod assign;
 pub mod backend;
 pub mod lookup;
+pub mod resident;
 pub mod topk;
 pub mod traverse;
 
 pub use backend::KernelBackend;
+pub use resident::{Residency, ResidencyStats};
 
 use crate::device::{Device, LaunchConfig};
 use crate::error::{Error, Result};

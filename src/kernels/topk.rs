@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::matrix::Matrix;
 use crate::topk::TopK;
 
+use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download_topk, launch_1d, round16, select_bytes, select_cap, upload,
     SELECT_THREADS,
@@ -19,14 +20,14 @@ const SELECTOR_MAX_K: usize = 256;
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
 /// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
 /// `2 ≤ k ≤ 256` the block selector, `256 < k ≤ 2048` the radix select.
-pub fn topk<D: Device>(dev: &D, scores: &Matrix, k: usize) -> Result<TopK> {
+pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -> Result<TopK> {
     let (rows, n) = (scores.rows(), scores.cols());
     if rows == 0 || k == 0 {
         return Ok(TopK::empty(rows, k));
     }
     check_k(k, "topk: k")?;
     let n32 = arg_i32(n, "topk: columns")?;
-    let x = upload(dev, scores.data())?;
+    let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
     let ids = alloc::<D, i64>(dev, rows * k)?;
     let out = alloc::<D, f32>(dev, rows * k)?;
     if k == 1 {
@@ -40,7 +41,7 @@ pub fn topk<D: Device>(dev: &D, scores: &Matrix, k: usize) -> Result<TopK> {
             "rq_topk_argmax",
             cfg,
             &[
-                KernelArg::Buf(&x),
+                KernelArg::Buf(&*x),
                 KernelArg::I32(arg_i32(rows, "topk: rows")?),
                 KernelArg::I32(n32),
                 KernelArg::Buf(&ids),
@@ -55,7 +56,7 @@ pub fn topk<D: Device>(dev: &D, scores: &Matrix, k: usize) -> Result<TopK> {
             "rq_topk_radix",
             cfg,
             &[
-                KernelArg::Buf(&x),
+                KernelArg::Buf(&*x),
                 KernelArg::I32(n32),
                 KernelArg::I32(k as i32),
                 KernelArg::I32(cap as i32),
@@ -70,7 +71,7 @@ pub fn topk<D: Device>(dev: &D, scores: &Matrix, k: usize) -> Result<TopK> {
             "rq_topk_rows",
             cfg,
             &[
-                KernelArg::Buf(&x),
+                KernelArg::Buf(&*x),
                 KernelArg::I32(n32),
                 KernelArg::I32(k as i32),
                 KernelArg::I32(cap as i32),

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::index::Tree;
 use crate::tables::QueryTables;
 
+use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
     SELECT_THREADS,
@@ -23,6 +24,7 @@ fn metric_arg(t: &QueryTables) -> i32 {
 /// searched depth, best first, per query.
 pub fn traverse<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     tables: &QueryTables,
     tree: &Tree,
     beams: &[usize],
@@ -50,8 +52,8 @@ pub fn traverse<D: Device>(
     let d1 = &tree.depths[0];
     let w0 = beams[0];
     let lut0 = upload(dev, tables.levels[0].data())?;
-    let code0 = upload(dev, &d1.code)?;
-    let cn0 = upload(dev, &d1.centroid_norm)?;
+    let code0 = res.input(dev, &d1.code, Reuse::Content)?;
+    let cn0 = res.input(dev, &d1.centroid_norm, Reuse::Content)?;
     let mut nodes = alloc::<D, u32>(dev, b * w0)?;
     let mut ip = alloc::<D, f32>(dev, b * w0)?;
     let mut count = alloc::<D, i32>(dev, b)?;
@@ -62,9 +64,9 @@ pub fn traverse<D: Device>(
         &[
             KernelArg::Buf(&lut0),
             KernelArg::I32(arg_i32(tables.levels[0].cols(), "traverse: K")?),
-            KernelArg::Buf(&code0),
+            KernelArg::Buf(&*code0),
             KernelArg::I32(arg_i32(d1.len(), "traverse: depth-1 nodes")?),
-            KernelArg::Buf(&cn0),
+            KernelArg::Buf(&*cn0),
             KernelArg::Buf(&qn),
             KernelArg::I32(metric),
             KernelArg::I32(w0 as i32),
@@ -78,9 +80,9 @@ pub fn traverse<D: Device>(
         let parent = &tree.depths[l - 1];
         let dep = &tree.depths[l];
         let lut = upload(dev, tables.levels[l].data())?;
-        let cs = upload(dev, &parent.child_start)?;
-        let code = upload(dev, &dep.code)?;
-        let cn = upload(dev, &dep.centroid_norm)?;
+        let cs = res.input(dev, &parent.child_start, Reuse::Content)?;
+        let code = res.input(dev, &dep.code, Reuse::Content)?;
+        let cn = res.input(dev, &dep.centroid_norm, Reuse::Content)?;
         let n_nodes = alloc::<D, u32>(dev, b * w)?;
         let n_ip = alloc::<D, f32>(dev, b * w)?;
         let n_count = alloc::<D, i32>(dev, b)?;
@@ -92,9 +94,9 @@ pub fn traverse<D: Device>(
             &[
                 KernelArg::Buf(&lut),
                 KernelArg::I32(arg_i32(tables.levels[l].cols(), "traverse: K")?),
-                KernelArg::Buf(&cs),
-                KernelArg::Buf(&code),
-                KernelArg::Buf(&cn),
+                KernelArg::Buf(&*cs),
+                KernelArg::Buf(&*code),
+                KernelArg::Buf(&*cn),
                 KernelArg::Buf(&nodes),
                 KernelArg::Buf(&ip),
                 KernelArg::Buf(&count),

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Merges `rqtree bench --json` and `benches/torch_baseline.py --json` into one table:
+operation, rqtree ms (whole call; kernels alone in brackets), torch ms, speed-up of rqtree
+over torch (on the whole call), and each side's fraction of the roofline floor.
+
+    python3 scripts/compare_bench.py RQTREE_JSON TORCH_JSON
+
+A missing or unreadable file leaves its columns as "-" (and says why); the exit status is 0
+whenever at least one side could be read.
+"""
+
+import json
+import sys
+
+
+def load(path, what):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        print(f"compare_bench: no {what} results ({e.strerror}: {path})", file=sys.stderr)
+        return {}
+    # The JSON object is the last non-empty line (anything before it is diagnostics).
+    lines = [l for l in text.splitlines() if l.strip().startswith("{")]
+    if not lines:
+        print(f"compare_bench: {path} holds no JSON object ({what})", file=sys.stderr)
+        return {}
+    try:
+        doc = json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        print(f"compare_bench: {path}: {e} ({what})", file=sys.stderr)
+        return {}
+    return {r["op"]: r for r in doc.get("rows", []) if "op" in r}
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main(argv):
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    ours, theirs = load(argv[1], "rqtree"), load(argv[2], "torch")
+    if not ours and not theirs:
+        print("compare_bench: nothing to compare", file=sys.stderr)
+        return 1
+    ops = list(ours) + [op for op in theirs if op not in ours]
+    head = f"{'op':<14} {'rqtree ms':>22} {'torch ms':>10} {'speed-up':>9} {'rq floor':>9} {'torch floor':>12}"
+    print(head)
+    print("-" * len(head))
+    for op in ops:
+        r, t = ours.get(op, {}), theirs.get(op, {})
+        rms, tms = r.get("ms"), t.get("ms")
+        kms = r.get("kernel_ms")
+        rq = fmt(rms, ".3f") + (f" [{kms:.3f}]" if kms is not None else "")
+        speed = tms / rms if rms and tms else None
+        rf, tf = r.get("floor_fraction"), t.get("floor_fraction")
+        print(f"{op:<14} {rq:>22} {fmt(tms, '.3f'):>10} {fmt(speed, '.2f') + ('x' if speed else ''):>9} "
+              f"{fmt(rf and 100 * rf, '.2f') + ('%' if rf else ''):>9} "
+              f"{fmt(tf and 100 * tf, '.2f') + ('%' if tf else ''):>12}")
+    print("speed-up = torch ms / rqtree ms (whole call); [..] = rqtree kernels alone; "
+          "floor = max(bytes/4.3 TB/s, flops/67 TFLOP/s) / time")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,257 @@
+//! Device copies of host data kept across calls, so that an index (codes, ids, norms, tree
+//! tables, embeddings) and its codebooks cross PCIe once, not once per call.
+//!
+//! Two ways an input is found on the device again:
+//!
+//! - **Pinned** ([`Residency::pin`]): the caller hands over an `Arc` of the host data (an
+//!   [`Index`] or a [`Matrix`]). While the residency holds that `Arc` the data can neither be
+//!   freed nor mutated (the types have no interior mutability), so a slice at the same
+//!   address with the same length *is* that data: the lookup costs no host work at all.
+//! - **Content cache** (index and codebook inputs of every call): keyed by the bytes' length
+//!   and their 128-bit XXH3 hash. A modified index hashes differently and is uploaded again,
+//!   so results are never stale; the price is one host hashing pass over the input (several
+//!   times faster than the copy, and no device allocation). Entries are evicted
+//!   least-recently-used beyond a byte budget.
+//!
+//! Per-query inputs (queries, tables, candidate lists) are uploaded every call unless pinned.
+
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::index::{CodeData, Embeddings, Index};
+use crate::matrix::Matrix;
+
+/// Default byte budget of the content cache (pinned data is not counted).
+pub const DEFAULT_CACHE_BYTES: usize = 4 << 30;
+
+/// How an input may be found on the device again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// Index or codebook data: pinned copy, else the content cache.
+    Content,
+    /// Large per-call data: pinned copy, else a fresh upload (hashing would cost as much as
+    /// it saves when the data changes every call).
+    PinnedOnly,
+}
+
+/// A device buffer owned by one call or shared with the residency.
+pub(crate) enum Held<B> {
+    /// Uploaded for this call only.
+    Owned(B),
+    /// A resident copy.
+    Shared(Arc<B>),
+}
+
+impl<B> std::ops::Deref for Held<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        match self {
+            Held::Owned(b) => b,
+            Held::Shared(b) => b,
+        }
+    }
+}
+
+/// Counters of the residency (for tests and the bench).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResidencyStats {
+    /// Host-to-device copies made through the residency (resident or not).
+    pub uploads: u64,
+    /// Bytes of those copies.
+    pub uploaded_bytes: u64,
+    /// Inputs served by a resident copy.
+    pub hits: u64,
+}
+
+struct Cached<B> {
+    buf: Arc<B>,
+    bytes: usize,
+    last_use: u64,
+}
+
+struct Inner<B> {
+    owners: Vec<Arc<dyn Any + Send + Sync>>,
+    trusted: HashSet<(usize, usize)>,
+    pinned: HashMap<(usize, usize), Arc<B>>,
+    cached: HashMap<(usize, u128), Cached<B>>,
+    cached_bytes: usize,
+    tick: u64,
+    stats: ResidencyStats,
+}
+
+/// The resident copies of one device (see the module docs).
+pub struct Residency<D: Device> {
+    inner: Mutex<Inner<D::Buffer>>,
+    budget: usize,
+}
+
+/// `(address, byte length)` of a slice: the identity of pinned data.
+fn key_of<T>(data: &[T]) -> (usize, usize) {
+    (data.as_ptr() as usize, std::mem::size_of_val(data))
+}
+
+/// The host slices of `index` that kernels read.
+fn index_slices(ix: &Index) -> Vec<(usize, usize)> {
+    let mut v = vec![key_of(&ix.ids), key_of(&ix.item_norms)];
+    v.push(match ix.codes.data() {
+        CodeData::U8(c) => key_of(c),
+        CodeData::U16(c) => key_of(c),
+    });
+    for cb in ix.codebooks.iter() {
+        v.push(key_of(cb.words().data()));
+        v.push(key_of(cb.norms()));
+    }
+    for d in &ix.tree.depths {
+        v.extend([
+            key_of(&d.code),
+            key_of(&d.child_start),
+            key_of(&d.item_start),
+            key_of(&d.centroid_norm),
+        ]);
+    }
+    match &ix.embeddings {
+        Some(Embeddings::F32(m)) => v.push(key_of(m.data())),
+        Some(Embeddings::F16 { data, .. }) => v.push(key_of(data)),
+        None => {}
+    }
+    v
+}
+
+impl<D: Device> Default for Residency<D> {
+    fn default() -> Self {
+        Self::new(DEFAULT_CACHE_BYTES)
+    }
+}
+
+impl<D: Device> Residency<D> {
+    /// An empty residency whose content cache holds at most `budget` bytes.
+    pub fn new(budget: usize) -> Self {
+        Residency {
+            inner: Mutex::new(Inner {
+                owners: Vec::new(),
+                trusted: HashSet::new(),
+                pinned: HashMap::new(),
+                cached: HashMap::new(),
+                cached_bytes: 0,
+                tick: 0,
+                stats: ResidencyStats::default(),
+            }),
+            budget,
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner<D::Buffer>>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::Device("residency lock poisoned".into()))
+    }
+
+    /// Keeps `index` alive and immutable; its slices are then served from device copies made
+    /// on first use, without hashing.
+    pub fn pin_index(&self, index: Arc<Index>) -> Result<()> {
+        let slices = index_slices(&index);
+        self.pin(index, slices)
+    }
+
+    /// Keeps `m` alive and immutable; its data is then served from a device copy.
+    pub fn pin_matrix(&self, m: Arc<Matrix>) -> Result<()> {
+        let slices = vec![key_of(m.data())];
+        self.pin(m, slices)
+    }
+
+    fn pin(&self, owner: Arc<dyn Any + Send + Sync>, slices: Vec<(usize, usize)>) -> Result<()> {
+        let mut g = self.lock()?;
+        g.trusted
+            .extend(slices.into_iter().filter(|&(_, bytes)| bytes > 0));
+        g.owners.push(owner);
+        Ok(())
+    }
+
+    /// Drops every pinned owner and its device copies, and empties the content cache.
+    pub fn release(&self) -> Result<()> {
+        let mut g = self.lock()?;
+        g.owners.clear();
+        g.trusted.clear();
+        g.pinned.clear();
+        g.cached.clear();
+        g.cached_bytes = 0;
+        Ok(())
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Result<ResidencyStats> {
+        Ok(self.lock()?.stats)
+    }
+
+    /// A device buffer holding `data`: a resident copy when there is one (or one is made, for
+    /// [`Reuse::Content`]), else a fresh upload.
+    pub(crate) fn input<T: bytemuck::Pod>(
+        &self,
+        dev: &D,
+        data: &[T],
+        reuse: Reuse,
+    ) -> Result<Held<D::Buffer>> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let mut g = self.lock()?;
+        let key = key_of(bytes);
+        if !bytes.is_empty() && g.trusted.contains(&key) {
+            if let Some(b) = g.pinned.get(&key) {
+                let b = Arc::clone(b);
+                g.stats.hits += 1;
+                return Ok(Held::Shared(b));
+            }
+            let b = Arc::new(Self::copy(dev, &mut g, bytes)?);
+            g.pinned.insert(key, Arc::clone(&b));
+            return Ok(Held::Shared(b));
+        }
+        if reuse == Reuse::PinnedOnly || bytes.is_empty() {
+            return Ok(Held::Owned(Self::copy(dev, &mut g, bytes)?));
+        }
+        let ckey = (bytes.len(), xxh3_128(bytes));
+        g.tick += 1;
+        let tick = g.tick;
+        if let Some(c) = g.cached.get_mut(&ckey) {
+            c.last_use = tick;
+            let b = Arc::clone(&c.buf);
+            g.stats.hits += 1;
+            return Ok(Held::Shared(b));
+        }
+        let b = Arc::new(Self::copy(dev, &mut g, bytes)?);
+        if bytes.len() <= self.budget {
+            g.cached_bytes += bytes.len();
+            g.cached.insert(
+                ckey,
+                Cached {
+                    buf: Arc::clone(&b),
+                    bytes: bytes.len(),
+                    last_use: tick,
+                },
+            );
+            while g.cached_bytes > self.budget {
+                let oldest = g
+                    .cached
+                    .iter()
+                    .filter(|(k, _)| **k != ckey)
+                    .min_by_key(|(_, c)| c.last_use)
+                    .map(|(k, c)| (*k, c.bytes));
+                let Some((k, n)) = oldest else { break };
+                g.cached.remove(&k);
+                g.cached_bytes -= n;
+            }
+        }
+        Ok(Held::Shared(b))
+    }
+
+    fn copy(dev: &D, g: &mut Inner<D::Buffer>, bytes: &[u8]) -> Result<D::Buffer> {
+        let mut buf = dev.alloc(bytes.len())?;
+        dev.upload(&mut buf, bytes)?;
+        g.stats.uploads += 1;
+        g.stats.uploaded_bytes += bytes.len() as u64;
+        Ok(buf)
+    }
+}
