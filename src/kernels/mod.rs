@@ -7,6 +7,7 @@
 //! [`Error`] otherwise; nothing falls back to the CPU silently.
 
 pub mod assign;
+pub mod learn;
 pub mod backend;
 pub mod lookup;
 pub mod topk;
