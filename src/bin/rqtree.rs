@@ -16,8 +16,8 @@ use rqtree::index::stats::{depth_stats, reconstruction_mse};
 use rqtree::index::{file, EmbeddingKind, Index};
 use rqtree::learn::{learn, LearnOptions, Supervision};
 use rqtree::metric::Metric;
-use rqtree::ttt::{self, ttt_pairs};
 use rqtree::search::{search, Rerank, SearchParams};
+use rqtree::ttt::{self, ttt_pairs};
 use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
 
 #[derive(Parser)]
@@ -298,12 +298,18 @@ fn cmd_learn(a: &LearnArgs) -> Result<()> {
         if p.cols != 3 {
             return Err(Error::file(
                 path,
-                format!("pairs must be M x 3 [user_row, item_row, label], got {} x {}", p.rows, p.cols),
+                format!(
+                    "pairs must be M x 3 [user_row, item_row, label], got {} x {}",
+                    p.rows, p.cols
+                ),
             ));
         }
     }
     let sup = match (&users, &pairs) {
-        (Some(u), Some(p)) => Some(Supervision { users: u, pairs: &p.data }),
+        (Some(u), Some(p)) => Some(Supervision {
+            users: u,
+            pairs: &p.data,
+        }),
         _ => None,
     };
     let opts = LearnOptions {
@@ -324,19 +330,34 @@ fn cmd_learn(a: &LearnArgs) -> Result<()> {
         kmeans_iters: a.kmeans_iters,
     };
     let t = Instant::now();
-    let (cbs, report) = learn(be.as_ref(), engine.as_ref(), &items, sup.as_ref(), &opts, !a.json)?;
+    let (cbs, report) = learn(
+        be.as_ref(),
+        engine.as_ref(),
+        &items,
+        sup.as_ref(),
+        &opts,
+        !a.json,
+    )?;
     let secs = t.elapsed().as_secs_f64();
     write_codebooks(&a.out, &cbs)?;
     let mut built = None;
     if let Some(path) = &a.index {
-        let index = build(be.as_ref(), &items, None, Some(cbs.clone()), &BuildOptions::default())?;
+        let index = build(
+            be.as_ref(),
+            &items,
+            None,
+            Some(cbs.clone()),
+            &BuildOptions::default(),
+        )?;
         file::save(&index, path)?;
         built = Some(path.clone());
     }
     let epochs: Vec<_> = report
         .epochs
         .iter()
-        .map(|l| json!({"recon": l.recon, "index": l.index, "balance": l.balance, "total": l.total}))
+        .map(
+            |l| json!({"recon": l.recon, "index": l.index, "balance": l.balance, "total": l.total}),
+        )
         .collect();
     if a.json {
         println!(
@@ -379,7 +400,10 @@ fn cmd_ttt(a: &TttArgs) -> Result<()> {
     if e.cols != 2 {
         return Err(Error::file(
             &a.engagements,
-            format!("engagements must be M x 2 [user_row, item_id], got {} x {}", e.rows, e.cols),
+            format!(
+                "engagements must be M x 2 [user_row, item_id], got {} x {}",
+                e.rows, e.cols
+            ),
         ));
     }
     let pairs = ttt_pairs(&index, users.rows(), &e.data, a.depth, a.interest_rate)?;

@@ -7,8 +7,8 @@
 //! [`Error`] otherwise; nothing falls back to the CPU silently.
 
 pub mod assign;
-pub mod learn;
 pub mod backend;
+pub mod learn;
 pub mod lookup;
 pub mod topk;
 pub mod traverse;

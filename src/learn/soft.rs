@@ -159,8 +159,12 @@ pub trait SoftAssign<T: Real>: Send + Sync {
     fn soft_name(&self) -> &'static str;
 
     /// Forward pass of `rows` (`n × d`) over `level` at inverse temperature `alpha`.
-    fn soft_forward(&self, rows: &[T], level: SoftLevel<'_, T>, alpha: f32)
-        -> Result<SoftForward<T>>;
+    fn soft_forward(
+        &self,
+        rows: &[T],
+        level: SoftLevel<'_, T>,
+        alpha: f32,
+    ) -> Result<SoftForward<T>>;
 
     /// Backward pass: `rows` and `weights` as in (and from) the forward pass, `grad_output`
     /// (`n × d`) `= ∂L/∂c̄`, optional `grad_weights` (`n × K`) `= ∂L/∂a` of terms reading the
@@ -270,7 +274,10 @@ pub fn soft_backward<T: Real>(
 ) -> Result<SoftBackward<T>> {
     let kk = level.codes();
     let d = level.dim;
-    let mut extra = vec![("weights", weights.len(), kk), ("grad_output", grad_output.len(), d)];
+    let mut extra = vec![
+        ("weights", weights.len(), kk),
+        ("grad_output", grad_output.len(), d),
+    ];
     if let Some(g) = grad_weights {
         extra.push(("grad_weights", g.len(), kk));
     }
