@@ -306,12 +306,12 @@ pub fn soft_backward<T: Real>(
             for k in 0..kk {
                 gzi[k] = al * a[k] * (gzi[k] - s);
             }
-            for k in 0..kk {
-                if gzi[k] == T::ZERO {
+            for (&z, w) in gzi.iter().zip(level.words.chunks_exact(d)) {
+                if z == T::ZERO {
                     continue;
                 }
-                let c = two * gzi[k];
-                for (o, &w) in gri.iter_mut().zip(&level.words[k * d..(k + 1) * d]) {
+                let c = two * z;
+                for (o, &w) in gri.iter_mut().zip(w) {
                     *o += c * w;
                 }
             }
