@@ -62,17 +62,20 @@ pub struct LearnOptions {
     pub kmeans_iters: usize,
 }
 
+/// Defaults: those measured best on unit-norm embeddings (gcide, `d = 384`, `K = 256`,
+/// `benches/results/learn_gcide.md`); other data scales need `alpha_max` scaled by the inverse
+/// of their squared distances and `lr` by their coordinate scale.
 impl Default for LearnOptions {
     fn default() -> Self {
         LearnOptions {
             levels: 2,
             codes: 256,
-            epochs: 4,
+            epochs: 2,
             batch: 512,
-            lr: 1e-3,
-            alpha_max: 100.0,
+            lr: 1e-4,
+            alpha_max: 1e6,
             alpha_power: 1.0,
-            alpha_floor: 0.05,
+            alpha_floor: 0.25,
             balance: 0.0,
             balance_window: 8,
             index_weight: 1.0,
