@@ -483,3 +483,55 @@ fn supervision_raises_recall_of_engaged_items() {
         );
     }
 }
+
+/// A whole (small) training run through the kernels (emu) gives the reference's codebooks.
+#[test]
+fn training_through_kernels_matches_reference() {
+    let mut rng = rng("training_through_kernels_matches_reference");
+    let items = rand_matrix(&mut rng, 90, 12);
+    let users = rand_matrix(&mut rng, 4, 12);
+    let pairs: Vec<i64> = (0..40)
+        .flat_map(|m| [m % 4, rng.random_range(0..90), rng.random_range(0..2)])
+        .collect();
+    let sup = Supervision {
+        users: &users,
+        pairs: &pairs,
+    };
+    let opts = LearnOptions {
+        levels: 2,
+        codes: 5,
+        epochs: 2,
+        batch: 45,
+        lr: 1e-2,
+        alpha_max: 3.0,
+        balance: 0.5,
+        ..LearnOptions::default()
+    };
+    let (want, _) = learn(&Reference, &Reference, &items, Some(&sup), &opts, false).unwrap();
+    for kind in [rqtree::BackendKind::Emu, rqtree::BackendKind::Cuda] {
+        let engine = match soft::open(kind) {
+            Ok((e, _)) => e,
+            Err(e) => {
+                println!("SKIP: {e}");
+                continue;
+            }
+        };
+        let (got, _) = learn(
+            &Reference,
+            engine.as_ref(),
+            &items,
+            Some(&sup),
+            &opts,
+            false,
+        )
+        .unwrap();
+        for l in 0..2 {
+            rel_close(
+                got.level(l).words().data(),
+                want.level(l).words().data(),
+                1e-4,
+                &format!("{}: codebook.{l}", engine.soft_name()),
+            );
+        }
+    }
+}
