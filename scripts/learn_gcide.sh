@@ -55,6 +55,20 @@ for v in a b b2 c1 c8; do
     --gt "$DATA/gcide_gt_top100.npy" -k 10,100 "${BEAMS[@]}" --rerank exact --json \
     > "$WORK/$v.eval.json"
 done
+# Budget-matched FAISS rows: FAISS's trees have more, smaller depth-2 nodes, so the same beam
+# scans fewer candidates; widen its depth-2 beam by the candidate ratio to (a)'s.
+for v in c1 c8; do
+  MATCHED=$(python3 - "$WORK/a.eval.json" "$WORK/$v.eval.json" <<'PY'
+import json, sys
+a, c = (json.load(open(f))["rows"] for f in sys.argv[1:3])
+print(" ".join(f"--beam {ra['beam'][0]},{round(ra['beam'][1] * ra['candidates'] / rc['candidates'])}"
+               for ra, rc in zip(a, c)))
+PY
+)
+  # shellcheck disable=SC2086
+  $RQ eval --index "$WORK/$v.rqt" --queries "$DATA/gcide_queries_f16.npy" \
+    --gt "$DATA/gcide_gt_top100.npy" -k 10,100 $MATCHED --rerank exact --json > "$WORK/$v.matched.json"
+done
 python3 - "$WORK" "$OUT" "${LEARN_ARGS[*]}" "${LEARN2_ARGS[*]}" "$THREADS" <<'PY'
 import json, sys, datetime, os
 w, out, learn_args, learn2_args, threads = sys.argv[1:6]
@@ -87,6 +101,12 @@ for v, nm in names.items():
              f"{d1['items_cv']:.3f} / {d1['largest_share']:.4f} / {d1['code_entropy_bits']:.3f} | "
              f"{d2['nodes']} / {d2['items_cv']:.3f} / {d2['largest_share']:.5f} / {d2['code_entropy_bits']:.3f} |")
 L.append("")
+L.append("train s: wall seconds of `rqtree build` for (a) (k-means, encoding and tree), of `rqtree learn` "
+         "for (b) (k-means initialisation and training; the index build is separate), of FAISS's "
+         "`ResidualQuantizer.train` for (c). Balance: cv = standard deviation / mean of the items per "
+         "node, largest = the largest node's share of the items, entropy of the level's code "
+         "distribution (8 bits = perfectly balanced). MSE = mean over items of ||x - x̂||² with the "
+         "encoding stored in the index.\n")
 L.append("recall@100 (recall@10) at three beam settings; candidates = items scanned per query.\n")
 beams = [",".join(map(str, r["beam"])) for r in res["a"]["eval"]["rows"]]
 L.append("| codebooks | " + " | ".join(f"beam {b}: candidates | recall@100 (@10)" for b in beams) + " |")
@@ -96,6 +116,13 @@ for v, nm in names.items():
     for r in res[v]["eval"]["rows"]:
         cells.append(f"{r['candidates']:.0f} | {r['recall']['100']:.4f} ({r['recall']['10']:.4f})")
     L.append(f"| {nm} | " + " | ".join(cells) + " |")
+for v in ("c1", "c8"):
+    m = json.load(open(f"{w}/{v}.matched.json"))
+    res[v]["matched"] = m
+    cells = [f"{r['candidates']:.0f} | {r['recall']['100']:.4f} ({r['recall']['10']:.4f})" for r in m["rows"]]
+    L.append(f"| {names[v]}, depth-2 beam widened to (a)'s candidates: "
+             + ", ".join(",".join(map(str, r["beam"])) for r in m["rows"]) + " | " + " | ".join(cells) + " |")
+json.dump(res, open(f"{out}/learn_gcide.json", "w"), indent=1)
 L.append("")
 a = res["a"]
 ma = a["info"]["reconstruction_mse"]
@@ -106,6 +133,14 @@ for v in ("b", "b2"):
              + ", ".join(f"{rb['recall']['100']-ra['recall']['100']:+.4f} at beam {','.join(map(str, ra['beam']))} "
                          f"({rb['candidates']:.0f} vs {ra['candidates']:.0f} candidates)"
                          for ra, rb in zip(a["eval"]["rows"], b["eval"]["rows"])) + ".")
+for v in ("b", "b2"):
+    for c in ("c1", "c8"):
+        mb, mc = res[v]["info"]["reconstruction_mse"], res[c]["info"]["reconstruction_mse"]
+        L.append(f"{names[v]} vs {names[c]}: MSE {mb:.6f} vs {mc:.6f} ({100*(mb-mc)/mc:+.2f} %); recall@100 "
+                 "at matched budgets "
+                 + ", ".join(f"{rb['recall']['100']-rc['recall']['100']:+.4f} "
+                             f"({rb['candidates']:.0f} vs {rc['candidates']:.0f} candidates)"
+                             for rc, rb in zip(res[c]["matched"]["rows"], res[v]["eval"]["rows"])) + ".")
 for v in ("c1", "c8"):
     f = res[v]["faiss"]
     L.append(f"FAISS beam {f['beam']}: its own encoder's MSE {f['faiss_mse']:.6f}, training {f['train_s']:.0f} s.")
