@@ -36,7 +36,7 @@ pub struct LearnOptions {
     pub epochs: usize,
     /// Reconstruction rows per batch (also supervised triples per batch).
     pub batch: usize,
-    /// Adam learning rate (units of the embedding coordinates).
+    /// Peak Adam learning rate (units of the embedding coordinates), decayed to 0 by a cosine.
     pub lr: f64,
     /// Final inverse temperature `α_max` (on the logit `2<r,C[k]> - ||C[k]||²`, whose
     /// differences between codewords are squared distances: choose `α_max` so that
@@ -56,7 +56,9 @@ pub struct LearnOptions {
     pub warmup: f64,
     /// Seed of the sampling, the initialisation and the batch order.
     pub seed: u64,
-    /// At most this many item rows (a seeded sample) are trained on.
+    /// At most this many item rows (a seeded sample) train the codebooks, in the k-means
+    /// initialisation (its own sample, as `rqtree build --train-sample`) and in the soft
+    /// training.
     pub max_train: usize,
     /// Lloyd iterations per level of the residual k-means initialisation.
     pub kmeans_iters: usize,
