@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod index;
 pub mod kernels;
+pub mod learn;
 pub mod matrix;
 pub mod metric;
 pub mod npy;
@@ -25,6 +26,7 @@ pub mod search;
 pub mod synthetic;
 pub mod tables;
 pub mod topk;
+pub mod ttt;
 
 pub use backend::{Backend, BackendKind};
 pub use error::{Error, Result};

@@ -10,12 +10,14 @@ use serde_json::json;
 use rqtree::backend::{self, Backend, BackendKind};
 use rqtree::eval::recall_at;
 use rqtree::index::build::{build, BuildOptions};
-use rqtree::index::codebook_file::read_codebooks;
+use rqtree::index::codebook_file::{read_codebooks, write_codebooks};
 use rqtree::index::kmeans::KMeansOptions;
-use rqtree::index::stats::depth_stats;
+use rqtree::index::stats::{depth_stats, reconstruction_mse};
 use rqtree::index::{file, EmbeddingKind, Index};
+use rqtree::learn::{learn, LearnOptions, Supervision};
 use rqtree::metric::Metric;
 use rqtree::search::{search, Rerank, SearchParams};
+use rqtree::ttt::{self, ttt_pairs};
 use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
 
 #[derive(Parser)]
@@ -60,6 +62,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Learn codebooks: residual k-means, then joint soft training (DESIGN §6).
+    Learn(LearnArgs),
+    /// Test-time-training data: (user, node) pairs from engagements (DESIGN §7).
+    Ttt(TttArgs),
     /// Kernel and end-to-end timings on seeded synthetic data.
     Bench {
         /// Backend: auto, reference, emu or cuda.
@@ -188,6 +194,232 @@ struct EvalArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct LearnArgs {
+    /// Item embeddings, N × d, f32 or f16 .npy.
+    #[arg(long)]
+    items: PathBuf,
+    /// Levels L.
+    #[arg(long, default_value_t = 2)]
+    levels: usize,
+    /// Codewords per level K.
+    #[arg(long, default_value_t = 256)]
+    codes: usize,
+    /// User embeddings, U × d (.npy), for the supervised index loss.
+    #[arg(long, requires = "pairs")]
+    users: Option<PathBuf>,
+    /// Supervision triples, M × 3 int64 [user_row, item_row, label] (.npy).
+    #[arg(long, requires = "users")]
+    pairs: Option<PathBuf>,
+    /// Passes over the training sample.
+    #[arg(long, default_value_t = LearnOptions::default().epochs)]
+    epochs: usize,
+    /// Rows (and triples) per batch.
+    #[arg(long, default_value_t = LearnOptions::default().batch)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = LearnOptions::default().lr)]
+    lr: f64,
+    /// Final inverse temperature α_max.
+    #[arg(long, default_value_t = LearnOptions::default().alpha_max)]
+    alpha_max: f64,
+    /// Exponent p of α_t = α_max·(t/T)^p.
+    #[arg(long, default_value_t = LearnOptions::default().alpha_power)]
+    alpha_power: f64,
+    /// Floor of α as a fraction of α_max.
+    #[arg(long, default_value_t = LearnOptions::default().alpha_floor)]
+    alpha_floor: f64,
+    /// Weight of the balance regulariser.
+    #[arg(long, default_value_t = LearnOptions::default().balance)]
+    balance: f64,
+    /// Batches in the balance window.
+    #[arg(long, default_value_t = LearnOptions::default().balance_window)]
+    balance_window: usize,
+    /// Weight of the supervised index loss.
+    #[arg(long, default_value_t = LearnOptions::default().index_weight)]
+    index_weight: f64,
+    /// Fraction of the steps over which the index-loss weight ramps up.
+    #[arg(long, default_value_t = LearnOptions::default().warmup)]
+    warmup: f64,
+    /// Items sampled for training.
+    #[arg(long, default_value_t = LearnOptions::default().max_train)]
+    train_sample: usize,
+    /// Lloyd iterations per level of the k-means initialisation.
+    #[arg(long, default_value_t = LearnOptions::default().kmeans_iters)]
+    kmeans_iters: usize,
+    /// Seed.
+    #[arg(long, default_value_t = LearnOptions::default().seed)]
+    seed: u64,
+    /// Backend of the soft assignment and k-means: auto, reference, emu or cuda.
+    #[arg(long, default_value = "reference")]
+    backend: String,
+    /// Output codebooks (safetensors).
+    #[arg(short = 'o', long = "out")]
+    out: PathBuf,
+    /// Also build an index over all items with the learned codebooks and save it here.
+    #[arg(long)]
+    index: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TttArgs {
+    /// The index file.
+    #[arg(long)]
+    index: PathBuf,
+    /// User embeddings, U × d (.npy); user_row indexes its rows.
+    #[arg(long)]
+    users: PathBuf,
+    /// Engagements, M × 2 int64 [user_row, item_id] (.npy).
+    #[arg(long)]
+    engagements: PathBuf,
+    /// Depth of the emitted nodes (1..=L).
+    #[arg(long, default_value_t = 2)]
+    depth: usize,
+    /// Minimum share of a user's engagements under a node, in (0, 1].
+    #[arg(long, default_value_t = 0.5)]
+    interest_rate: f64,
+    /// Output, P × 4 int64 [user_row, depth, node_id, representative_item_id] (.npy).
+    #[arg(short = 'o', long = "out")]
+    out: PathBuf,
+}
+
+fn cmd_learn(a: &LearnArgs) -> Result<()> {
+    let kind = a.backend.parse::<BackendKind>()?;
+    let (be, why) = backend::open(kind)?;
+    let (engine, _) = rqtree::learn::soft::open(kind)?;
+    eprintln!("backend: {why}");
+    let items = npy::read_matrix(&a.items)?;
+    items.check_finite(&format!("items ({})", a.items.display()))?;
+    let users = a.users.as_ref().map(npy::read_matrix).transpose()?;
+    let pairs = a.pairs.as_ref().map(npy::read_i64_2d).transpose()?;
+    if let (Some(p), Some(path)) = (&pairs, &a.pairs) {
+        if p.cols != 3 {
+            return Err(Error::file(
+                path,
+                format!(
+                    "pairs must be M x 3 [user_row, item_row, label], got {} x {}",
+                    p.rows, p.cols
+                ),
+            ));
+        }
+    }
+    let sup = match (&users, &pairs) {
+        (Some(u), Some(p)) => Some(Supervision {
+            users: u,
+            pairs: &p.data,
+        }),
+        _ => None,
+    };
+    let opts = LearnOptions {
+        levels: a.levels,
+        codes: a.codes,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        alpha_max: a.alpha_max,
+        alpha_power: a.alpha_power,
+        alpha_floor: a.alpha_floor,
+        balance: a.balance,
+        balance_window: a.balance_window,
+        index_weight: a.index_weight,
+        warmup: a.warmup,
+        seed: a.seed,
+        max_train: a.train_sample,
+        kmeans_iters: a.kmeans_iters,
+    };
+    let t = Instant::now();
+    let (cbs, report) = learn(
+        be.as_ref(),
+        engine.as_ref(),
+        &items,
+        sup.as_ref(),
+        &opts,
+        !a.json,
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    write_codebooks(&a.out, &cbs)?;
+    let mut built = None;
+    if let Some(path) = &a.index {
+        let index = build(
+            be.as_ref(),
+            &items,
+            None,
+            Some(cbs.clone()),
+            &BuildOptions::default(),
+        )?;
+        file::save(&index, path)?;
+        built = Some(path.clone());
+    }
+    let epochs: Vec<_> = report
+        .epochs
+        .iter()
+        .map(
+            |l| json!({"recon": l.recon, "index": l.index, "balance": l.balance, "total": l.total}),
+        )
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({"levels": cbs.levels(), "codes": cbs.sizes(), "steps": report.steps,
+                   "alpha": report.alpha, "epochs": epochs, "learn_s": secs,
+                   "out": a.out, "index": built})
+        );
+    } else {
+        for (e, l) in report.epochs.iter().enumerate() {
+            println!(
+                "epoch {:>3}: recon {:.6} index {:.5} balance {:.5} total {:.6}",
+                e + 1,
+                l.recon,
+                l.index,
+                l.balance,
+                l.total
+            );
+        }
+        println!(
+            "learned {} levels {:?} in {} steps ({:.1} s, final α {:.3e}) -> {}",
+            cbs.levels(),
+            cbs.sizes(),
+            report.steps,
+            secs,
+            report.alpha,
+            a.out.display()
+        );
+        if let Some(p) = built {
+            println!("index -> {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_ttt(a: &TttArgs) -> Result<()> {
+    let index = file::load(&a.index)?;
+    let users = npy::read_matrix(&a.users)?;
+    let e = npy::read_i64_2d(&a.engagements)?;
+    if e.cols != 2 {
+        return Err(Error::file(
+            &a.engagements,
+            format!(
+                "engagements must be M x 2 [user_row, item_id], got {} x {}",
+                e.rows, e.cols
+            ),
+        ));
+    }
+    let pairs = ttt_pairs(&index, users.rows(), &e.data, a.depth, a.interest_rate)?;
+    npy::write_i64(&a.out, pairs.len(), 4, &ttt::to_rows(&pairs))?;
+    let with: std::collections::BTreeSet<i64> = pairs.iter().map(|p| p.user_row).collect();
+    eprintln!(
+        "{} (user, node) pairs at depth {} for {} users -> {}",
+        pairs.len(),
+        a.depth,
+        with.len(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn parse_list(s: &str, what: &str) -> Result<Vec<usize>> {
@@ -418,6 +650,7 @@ fn cmd_eval(a: &EvalArgs) -> Result<()> {
 fn cmd_info(path: &Path, as_json: bool) -> Result<()> {
     let index = file::load(path)?;
     let stats = depth_stats(&index);
+    let mse = reconstruction_mse(&index);
     let emb = index
         .embeddings
         .as_ref()
@@ -431,7 +664,7 @@ fn cmd_info(path: &Path, as_json: bool) -> Result<()> {
             "{}",
             json!({"items": index.len(), "dim": index.dim(), "levels": index.levels(),
                    "metric": index.metric.name(), "codes": index.codebooks.sizes(),
-                   "embeddings": emb, "depths": stats})
+                   "embeddings": emb, "reconstruction_mse": mse, "depths": stats})
         );
         return Ok(());
     }
@@ -446,12 +679,21 @@ fn cmd_info(path: &Path, as_json: bool) -> Result<()> {
         emb
     );
     println!(
-        "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>14}",
-        "depth", "K", "nodes", "min", "median", "max", "entropy/bit", "empty codes"
+        "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>14} {:>8} {:>10}",
+        "depth",
+        "K",
+        "nodes",
+        "min",
+        "median",
+        "max",
+        "entropy/bit",
+        "empty codes",
+        "cv",
+        "largest"
     );
     for s in &stats {
         println!(
-            "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12.3} {:>14}",
+            "{:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12.3} {:>14} {:>8.3} {:>10.5}",
             s.depth,
             s.codewords,
             s.nodes,
@@ -459,8 +701,13 @@ fn cmd_info(path: &Path, as_json: bool) -> Result<()> {
             s.items_median,
             s.items_max,
             s.code_entropy_bits,
-            s.empty_codewords
+            s.empty_codewords,
+            s.items_cv,
+            s.largest_share
         );
+    }
+    if let Some(m) = mse {
+        println!("reconstruction MSE (stored embeddings): {m:.6}");
     }
     Ok(())
 }
@@ -521,6 +768,8 @@ fn run(cli: Cli) -> Result<()> {
             seed,
             json,
         } => cmd_demo(backend, *seed, *json),
+        Cmd::Learn(a) => cmd_learn(a),
+        Cmd::Ttt(a) => cmd_ttt(a),
         Cmd::Bench {
             backend,
             json,

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use rayon::prelude::*;
+
 use crate::index::Index;
 
 /// Statistics of one depth of the tree.
@@ -24,6 +26,31 @@ pub struct DepthStats {
     pub code_entropy_bits: f64,
     /// Codewords of this level no item uses.
     pub empty_codewords: usize,
+    /// Mean items per node.
+    pub items_mean: f64,
+    /// Coefficient of variation (standard deviation / mean) of the items per node.
+    pub items_cv: f64,
+    /// Largest node's share of all items.
+    pub largest_share: f64,
+}
+
+/// Mean squared reconstruction error `(1/N) Σ_i ||x_i - x̂_i||²` of the index's stored
+/// embeddings (`None` when the index keeps none).
+pub fn reconstruction_mse(index: &Index) -> Option<f64> {
+    let emb = index.embeddings.as_ref()?;
+    let n = index.len();
+    let total: f64 = (0..n)
+        .into_par_iter()
+        .map(|p| {
+            let x = emb.row(p);
+            let xh = index.codebooks.reconstruct(&index.codes.path(p));
+            x.iter()
+                .zip(&xh)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    Some(total / n.max(1) as f64)
 }
 
 /// Statistics of every depth.
@@ -50,7 +77,16 @@ pub fn depth_stats(index: &Index) -> Vec<DepthStats> {
                     -p * p.log2()
                 })
                 .sum();
+            let mean = n / counts.len() as f64;
+            let var = counts
+                .iter()
+                .map(|&c| (c as f64 - mean).powi(2))
+                .sum::<f64>()
+                / counts.len() as f64;
             DepthStats {
+                items_mean: mean,
+                items_cv: var.sqrt() / mean,
+                largest_share: counts[counts.len() - 1] as f64 / n,
                 depth: l + 1,
                 codewords: kk,
                 nodes: dep.len(),

@@ -8,6 +8,7 @@
 
 pub mod assign;
 pub mod backend;
+pub mod learn;
 pub mod lookup;
 pub mod resident;
 pub mod topk;
