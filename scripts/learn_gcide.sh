@@ -4,8 +4,9 @@
 #   (a) residual k-means codebooks (`rqtree build` default),
 #   (b) learned codebooks (`rqtree learn`, then `rqtree build --codebooks`),
 #   (c) FAISS ResidualQuantizer codebooks (max_beam_size 1 and 8), exported to safetensors;
-# reconstruction MSE, balance (`rqtree info --json`) and recall@100 at three beam settings
-# (candidate budgets) through `rqtree eval --rerank exact`. Writes
+# reconstruction MSE, balance (`rqtree info --json`) and recall@100 (@10) through
+# `rqtree eval --rerank exact` on a sweep of beams, reported at three fixed candidate budgets
+# (interpolated between the bracketing settings; scripts/learn_gcide_table.py). Writes
 # benches/results/learn_gcide.{md,json}. Needs python3 (faiss-cpu and safetensors into
 # .venv-bench from scripts/requirements-bench.txt).
 set -euo pipefail
@@ -29,7 +30,13 @@ LEARN_ARGS=(--epochs 2 --batch 512 --lr 1e-4 --alpha-max 1e6 --alpha-floor 0.25
             --alpha-power 1 --train-sample 60000 --seed 20240601)
 LEARN2_ARGS=(--epochs 8 --batch 512 --lr 2e-4 --alpha-max 1e7 --alpha-floor 0.25
              --alpha-power 1 --train-sample 60000 --seed 20240601)
-BEAMS=(--beam 16,256 --beam 32,1024 --beam 64,4096)
+# The beam sweep: depth-2 beams from 0.75x to 1.25x of 256, 1024 and 4096 (depth-1 beams 16, 32,
+# 64), so that every codebook set has measured settings on both sides of each fixed budget.
+BEAMS=()
+for b1 in 16 32 64; do
+  for f in 12 14 16 18 20; do BEAMS+=(--beam "$b1,$((b1 * b1 * f / 16))"); done
+done
+BUDGETS=750,2750,10000
 
 /usr/bin/time -f %e -o "$WORK/a.time" $RQ build --items "$ITEMS" --levels 2 --codes 256 \
   -o "$WORK/a.rqt" --json > "$WORK/a.build.json"
@@ -55,104 +62,10 @@ for v in a b b2 c1 c8; do
     --gt "$DATA/gcide_gt_top100.npy" -k 10,100 "${BEAMS[@]}" --rerank exact --json \
     > "$WORK/$v.eval.json"
 done
-# Budget-matched FAISS rows: FAISS's trees have more, smaller depth-2 nodes, so the same beam
-# scans fewer candidates; widen its depth-2 beam by the candidate ratio to (a)'s.
-for v in c1 c8; do
-  MATCHED=$(python3 - "$WORK/a.eval.json" "$WORK/$v.eval.json" <<'PY'
-import json, sys
-a, c = (json.load(open(f))["rows"] for f in sys.argv[1:3])
-print(" ".join(f"--beam {ra['beam'][0]},{round(ra['beam'][1] * ra['candidates'] / rc['candidates'])}"
-               for ra, rc in zip(a, c)))
-PY
-)
-  # shellcheck disable=SC2086
-  $RQ eval --index "$WORK/$v.rqt" --queries "$DATA/gcide_queries_f16.npy" \
-    --gt "$DATA/gcide_gt_top100.npy" -k 10,100 $MATCHED --rerank exact --json > "$WORK/$v.matched.json"
-done
-python3 - "$WORK" "$OUT" "${LEARN_ARGS[*]}" "${LEARN2_ARGS[*]}" "$THREADS" <<'PY'
-import json, sys, datetime, os
-w, out, learn_args, learn2_args, threads = sys.argv[1:6]
-names = {"a": "(a) residual k-means (`rqtree build`)",
-         "b": "(b) learned (`rqtree learn`, 2 epochs)",
-         "b2": "(b2) learned, 8 epochs, lr 2e-4, alpha 1e7",
-         "c1": "(c) FAISS RQ, max_beam_size 1 (greedy encode)",
-         "c8": "(c) FAISS RQ, max_beam_size 8 (beam-8 encode)"}
-res = {}
-for v in names:
-    info = json.load(open(f"{w}/{v}.info.json"))
-    ev = json.load(open(f"{w}/{v}.eval.json"))
-    t = float(open(f"{w}/{v}.time").read().split()[-1])
-    res[v] = {"info": info, "eval": ev, "train_s": t}
-    if v.startswith("c"):
-        res[v]["faiss"] = json.load(open(f"{w}/{v}.faiss.json"))
-for v in ("b", "b2"):
-    res[v]["learn"] = json.load(open(f"{w}/{v}.learn.json"))
-json.dump(res, open(f"{out}/learn_gcide.json", "w"), indent=1)
-L = []
-L.append("# Learned codebooks on gcide (2 levels x 256 codes)\n")
-L.append("60000 items x 384 (unit norm, f16), 1000 held-out queries, exact top-100 ground truth "
-         "(`../shared/data`). Every index is built by `rqtree build` (metric ip, f32 embeddings "
-         "kept) and searched by `rqtree eval --rerank exact` on the reference backend.\n")
-L.append("| codebooks | train s | recon. MSE | depth-1 nodes: cv / largest share / entropy bits | depth-2 nodes: count / cv / largest / entropy bits |")
-L.append("|---|---:|---:|---|---|")
-for v, nm in names.items():
-    i = res[v]["info"]; d1, d2 = i["depths"]
-    L.append(f"| {nm} | {res[v]['train_s']:.0f} | {i['reconstruction_mse']:.6f} | "
-             f"{d1['items_cv']:.3f} / {d1['largest_share']:.4f} / {d1['code_entropy_bits']:.3f} | "
-             f"{d2['nodes']} / {d2['items_cv']:.3f} / {d2['largest_share']:.5f} / {d2['code_entropy_bits']:.3f} |")
-L.append("")
-L.append("train s: wall seconds of `rqtree build` for (a) (k-means, encoding and tree), of `rqtree learn` "
-         "for (b) (k-means initialisation and training; the index build is separate), of FAISS's "
-         "`ResidualQuantizer.train` for (c). Balance: cv = standard deviation / mean of the items per "
-         "node, largest = the largest node's share of the items, entropy of the level's code "
-         "distribution (8 bits = perfectly balanced). MSE = mean over items of ||x - x̂||² with the "
-         "encoding stored in the index.\n")
-L.append("recall@100 (recall@10) at three beam settings; candidates = items scanned per query.\n")
-beams = [",".join(map(str, r["beam"])) for r in res["a"]["eval"]["rows"]]
-L.append("| codebooks | " + " | ".join(f"beam {b}: candidates | recall@100 (@10)" for b in beams) + " |")
-L.append("|---|" + "---:|---:|" * len(beams))
-for v, nm in names.items():
-    cells = []
-    for r in res[v]["eval"]["rows"]:
-        cells.append(f"{r['candidates']:.0f} | {r['recall']['100']:.4f} ({r['recall']['10']:.4f})")
-    L.append(f"| {nm} | " + " | ".join(cells) + " |")
-for v in ("c1", "c8"):
-    m = json.load(open(f"{w}/{v}.matched.json"))
-    res[v]["matched"] = m
-    cells = [f"{r['candidates']:.0f} | {r['recall']['100']:.4f} ({r['recall']['10']:.4f})" for r in m["rows"]]
-    L.append(f"| {names[v]}, depth-2 beam widened to (a)'s candidates: "
-             + ", ".join(",".join(map(str, r["beam"])) for r in m["rows"]) + " | " + " | ".join(cells) + " |")
-json.dump(res, open(f"{out}/learn_gcide.json", "w"), indent=1)
-L.append("")
-a = res["a"]
-ma = a["info"]["reconstruction_mse"]
-for v in ("b", "b2"):
-    b = res[v]
-    mb = b["info"]["reconstruction_mse"]
-    L.append(f"{names[v]} vs (a): MSE {mb:.6f} vs {ma:.6f} ({100*(mb-ma)/ma:+.2f} %); recall@100 "
-             + ", ".join(f"{rb['recall']['100']-ra['recall']['100']:+.4f} at beam {','.join(map(str, ra['beam']))} "
-                         f"({rb['candidates']:.0f} vs {ra['candidates']:.0f} candidates)"
-                         for ra, rb in zip(a["eval"]["rows"], b["eval"]["rows"])) + ".")
-for v in ("b", "b2"):
-    for c in ("c1", "c8"):
-        mb, mc = res[v]["info"]["reconstruction_mse"], res[c]["info"]["reconstruction_mse"]
-        L.append(f"{names[v]} vs {names[c]}: MSE {mb:.6f} vs {mc:.6f} ({100*(mb-mc)/mc:+.2f} %); recall@100 "
-                 "at matched budgets "
-                 + ", ".join(f"{rb['recall']['100']-rc['recall']['100']:+.4f} "
-                             f"({rb['candidates']:.0f} vs {rc['candidates']:.0f} candidates)"
-                             for rc, rb in zip(res[c]["matched"]["rows"], res[v]["eval"]["rows"])) + ".")
-for v in ("c1", "c8"):
-    f = res[v]["faiss"]
-    L.append(f"FAISS beam {f['beam']}: its own encoder's MSE {f['faiss_mse']:.6f}, training {f['train_s']:.0f} s.")
-for v, args in (("b", learn_args), ("b2", learn2_args)):
-    lr = res[v]["learn"]
-    L.append(f"{names[v]}: `rqtree learn {args}` ({lr['steps']} steps, final alpha "
-             f"{lr['alpha']:.3g}, soft-training reconstruction loss per epoch "
-             + ", ".join(f"{e['recon']:.5f}" for e in lr["epochs"])
-             + f"; {lr['learn_s']:.0f} s including the k-means initialisation).")
-L.append("")
-L.append(f"Command: `THREADS={threads} scripts/learn_gcide.sh` on {os.cpu_count()} cores, "
-         f"{datetime.date.today().isoformat()}.")
-open(f"{out}/learn_gcide.md", "w").write("\n".join(L) + "\n")
-print("\n".join(L))
-PY
+python3 scripts/learn_gcide_table.py "$WORK" "$OUT" "$THREADS" "$BUDGETS" \
+  "a=(a) residual k-means (\`rqtree build\`)" \
+  "b=(b) learned (\`rqtree learn\`, defaults)" \
+  "b2=(b2) learned, 8 epochs, lr 2e-4, alpha 1e7" \
+  "c1=(c) FAISS RQ, max_beam_size 1 (greedy encode)" \
+  "c8=(c) FAISS RQ, max_beam_size 8 (beam-8 encode)" \
+  -- "b=${LEARN_ARGS[*]}" "b2=${LEARN2_ARGS[*]}"

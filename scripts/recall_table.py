@@ -9,12 +9,24 @@ import argparse
 import json
 
 
-def interp(rows, cand, key):
-    pts = sorted((r["candidates"], r[key]) for r in rows)
-    for (c0, v0), (c1, v1) in zip(pts, pts[1:]):
-        if c0 <= cand <= c1:
-            return v0 + (v1 - v0) * (cand - c0) / (c1 - c0)
+def bracket(rows, cand):
+    """The two rows, adjacent in candidates, whose candidates/query bracket `cand`; None outside."""
+    pts = sorted(rows, key=lambda r: r["candidates"])
+    for r0, r1 in zip(pts, pts[1:]):
+        if r0["candidates"] <= cand <= r1["candidates"]:
+            return r0, r1
     return None
+
+
+def interp(rows, cand, key):
+    """`key` of the rows (a field name or a function of a row) interpolated linearly in
+    candidates/query at `cand`, between the two bracketing rows; None outside the rows."""
+    get = key if callable(key) else (lambda r: r[key])
+    b = bracket(rows, cand)
+    if b is None:
+        return None
+    (c0, v0), (c1, v1) = ((r["candidates"], get(r)) for r in b)
+    return v0 if c1 == c0 else v0 + (v1 - v0) * (cand - c0) / (c1 - c0)
 
 
 def fmt(v, spec):

@@ -34,22 +34,6 @@ fn open(kind: BackendKind) -> Option<Box<dyn Backend>> {
     }
 }
 
-/// `||a - b|| / ||b|| ≤ rel` (DESIGN §4 for float outputs).
-fn rel_close(a: &[f32], b: &[f32], rel: f64, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    assert!(
-        num.sqrt() <= rel * den.sqrt().max(1e-30),
-        "{what}: relative error {}",
-        num.sqrt() / den.sqrt()
-    );
-}
-
 /// Codes agree, or the two codes' logits are a near-tie (DESIGN §4).
 fn codes_agree(got: &[u32], want: &[u32], logit: impl Fn(usize, u32) -> f32, per_row: usize) {
     for (p, (&g, &w)) in got.iter().zip(want).enumerate() {

@@ -4,38 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::*;
 use rqtree::npy;
-
-/// The binary under test: `RQTREE_BIN` when set (a test binary run away from its build
-/// tree, e.g. from the GPU bundle), else the one cargo built.
-fn rqtree(args: &[&str]) -> Output {
-    let bin = std::env::var_os("RQTREE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rqtree").into());
-    Command::new(bin).args(args).output().expect("run rqtree")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = rqtree(args);
-    assert!(
-        out.status.success(),
-        "rqtree {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str], needle: &str) {
-    let out = rqtree(args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "rqtree {args:?}: {err}");
-    assert!(
-        err.contains("error: ") && err.contains(needle),
-        "rqtree {args:?}: {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-}
 
 fn p(dir: &Path, name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()

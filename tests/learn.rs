@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use rand::Rng;
 use rqtree::learn::model::{loss_and_grad, Batch};
-use rqtree::learn::soft::{self, norms, SoftAssign, SoftLevel};
+use rqtree::learn::soft::{self, norms, SoftAssign, SoftLevel, Upstream};
 use rqtree::learn::{alpha_at, learn, LearnOptions, Supervision};
 use rqtree::matrix::Matrix;
 use rqtree::reference::Reference;
@@ -164,7 +164,7 @@ fn gradient_soft_assignment() {
             norms: &nm,
             dim: d,
         };
-        let o = soft::soft_forward(rows, lv, alpha).unwrap();
+        let o = Reference.soft_forward(rows, lv, alpha).unwrap();
         let a: f64 = o.output.iter().zip(&gout).map(|(x, y)| x * y).sum();
         let b: f64 = o.weights.iter().zip(&gw).map(|(x, y)| x * y).sum();
         a + b
@@ -175,8 +175,19 @@ fn gradient_soft_assignment() {
         norms: &nm,
         dim: d,
     };
-    let fw = soft::soft_forward(&rows, lv, alpha).unwrap();
-    let bw = soft::soft_backward(&rows, lv, alpha, &fw.weights, &gout, Some(&gw)).unwrap();
+    let fw = Reference.soft_forward(&rows, lv, alpha).unwrap();
+    let bw = Reference
+        .soft_backward(
+            &rows,
+            lv,
+            alpha,
+            Upstream {
+                weights: &fw.weights,
+                grad_output: &gout,
+                grad_weights: Some(&gw),
+            },
+        )
+        .unwrap();
     let h = 1e-6;
     for e in 0..rows.len() {
         let (mut p, mut m) = (rows.clone(), rows.clone());
@@ -200,22 +211,6 @@ fn gradient_soft_assignment() {
             "∂/∂C[{e}]: {g} vs {fd}"
         );
     }
-}
-
-/// `||a - b|| / ||b|| ≤ rel`.
-fn rel_close(a: &[f32], b: &[f32], rel: f64, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
-    assert!(
-        num.sqrt() <= rel * den.sqrt().max(1e-30),
-        "{what}: relative error {}",
-        num.sqrt() / den.sqrt()
-    );
 }
 
 /// The kernels of `kernels/learn.cu` (emu; cuda when present) against the reference.
@@ -245,9 +240,14 @@ fn kernels_match_reference() {
         };
         let gout = rand_matrix(&mut rng, n, d).into_data();
         let gw = rand_matrix(&mut rng, n, k).into_data();
-        let want = soft::soft_forward(&rows, lv, alpha).unwrap();
+        let want = Reference.soft_forward(&rows, lv, alpha).unwrap();
         for gwo in [None, Some(gw.as_slice())] {
-            let wb = soft::soft_backward(&rows, lv, alpha, &want.weights, &gout, gwo).unwrap();
+            let up = Upstream {
+                weights: &want.weights,
+                grad_output: &gout,
+                grad_weights: gwo,
+            };
+            let wb = Reference.soft_backward(&rows, lv, alpha, up).unwrap();
             for e in &engines {
                 let what = format!("{} n={n} d={d} K={k} α={alpha}", e.soft_name());
                 let got = e.soft_forward(&rows, lv, alpha).unwrap();
@@ -258,9 +258,7 @@ fn kernels_match_reference() {
                     &format!("{what}: weights"),
                 );
                 rel_close(&got.output, &want.output, 1e-5, &format!("{what}: output"));
-                let gb = e
-                    .soft_backward(&rows, lv, alpha, &want.weights, &gout, gwo)
-                    .unwrap();
+                let gb = e.soft_backward(&rows, lv, alpha, up).unwrap();
                 rel_close(&gb.grad_input, &wb.grad_input, 1e-5, &format!("{what}: ∂r"));
                 rel_close(
                     &gb.grad_codebook,
@@ -289,7 +287,16 @@ fn kernels_match_reference() {
             Err(Error::Param(_))
         ));
         assert!(matches!(
-            e.soft_backward(&[1.0; 8], lv, 1.0, &[0.1; 5], &[0.0; 8], None),
+            e.soft_backward(
+                &[1.0; 8],
+                lv,
+                1.0,
+                Upstream {
+                    weights: &[0.1; 5],
+                    grad_output: &[0.0; 8],
+                    grad_weights: None
+                }
+            ),
             Err(Error::Shape(_))
         ));
     }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use common::*;
 use rand::Rng;
@@ -112,13 +111,6 @@ fn ttt_bad_input_is_an_error() {
     assert!(msg(ttt_pairs(&index, 2, &[0, ids[0], 1], 1, 0.5)).contains("M x 2"));
 }
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rqtree"))
-        .args(args)
-        .output()
-        .expect("run rqtree")
-}
-
 #[test]
 fn learn_and_ttt_cli() {
     let mut rng = rng("learn_and_ttt_cli");
@@ -159,13 +151,7 @@ fn learn_and_ttt_cli() {
         &p("ix.rqt"),
         "--json",
     ];
-    let out = run(&learn);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(&learn)).unwrap();
     assert_eq!(report["epochs"].as_array().unwrap().len(), 2);
     assert_eq!(report["steps"], 8);
     let cb = rqtree::index::codebook_file::read_codebooks(p("cb.safetensors")).unwrap();
@@ -177,96 +163,47 @@ fn learn_and_ttt_cli() {
         .flat_map(|m| [m % 5, rng.random_range(0..240)])
         .collect();
     npy::write_i64(p("e.npy"), 40, 2, &e).unwrap();
-    let out = run(&[
-        "ttt",
-        "--index",
-        &p("ix.rqt"),
-        "--users",
-        &p("users.npy"),
-        "--engagements",
+    // `rqtree ttt` on the learned index with these engagements and further arguments.
+    let ttt = |engagements: &str, rest: &[&str]| -> Vec<String> {
+        let (ix, users) = (p("ix.rqt"), p("users.npy"));
+        let head = [
+            "ttt",
+            "--index",
+            &ix,
+            "--users",
+            &users,
+            "--engagements",
+            engagements,
+        ];
+        head.iter().chain(rest).map(|a| a.to_string()).collect()
+    };
+    let out = p("ttt.npy");
+    ok(&ttt(
         &p("e.npy"),
-        "--depth",
-        "1",
-        "--interest-rate",
-        "0.3",
-        "-o",
-        &p("ttt.npy"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        &["--depth", "1", "--interest-rate", "0.3", "-o", &out],
+    ));
     let got = npy::read_i64_2d(p("ttt.npy")).unwrap();
     let want = to_rows(&ttt_pairs(&index, 5, &e, 1, 0.3).unwrap());
     assert_eq!((got.cols, got.data), (4, want));
     // Errors are one line, exit status 2.
+    let (items, t, x) = (p("items.npy"), p("t.npy"), p("x.safetensors"));
+    let learn = |rest: &[&str]| -> Vec<String> {
+        ["learn", "--items", &items]
+            .iter()
+            .chain(rest)
+            .chain(&["-o", &x])
+            .map(|a| a.to_string())
+            .collect()
+    };
     for (args, needle) in [
+        (ttt(&p("e.npy"), &["--depth", "3", "-o", &t]), "depth 3"),
+        (ttt(&p("pairs.npy"), &["-o", &t]), "M x 2"),
         (
-            vec![
-                "ttt",
-                "--index",
-                &p("ix.rqt"),
-                "--users",
-                &p("users.npy"),
-                "--engagements",
-                &p("e.npy"),
-                "--depth",
-                "3",
-                "-o",
-                &p("t.npy"),
-            ],
-            "depth 3",
-        ),
-        (
-            vec![
-                "ttt",
-                "--index",
-                &p("ix.rqt"),
-                "--users",
-                &p("users.npy"),
-                "--engagements",
-                &p("pairs.npy"),
-                "-o",
-                &p("t.npy"),
-            ],
-            "M x 2",
-        ),
-        (
-            vec![
-                "learn",
-                "--items",
-                &p("items.npy"),
-                "--users",
-                &p("users.npy"),
-                "--pairs",
-                &p("e.npy"),
-                "-o",
-                &p("x.safetensors"),
-            ],
+            learn(&["--users", &p("users.npy"), "--pairs", &p("e.npy")]),
             "M x 3",
         ),
-        (
-            vec![
-                "learn",
-                "--items",
-                &p("items.npy"),
-                "--codes",
-                "6",
-                "--lr",
-                "0",
-                "-o",
-                &p("x.safetensors"),
-            ],
-            "lr = 0",
-        ),
+        (learn(&["--codes", "6", "--lr", "0"]), "lr = 0"),
     ] {
-        let out = run(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains("error: ") && err.contains(needle),
-            "{args:?}: {err}"
-        );
+        fails(&args, needle);
     }
 }

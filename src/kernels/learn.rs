@@ -3,7 +3,9 @@
 
 use crate::device::{Device, KernelArg};
 use crate::error::Result;
-use crate::learn::soft::{check_shapes, SoftBackward, SoftForward, SoftLevel};
+use crate::learn::soft::{
+    check_backward_shapes, check_shapes, SoftBackward, SoftForward, SoftLevel, Upstream,
+};
 
 use super::{alloc, arg_i32, download, launch_1d, round16, upload};
 
@@ -63,19 +65,10 @@ pub fn soft_backward<D: Device>(
     rows: &[f32],
     level: SoftLevel<'_, f32>,
     alpha: f32,
-    weights: &[f32],
-    grad_output: &[f32],
-    grad_weights: Option<&[f32]>,
+    up: Upstream<'_, f32>,
 ) -> Result<SoftBackward<f32>> {
+    let n = check_backward_shapes(rows, &level, alpha, &up)?;
     let (d, kk) = (level.dim, level.codes());
-    let mut extra = vec![
-        ("weights", weights.len(), kk),
-        ("grad_output", grad_output.len(), d),
-    ];
-    if let Some(g) = grad_weights {
-        extra.push(("grad_weights", g.len(), kk));
-    }
-    let n = check_shapes(rows, &level, alpha, &extra)?;
     if n == 0 {
         return Ok(SoftBackward {
             grad_input: Vec::new(),
@@ -87,9 +80,9 @@ pub fn soft_backward<D: Device>(
     let cfg_codes = launch_1d(kk, CODE_THREADS, 0, "soft assignment backward (codewords)")?;
     let x = upload(dev, rows)?;
     let cb = upload(dev, level.words)?;
-    let w = upload(dev, weights)?;
-    let go = upload(dev, grad_output)?;
-    let gw = upload(dev, grad_weights.unwrap_or(&[0.0]))?;
+    let w = upload(dev, up.weights)?;
+    let go = upload(dev, up.grad_output)?;
+    let gw = upload(dev, up.grad_weights.unwrap_or(&[0.0]))?;
     let gz = alloc::<D, f32>(dev, n * kk)?;
     let gx = alloc::<D, f32>(dev, n * d)?;
     let gcb = alloc::<D, f32>(dev, kk * d)?;
@@ -105,7 +98,7 @@ pub fn soft_backward<D: Device>(
             KernelArg::F32(alpha),
             KernelArg::Buf(&w),
             KernelArg::Buf(&go),
-            KernelArg::I32(grad_weights.is_some() as i32),
+            KernelArg::I32(up.grad_weights.is_some() as i32),
             KernelArg::Buf(&gw),
             KernelArg::Buf(&gz),
             KernelArg::Buf(&gx),

@@ -42,7 +42,7 @@
 //!
 //! (see [`super::soft`] for the soft assignment's own backward pass).
 
-use super::soft::{norms, Real, SoftAssign, SoftLevel};
+use super::soft::{norms, Real, SoftAssign, SoftLevel, Upstream};
 use crate::error::{Error, Result};
 
 /// One batch of the objective: rows and weights. All matrices row-major.
@@ -220,14 +220,12 @@ pub fn loss_and_grad<T: Real>(
     let mut grads = vec![Vec::new(); levels.len()];
     for l in (0..levels.len()).rev() {
         let gout: Vec<T> = g.iter().map(|&v| -v).collect();
-        let b = engine.soft_backward(
-            &res[l],
-            level(l),
-            batch.alpha,
-            &weights[l],
-            &gout,
-            grad_w[l].as_deref(),
-        )?;
+        let up = Upstream {
+            weights: &weights[l],
+            grad_output: &gout,
+            grad_weights: grad_w[l].as_deref(),
+        };
+        let b = engine.soft_backward(&res[l], level(l), batch.alpha, up)?;
         for (gi, &bi) in g.iter_mut().zip(&b.grad_input) {
             *gi += bi;
         }

@@ -1,7 +1,6 @@
 //! The soft assignment of one level (DESIGN §1, §6) and its backward pass: the operation the
-//! learner runs on every batch, as a plain generic reference ([`soft_forward`],
-//! [`soft_backward`], any [`Real`]) and behind the [`SoftAssign`] trait, implemented by
-//! [`Reference`] (every `Real`) and by [`KernelBackend`] (f32, the kernels of
+//! learner runs on every batch, behind the [`SoftAssign`] trait, implemented by [`Reference`]
+//! (the plain generic reference, every [`Real`]) and by [`KernelBackend`] (f32, the kernels of
 //! `kernels/learn.cu`).
 //!
 //! ## Forward (one row `r`, `d` values; codebook `C`, `K × d`; norms `n_k = ||C[k]||²`)
@@ -153,6 +152,17 @@ pub struct SoftBackward<T> {
     pub grad_codebook: Vec<T>,
 }
 
+/// What the backward pass reads besides the rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Upstream<'a, T> {
+    /// `n × K` weights from the forward pass.
+    pub weights: &'a [T],
+    /// `n × d` `∂L/∂c̄`.
+    pub grad_output: &'a [T],
+    /// Optional `n × K` `∂L/∂a` of terms reading the weights directly.
+    pub grad_weights: Option<&'a [T]>,
+}
+
 /// The soft assignment and its backward pass on some backend.
 pub trait SoftAssign<T: Real>: Send + Sync {
     /// Short name of the implementation (`reference`, `emu`, `cuda`).
@@ -166,17 +176,14 @@ pub trait SoftAssign<T: Real>: Send + Sync {
         alpha: f32,
     ) -> Result<SoftForward<T>>;
 
-    /// Backward pass: `rows` and `weights` as in (and from) the forward pass, `grad_output`
-    /// (`n × d`) `= ∂L/∂c̄`, optional `grad_weights` (`n × K`) `= ∂L/∂a` of terms reading the
-    /// weights directly.
+    /// Backward pass: `rows` as in the forward pass, `up` its weights and the gradients
+    /// flowing in.
     fn soft_backward(
         &self,
         rows: &[T],
         level: SoftLevel<'_, T>,
         alpha: f32,
-        weights: &[T],
-        grad_output: &[T],
-        grad_weights: Option<&[T]>,
+        up: Upstream<'_, T>,
     ) -> Result<SoftBackward<T>>;
 }
 
@@ -221,149 +228,143 @@ pub(crate) fn check_shapes<T>(
     Ok(n)
 }
 
-/// The reference forward pass (any [`Real`]); rows in parallel.
-pub fn soft_forward<T: Real>(
+/// Checks the shapes of a backward call; returns `n`.
+pub(crate) fn check_backward_shapes<T>(
     rows: &[T],
-    level: SoftLevel<'_, T>,
+    level: &SoftLevel<'_, T>,
     alpha: f32,
-) -> Result<SoftForward<T>> {
-    let n = check_shapes(rows, &level, alpha, &[])?;
+    up: &Upstream<'_, T>,
+) -> Result<usize> {
     let (d, kk) = (level.dim, level.codes());
-    let mut weights = vec![T::ZERO; n * kk];
-    let mut output = vec![T::ZERO; n * d];
-    let a = alpha as f64;
-    weights
-        .par_chunks_mut(kk)
-        .zip(output.par_chunks_mut(d))
-        .zip(rows.par_chunks(d))
-        .for_each(|((w, out), r)| {
-            let z: Vec<f64> = (0..kk)
-                .map(|k| {
-                    let two = T::from_f64(2.0);
-                    (two * dot(r, &level.words[k * d..(k + 1) * d]) - level.norms[k]).to_f64()
-                })
-                .collect();
-            let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(a * v));
-            let e: Vec<f64> = z.iter().map(|&v| (a * v - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            for (wk, ek) in w.iter_mut().zip(&e) {
-                *wk = T::from_f64(ek / s);
-            }
-            for (k, &wk) in w.iter().enumerate() {
-                if wk == T::ZERO {
-                    continue;
-                }
-                for (o, &c) in out.iter_mut().zip(&level.words[k * d..(k + 1) * d]) {
-                    *o += wk * c;
-                }
-            }
-        });
-    Ok(SoftForward { weights, output })
-}
-
-/// The reference backward pass (any [`Real`]). `g_z` per row is computed in parallel over
-/// rows; `∂L/∂C[k]` sums its rows in row order, in parallel over codewords (the kernels'
-/// order). Terms with `a_k = 0` and `g_z,k = 0` are skipped (they add exact zeros).
-pub fn soft_backward<T: Real>(
-    rows: &[T],
-    level: SoftLevel<'_, T>,
-    alpha: f32,
-    weights: &[T],
-    grad_output: &[T],
-    grad_weights: Option<&[T]>,
-) -> Result<SoftBackward<T>> {
-    let kk = level.codes();
-    let d = level.dim;
     let mut extra = vec![
-        ("weights", weights.len(), kk),
-        ("grad_output", grad_output.len(), d),
+        ("weights", up.weights.len(), kk),
+        ("grad_output", up.grad_output.len(), d),
     ];
-    if let Some(g) = grad_weights {
+    if let Some(g) = up.grad_weights {
         extra.push(("grad_weights", g.len(), kk));
     }
-    let n = check_shapes(rows, &level, alpha, &extra)?;
-    let al = T::from_f64(alpha as f64);
-    let two = T::from_f64(2.0);
-    // Per row: g_z (n × K) and ∂L/∂r (n × d).
-    let mut gz = vec![T::ZERO; n * kk];
-    let mut grad_input = vec![T::ZERO; n * d];
-    gz.par_chunks_mut(kk)
-        .zip(grad_input.par_chunks_mut(d))
-        .enumerate()
-        .for_each(|(i, (gzi, gri))| {
-            let a = &weights[i * kk..(i + 1) * kk];
-            let go = &grad_output[i * d..(i + 1) * d];
-            let mut s = 0.0f64;
-            for k in 0..kk {
-                let mut ga = dot(go, &level.words[k * d..(k + 1) * d]);
-                if let Some(g) = grad_weights {
-                    ga += g[i * kk + k];
-                }
-                gzi[k] = ga;
-                s += a[k].to_f64() * ga.to_f64();
-            }
-            let s = T::from_f64(s);
-            for k in 0..kk {
-                gzi[k] = al * a[k] * (gzi[k] - s);
-            }
-            for (&z, w) in gzi.iter().zip(level.words.chunks_exact(d)) {
-                if z == T::ZERO {
-                    continue;
-                }
-                let c = two * z;
-                for (o, &w) in gri.iter_mut().zip(w) {
-                    *o += c * w;
-                }
-            }
-        });
-    // Per codeword: Σ_i a_ik g_c̄_i + 2 g_z,ik (r_i - C[k]), rows in order.
-    let mut grad_codebook = vec![T::ZERO; kk * d];
-    grad_codebook
-        .par_chunks_mut(d)
-        .enumerate()
-        .for_each(|(k, g)| {
-            let ck = &level.words[k * d..(k + 1) * d];
-            for i in 0..n {
-                let (a, z) = (weights[i * kk + k], gz[i * kk + k]);
-                if a == T::ZERO && z == T::ZERO {
-                    continue;
-                }
-                let z2 = two * z;
-                let r = &rows[i * d..(i + 1) * d];
-                let go = &grad_output[i * d..(i + 1) * d];
-                for e in 0..d {
-                    g[e] += a * go[e] + z2 * (r[e] - ck[e]);
-                }
-            }
-        });
-    Ok(SoftBackward {
-        grad_input,
-        grad_codebook,
-    })
+    check_shapes(rows, level, alpha, &extra)
 }
 
 impl<T: Real> SoftAssign<T> for Reference {
     fn soft_name(&self) -> &'static str {
         "reference"
     }
+    /// The reference forward pass; rows in parallel.
     fn soft_forward(
         &self,
         rows: &[T],
         level: SoftLevel<'_, T>,
         alpha: f32,
     ) -> Result<SoftForward<T>> {
-        soft_forward(rows, level, alpha)
+        let n = check_shapes(rows, &level, alpha, &[])?;
+        let (d, kk) = (level.dim, level.codes());
+        let mut weights = vec![T::ZERO; n * kk];
+        let mut output = vec![T::ZERO; n * d];
+        let a = alpha as f64;
+        weights
+            .par_chunks_mut(kk)
+            .zip(output.par_chunks_mut(d))
+            .zip(rows.par_chunks(d))
+            .for_each(|((w, out), r)| {
+                let z: Vec<f64> = (0..kk)
+                    .map(|k| {
+                        let two = T::from_f64(2.0);
+                        (two * dot(r, &level.words[k * d..(k + 1) * d]) - level.norms[k]).to_f64()
+                    })
+                    .collect();
+                let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(a * v));
+                let e: Vec<f64> = z.iter().map(|&v| (a * v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                for (wk, ek) in w.iter_mut().zip(&e) {
+                    *wk = T::from_f64(ek / s);
+                }
+                for (k, &wk) in w.iter().enumerate() {
+                    if wk == T::ZERO {
+                        continue;
+                    }
+                    for (o, &c) in out.iter_mut().zip(&level.words[k * d..(k + 1) * d]) {
+                        *o += wk * c;
+                    }
+                }
+            });
+        Ok(SoftForward { weights, output })
     }
+    /// The reference backward pass. `g_z` per row is computed in parallel over
+    /// rows; `∂L/∂C[k]` sums its rows in row order, in parallel over codewords (the kernels'
+    /// order). Terms with `a_k = 0` and `g_z,k = 0` are skipped (they add exact zeros).
     fn soft_backward(
         &self,
         rows: &[T],
         level: SoftLevel<'_, T>,
         alpha: f32,
-        weights: &[T],
-        grad_output: &[T],
-        grad_weights: Option<&[T]>,
+        up: Upstream<'_, T>,
     ) -> Result<SoftBackward<T>> {
-        soft_backward(rows, level, alpha, weights, grad_output, grad_weights)
+        let n = check_backward_shapes(rows, &level, alpha, &up)?;
+        let Upstream {
+            weights,
+            grad_output,
+            grad_weights,
+        } = up;
+        let (d, kk) = (level.dim, level.codes());
+        let al = T::from_f64(alpha as f64);
+        let two = T::from_f64(2.0);
+        // Per row: g_z (n × K) and ∂L/∂r (n × d).
+        let mut gz = vec![T::ZERO; n * kk];
+        let mut grad_input = vec![T::ZERO; n * d];
+        gz.par_chunks_mut(kk)
+            .zip(grad_input.par_chunks_mut(d))
+            .enumerate()
+            .for_each(|(i, (gzi, gri))| {
+                let a = &weights[i * kk..(i + 1) * kk];
+                let go = &grad_output[i * d..(i + 1) * d];
+                let mut s = 0.0f64;
+                for k in 0..kk {
+                    let mut ga = dot(go, &level.words[k * d..(k + 1) * d]);
+                    if let Some(g) = grad_weights {
+                        ga += g[i * kk + k];
+                    }
+                    gzi[k] = ga;
+                    s += a[k].to_f64() * ga.to_f64();
+                }
+                let s = T::from_f64(s);
+                for k in 0..kk {
+                    gzi[k] = al * a[k] * (gzi[k] - s);
+                }
+                for (&z, w) in gzi.iter().zip(level.words.chunks_exact(d)) {
+                    if z == T::ZERO {
+                        continue;
+                    }
+                    let c = two * z;
+                    for (o, &w) in gri.iter_mut().zip(w) {
+                        *o += c * w;
+                    }
+                }
+            });
+        // Per codeword: Σ_i a_ik g_c̄_i + 2 g_z,ik (r_i - C[k]), rows in order.
+        let mut grad_codebook = vec![T::ZERO; kk * d];
+        grad_codebook
+            .par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(k, g)| {
+                let ck = &level.words[k * d..(k + 1) * d];
+                for i in 0..n {
+                    let (a, z) = (weights[i * kk + k], gz[i * kk + k]);
+                    if a == T::ZERO && z == T::ZERO {
+                        continue;
+                    }
+                    let z2 = two * z;
+                    let r = &rows[i * d..(i + 1) * d];
+                    let go = &grad_output[i * d..(i + 1) * d];
+                    for e in 0..d {
+                        g[e] += a * go[e] + z2 * (r[e] - ck[e]);
+                    }
+                }
+            });
+        Ok(SoftBackward {
+            grad_input,
+            grad_codebook,
+        })
     }
 }
 
@@ -384,19 +385,9 @@ impl<D: crate::device::Device> SoftAssign<f32> for KernelBackend<D> {
         rows: &[f32],
         level: SoftLevel<'_, f32>,
         alpha: f32,
-        weights: &[f32],
-        grad_output: &[f32],
-        grad_weights: Option<&[f32]>,
+        up: Upstream<'_, f32>,
     ) -> Result<SoftBackward<f32>> {
-        crate::kernels::learn::soft_backward(
-            self.device(),
-            rows,
-            level,
-            alpha,
-            weights,
-            grad_output,
-            grad_weights,
-        )
+        crate::kernels::learn::soft_backward(self.device(), rows, level, alpha, up)
     }
 }
 

@@ -2,6 +2,10 @@
 //! force oracles, and the tolerance comparisons of DESIGN §4.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::process::{Command, Output};
+
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rqtree::backend::Backend;
@@ -181,4 +185,50 @@ pub fn recon_scores(index: &Index, q: &[f32]) -> Vec<(f32, i64)> {
             (s as f32, index.ids[p])
         })
         .collect()
+}
+
+/// `||a - b|| / ||b|| ≤ rel` (DESIGN §4 for float outputs).
+pub fn rel_close(a: &[f32], b: &[f32], rel: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    assert!(
+        num.sqrt() <= rel * den.sqrt().max(1e-30),
+        "{what}: relative error {}",
+        num.sqrt() / den.sqrt()
+    );
+}
+
+/// The binary under test: `RQTREE_BIN` when set (a test binary run away from its build
+/// tree, e.g. from the GPU bundle), else the one cargo built.
+pub fn rqtree<S: AsRef<OsStr> + Debug>(args: &[S]) -> Output {
+    let bin = std::env::var_os("RQTREE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rqtree").into());
+    Command::new(bin).args(args).output().expect("run rqtree")
+}
+
+/// Runs rqtree, asserts success, returns its stdout.
+pub fn ok<S: AsRef<OsStr> + Debug>(args: &[S]) -> String {
+    let out = rqtree(args);
+    assert!(
+        out.status.success(),
+        "rqtree {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs rqtree, asserts the one-line error of a bad input (exit status 2) containing `needle`.
+pub fn fails<S: AsRef<OsStr> + Debug>(args: &[S], needle: &str) {
+    let out = rqtree(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "rqtree {args:?}: {err}");
+    assert!(
+        err.contains("error: ") && err.contains(needle),
+        "rqtree {args:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }
