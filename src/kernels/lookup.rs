@@ -10,6 +10,7 @@ use crate::metric::Metric;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
+use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download, download_topk, grid_dim, launch_1d, round16, select_bytes,
@@ -30,12 +31,14 @@ fn metric_arg(m: Metric) -> i32 {
 }
 
 /// Lookup tables of `queries` (`B × d`): per level `B × K_l`, `<q_b, C_l[k]>`, and `||q||²`.
+/// The codebooks are uploaded as `storage` (their values must be rounded to it already).
 pub fn lookup_tables<D: Device>(
     dev: &D,
     res: &Residency<D>,
     queries: &Matrix,
     codebooks: &Codebooks,
     metric: Metric,
+    storage: Storage,
 ) -> Result<QueryTables> {
     let (b, d) = (queries.rows(), codebooks.dim());
     queries.check_cols(d, "queries")?;
@@ -56,7 +59,7 @@ pub fn lookup_tables<D: Device>(
     let mut outs = Vec::with_capacity(codebooks.levels());
     for cb in codebooks.iter() {
         let kk = cb.len();
-        let c = res.input(dev, cb.words().data(), Reuse::Content)?;
+        let c = storage.input(dev, res, cb.words().data())?;
         let out = alloc::<D, f32>(dev, b * kk)?;
         let cfg = LaunchConfig {
             grid: [
@@ -75,6 +78,7 @@ pub fn lookup_tables<D: Device>(
                 KernelArg::I32(b32),
                 KernelArg::I32(d32),
                 KernelArg::Buf(&*c),
+                KernelArg::I32(storage.dtype_arg()),
                 KernelArg::I32(kk as i32),
                 KernelArg::Buf(&out),
             ],
@@ -208,7 +212,7 @@ fn padded_shortlist(offsets: &[usize], positions: &[u32]) -> TopK {
 }
 
 /// Exact re-rank: each query's shortlist (`positions[offsets[b]..offsets[b+1]]`, item
-/// positions) re-scored against `embeddings` (f32 or f16 rows = positions) with `metric`; the
+/// positions) re-scored against `embeddings` (f32, f16 or bf16 rows = positions) with `metric`; the
 /// best `k` by (score, `ids[pos]`), returned as positions. `1 ≤ k ≤ 2048`.
 #[allow(clippy::too_many_arguments)]
 pub fn rerank<D: Device>(
@@ -236,9 +240,10 @@ pub fn rerank<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     check_k(k, "rerank: k")?;
-    let (emb, f16) = match embeddings {
-        Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, 0),
-        Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, 1),
+    let (emb, dtype) = match embeddings {
+        Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, Storage::F32),
+        Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::F16),
+        Embeddings::Bf16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::Bf16),
     };
     let cap = select_cap(k, SELECT_THREADS);
     let cfg = launch_1d(
@@ -259,7 +264,7 @@ pub fn rerank<D: Device>(
             KernelArg::Buf(&*q),
             KernelArg::I32(arg_i32(d, "rerank: d")?),
             KernelArg::Buf(&*emb),
-            KernelArg::I32(f16),
+            KernelArg::I32(dtype.dtype_arg()),
             KernelArg::Buf(&sl),
             KernelArg::I32(arg_i32(shortlist.k, "rerank: shortlist length")?),
             KernelArg::Buf(&*d_ids),

@@ -14,7 +14,7 @@ pub mod resident;
 pub mod topk;
 pub mod traverse;
 
-pub use backend::KernelBackend;
+pub use backend::{KernelBackend, Storage};
 pub use resident::{Residency, ResidencyStats};
 
 use crate::device::{Device, LaunchConfig};
