@@ -31,6 +31,81 @@ extern "C" __global__ void rq_topk_argmax(const float* scores, int rows, int n,
   }
 }
 
+/// One compare-exchange step of a warp-wide bitonic network over one (score, rank) entry per
+/// lane: the lane keeps the better (keep_better) or the worse of itself and lane ^ stride.
+/// Every lane of the warp must call it.
+__device__ inline void rq_warp_cmpx(float& s, long long& r, int stride, bool keep_better) {
+  const float os = __shfl_xor_sync(RQ_FULL_MASK, s, stride);
+  const long long orr = __shfl_xor_sync(RQ_FULL_MASK, r, stride);
+  if (rq_better(os, orr, s, r) == keep_better) {
+    s = os;
+    r = orr;
+  }
+}
+
+/// Sorts the warp's 32 entries best first across lanes (bitonic sort, 15 steps).
+/// Every lane of the warp must call it.
+__device__ inline void rq_warp_sort(float& s, long long& r) {
+  const int lane = (int)(threadIdx.x % RQ_WARP);
+  for (int size = 2; size <= RQ_WARP; size <<= 1) {
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      const bool best_first = (lane & size) == 0;  // always true at size 32
+      rq_warp_cmpx(s, r, stride, ((lane & stride) == 0) == best_first);
+    }
+  }
+}
+
+/// Top-k of each row for 1 ≤ k ≤ 32, one warp per row (the small-k path, as FAISS's warp
+/// select): lane i holds the i-th best entry seen so far. Each round the warp loads 32
+/// columns; when a column beats the current k-th best (lane k - 1), the round's candidates are
+/// sorted with a warp bitonic sort and merged: lane i takes the better of its entry and the
+/// (31 - i)-th candidate (the best 32 of the union, a bitonic sequence), which a bitonic
+/// clean-up (5 steps) sorts again. Columns that cannot enter are blanked first. Entries are
+/// (score, column); ties → lower column; no shared memory, no barriers.
+/// grid: ceil(rows / warps per block); block: a multiple of 32 threads.
+/// scores: rows × n; out_ids/out_scores: rows × k (slots past n: -1 / -inf).
+extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, int k,
+                                        long long* out_ids, float* out_scores) {
+  const int warps = (int)(blockDim.x / RQ_WARP);
+  const int row = (int)blockIdx.x * warps + (int)(threadIdx.x / RQ_WARP);
+  const int lane = (int)(threadIdx.x % RQ_WARP);
+  if (row >= rows) return;  // the whole warp: its lanes share the row
+  const float* x = scores + (long long)row * n;
+  float s = rq_neg_inf();
+  long long r = RQ_MAX_RANK;
+  for (int j0 = 0; j0 < n; j0 += RQ_WARP) {
+    const int j = j0 + lane;
+    float cs = rq_neg_inf();
+    long long cr = RQ_MAX_RANK;
+    if (j < n) {
+      cs = x[j];
+      cr = j;
+    }
+    const float ks = __shfl_sync(RQ_FULL_MASK, s, k - 1);
+    const long long kr = __shfl_sync(RQ_FULL_MASK, r, k - 1);
+    const bool enters = rq_better(cs, cr, ks, kr);
+    if (!__any_sync(RQ_FULL_MASK, enters)) continue;  // the same decision on every lane
+    if (!enters) {
+      cs = rq_neg_inf();
+      cr = RQ_MAX_RANK;
+    }
+    rq_warp_sort(cs, cr);
+    const float rs = __shfl_sync(RQ_FULL_MASK, cs, RQ_WARP - 1 - lane);
+    const long long rr = __shfl_sync(RQ_FULL_MASK, cr, RQ_WARP - 1 - lane);
+    if (rq_better(rs, rr, s, r)) {
+      s = rs;
+      r = rr;
+    }
+    for (int stride = RQ_WARP / 2; stride > 0; stride >>= 1)
+      rq_warp_cmpx(s, r, stride, (lane & stride) == 0);
+  }
+  if (lane < k) {
+    const bool full = r != RQ_MAX_RANK;
+    out_ids[(long long)row * k + lane] = full ? r : -1;
+    out_scores[(long long)row * k + lane] = full ? s : rq_neg_inf();
+  }
+}
+
 /// Top-k of values[begin, end) into out_ids/out_scores[0, k): ids are offsets from begin.
 __device__ inline void rq_topk_range(const float* values, long long begin, long long end,
                                      const RqSelect& q, long long* out_ids,

@@ -68,9 +68,15 @@ fn codes_agree(got: &[u32], want: &[u32], logit: impl Fn(usize, u32) -> f32, per
 
 fn topk_rows_and_segments(be: &dyn Backend) {
     let mut rng = rng("topk_rows_and_segments");
-    for &(rows, n) in &[(5, 301), (3, 1500), (1, 1)] {
-        let m = tied_matrix(&mut rng, rows, n);
-        for k in [1, 7, 100, 256, n, n + 5, 1000] {
+    for &(rows, n) in &[(5, 301), (3, 1500), (1, 1), (11, 45), (9, 32), (2, 7)] {
+        let mut m = tied_matrix(&mut rng, rows, n);
+        // -0 ties +0 (the lower column first).
+        for (i, v) in m.data_mut().iter_mut().enumerate() {
+            if *v == 0.0 && i % 3 == 0 {
+                *v = -0.0;
+            }
+        }
+        for k in [1, 2, 7, 31, 32, 33, 100, 256, n, n + 5, 1000] {
             let got = ops::topk(be, &m, k).unwrap();
             assert_eq!(
                 got,

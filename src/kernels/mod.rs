@@ -117,6 +117,18 @@ pub(crate) fn download<D: Device, T: bytemuck::Pod>(
     Ok(out)
 }
 
+/// Device buffers of a `rows × k` (id, score) result: i64 ids and f32 scores.
+pub(crate) fn alloc_topk<D: Device>(
+    dev: &D,
+    rows: usize,
+    k: usize,
+) -> Result<(D::Buffer, D::Buffer)> {
+    Ok((
+        alloc::<D, i64>(dev, rows * k)?,
+        alloc::<D, f32>(dev, rows * k)?,
+    ))
+}
+
 /// Downloads a `rows × k` (id, score) result.
 pub(crate) fn download_topk<D: Device>(
     dev: &D,

@@ -7,19 +7,22 @@ use crate::topk::TopK;
 
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download_topk, launch_1d, round16, select_bytes, select_cap, upload,
-    SELECT_THREADS,
+    alloc_topk, arg_i32, check_k, download_topk, launch_1d, round16, select_bytes, select_cap,
+    upload, SELECT_THREADS,
 };
 
-/// Warps (rows) per block of `rq_topk_argmax`.
-const ARGMAX_WARPS: usize = 8;
+/// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
+const ROW_WARPS: usize = 8;
+/// Largest `k` served by the warp select (one warp per row, no shared memory).
+const WARP_MAX_K: usize = 32;
 /// Largest `k` served by the block selector; larger `k` (up to [`super::MAX_K`]) by radix
 /// select.
 const SELECTOR_MAX_K: usize = 256;
 
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
 /// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
-/// `2 ≤ k ≤ 256` the block selector, `256 < k ≤ 2048` the radix select.
+/// `2 ≤ k ≤ 32` the warp select, `32 < k ≤ 256` the block selector, `256 < k ≤ 2048` the
+/// radix select.
 pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -> Result<TopK> {
     let (rows, n) = (scores.rows(), scores.cols());
     if rows == 0 || k == 0 {
@@ -28,55 +31,42 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
     check_k(k, "topk: k")?;
     let n32 = arg_i32(n, "topk: columns")?;
     let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
-    let ids = alloc::<D, i64>(dev, rows * k)?;
-    let out = alloc::<D, f32>(dev, rows * k)?;
-    if k == 1 {
-        let cfg = launch_1d(
-            rows.div_ceil(ARGMAX_WARPS),
-            (ARGMAX_WARPS * 32) as u32,
-            0,
-            "topk",
-        )?;
-        dev.launch(
-            "rq_topk_argmax",
-            cfg,
-            &[
-                KernelArg::Buf(&*x),
-                KernelArg::I32(arg_i32(rows, "topk: rows")?),
-                KernelArg::I32(n32),
-                KernelArg::Buf(&ids),
-                KernelArg::Buf(&out),
-            ],
-        )?;
-    } else if k > SELECTOR_MAX_K {
-        let cap = k.next_power_of_two();
-        let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
-        let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
-        dev.launch(
-            "rq_topk_radix",
-            cfg,
-            &[
-                KernelArg::Buf(&*x),
-                KernelArg::I32(n32),
-                KernelArg::I32(k as i32),
-                KernelArg::I32(cap as i32),
-                KernelArg::Buf(&ids),
-                KernelArg::Buf(&out),
-            ],
-        )?;
+    let (ids, out) = alloc_topk(dev, rows, k)?;
+    let (ids_arg, out_arg) = (KernelArg::Buf(&ids), KernelArg::Buf(&out));
+    let k32 = KernelArg::I32(k as i32);
+    if k <= WARP_MAX_K {
+        // One warp per row: (scores, rows, n[, k], ids, scores out).
+        let cfg = launch_1d(rows.div_ceil(ROW_WARPS), (ROW_WARPS * 32) as u32, 0, "topk")?;
+        let rows32 = KernelArg::I32(arg_i32(rows, "topk: rows")?);
+        let mut args = vec![KernelArg::Buf(&*x), rows32, KernelArg::I32(n32)];
+        let name = if k == 1 {
+            "rq_topk_argmax"
+        } else {
+            args.push(k32);
+            "rq_topk_warp"
+        };
+        args.extend([ids_arg, out_arg]);
+        dev.launch(name, cfg, &args)?;
     } else {
-        let cap = select_cap(k, SELECT_THREADS);
-        let cfg = launch_1d(rows, SELECT_THREADS, select_bytes(cap), "topk")?;
+        // One block per row: (scores, n, k, cap, ids, scores out).
+        let (name, cap, shared) = if k > SELECTOR_MAX_K {
+            let cap = k.next_power_of_two();
+            let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
+            ("rq_topk_radix", cap, shared)
+        } else {
+            let cap = select_cap(k, SELECT_THREADS);
+            ("rq_topk_rows", cap, select_bytes(cap))
+        };
         dev.launch(
-            "rq_topk_rows",
-            cfg,
+            name,
+            launch_1d(rows, SELECT_THREADS, shared, "topk")?,
             &[
                 KernelArg::Buf(&*x),
                 KernelArg::I32(n32),
-                KernelArg::I32(k as i32),
+                k32,
                 KernelArg::I32(cap as i32),
-                KernelArg::Buf(&ids),
-                KernelArg::Buf(&out),
+                ids_arg,
+                out_arg,
             ],
         )?;
     }
@@ -100,8 +90,7 @@ pub fn segmented_topk<D: Device>(
     let offs: Vec<i64> = offsets.iter().map(|&o| o as i64).collect();
     let x = upload(dev, values)?;
     let o = upload(dev, &offs)?;
-    let ids = alloc::<D, i64>(dev, segs * k)?;
-    let out = alloc::<D, f32>(dev, segs * k)?;
+    let (ids, out) = alloc_topk(dev, segs, k)?;
     let cap = select_cap(k, SELECT_THREADS);
     let cfg = launch_1d(segs, SELECT_THREADS, select_bytes(cap), "segmented_topk")?;
     dev.launch(
