@@ -13,8 +13,8 @@ use crate::topk::TopK;
 use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, download_topk, grid_dim, launch_1d, round16, select_bytes,
-    select_cap, upload, SELECT_THREADS,
+    alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, launch_1d, round16,
+    select_bytes, select_cap, upload, SELECT_THREADS,
 };
 
 /// Tile edge of `rq_lut` (queries × codewords per block) and its staged dimensions.
@@ -168,8 +168,7 @@ pub fn fused_topk<D: Device>(
     let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
     let d_qn = upload(dev, &tables.qnorm)?;
     let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
-    let pos = alloc::<D, i64>(dev, b * k)?;
-    let scores = alloc::<D, f32>(dev, b * k)?;
+    let (pos, scores) = alloc_topk(dev, b, k)?;
     dev.launch(
         "rq_fused_topk",
         cfg,
@@ -245,37 +244,56 @@ pub fn rerank<D: Device>(
         Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::F16),
         Embeddings::Bf16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::Bf16),
     };
-    let cap = select_cap(k, SELECT_THREADS);
-    let cfg = launch_1d(
-        b,
-        SELECT_THREADS,
-        round16(4 * d) + select_bytes(cap),
-        "rerank",
-    )?;
-    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let sl = upload(dev, &shortlist.ids)?;
     let d_ids = res.input(dev, ids, Reuse::Content)?;
-    let pos = alloc::<D, i64>(dev, b * k)?;
-    let scores = alloc::<D, f32>(dev, b * k)?;
-    dev.launch(
+    exact_select(
+        dev,
+        res,
+        queries,
+        d,
+        k,
         "rq_rerank",
-        cfg,
-        &[
-            KernelArg::Buf(&*q),
-            KernelArg::I32(arg_i32(d, "rerank: d")?),
+        vec![
             KernelArg::Buf(&*emb),
             KernelArg::I32(dtype.dtype_arg()),
             KernelArg::Buf(&sl),
             KernelArg::I32(arg_i32(shortlist.k, "rerank: shortlist length")?),
             KernelArg::Buf(&*d_ids),
             KernelArg::I32(metric_arg(metric)),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&pos),
-            KernelArg::Buf(&scores),
         ],
-    )?;
-    download_topk(dev, &pos, &scores, b, k)
+    )
+}
+
+/// Launches a per-query exact-scoring kernel (`rq_rerank`, `rq_exact_topk`): one block per
+/// query, the query row (`4·d` bytes) and a `k` selector in shared memory; arguments
+/// `(q, d, middle…, k, cap, out ids, out scores)`. Returns the downloaded `B × k` result.
+fn exact_select<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    queries: &Matrix,
+    d: usize,
+    k: usize,
+    name: &str,
+    middle: Vec<KernelArg<'_, D::Buffer>>,
+) -> Result<TopK> {
+    let b = queries.rows();
+    let cap = select_cap(k, SELECT_THREADS);
+    let cfg = launch_1d(b, SELECT_THREADS, round16(4 * d) + select_bytes(cap), name)?;
+    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
+    let (ids, scores) = alloc_topk(dev, b, k)?;
+    let mut args = vec![
+        KernelArg::Buf(&*q),
+        KernelArg::I32(arg_i32(d, &format!("{name}: d"))?),
+    ];
+    args.extend(middle);
+    args.extend([
+        KernelArg::I32(k as i32),
+        KernelArg::I32(cap as i32),
+        KernelArg::Buf(&ids),
+        KernelArg::Buf(&scores),
+    ]);
+    dev.launch(name, cfg, &args)?;
+    download_topk(dev, &ids, &scores, b, k)
 }
 
 /// Exact brute-force top-k of `queries` (`B × d`) against `items` (`N × d`) with `metric`;
@@ -294,31 +312,18 @@ pub fn exact_topk<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     check_k(k, "exact_topk: k")?;
-    let cap = select_cap(k, SELECT_THREADS);
-    let cfg = launch_1d(
-        b,
-        SELECT_THREADS,
-        round16(4 * d) + select_bytes(cap),
-        "exact_topk",
-    )?;
-    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let x = res.input(dev, items.data(), Reuse::PinnedOnly)?;
-    let ids = alloc::<D, i64>(dev, b * k)?;
-    let scores = alloc::<D, f32>(dev, b * k)?;
-    dev.launch(
+    exact_select(
+        dev,
+        res,
+        queries,
+        d,
+        k,
         "rq_exact_topk",
-        cfg,
-        &[
-            KernelArg::Buf(&*q),
-            KernelArg::I32(arg_i32(d, "exact_topk: d")?),
+        vec![
             KernelArg::Buf(&*x),
             KernelArg::I32(arg_i32(items.rows(), "exact_topk: items")?),
             KernelArg::I32(metric_arg(metric)),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&ids),
-            KernelArg::Buf(&scores),
         ],
-    )?;
-    download_topk(dev, &ids, &scores, b, k)
+    )
 }
