@@ -13,8 +13,8 @@ use crate::topk::TopK;
 use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, launch_1d, round16,
-    select_bytes, select_cap, upload, SELECT_THREADS,
+    alloc, arg_i32, check_k, download, grid_dim, launch_1d, launch_select, round16, select_bytes,
+    select_cap, upload, SELECT_THREADS,
 };
 
 /// Tile edge of `rq_lut` (queries × codewords per block) and its staged dimensions.
@@ -168,11 +168,12 @@ pub fn fused_topk<D: Device>(
     let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
     let d_qn = upload(dev, &tables.qnorm)?;
     let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
-    let (pos, scores) = alloc_topk(dev, b, k)?;
-    dev.launch(
+    launch_select(
+        dev,
         "rq_fused_topk",
         cfg,
-        &[
+        (b, k, cap),
+        vec![
             KernelArg::Buf(&d_luts),
             KernelArg::Buf(&d_off),
             KernelArg::Buf(&d_k),
@@ -188,13 +189,8 @@ pub fn fused_topk<D: Device>(
             KernelArg::Buf(&d_qn),
             KernelArg::I32(metric_arg(tables.metric)),
             KernelArg::Buf(&*d_ids),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&pos),
-            KernelArg::Buf(&scores),
         ],
-    )?;
-    download_topk(dev, &pos, &scores, b, k)
+    )
 }
 
 /// The CSR shortlist as the kernel reads it: `B × S` positions, `S` the longest list,
@@ -280,20 +276,12 @@ fn exact_select<D: Device>(
     let cap = select_cap(k, SELECT_THREADS);
     let cfg = launch_1d(b, SELECT_THREADS, round16(4 * d) + select_bytes(cap), name)?;
     let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
-    let (ids, scores) = alloc_topk(dev, b, k)?;
-    let mut args = vec![
+    let mut head = vec![
         KernelArg::Buf(&*q),
         KernelArg::I32(arg_i32(d, &format!("{name}: d"))?),
     ];
-    args.extend(middle);
-    args.extend([
-        KernelArg::I32(k as i32),
-        KernelArg::I32(cap as i32),
-        KernelArg::Buf(&ids),
-        KernelArg::Buf(&scores),
-    ]);
-    dev.launch(name, cfg, &args)?;
-    download_topk(dev, &ids, &scores, b, k)
+    head.extend(middle);
+    launch_select(dev, name, cfg, (b, k, cap), head)
 }
 
 /// Exact brute-force top-k of `queries` (`B × d`) against `items` (`N × d`) with `metric`;

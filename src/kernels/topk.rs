@@ -7,8 +7,8 @@ use crate::topk::TopK;
 
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc_topk, arg_i32, check_k, download_topk, launch_1d, round16, select_bytes, select_cap,
-    upload, SELECT_THREADS,
+    alloc_topk, arg_i32, check_k, download_topk, launch_1d, launch_select, round16, select_bytes,
+    select_cap, upload, SELECT_THREADS,
 };
 
 /// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
@@ -31,23 +31,7 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
     check_k(k, "topk: k")?;
     let n32 = arg_i32(n, "topk: columns")?;
     let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
-    let (ids, out) = alloc_topk(dev, rows, k)?;
-    let (ids_arg, out_arg) = (KernelArg::Buf(&ids), KernelArg::Buf(&out));
-    let k32 = KernelArg::I32(k as i32);
-    if k <= WARP_MAX_K {
-        // One warp per row: (scores, rows, n[, k], ids, scores out).
-        let cfg = launch_1d(rows.div_ceil(ROW_WARPS), (ROW_WARPS * 32) as u32, 0, "topk")?;
-        let rows32 = KernelArg::I32(arg_i32(rows, "topk: rows")?);
-        let mut args = vec![KernelArg::Buf(&*x), rows32, KernelArg::I32(n32)];
-        let name = if k == 1 {
-            "rq_topk_argmax"
-        } else {
-            args.push(k32);
-            "rq_topk_warp"
-        };
-        args.extend([ids_arg, out_arg]);
-        dev.launch(name, cfg, &args)?;
-    } else {
+    if k > WARP_MAX_K {
         // One block per row: (scores, n, k, cap, ids, scores out).
         let (name, cap, shared) = if k > SELECTOR_MAX_K {
             let cap = k.next_power_of_two();
@@ -57,19 +41,23 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
             let cap = select_cap(k, SELECT_THREADS);
             ("rq_topk_rows", cap, select_bytes(cap))
         };
-        dev.launch(
-            name,
-            launch_1d(rows, SELECT_THREADS, shared, "topk")?,
-            &[
-                KernelArg::Buf(&*x),
-                KernelArg::I32(n32),
-                k32,
-                KernelArg::I32(cap as i32),
-                ids_arg,
-                out_arg,
-            ],
-        )?;
+        let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
+        let head = vec![KernelArg::Buf(&*x), KernelArg::I32(n32)];
+        return launch_select(dev, name, cfg, (rows, k, cap), head);
     }
+    // One warp per row: (scores, rows, n[, k], ids, scores out).
+    let cfg = launch_1d(rows.div_ceil(ROW_WARPS), (ROW_WARPS * 32) as u32, 0, "topk")?;
+    let (ids, out) = alloc_topk(dev, rows, k)?;
+    let rows32 = KernelArg::I32(arg_i32(rows, "topk: rows")?);
+    let mut args = vec![KernelArg::Buf(&*x), rows32, KernelArg::I32(n32)];
+    let name = if k == 1 {
+        "rq_topk_argmax"
+    } else {
+        args.push(KernelArg::I32(k as i32));
+        "rq_topk_warp"
+    };
+    args.extend([KernelArg::Buf(&ids), KernelArg::Buf(&out)]);
+    dev.launch(name, cfg, &args)?;
     download_topk(dev, &ids, &out, rows, k)
 }
 
@@ -90,20 +78,13 @@ pub fn segmented_topk<D: Device>(
     let offs: Vec<i64> = offsets.iter().map(|&o| o as i64).collect();
     let x = upload(dev, values)?;
     let o = upload(dev, &offs)?;
-    let (ids, out) = alloc_topk(dev, segs, k)?;
     let cap = select_cap(k, SELECT_THREADS);
     let cfg = launch_1d(segs, SELECT_THREADS, select_bytes(cap), "segmented_topk")?;
-    dev.launch(
+    launch_select(
+        dev,
         "rq_segmented_topk",
         cfg,
-        &[
-            KernelArg::Buf(&x),
-            KernelArg::Buf(&o),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&ids),
-            KernelArg::Buf(&out),
-        ],
-    )?;
-    download_topk(dev, &ids, &out, segs, k)
+        (segs, k, cap),
+        vec![KernelArg::Buf(&x), KernelArg::Buf(&o)],
+    )
 }
