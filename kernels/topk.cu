@@ -55,24 +55,52 @@ __device__ inline void rq_warp_sort(float& s, long long& r) {
   }
 }
 
-/// Top-k of each row for 1 ≤ k ≤ 32, one warp per row (the small-k path, as FAISS's warp
-/// select): lane i holds the i-th best entry seen so far. Each round the warp loads 32
-/// columns; when a column beats the current k-th best (lane k - 1), the round's candidates are
-/// sorted with a warp bitonic sort and merged: lane i takes the better of its entry and the
-/// (31 - i)-th candidate (the best 32 of the union, a bitonic sequence), which a bitonic
-/// clean-up (5 steps) sorts again. Columns that cannot enter are blanked first. Entries are
-/// (score, column); ties → lower column; no shared memory, no barriers.
-/// grid: ceil(rows / warps per block); block: a multiple of 32 threads.
-/// scores: rows × n; out_ids/out_scores: rows × k (slots past n: -1 / -inf).
-extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, int k,
-                                        long long* out_ids, float* out_scores) {
-  const int warps = (int)(blockDim.x / RQ_WARP);
-  const int row = (int)blockIdx.x * warps + (int)(threadIdx.x / RQ_WARP);
+/// Bitonic clean-up of a warp list of 32·Q entries, entry e = q·32 + lane in register q of
+/// lane `lane`: sorts a bitonic sequence best first. Strides ≥ 32 swap registers within a
+/// lane, smaller strides exchange across lanes. Every lane of the warp must call it.
+template <int Q>
+__device__ inline void rq_warp_clean(float (&s)[Q], long long (&r)[Q], int lane) {
+#pragma unroll
+  for (int h = Q / 2; h > 0; h /= 2) {
+#pragma unroll
+    for (int q = 0; q < Q; ++q) {
+      if ((q & h) == 0 && rq_better(s[q + h], r[q + h], s[q], r[q])) {
+        const float ts = s[q];
+        const long long tr = r[q];
+        s[q] = s[q + h];
+        r[q] = r[q + h];
+        s[q + h] = ts;
+        r[q + h] = tr;
+      }
+    }
+  }
+  for (int stride = RQ_WARP / 2; stride > 0; stride >>= 1) {
+#pragma unroll
+    for (int q = 0; q < Q; ++q) rq_warp_cmpx(s[q], r[q], stride, (lane & stride) == 0);
+  }
+}
+
+/// Warp select of the top k ≤ 32·Q of x[0, n) (FAISS-style warp queue): the warp keeps the
+/// best 32·Q entries seen so far, sorted best first, entry e = q·32 + lane in register q.
+/// Each round loads 32 columns; unless one beats the current k-th best (`__any_sync`) the
+/// round is skipped. Otherwise the candidates that cannot enter are blanked, the 32 are
+/// sorted (warp bitonic sort) and merged: the last 32 entries e = 32·Q - 32 + lane take the
+/// better of themselves and candidate 31 - lane. With the candidates padded by empty
+/// entries this is the classic "better of A[i] and B[N-1-i]": the list is now a bitonic
+/// sequence holding the best 32·Q of the union, which the clean-up sorts again.
+/// Ties → lower column; no shared memory, no barriers. Every lane of the warp must call it.
+template <int Q>
+__device__ inline void rq_warp_select(const float* x, int n, int k, long long* out_ids,
+                                      float* out_scores) {
   const int lane = (int)(threadIdx.x % RQ_WARP);
-  if (row >= rows) return;  // the whole warp: its lanes share the row
-  const float* x = scores + (long long)row * n;
-  float s = rq_neg_inf();
-  long long r = RQ_MAX_RANK;
+  float s[Q];
+  long long r[Q];
+#pragma unroll
+  for (int q = 0; q < Q; ++q) {
+    s[q] = rq_neg_inf();
+    r[q] = RQ_MAX_RANK;
+  }
+  const int kq = (k - 1) / RQ_WARP, kl = (k - 1) % RQ_WARP;  // where the k-th best lives
   for (int j0 = 0; j0 < n; j0 += RQ_WARP) {
     const int j = j0 + lane;
     float cs = rq_neg_inf();
@@ -81,8 +109,17 @@ extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, in
       cs = x[j];
       cr = j;
     }
-    const float ks = __shfl_sync(RQ_FULL_MASK, s, k - 1);
-    const long long kr = __shfl_sync(RQ_FULL_MASK, r, k - 1);
+    float ks = s[0];
+    long long kr = r[0];
+#pragma unroll
+    for (int q = 1; q < Q; ++q) {
+      if (q == kq) {
+        ks = s[q];
+        kr = r[q];
+      }
+    }
+    ks = __shfl_sync(RQ_FULL_MASK, ks, kl);
+    kr = __shfl_sync(RQ_FULL_MASK, kr, kl);
     const bool enters = rq_better(cs, cr, ks, kr);
     if (!__any_sync(RQ_FULL_MASK, enters)) continue;  // the same decision on every lane
     if (!enters) {
@@ -92,18 +129,41 @@ extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, in
     rq_warp_sort(cs, cr);
     const float rs = __shfl_sync(RQ_FULL_MASK, cs, RQ_WARP - 1 - lane);
     const long long rr = __shfl_sync(RQ_FULL_MASK, cr, RQ_WARP - 1 - lane);
-    if (rq_better(rs, rr, s, r)) {
-      s = rs;
-      r = rr;
+    if (rq_better(rs, rr, s[Q - 1], r[Q - 1])) {
+      s[Q - 1] = rs;
+      r[Q - 1] = rr;
     }
-    for (int stride = RQ_WARP / 2; stride > 0; stride >>= 1)
-      rq_warp_cmpx(s, r, stride, (lane & stride) == 0);
+    rq_warp_clean<Q>(s, r, lane);
   }
-  if (lane < k) {
-    const bool full = r != RQ_MAX_RANK;
-    out_ids[(long long)row * k + lane] = full ? r : -1;
-    out_scores[(long long)row * k + lane] = full ? s : rq_neg_inf();
+#pragma unroll
+  for (int q = 0; q < Q; ++q) {
+    const int e = q * RQ_WARP + lane;
+    if (e < k) {
+      const bool full = r[q] != RQ_MAX_RANK;
+      out_ids[e] = full ? r[q] : -1;
+      out_scores[e] = full ? s[q] : rq_neg_inf();
+    }
   }
+}
+
+/// Top-k of each row for 1 ≤ k ≤ 128, one warp per row (the small-k path; see
+/// rq_warp_select): the warp keeps 32·Q entries, Q = 1, 2 or 4 the least with k ≤ 32·Q.
+/// grid: ceil(rows / warps per block); block: a multiple of 32 threads; no shared memory.
+/// scores: rows × n; out_ids/out_scores: rows × k (slots past n: -1 / -inf).
+extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, int k,
+                                        long long* out_ids, float* out_scores) {
+  const int warps = (int)(blockDim.x / RQ_WARP);
+  const int row = (int)blockIdx.x * warps + (int)(threadIdx.x / RQ_WARP);
+  if (row >= rows) return;  // the whole warp: its lanes share the row
+  const float* x = scores + (long long)row * n;
+  long long* ids = out_ids + (long long)row * k;
+  float* sc = out_scores + (long long)row * k;
+  if (k <= RQ_WARP)
+    rq_warp_select<1>(x, n, k, ids, sc);
+  else if (k <= 2 * RQ_WARP)
+    rq_warp_select<2>(x, n, k, ids, sc);
+  else
+    rq_warp_select<4>(x, n, k, ids, sc);
 }
 
 /// Top-k of values[begin, end) into out_ids/out_scores[0, k): ids are offsets from begin.

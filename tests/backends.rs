@@ -76,7 +76,23 @@ fn topk_rows_and_segments(be: &dyn Backend) {
                 *v = -0.0;
             }
         }
-        for k in [1, 2, 7, 31, 32, 33, 100, 256, n, n + 5, 1000] {
+        for k in [
+            1,
+            2,
+            7,
+            31,
+            32,
+            33,
+            64,
+            65,
+            100,
+            128,
+            129,
+            256,
+            n,
+            n + 5,
+            1000,
+        ] {
             let got = ops::topk(be, &m, k).unwrap();
             assert_eq!(
                 got,

@@ -13,15 +13,16 @@ use super::{
 
 /// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
 const ROW_WARPS: usize = 8;
-/// Largest `k` served by the warp select (one warp per row, no shared memory).
-const WARP_MAX_K: usize = 32;
+/// Largest `k` served by the warp select (one warp per row, no shared memory; `k / 32`
+/// rounded up to a power of two entries per lane).
+const WARP_MAX_K: usize = 128;
 /// Largest `k` served by the block selector; larger `k` (up to [`super::MAX_K`]) by radix
 /// select.
 const SELECTOR_MAX_K: usize = 256;
 
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
 /// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
-/// `2 ≤ k ≤ 32` the warp select, `32 < k ≤ 256` the block selector, `256 < k ≤ 2048` the
+/// `2 ≤ k ≤ 128` the warp select, `128 < k ≤ 256` the block selector, `256 < k ≤ 2048` the
 /// radix select.
 pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -> Result<TopK> {
     let (rows, n) = (scores.rows(), scores.cols());
