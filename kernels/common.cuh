@@ -22,6 +22,15 @@
   RQ_DYNAMIC_SHARED(unsigned char, name##_dyn); \
   unsigned char* name = &name##_dyn[0]
 
+/// Before a loop with a compile-time trip count over a register array: nvcc unrolls it fully,
+/// so the array stays in registers (no stack frame). The emulator's host build, which would
+/// warn about an unknown pragma, leaves the loop to its own optimiser.
+#ifdef RQ_EMU
+#define RQ_UNROLL
+#else
+#define RQ_UNROLL _Pragma("unroll")
+#endif
+
 #define RQ_FULL_MASK 0xffffffffu
 #define RQ_WARP 32
 /// Payload of an empty selector slot.

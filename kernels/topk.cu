@@ -60,9 +60,9 @@ __device__ inline void rq_warp_sort(float& s, long long& r) {
 /// lane, smaller strides exchange across lanes. Every lane of the warp must call it.
 template <int Q>
 __device__ inline void rq_warp_clean(float (&s)[Q], long long (&r)[Q], int lane) {
-#pragma unroll
+RQ_UNROLL
   for (int h = Q / 2; h > 0; h /= 2) {
-#pragma unroll
+RQ_UNROLL
     for (int q = 0; q < Q; ++q) {
       if ((q & h) == 0 && rq_better(s[q + h], r[q + h], s[q], r[q])) {
         const float ts = s[q];
@@ -75,7 +75,7 @@ __device__ inline void rq_warp_clean(float (&s)[Q], long long (&r)[Q], int lane)
     }
   }
   for (int stride = RQ_WARP / 2; stride > 0; stride >>= 1) {
-#pragma unroll
+RQ_UNROLL
     for (int q = 0; q < Q; ++q) rq_warp_cmpx(s[q], r[q], stride, (lane & stride) == 0);
   }
 }
@@ -95,7 +95,7 @@ __device__ inline void rq_warp_select(const float* x, int n, int k, long long* o
   const int lane = (int)(threadIdx.x % RQ_WARP);
   float s[Q];
   long long r[Q];
-#pragma unroll
+RQ_UNROLL
   for (int q = 0; q < Q; ++q) {
     s[q] = rq_neg_inf();
     r[q] = RQ_MAX_RANK;
@@ -111,7 +111,7 @@ __device__ inline void rq_warp_select(const float* x, int n, int k, long long* o
     }
     float ks = s[0];
     long long kr = r[0];
-#pragma unroll
+RQ_UNROLL
     for (int q = 1; q < Q; ++q) {
       if (q == kq) {
         ks = s[q];
@@ -135,7 +135,7 @@ __device__ inline void rq_warp_select(const float* x, int n, int k, long long* o
     }
     rq_warp_clean<Q>(s, r, lane);
   }
-#pragma unroll
+RQ_UNROLL
   for (int q = 0; q < Q; ++q) {
     const int e = q * RQ_WARP + lane;
     if (e < k) {
