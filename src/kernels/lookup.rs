@@ -207,8 +207,8 @@ fn padded_shortlist(offsets: &[usize], positions: &[u32]) -> TopK {
 }
 
 /// Exact re-rank: each query's shortlist (`positions[offsets[b]..offsets[b+1]]`, item
-/// positions) re-scored against `embeddings` (f32, f16 or bf16 rows = positions) with `metric`; the
-/// best `k` by (score, `ids[pos]`), returned as positions. `1 ≤ k ≤ 2048`.
+/// positions) re-scored against `embeddings` (f32, f16 or bf16 rows = positions) with
+/// `metric`; the best `k` by (score, `ids[pos]`), returned as positions. `1 ≤ k ≤ 2048`.
 #[allow(clippy::too_many_arguments)]
 pub fn rerank<D: Device>(
     dev: &D,
