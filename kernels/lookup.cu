@@ -172,7 +172,8 @@ __device__ inline float rq_exact_score(int metric, const float* qs, const unsign
 /// -||q - x||²) and keeps the best k, ranked by (score, ids[pos]); payload = position.
 /// q: B × d; emb: N × d stored as emb_dtype: 0 f32, 1 f16 bits, 2 bf16 bits;
 /// shortlist: B × S (i64); ids: N (i64); out_pos / out_scores: B × k. grid: B; block: a
-/// power of two ≥ 32; shared: 4·d (rounded up to 16) + 16·cap + 16 bytes, cap = next pow2 ≥ k + blockDim.x.
+/// power of two ≥ 32; shared: 4·d (rounded up to 16) + 16·cap + 16 bytes, cap = next pow2
+/// ≥ k + blockDim.x.
 extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char* emb,
                                      int emb_dtype, const long long* shortlist, int S,
                                      const long long* ids, int metric, int k, int cap,
