@@ -156,14 +156,16 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
 ///   err[row] = ||x - x̂||² after the last level.
 /// mode 1 (one level of assignment, L = 1): key = 2<r, C[k]> - ||C[k]||²; err[row] = the
 ///   best key (the logit).
-/// x: n × d; cbs / cb_rows: the L codebooks stacked, level l = rows cb_rows[l]..cb_rows[l+1];
+/// x: n × d; cbs / cb_rows: the L codebooks stacked, level l = rows cb_rows[l]..cb_rows[l+1],
+/// stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; widened to f32 on load);
 /// cnorms: their squared norms stacked the same way (read in mode 1 only).
 /// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
 /// grid: ceil(n / R); block: a multiple of 32; shared: round16(4·R·d) + 4·tk·(d + 1) bytes.
-extern "C" __global__ void rq_greedy_rows(const float* x, int n, int d, int L, const float* cbs,
-                                          const long long* cb_rows, const float* cnorms,
-                                          int mode, int tk, unsigned* codes, float* err,
-                                          int want_residual, float* residual) {
+extern "C" __global__ void rq_greedy_rows(const float* x, int n, int d, int L,
+                                          const unsigned char* cbs, int cb_dtype,
+                                          const long long* cb_rows, const float* cnorms, int mode,
+                                          int tk, unsigned* codes, float* err, int want_residual,
+                                          float* residual) {
   RQ_SHARED_BASE(smem);
   const int R = (int)(blockDim.x / RQ_WARP);
   const int w = (int)(threadIdx.x / RQ_WARP), lane = (int)(threadIdx.x % RQ_WARP);
@@ -182,7 +184,8 @@ extern "C" __global__ void rq_greedy_rows(const float* x, int n, int d, int L, c
       const int nt = K - t0 < tk ? K - t0 : tk;
       __syncthreads();  // the previous tile is consumed; residual updates are visible
       for (int i = threadIdx.x; i < nt * d; i += blockDim.x)
-        tile[(i / d) * (d + 1) + i % d] = cbs[(r0 + t0) * d + i];
+        tile[(i / d) * (d + 1) + i % d] =
+            rq_load_widened(cbs, cb_dtype, (r0 + t0) * d + i);
       __syncthreads();
       if (live) {
         for (int j = lane; j < nt; j += RQ_WARP) {
@@ -200,8 +203,9 @@ extern "C" __global__ void rq_greedy_rows(const float* x, int n, int d, int L, c
     __syncthreads();  // every lane's reads of the residual precede its update
     if (live) {
       if (lane == 0) codes[row * L + l] = (unsigned)best_k;
-      const float* c = cbs + (r0 + best_k) * d;
-      for (int e = lane; e < d; e += RQ_WARP) res[e] = res[e] - c[e];
+      const long long c = (r0 + best_k) * d;
+      for (int e = lane; e < d; e += RQ_WARP)
+        res[e] = res[e] - rq_load_widened(cbs, cb_dtype, c + e);
       if (lane == 0 && (mode == 1 || l == L - 1)) err[row] = mode == 1 ? best_s : -best_s;
     }
   }

@@ -22,6 +22,15 @@
   RQ_DYNAMIC_SHARED(unsigned char, name##_dyn); \
   unsigned char* name = &name##_dyn[0]
 
+/// Before a loop with a compile-time trip count over a register array: nvcc unrolls it fully,
+/// so the array stays in registers (no stack frame). The emulator's host build, which would
+/// warn about an unknown pragma, leaves the loop to its own optimiser.
+#ifdef RQ_EMU
+#define RQ_UNROLL
+#else
+#define RQ_UNROLL _Pragma("unroll")
+#endif
+
 #define RQ_FULL_MASK 0xffffffffu
 #define RQ_WARP 32
 /// Payload of an empty selector slot.
@@ -89,22 +98,50 @@ __device__ inline float rq_half_to_float(unsigned short h) {
   return sign ? -v : v;
 }
 
-/// `<a, widen(b)>` for an f16 row `b`: the reference widens the row to f32, then `rq_dot`.
-__device__ inline float rq_dot_h(const float* a, const unsigned short* b, int d) {
+/// bfloat16 bits → f32 (exact: a bf16 is the top half of an f32).
+__device__ inline float rq_bf16_to_float(unsigned short h) {
+  return __uint_as_float((unsigned)h << 16);
+}
+
+/// Storage codes of stored floats (embeddings, codebooks on the device), passed by the host.
+#define RQ_DTYPE_F32 0
+#define RQ_DTYPE_F16 1
+#define RQ_DTYPE_BF16 2
+
+/// Widening of 16-bit storage, as a type for the templates below.
+struct RqWidenF16 {
+  __device__ static float at(unsigned short h) { return rq_half_to_float(h); }
+};
+struct RqWidenBf16 {
+  __device__ static float at(unsigned short h) { return rq_bf16_to_float(h); }
+};
+
+/// Element i of a float array stored as `dtype` (RQ_DTYPE_*), widened to f32.
+__device__ inline float rq_load_widened(const unsigned char* base, int dtype, long long i) {
+  const unsigned short* h = reinterpret_cast<const unsigned short*>(base);
+  if (dtype == RQ_DTYPE_F16) return rq_half_to_float(h[i]);
+  if (dtype == RQ_DTYPE_BF16) return rq_bf16_to_float(h[i]);
+  return reinterpret_cast<const float*>(base)[i];
+}
+
+/// `<a, widen(b)>` for a 16-bit row `b` (W: RqWidenF16 or RqWidenBf16): the reference widens
+/// the row to f32, then `rq_dot`.
+template <class W>
+__device__ inline float rq_dot_w(const float* a, const unsigned short* b, int d) {
   float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;
   const int d8 = d / 8 * 8;
   for (int e = 0; e < d8; e += 8) {
-    a0 += a[e] * rq_half_to_float(b[e]);
-    a1 += a[e + 1] * rq_half_to_float(b[e + 1]);
-    a2 += a[e + 2] * rq_half_to_float(b[e + 2]);
-    a3 += a[e + 3] * rq_half_to_float(b[e + 3]);
-    a4 += a[e + 4] * rq_half_to_float(b[e + 4]);
-    a5 += a[e + 5] * rq_half_to_float(b[e + 5]);
-    a6 += a[e + 6] * rq_half_to_float(b[e + 6]);
-    a7 += a[e + 7] * rq_half_to_float(b[e + 7]);
+    a0 += a[e] * W::at(b[e]);
+    a1 += a[e + 1] * W::at(b[e + 1]);
+    a2 += a[e + 2] * W::at(b[e + 2]);
+    a3 += a[e + 3] * W::at(b[e + 3]);
+    a4 += a[e + 4] * W::at(b[e + 4]);
+    a5 += a[e + 5] * W::at(b[e + 5]);
+    a6 += a[e + 6] * W::at(b[e + 6]);
+    a7 += a[e + 7] * W::at(b[e + 7]);
   }
   double tail = 0.0;
-  for (int e = d8; e < d; ++e) tail += (double)a[e] * (double)rq_half_to_float(b[e]);
+  for (int e = d8; e < d; ++e) tail += (double)a[e] * (double)W::at(b[e]);
   double s = 0.0;
   s += (double)a0; s += (double)a1; s += (double)a2; s += (double)a3;
   s += (double)a4; s += (double)a5; s += (double)a6; s += (double)a7;
@@ -121,11 +158,12 @@ __device__ inline float rq_dist_sq(const float* a, const float* b, int d) {
   return (float)s;
 }
 
-/// `||a - widen(b)||²` for an f16 row `b`.
-__device__ inline float rq_dist_sq_h(const float* a, const unsigned short* b, int d) {
+/// `||a - widen(b)||²` for a 16-bit row `b` (W as for rq_dot_w).
+template <class W>
+__device__ inline float rq_dist_sq_w(const float* a, const unsigned short* b, int d) {
   double s = 0.0;
   for (int e = 0; e < d; ++e) {
-    const double t = (double)a[e] - (double)rq_half_to_float(b[e]);
+    const double t = (double)a[e] - (double)W::at(b[e]);
     s += t * t;
   }
   return (float)s;

@@ -8,9 +8,10 @@
 /// Tiled like a GEMM: a block computes a 16 × 16 tile (queries × codewords), staging 32
 /// dimensions of both operands per step in shared memory.
 /// grid: (ceil(B / 16), ceil(K / 16)) (K ≤ 65536 keeps y in range); block: (16, 16); shared: 2 · 16 · 33 · 4 bytes.
-/// q: B × d; cb: K × d; out: B × K.
-extern "C" __global__ void rq_lut(const float* q, int B, int d, const float* cb, int K,
-                                  float* out) {
+/// q: B × d; cb: K × d stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; widened to f32
+/// when staged, so the tables are those of the widened codebook); out: B × K.
+extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned char* cb,
+                                  int cb_dtype, int K, float* out) {
   RQ_SHARED_BASE(smem_bytes);
   float* smem = reinterpret_cast<float*>(smem_bytes);
   float* sq = smem;                                      // [16][33] query chunk
@@ -29,7 +30,8 @@ extern "C" __global__ void rq_lut(const float* q, int B, int d, const float* cb,
       sq[rr * (RQ_LUT_CHUNK + 1) + e] =
           in && b0 + rr < B ? q[(long long)(b0 + rr) * d + c0 + e] : 0.0f;
       sc[rr * (RQ_LUT_CHUNK + 1) + e] =
-          in && k0 + rr < K ? cb[(long long)(k0 + rr) * d + c0 + e] : 0.0f;
+          in && k0 + rr < K ? rq_load_widened(cb, cb_dtype, (long long)(k0 + rr) * d + c0 + e)
+                            : 0.0f;
     }
     __syncthreads();
     const float* x = sq + ty * (RQ_LUT_CHUNK + 1);
@@ -149,12 +151,17 @@ extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut
   }
 }
 
-/// Exact score of query row `qs` (shared) against row `p` of f32 or f16 embeddings.
+/// Exact score of query row `qs` (shared) against row `p` of embeddings stored as `emb_dtype`
+/// (RQ_DTYPE_F32, _F16 or _BF16; 16-bit rows are widened to f32 element by element).
 __device__ inline float rq_exact_score(int metric, const float* qs, const unsigned char* emb,
-                                       int emb_f16, long long p, int d) {
-  if (emb_f16) {
+                                       int emb_dtype, long long p, int d) {
+  if (emb_dtype != RQ_DTYPE_F32) {
     const unsigned short* x = reinterpret_cast<const unsigned short*>(emb) + p * d;
-    return metric == RQ_METRIC_L2 ? -rq_dist_sq_h(qs, x, d) : rq_dot_h(qs, x, d);
+    if (emb_dtype == RQ_DTYPE_BF16)
+      return metric == RQ_METRIC_L2 ? -rq_dist_sq_w<RqWidenBf16>(qs, x, d)
+                                    : rq_dot_w<RqWidenBf16>(qs, x, d);
+    return metric == RQ_METRIC_L2 ? -rq_dist_sq_w<RqWidenF16>(qs, x, d)
+                                  : rq_dot_w<RqWidenF16>(qs, x, d);
   }
   const float* x = reinterpret_cast<const float*>(emb) + p * d;
   return metric == RQ_METRIC_L2 ? -rq_dist_sq(qs, x, d) : rq_dot(qs, x, d);
@@ -163,11 +170,12 @@ __device__ inline float rq_exact_score(int metric, const float* qs, const unsign
 /// Exact re-rank of a shortlist: query b (one block) re-scores its S shortlisted item
 /// positions (-1 = empty, skipped) against the stored embeddings (ip: <q, x>; l2:
 /// -||q - x||²) and keeps the best k, ranked by (score, ids[pos]); payload = position.
-/// q: B × d; emb: N × d, f32 (emb_f16 = 0) or f16 bits (1); shortlist: B × S (i64);
-/// ids: N (i64); out_pos / out_scores: B × k. grid: B; block: a power of two ≥ 32;
-/// shared: 4·d (rounded up to 16) + 16·cap + 16 bytes, cap = next pow2 ≥ k + blockDim.x.
+/// q: B × d; emb: N × d stored as emb_dtype: 0 f32, 1 f16 bits, 2 bf16 bits;
+/// shortlist: B × S (i64); ids: N (i64); out_pos / out_scores: B × k. grid: B; block: a
+/// power of two ≥ 32; shared: 4·d (rounded up to 16) + 16·cap + 16 bytes, cap = next pow2
+/// ≥ k + blockDim.x.
 extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char* emb,
-                                     int emb_f16, const long long* shortlist, int S,
+                                     int emb_dtype, const long long* shortlist, int S,
                                      const long long* ids, int metric, int k, int cap,
                                      long long* out_pos, float* out_scores) {
   RQ_SHARED_BASE(smem);
@@ -180,7 +188,7 @@ extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char*
     const int j = j0 + (int)threadIdx.x;
     const long long p = j < S ? shortlist[b * S + j] : -1;
     const bool valid = p >= 0;
-    const float s = valid ? rq_exact_score(metric, qs, emb, emb_f16, p, d) : 0.0f;
+    const float s = valid ? rq_exact_score(metric, qs, emb, emb_dtype, p, d) : 0.0f;
     rq_select_push(sel, valid, s, valid ? ids[p] : 0, valid ? (unsigned)p : 0u);
   }
   rq_select_finish(sel);
@@ -207,7 +215,7 @@ extern "C" __global__ void rq_exact_topk(const float* q, int d, const float* ite
   for (int j0 = 0; j0 < N; j0 += blockDim.x) {
     const int j = j0 + (int)threadIdx.x;
     const bool valid = j < N;
-    const float s = valid ? rq_exact_score(metric, qs, emb, 0, j, d) : 0.0f;
+    const float s = valid ? rq_exact_score(metric, qs, emb, RQ_DTYPE_F32, j, d) : 0.0f;
     rq_select_push(sel, valid, s, j, (unsigned)j);
   }
   rq_select_finish(sel);

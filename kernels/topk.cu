@@ -31,6 +31,141 @@ extern "C" __global__ void rq_topk_argmax(const float* scores, int rows, int n,
   }
 }
 
+/// One compare-exchange step of a warp-wide bitonic network over one (score, rank) entry per
+/// lane: the lane keeps the better (keep_better) or the worse of itself and lane ^ stride.
+/// Every lane of the warp must call it.
+__device__ inline void rq_warp_cmpx(float& s, long long& r, int stride, bool keep_better) {
+  const float os = __shfl_xor_sync(RQ_FULL_MASK, s, stride);
+  const long long orr = __shfl_xor_sync(RQ_FULL_MASK, r, stride);
+  if (rq_better(os, orr, s, r) == keep_better) {
+    s = os;
+    r = orr;
+  }
+}
+
+/// Sorts the warp's 32 entries best first across lanes (bitonic sort, 15 steps).
+/// Every lane of the warp must call it.
+__device__ inline void rq_warp_sort(float& s, long long& r) {
+  const int lane = (int)(threadIdx.x % RQ_WARP);
+  for (int size = 2; size <= RQ_WARP; size <<= 1) {
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      const bool best_first = (lane & size) == 0;  // always true at size 32
+      rq_warp_cmpx(s, r, stride, ((lane & stride) == 0) == best_first);
+    }
+  }
+}
+
+/// Bitonic clean-up of a warp list of 32·Q entries, entry e = q·32 + lane in register q of
+/// lane `lane`: sorts a bitonic sequence best first. Strides ≥ 32 swap registers within a
+/// lane, smaller strides exchange across lanes. Every lane of the warp must call it.
+template <int Q>
+__device__ inline void rq_warp_clean(float (&s)[Q], long long (&r)[Q], int lane) {
+RQ_UNROLL
+  for (int h = Q / 2; h > 0; h /= 2) {
+RQ_UNROLL
+    for (int q = 0; q < Q; ++q) {
+      if ((q & h) == 0 && rq_better(s[q + h], r[q + h], s[q], r[q])) {
+        const float ts = s[q];
+        const long long tr = r[q];
+        s[q] = s[q + h];
+        r[q] = r[q + h];
+        s[q + h] = ts;
+        r[q + h] = tr;
+      }
+    }
+  }
+  for (int stride = RQ_WARP / 2; stride > 0; stride >>= 1) {
+RQ_UNROLL
+    for (int q = 0; q < Q; ++q) rq_warp_cmpx(s[q], r[q], stride, (lane & stride) == 0);
+  }
+}
+
+/// Warp select of the top k ≤ 32·Q of x[0, n) (FAISS-style warp queue): the warp keeps the
+/// best 32·Q entries seen so far, sorted best first, entry e = q·32 + lane in register q.
+/// Each round loads 32 columns; unless one beats the current k-th best (`__any_sync`) the
+/// round is skipped. Otherwise the candidates that cannot enter are blanked, the 32 are
+/// sorted (warp bitonic sort) and merged: the last 32 entries e = 32·Q - 32 + lane take the
+/// better of themselves and candidate 31 - lane. With the candidates padded by empty
+/// entries this is the classic "better of A[i] and B[N-1-i]": the list is now a bitonic
+/// sequence holding the best 32·Q of the union, which the clean-up sorts again.
+/// Ties → lower column; no shared memory, no barriers. Every lane of the warp must call it.
+template <int Q>
+__device__ inline void rq_warp_select(const float* x, int n, int k, long long* out_ids,
+                                      float* out_scores) {
+  const int lane = (int)(threadIdx.x % RQ_WARP);
+  float s[Q];
+  long long r[Q];
+RQ_UNROLL
+  for (int q = 0; q < Q; ++q) {
+    s[q] = rq_neg_inf();
+    r[q] = RQ_MAX_RANK;
+  }
+  const int kq = (k - 1) / RQ_WARP, kl = (k - 1) % RQ_WARP;  // where the k-th best lives
+  for (int j0 = 0; j0 < n; j0 += RQ_WARP) {
+    const int j = j0 + lane;
+    float cs = rq_neg_inf();
+    long long cr = RQ_MAX_RANK;
+    if (j < n) {
+      cs = x[j];
+      cr = j;
+    }
+    float ks = s[0];
+    long long kr = r[0];
+RQ_UNROLL
+    for (int q = 1; q < Q; ++q) {
+      if (q == kq) {
+        ks = s[q];
+        kr = r[q];
+      }
+    }
+    ks = __shfl_sync(RQ_FULL_MASK, ks, kl);
+    kr = __shfl_sync(RQ_FULL_MASK, kr, kl);
+    const bool enters = rq_better(cs, cr, ks, kr);
+    if (!__any_sync(RQ_FULL_MASK, enters)) continue;  // the same decision on every lane
+    if (!enters) {
+      cs = rq_neg_inf();
+      cr = RQ_MAX_RANK;
+    }
+    rq_warp_sort(cs, cr);
+    const float rs = __shfl_sync(RQ_FULL_MASK, cs, RQ_WARP - 1 - lane);
+    const long long rr = __shfl_sync(RQ_FULL_MASK, cr, RQ_WARP - 1 - lane);
+    if (rq_better(rs, rr, s[Q - 1], r[Q - 1])) {
+      s[Q - 1] = rs;
+      r[Q - 1] = rr;
+    }
+    rq_warp_clean<Q>(s, r, lane);
+  }
+RQ_UNROLL
+  for (int q = 0; q < Q; ++q) {
+    const int e = q * RQ_WARP + lane;
+    if (e < k) {
+      const bool full = r[q] != RQ_MAX_RANK;
+      out_ids[e] = full ? r[q] : -1;
+      out_scores[e] = full ? s[q] : rq_neg_inf();
+    }
+  }
+}
+
+/// Top-k of each row for 1 ≤ k ≤ 128, one warp per row (the small-k path; see
+/// rq_warp_select): the warp keeps 32·Q entries, Q = 1, 2 or 4 the least with k ≤ 32·Q.
+/// grid: ceil(rows / warps per block); block: a multiple of 32 threads; no shared memory.
+/// scores: rows × n; out_ids/out_scores: rows × k (slots past n: -1 / -inf).
+extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, int k,
+                                        long long* out_ids, float* out_scores) {
+  const int warps = (int)(blockDim.x / RQ_WARP);
+  const int row = (int)blockIdx.x * warps + (int)(threadIdx.x / RQ_WARP);
+  if (row >= rows) return;  // the whole warp: its lanes share the row
+  const float* x = scores + (long long)row * n;
+  long long* ids = out_ids + (long long)row * k;
+  float* sc = out_scores + (long long)row * k;
+  if (k <= RQ_WARP)
+    rq_warp_select<1>(x, n, k, ids, sc);
+  else if (k <= 2 * RQ_WARP)
+    rq_warp_select<2>(x, n, k, ids, sc);
+  else
+    rq_warp_select<4>(x, n, k, ids, sc);
+}
+
 /// Top-k of values[begin, end) into out_ids/out_scores[0, k): ids are offsets from begin.
 __device__ inline void rq_topk_range(const float* values, long long begin, long long end,
                                      const RqSelect& q, long long* out_ids,

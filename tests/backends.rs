@@ -11,7 +11,9 @@ use rand::Rng;
 use std::sync::Arc;
 
 use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Resident};
-use rqtree::index::{Codebook, EmbeddingKind, Embeddings, Index};
+use rqtree::index::{Codebook, Codebooks, EmbeddingKind, Embeddings, Index};
+#[cfg(any(feature = "emu", feature = "cuda"))]
+use rqtree::kernels::{KernelBackend, Storage};
 use rqtree::matrix::Matrix;
 use rqtree::metric::Metric;
 use rqtree::ops;
@@ -50,9 +52,31 @@ fn codes_agree(got: &[u32], want: &[u32], logit: impl Fn(usize, u32) -> f32, per
 
 fn topk_rows_and_segments(be: &dyn Backend) {
     let mut rng = rng("topk_rows_and_segments");
-    for &(rows, n) in &[(5, 301), (3, 1500), (1, 1)] {
-        let m = tied_matrix(&mut rng, rows, n);
-        for k in [1, 7, 100, 256, n, n + 5, 1000] {
+    for &(rows, n) in &[(5, 301), (3, 1500), (1, 1), (11, 45), (9, 32), (2, 7)] {
+        let mut m = tied_matrix(&mut rng, rows, n);
+        // -0 ties +0 (the lower column first).
+        for (i, v) in m.data_mut().iter_mut().enumerate() {
+            if *v == 0.0 && i % 3 == 0 {
+                *v = -0.0;
+            }
+        }
+        for k in [
+            1,
+            2,
+            7,
+            31,
+            32,
+            33,
+            64,
+            65,
+            100,
+            128,
+            129,
+            256,
+            n,
+            n + 5,
+            1000,
+        ] {
             let got = ops::topk(be, &m, k).unwrap();
             assert_eq!(
                 got,
@@ -142,6 +166,8 @@ fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
     for (metric, keep, levels, k_codes, tol) in [
         (Metric::Ip, EmbeddingKind::F32, 2, 13, 1e-5),
         (Metric::L2, EmbeddingKind::F16, 3, 5, 1e-2),
+        (Metric::Ip, EmbeddingKind::Bf16, 2, 13, 1e-2),
+        (Metric::L2, EmbeddingKind::Bf16, 2, 9, 1e-2),
         (Metric::Ip, EmbeddingKind::F32, 2, 300, 1e-5),
     ] {
         let n = rng.random_range(150..400);
@@ -260,6 +286,146 @@ fn resident_copies_follow_changes(be: &dyn Backend) {
     be.release_resident().unwrap();
     check(&pinned, 5);
 }
+
+/// Codebooks kept on the device as f16 or bf16 (`be` stores them as `storage`): lookup tables,
+/// assignment (greedy and top-m) and encoding (greedy and beam) equal the reference's on the
+/// codebooks rounded to `storage`, within the f32 tolerances; a value outside the format's
+/// range is an error.
+#[cfg(any(feature = "emu", feature = "cuda"))]
+fn codebook_storage(be: &dyn Backend, storage: Storage) {
+    let mut rng = rng("codebook_storage");
+    let round = |cbs: &Codebooks| {
+        Codebooks::new(
+            cbs.iter()
+                .map(|cb| storage.round_codebook(cb).unwrap())
+                .collect(),
+        )
+        .unwrap()
+    };
+    for (levels, k, d) in [(2, 23, 11), (3, 40, 33), (1, 300, 8)] {
+        let cbs = rand_codebooks(&mut rng, levels, k, d);
+        let rounded = round(&cbs);
+        assert_ne!(
+            rounded, cbs,
+            "{storage:?} rounding changes random codebooks"
+        );
+        let q = rand_matrix(&mut rng, 37, d);
+        for metric in [Metric::Ip, Metric::L2] {
+            let t = ops::lookup_tables(be, &q, &cbs, metric).unwrap();
+            let tr = ops::lookup_tables(&Reference, &q, &rounded, metric).unwrap();
+            for (g, w) in t.levels.iter().zip(&tr.levels) {
+                rel_close(g.data(), w.data(), 1e-5, "lookup table");
+            }
+        }
+        let x = rand_matrix(&mut rng, 67, d);
+        for beam in [1, 4] {
+            let got = ops::encode(be, &x, &cbs, beam).unwrap();
+            let want = ops::encode(&Reference, &x, &rounded, beam).unwrap();
+            for i in 0..67 {
+                let (g, w) = (
+                    &got.codes[i * levels..(i + 1) * levels],
+                    &want.codes[i * levels..(i + 1) * levels],
+                );
+                let (eg, ew) = (got.error[i], want.error[i]);
+                assert!(
+                    g == w || (eg - ew).abs() <= 1e-5 * (1.0 + ew.abs()),
+                    "beam {beam} item {i}: {g:?} vs {w:?}"
+                );
+            }
+            rel_close(&got.error, &want.error, 1e-5, "encoding error");
+        }
+        let cb = cbs.level(0);
+        let rcb = rounded.level(0);
+        for opts in [
+            AssignOptions::default(),
+            AssignOptions {
+                top_m: 1,
+                alpha: None,
+                residual: true,
+            },
+            AssignOptions {
+                top_m: 3,
+                alpha: Some(0.5),
+                residual: true,
+            },
+        ] {
+            let got = ops::assign(be, &x, cb, &opts).unwrap();
+            let want = ops::assign(&Reference, &x, rcb, &opts).unwrap();
+            let logit = |row: usize, c: u32| {
+                2.0 * rqtree::matrix::dot(x.row(row), rcb.word(c as usize))
+                    - rcb.norms()[c as usize]
+            };
+            codes_agree(&got.codes, &want.codes, logit, opts.top_m);
+            rel_close(&got.logits, &want.logits, 1e-5, "logits");
+            if let (Some(g), Some(w)) = (&got.residual, &want.residual) {
+                if got.codes == want.codes {
+                    rel_close(g.data(), w.data(), 1e-5, "residual");
+                }
+            }
+        }
+    }
+    // 1e6 is finite in f32 and bf16, infinite in f16.
+    let mut big = rand_matrix(&mut rng, 4, 3);
+    big.data_mut()[5] = 1.0e6;
+    let cbs = Codebooks::from_matrices(vec![big]).unwrap();
+    let q = rand_matrix(&mut rng, 2, 3);
+    let r = ops::lookup_tables(be, &q, &cbs, Metric::Ip);
+    match storage {
+        Storage::F16 => {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("F16"), "{e}");
+        }
+        _ => {
+            r.unwrap();
+        }
+    }
+}
+
+/// A kernel backend on `kind`'s device storing codebooks as `storage`, or why it is skipped.
+#[cfg(any(feature = "emu", feature = "cuda"))]
+fn kernel_backend(kind: BackendKind, storage: Storage) -> Option<Box<dyn Backend>> {
+    // Opening through `backend::open` first gives the uniform SKIP/REQUIRE_GPU behaviour.
+    open(kind)?;
+    match kind {
+        #[cfg(feature = "emu")]
+        BackendKind::Emu => Some(Box::new(
+            KernelBackend::new(rqtree::device::emu::EmuDevice::new())
+                .with_codebook_storage(storage),
+        )),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Some(Box::new(
+            KernelBackend::new(rqtree::device::cuda::CudaDevice::open().unwrap())
+                .with_codebook_storage(storage),
+        )),
+        _ => unreachable!("codebook storage is an option of the kernel backends"),
+    }
+}
+
+macro_rules! storage_suite {
+    ($name:ident, $kind:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn codebook_storage_f16() {
+                if let Some(b) = kernel_backend($kind, Storage::F16) {
+                    super::codebook_storage(b.as_ref(), Storage::F16);
+                }
+            }
+            #[test]
+            fn codebook_storage_bf16() {
+                if let Some(b) = kernel_backend($kind, Storage::Bf16) {
+                    super::codebook_storage(b.as_ref(), Storage::Bf16);
+                }
+            }
+        }
+    };
+}
+
+#[cfg(feature = "emu")]
+storage_suite!(emu_storage, BackendKind::Emu);
+#[cfg(feature = "cuda")]
+storage_suite!(cuda_storage, BackendKind::Cuda);
 
 macro_rules! backend_suite {
     ($name:ident, $kind:expr) => {

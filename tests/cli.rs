@@ -13,6 +13,60 @@ fn p(dir: &Path, name: &str) -> String {
 }
 
 #[test]
+fn bf16_embeddings_build_and_rerank() {
+    let mut rng = rng("bf16_embeddings_build_and_rerank");
+    let dir = tempfile::tempdir().unwrap();
+    let cbs = rand_codebooks(&mut rng, 2, 5, 6);
+    let items = rand_items(&mut rng, &cbs, 80, 0.1);
+    npy::write_f32(p(dir.path(), "items.npy"), &items).unwrap();
+    npy::write_f32(p(dir.path(), "q.npy"), &rand_matrix(&mut rng, 3, 6)).unwrap();
+    let ix = p(dir.path(), "ix.rqt");
+    ok(&[
+        "build",
+        "--items",
+        &p(dir.path(), "items.npy"),
+        "--levels",
+        "2",
+        "--codes",
+        "5",
+        "--keep-embeddings",
+        "bf16",
+        "-o",
+        &ix,
+    ]);
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", &ix, "--json"])).unwrap();
+    assert_eq!(info["embeddings"], "bf16", "{info}");
+    ok(&[
+        "search",
+        "--index",
+        &ix,
+        "--queries",
+        &p(dir.path(), "q.npy"),
+        "-k",
+        "4",
+        "--beam",
+        "5,25",
+        "--rerank",
+        "exact",
+        "--out-ids",
+        &p(dir.path(), "ids.npy"),
+    ]);
+    let d = dir.path();
+    fails(
+        &[
+            "build",
+            "--items",
+            &p(d, "items.npy"),
+            "--keep-embeddings",
+            "f8",
+            "-o",
+            &ix,
+        ],
+        "none, f16, bf16 or f32",
+    );
+}
+
+#[test]
 fn build_info_search_eval_round_trip() {
     let mut rng = rng("build_info_search_eval_round_trip");
     let dir = tempfile::tempdir().unwrap();

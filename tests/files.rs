@@ -172,7 +172,12 @@ fn tensor_range(bytes: &[u8], name: &str) -> std::ops::Range<usize> {
 #[test]
 fn round_trip_u8_codes_ip_all_embedding_kinds() {
     let dir = tempfile::tempdir().unwrap();
-    for kind in [EmbeddingKind::None, EmbeddingKind::F32, EmbeddingKind::F16] {
+    for kind in [
+        EmbeddingKind::None,
+        EmbeddingKind::F32,
+        EmbeddingKind::F16,
+        EmbeddingKind::Bf16,
+    ] {
         let index = small_index(kind);
         let p = saved(&dir, &index);
         let loaded = load(&p).unwrap();
@@ -187,7 +192,12 @@ fn round_trip_u8_codes_ip_all_embedding_kinds() {
 #[test]
 fn round_trip_u16_codes_l2_all_embedding_kinds() {
     let dir = tempfile::tempdir().unwrap();
-    for kind in [EmbeddingKind::None, EmbeddingKind::F32, EmbeddingKind::F16] {
+    for kind in [
+        EmbeddingKind::None,
+        EmbeddingKind::F32,
+        EmbeddingKind::F16,
+        EmbeddingKind::Bf16,
+    ] {
         let index = build_index(400, &[300, 45], 8, Metric::L2, kind, 2);
         assert!(matches!(
             index.codes.data(),
@@ -342,6 +352,34 @@ fn wrong_shape_in_index_is_rejected() {
     });
     let msg = load_err(&q);
     assert!(msg.contains("shape") && msg.contains("embeddings"), "{msg}");
+}
+
+#[test]
+fn non_finite_half_width_embeddings_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    // f16 infinity is 0x7c00, bf16 infinity 0x7f80; NaN patterns above them.
+    for (kind, bits) in [
+        (EmbeddingKind::F16, [0x7c00u16, 0x7e01]),
+        (EmbeddingKind::Bf16, [0x7f80u16, 0xffc1]),
+    ] {
+        let index = small_index(kind);
+        let d = index.dim();
+        let p = saved(&dir, &index);
+        let q = dir.path().join("nonfinite.rqt");
+        for b in bits {
+            rewrite(&p, &q, true, |t, _| {
+                let e = &mut t.get_mut("embeddings").unwrap().bytes;
+                // Row 2, column 1.
+                let at = 2 * (2 * d + 1);
+                e[at..at + 2].copy_from_slice(&b.to_le_bytes());
+            });
+            let msg = load_err(&q);
+            assert!(
+                msg.contains("non-finite") && msg.contains("row 2, column 1"),
+                "{kind:?} {b:#x}: {msg}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -112,7 +112,7 @@ struct BuildArgs {
     /// Metric: ip or l2.
     #[arg(long, default_value = "ip")]
     metric: String,
-    /// Stored embeddings for exact re-rank: none, f16 or f32.
+    /// Stored embeddings for exact re-rank: none, f16, bf16 or f32.
     #[arg(long, default_value = "f32")]
     keep_embeddings: String,
     /// Caller ids of the items (N, i64 .npy); default 0..N.
@@ -656,6 +656,7 @@ fn cmd_info(path: &Path, as_json: bool) -> Result<()> {
         .as_ref()
         .map_or("none", |e| match e.kind() {
             EmbeddingKind::F16 => "f16",
+            EmbeddingKind::Bf16 => "bf16",
             EmbeddingKind::F32 => "f32",
             EmbeddingKind::None => "none",
         });

@@ -1,6 +1,6 @@
 //! Item embeddings kept in the index for exact re-ranking, in item (code) order.
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
@@ -12,6 +12,8 @@ pub enum EmbeddingKind {
     None,
     /// Half precision (2 bytes per value).
     F16,
+    /// bfloat16 (2 bytes per value: f32's exponent range, 8 significant bits).
+    Bf16,
     /// Single precision.
     F32,
 }
@@ -22,9 +24,10 @@ impl std::str::FromStr for EmbeddingKind {
         match s {
             "none" => Ok(EmbeddingKind::None),
             "f16" => Ok(EmbeddingKind::F16),
+            "bf16" => Ok(EmbeddingKind::Bf16),
             "f32" => Ok(EmbeddingKind::F32),
             _ => Err(Error::param(format!(
-                "embedding storage '{s}': expected none, f16 or f32"
+                "embedding storage '{s}': expected none, f16, bf16 or f32"
             ))),
         }
     }
@@ -44,6 +47,15 @@ pub enum Embeddings {
         /// Values, row-major.
         data: Vec<f16>,
     },
+    /// bf16 rows, row-major, `rows × cols`.
+    Bf16 {
+        /// Number of rows `N`.
+        rows: usize,
+        /// Dimension `d`.
+        cols: usize,
+        /// Values, row-major.
+        data: Vec<bf16>,
+    },
 }
 
 impl Embeddings {
@@ -57,20 +69,25 @@ impl Embeddings {
                 cols: m.cols(),
                 data: m.data().iter().map(|&v| f16::from_f32(v)).collect(),
             }),
+            EmbeddingKind::Bf16 => Some(Embeddings::Bf16 {
+                rows: m.rows(),
+                cols: m.cols(),
+                data: m.data().iter().map(|&v| bf16::from_f32(v)).collect(),
+            }),
         }
     }
     /// Number of rows.
     pub fn rows(&self) -> usize {
         match self {
             Embeddings::F32(m) => m.rows(),
-            Embeddings::F16 { rows, .. } => *rows,
+            Embeddings::F16 { rows, .. } | Embeddings::Bf16 { rows, .. } => *rows,
         }
     }
     /// Dimension.
     pub fn cols(&self) -> usize {
         match self {
             Embeddings::F32(m) => m.cols(),
-            Embeddings::F16 { cols, .. } => *cols,
+            Embeddings::F16 { cols, .. } | Embeddings::Bf16 { cols, .. } => *cols,
         }
     }
     /// The storage kind.
@@ -78,6 +95,7 @@ impl Embeddings {
         match self {
             Embeddings::F32(_) => EmbeddingKind::F32,
             Embeddings::F16 { .. } => EmbeddingKind::F16,
+            Embeddings::Bf16 { .. } => EmbeddingKind::Bf16,
         }
     }
     /// Row `i` widened to f32 into `out` (`out.len() == cols`).
@@ -85,6 +103,11 @@ impl Embeddings {
         match self {
             Embeddings::F32(m) => out.copy_from_slice(m.row(i)),
             Embeddings::F16 { cols, data, .. } => {
+                for (o, v) in out.iter_mut().zip(&data[i * cols..(i + 1) * cols]) {
+                    *o = v.to_f32();
+                }
+            }
+            Embeddings::Bf16 { cols, data, .. } => {
                 for (o, v) in out.iter_mut().zip(&data[i * cols..(i + 1) * cols]) {
                     *o = v.to_f32();
                 }

@@ -17,7 +17,7 @@
 //! | `tree.{l}.child_start`   | U32         | `[nodes_l + 1]`, absent at the last depth |
 //! | `tree.{l}.centroid_norm` | F32         | `[nodes_l]`     |
 //! | `tree.{l}.representative`| U32         | `[nodes_l]`     |
-//! | `embeddings` (optional)  | F32 or F16  | `[N, d]`        |
+//! | `embeddings` (optional)  | F32, F16 or BF16 | `[N, d]`        |
 //!
 //! [`load`] checks, in order: the safetensors header (a truncated or non-safetensors file),
 //! the format and version, that the tensor set is exactly the expected one, every tensor's
@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
-use half::f16;
+use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -126,6 +126,10 @@ pub fn save(index: &Index, path: impl AsRef<Path>) -> Result<()> {
         Some(Embeddings::F16 { rows, cols, data }) => tensors.push((
             "embeddings".into(),
             raw(Dtype::F16, vec![*rows, *cols], data),
+        )),
+        Some(Embeddings::Bf16 { rows, cols, data }) => tensors.push((
+            "embeddings".into(),
+            raw(Dtype::BF16, vec![*rows, *cols], data),
         )),
     }
     let mut meta: HashMap<String, String> = HashMap::new();
@@ -361,23 +365,39 @@ pub fn load(path: impl AsRef<Path>) -> Result<Index> {
     }
 
     let embeddings = if t.st.names().contains(&"embeddings") {
-        let view = t.get("embeddings", &[Dtype::F32, Dtype::F16], Some(&[n, d]))?;
+        let view = t.get(
+            "embeddings",
+            &[Dtype::F32, Dtype::F16, Dtype::BF16],
+            Some(&[n, d]),
+        )?;
+        // The first non-finite value of a half-width tensor, as an error naming its row.
+        let non_finite = |p: Option<usize>| match p {
+            Some(p) => Err(t.err(format!(
+                "non-finite value in embeddings, row {}, column {}",
+                p / d.max(1),
+                p % d.max(1)
+            ))),
+            None => Ok(()),
+        };
         Some(match view.dtype() {
             Dtype::F32 => {
                 let data: Vec<f32> = pod_vec(view.data());
                 check_finite(&data, d, "embeddings").map_err(|e| t.err(e.to_string()))?;
                 Embeddings::F32(Matrix::new(n, d, data).map_err(|e| t.err(e.to_string()))?)
             }
-            _ => {
+            Dtype::F16 => {
                 let data: Vec<f16> = pod_vec(view.data());
-                if let Some(p) = data.iter().position(|v| !v.is_finite()) {
-                    return Err(t.err(format!(
-                        "non-finite value in embeddings, row {}, column {}",
-                        p / d.max(1),
-                        p % d.max(1)
-                    )));
-                }
+                non_finite(data.iter().position(|v| !v.is_finite()))?;
                 Embeddings::F16 {
+                    rows: n,
+                    cols: d,
+                    data,
+                }
+            }
+            _ => {
+                let data: Vec<bf16> = pod_vec(view.data());
+                non_finite(data.iter().position(|v| !v.is_finite()))?;
+                Embeddings::Bf16 {
                     rows: n,
                     cols: d,
                     data,

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::index::{Codebook, Codebooks};
 use crate::matrix::Matrix;
 
+use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
@@ -25,7 +26,8 @@ struct Greedy {
     residual: Option<Vec<f32>>,
 }
 
-/// Launches `rq_greedy_rows` over `levels` (codebooks), `mode` 0 (encode) or 1 (assign).
+/// Launches `rq_greedy_rows` over `levels` (codebooks, values already rounded to `storage`,
+/// which is how they are uploaded), `mode` 0 (encode) or 1 (assign).
 fn greedy_rows<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -33,6 +35,7 @@ fn greedy_rows<D: Device>(
     levels: &[&Codebook],
     mode: i32,
     want_residual: bool,
+    storage: Storage,
 ) -> Result<Greedy> {
     let (n, d, l) = (x.rows(), x.cols(), levels.len());
     let tk = (GREEDY_TILE_BYTES / (4 * (d + 1))).clamp(1, 64);
@@ -52,7 +55,7 @@ fn greedy_rows<D: Device>(
         rows.push(rows[rows.len() - 1] + cb.len() as i64);
     }
     let d_x = res.input(dev, x.data(), Reuse::PinnedOnly)?;
-    let d_cb = res.input(dev, &stacked, Reuse::Content)?;
+    let d_cb = storage.input(dev, res, &stacked)?;
     let d_rows = upload(dev, &rows)?;
     let d_norms = res.input(dev, &norms, Reuse::Content)?;
     let codes = alloc::<D, u32>(dev, n * l)?;
@@ -67,6 +70,7 @@ fn greedy_rows<D: Device>(
             KernelArg::I32(arg_i32(d, "greedy assignment: d")?),
             KernelArg::I32(l as i32),
             KernelArg::Buf(&*d_cb),
+            KernelArg::I32(storage.dtype_arg()),
             KernelArg::Buf(&d_rows),
             KernelArg::Buf(&*d_norms),
             KernelArg::I32(mode),
@@ -93,13 +97,15 @@ fn greedy_rows<D: Device>(
 /// `top_m` best codes (`1 ≤ top_m ≤ min(K, 2048)`) with their logits
 /// `2<r, C[k]> - ||C[k]||²`, optionally the soft weights `softmax(α·logit)` (`n × K`) and the
 /// hard residual `r - C[code]` (`n × d`). Ties → lowest code. The hard-code-only case
-/// (`top_m = 1`, no soft weights) runs the row-tiled kernel.
+/// (`top_m = 1`, no soft weights) runs the row-tiled kernel, which reads the codebook as
+/// `storage` (its values rounded to it already); the general kernel reads the f32 values.
 pub fn assign<D: Device>(
     dev: &D,
     res: &Residency<D>,
     residuals: &Matrix,
     codebook: &Codebook,
     opts: &AssignOptions,
+    storage: Storage,
 ) -> Result<Assignment> {
     let (n, d, kk) = (residuals.rows(), codebook.dim(), codebook.len());
     residuals.check_cols(d, "residuals")?;
@@ -122,7 +128,7 @@ pub fn assign<D: Device>(
     }
     if m == 1 && opts.alpha.is_none() {
         // Hard code only: the row-tiled kernel (codebook tiles in shared memory).
-        let g = greedy_rows(dev, res, residuals, &[codebook], 1, opts.residual)?;
+        let g = greedy_rows(dev, res, residuals, &[codebook], 1, opts.residual, storage)?;
         return Ok(Assignment {
             top_m: 1,
             codes: g.codes,
@@ -183,13 +189,15 @@ pub fn assign<D: Device>(
 /// Encodes `items` (`n × d`) over all levels keeping the `beam` best partial paths by
 /// squared reconstruction error (`1 ≤ beam ≤ 2048`; 1 = greedy): `n × L` codes and
 /// `||x - x̂||²` per item. The residuals stay in shared memory across levels; `beam = 1`
-/// runs the row-tiled greedy kernel, wider beams the per-row beam kernel.
+/// runs the row-tiled greedy kernel (codebooks read as `storage`, values rounded to it
+/// already), wider beams the per-row beam kernel (f32 values).
 pub fn encode<D: Device>(
     dev: &D,
     res: &Residency<D>,
     items: &Matrix,
     cbs: &Codebooks,
     beam: usize,
+    storage: Storage,
 ) -> Result<Encoding> {
     let (n, d, levels) = (items.rows(), cbs.dim(), cbs.levels());
     items.check_cols(d, "items")?;
@@ -203,7 +211,7 @@ pub fn encode<D: Device>(
     }
     if beam == 1 {
         let levels_ref: Vec<&Codebook> = cbs.iter().collect();
-        let g = greedy_rows(dev, res, items, &levels_ref, 0, false)?;
+        let g = greedy_rows(dev, res, items, &levels_ref, 0, false, storage)?;
         return Ok(Encoding {
             levels,
             codes: g.codes,

@@ -14,7 +14,79 @@ use crate::metric::Metric;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
-use super::resident::{Residency, ResidencyStats, DEFAULT_CACHE_BYTES};
+use super::resident::{Held, Residency, ResidencyStats, Reuse, DEFAULT_CACHE_BYTES};
+
+/// How codebook values are stored on the device (accumulation is always f32).
+///
+/// With `F16` or `Bf16` every operation that takes codebooks (lookup tables, assignment,
+/// encoding) computes with the codebooks rounded to that format: the host rounds them once
+/// per call (norms included), `rq_lut` and `rq_greedy_rows` read the 16-bit values and widen
+/// them on load, the other kernels read the rounded values as f32. Results therefore equal the
+/// reference's on the rounded codebooks. A value outside the format's range is an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// Single precision: results equal the reference's.
+    #[default]
+    F32,
+    /// IEEE half precision (round to nearest even).
+    F16,
+    /// bfloat16 (round to nearest even).
+    Bf16,
+}
+
+impl Storage {
+    /// The kernels' dtype argument (`RQ_DTYPE_*` in `kernels/common.cuh`).
+    pub(crate) fn dtype_arg(self) -> i32 {
+        match self {
+            Storage::F32 => 0,
+            Storage::F16 => 1,
+            Storage::Bf16 => 2,
+        }
+    }
+
+    /// `v` rounded to this storage and widened back to f32.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Storage::F32 => v,
+            Storage::F16 => half::f16::from_f32(v).to_f32(),
+            Storage::Bf16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+
+    /// `cb` with every value rounded to this storage (norms recomputed); an error names a
+    /// value that does not fit the format.
+    pub fn round_codebook(self, cb: &Codebook) -> Result<Codebook> {
+        let w = cb.words();
+        let data = w.data().iter().map(|&v| self.round(v)).collect();
+        Codebook::new(Matrix::new(w.rows(), w.cols(), data)?, "codebook").map_err(|e| {
+            Error::param(format!(
+                "codebook storage {self:?}: a value does not fit the format ({e})"
+            ))
+        })
+    }
+
+    /// Device buffer of codebook values already rounded to this storage: the f32 values
+    /// themselves, or their 16-bit patterns (exact, being rounded already). Cached by content.
+    pub(crate) fn input<D: Device>(
+        self,
+        dev: &D,
+        res: &Residency<D>,
+        rounded: &[f32],
+    ) -> Result<Held<D::Buffer>> {
+        let bits: Vec<u16> = match self {
+            Storage::F32 => return res.input(dev, rounded, Reuse::Content),
+            Storage::F16 => rounded
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect(),
+            Storage::Bf16 => rounded
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect(),
+        };
+        res.input(dev, &bits, Reuse::Content)
+    }
+}
 
 /// A backend running the rqtree kernels on device `D`. Index and codebook inputs stay on the
 /// device across calls ([`Residency`]): pinned with [`Backend::keep_resident`], or cached by
@@ -22,6 +94,7 @@ use super::resident::{Residency, ResidencyStats, DEFAULT_CACHE_BYTES};
 pub struct KernelBackend<D: Device> {
     dev: D,
     res: Residency<D>,
+    storage: Storage,
 }
 
 impl<D: Device> KernelBackend<D> {
@@ -35,7 +108,28 @@ impl<D: Device> KernelBackend<D> {
         KernelBackend {
             dev,
             res: Residency::new(bytes),
+            storage: Storage::F32,
         }
+    }
+    /// Stores codebooks on the device as `storage` (default [`Storage::F32`]).
+    pub fn with_codebook_storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+    /// The codebook storage.
+    pub fn codebook_storage(&self) -> Storage {
+        self.storage
+    }
+    /// `cbs` rounded to the codebook storage (borrowed unchanged for f32).
+    fn rounded<'a>(&self, cbs: &'a Codebooks) -> Result<std::borrow::Cow<'a, Codebooks>> {
+        if self.storage == Storage::F32 {
+            return Ok(std::borrow::Cow::Borrowed(cbs));
+        }
+        let levels = cbs
+            .iter()
+            .map(|cb| self.storage.round_codebook(cb))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(std::borrow::Cow::Owned(Codebooks::new(levels)?))
     }
     /// The device.
     pub fn device(&self) -> &D {
@@ -53,15 +147,21 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
 
     fn assign(&self, r: &Matrix, cb: &Codebook, o: &AssignOptions) -> Result<Assignment> {
-        super::assign::assign(&self.dev, &self.res, r, cb, o)
+        if self.storage == Storage::F32 {
+            return super::assign::assign(&self.dev, &self.res, r, cb, o, self.storage);
+        }
+        let cb = self.storage.round_codebook(cb)?;
+        super::assign::assign(&self.dev, &self.res, r, &cb, o, self.storage)
     }
 
     fn encode(&self, items: &Matrix, cbs: &Codebooks, beam: usize) -> Result<Encoding> {
-        super::assign::encode(&self.dev, &self.res, items, cbs, beam)
+        let cbs = self.rounded(cbs)?;
+        super::assign::encode(&self.dev, &self.res, items, &cbs, beam, self.storage)
     }
 
     fn lookup_tables(&self, q: &Matrix, cbs: &Codebooks, metric: Metric) -> Result<QueryTables> {
-        super::lookup::lookup_tables(&self.dev, &self.res, q, cbs, metric)
+        let cbs = self.rounded(cbs)?;
+        super::lookup::lookup_tables(&self.dev, &self.res, q, &cbs, metric, self.storage)
     }
 
     fn traverse(&self, t: &QueryTables, tree: &Tree, beams: &[usize]) -> Result<Candidates> {

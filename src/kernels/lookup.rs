@@ -10,9 +10,10 @@ use crate::metric::Metric;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
+use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, download_topk, grid_dim, launch_1d, round16, select_bytes,
+    alloc, arg_i32, check_k, download, grid_dim, launch_1d, launch_select, round16, select_bytes,
     select_cap, upload, SELECT_THREADS,
 };
 
@@ -30,12 +31,14 @@ fn metric_arg(m: Metric) -> i32 {
 }
 
 /// Lookup tables of `queries` (`B × d`): per level `B × K_l`, `<q_b, C_l[k]>`, and `||q||²`.
+/// The codebooks are uploaded as `storage` (their values must be rounded to it already).
 pub fn lookup_tables<D: Device>(
     dev: &D,
     res: &Residency<D>,
     queries: &Matrix,
     codebooks: &Codebooks,
     metric: Metric,
+    storage: Storage,
 ) -> Result<QueryTables> {
     let (b, d) = (queries.rows(), codebooks.dim());
     queries.check_cols(d, "queries")?;
@@ -56,7 +59,7 @@ pub fn lookup_tables<D: Device>(
     let mut outs = Vec::with_capacity(codebooks.levels());
     for cb in codebooks.iter() {
         let kk = cb.len();
-        let c = res.input(dev, cb.words().data(), Reuse::Content)?;
+        let c = storage.input(dev, res, cb.words().data())?;
         let out = alloc::<D, f32>(dev, b * kk)?;
         let cfg = LaunchConfig {
             grid: [
@@ -75,6 +78,7 @@ pub fn lookup_tables<D: Device>(
                 KernelArg::I32(b32),
                 KernelArg::I32(d32),
                 KernelArg::Buf(&*c),
+                KernelArg::I32(storage.dtype_arg()),
                 KernelArg::I32(kk as i32),
                 KernelArg::Buf(&out),
             ],
@@ -164,12 +168,12 @@ pub fn fused_topk<D: Device>(
     let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
     let d_qn = upload(dev, &tables.qnorm)?;
     let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
-    let pos = alloc::<D, i64>(dev, b * k)?;
-    let scores = alloc::<D, f32>(dev, b * k)?;
-    dev.launch(
+    launch_select(
+        dev,
         "rq_fused_topk",
         cfg,
-        &[
+        (b, k, cap),
+        vec![
             KernelArg::Buf(&d_luts),
             KernelArg::Buf(&d_off),
             KernelArg::Buf(&d_k),
@@ -185,13 +189,8 @@ pub fn fused_topk<D: Device>(
             KernelArg::Buf(&d_qn),
             KernelArg::I32(metric_arg(tables.metric)),
             KernelArg::Buf(&*d_ids),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&pos),
-            KernelArg::Buf(&scores),
         ],
-    )?;
-    download_topk(dev, &pos, &scores, b, k)
+    )
 }
 
 /// The CSR shortlist as the kernel reads it: `B × S` positions, `S` the longest list,
@@ -208,8 +207,8 @@ fn padded_shortlist(offsets: &[usize], positions: &[u32]) -> TopK {
 }
 
 /// Exact re-rank: each query's shortlist (`positions[offsets[b]..offsets[b+1]]`, item
-/// positions) re-scored against `embeddings` (f32 or f16 rows = positions) with `metric`; the
-/// best `k` by (score, `ids[pos]`), returned as positions. `1 ≤ k ≤ 2048`.
+/// positions) re-scored against `embeddings` (f32, f16 or bf16 rows = positions) with
+/// `metric`; the best `k` by (score, `ids[pos]`), returned as positions. `1 ≤ k ≤ 2048`.
 #[allow(clippy::too_many_arguments)]
 pub fn rerank<D: Device>(
     dev: &D,
@@ -236,41 +235,53 @@ pub fn rerank<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     check_k(k, "rerank: k")?;
-    let (emb, f16) = match embeddings {
-        Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, 0),
-        Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, 1),
+    let (emb, dtype) = match embeddings {
+        Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, Storage::F32),
+        Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::F16),
+        Embeddings::Bf16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::Bf16),
     };
-    let cap = select_cap(k, SELECT_THREADS);
-    let cfg = launch_1d(
-        b,
-        SELECT_THREADS,
-        round16(4 * d) + select_bytes(cap),
-        "rerank",
-    )?;
-    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let sl = upload(dev, &shortlist.ids)?;
     let d_ids = res.input(dev, ids, Reuse::Content)?;
-    let pos = alloc::<D, i64>(dev, b * k)?;
-    let scores = alloc::<D, f32>(dev, b * k)?;
-    dev.launch(
+    exact_select(
+        dev,
+        res,
+        queries,
+        d,
+        k,
         "rq_rerank",
-        cfg,
-        &[
-            KernelArg::Buf(&*q),
-            KernelArg::I32(arg_i32(d, "rerank: d")?),
+        vec![
             KernelArg::Buf(&*emb),
-            KernelArg::I32(f16),
+            KernelArg::I32(dtype.dtype_arg()),
             KernelArg::Buf(&sl),
             KernelArg::I32(arg_i32(shortlist.k, "rerank: shortlist length")?),
             KernelArg::Buf(&*d_ids),
             KernelArg::I32(metric_arg(metric)),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&pos),
-            KernelArg::Buf(&scores),
         ],
-    )?;
-    download_topk(dev, &pos, &scores, b, k)
+    )
+}
+
+/// Launches a per-query exact-scoring kernel (`rq_rerank`, `rq_exact_topk`): one block per
+/// query, the query row (`4·d` bytes) and a `k` selector in shared memory; arguments
+/// `(q, d, middle…, k, cap, out ids, out scores)`. Returns the downloaded `B × k` result.
+fn exact_select<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    queries: &Matrix,
+    d: usize,
+    k: usize,
+    name: &str,
+    middle: Vec<KernelArg<'_, D::Buffer>>,
+) -> Result<TopK> {
+    let b = queries.rows();
+    let cap = select_cap(k, SELECT_THREADS);
+    let cfg = launch_1d(b, SELECT_THREADS, round16(4 * d) + select_bytes(cap), name)?;
+    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
+    let mut head = vec![
+        KernelArg::Buf(&*q),
+        KernelArg::I32(arg_i32(d, &format!("{name}: d"))?),
+    ];
+    head.extend(middle);
+    launch_select(dev, name, cfg, (b, k, cap), head)
 }
 
 /// Exact brute-force top-k of `queries` (`B × d`) against `items` (`N × d`) with `metric`;
@@ -289,31 +300,18 @@ pub fn exact_topk<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     check_k(k, "exact_topk: k")?;
-    let cap = select_cap(k, SELECT_THREADS);
-    let cfg = launch_1d(
-        b,
-        SELECT_THREADS,
-        round16(4 * d) + select_bytes(cap),
-        "exact_topk",
-    )?;
-    let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let x = res.input(dev, items.data(), Reuse::PinnedOnly)?;
-    let ids = alloc::<D, i64>(dev, b * k)?;
-    let scores = alloc::<D, f32>(dev, b * k)?;
-    dev.launch(
+    exact_select(
+        dev,
+        res,
+        queries,
+        d,
+        k,
         "rq_exact_topk",
-        cfg,
-        &[
-            KernelArg::Buf(&*q),
-            KernelArg::I32(arg_i32(d, "exact_topk: d")?),
+        vec![
             KernelArg::Buf(&*x),
             KernelArg::I32(arg_i32(items.rows(), "exact_topk: items")?),
             KernelArg::I32(metric_arg(metric)),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&ids),
-            KernelArg::Buf(&scores),
         ],
-    )?;
-    download_topk(dev, &ids, &scores, b, k)
+    )
 }

@@ -14,10 +14,10 @@ pub mod resident;
 pub mod topk;
 pub mod traverse;
 
-pub use backend::KernelBackend;
+pub use backend::{KernelBackend, Storage};
 pub use resident::{Residency, ResidencyStats};
 
-use crate::device::{Device, LaunchConfig};
+use crate::device::{Device, KernelArg, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::topk::TopK;
 
@@ -115,6 +115,41 @@ pub(crate) fn download<D: Device, T: bytemuck::Pod>(
     let mut out = vec![T::zeroed(); n];
     dev.download(buf, bytemuck::cast_slice_mut(&mut out))?;
     Ok(out)
+}
+
+/// Launches a selecting kernel whose arguments are `(head…, k, cap, out ids, out scores)`
+/// (outputs `rows × k`, i64 and f32) and downloads its result.
+pub(crate) fn launch_select<D: Device>(
+    dev: &D,
+    name: &str,
+    cfg: LaunchConfig,
+    (rows, k, cap): (usize, usize, usize),
+    head: Vec<KernelArg<'_, D::Buffer>>,
+) -> Result<TopK> {
+    let (ids, scores) = alloc_topk(dev, rows, k)?;
+    let mut args = Vec::with_capacity(head.len() + 4);
+    args.extend(head);
+    args.extend([
+        KernelArg::I32(k as i32),
+        KernelArg::I32(cap as i32),
+        KernelArg::Buf(&ids),
+        KernelArg::Buf(&scores),
+    ]);
+    dev.launch(name, cfg, &args)?;
+    drop(args);
+    download_topk(dev, &ids, &scores, rows, k)
+}
+
+/// Device buffers of a `rows × k` (id, score) result: i64 ids and f32 scores.
+pub(crate) fn alloc_topk<D: Device>(
+    dev: &D,
+    rows: usize,
+    k: usize,
+) -> Result<(D::Buffer, D::Buffer)> {
+    Ok((
+        alloc::<D, i64>(dev, rows * k)?,
+        alloc::<D, f32>(dev, rows * k)?,
+    ))
 }
 
 /// Downloads a `rows × k` (id, score) result.

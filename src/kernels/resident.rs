@@ -117,6 +117,7 @@ fn index_slices(ix: &Index) -> Vec<(usize, usize)> {
     match &ix.embeddings {
         Some(Embeddings::F32(m)) => v.push(key_of(m.data())),
         Some(Embeddings::F16 { data, .. }) => v.push(key_of(data)),
+        Some(Embeddings::Bf16 { data, .. }) => v.push(key_of(data)),
         None => {}
     }
     v

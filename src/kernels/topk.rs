@@ -7,19 +7,23 @@ use crate::topk::TopK;
 
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download_topk, launch_1d, round16, select_bytes, select_cap, upload,
-    SELECT_THREADS,
+    alloc_topk, arg_i32, check_k, download_topk, launch_1d, launch_select, round16, select_bytes,
+    select_cap, upload, SELECT_THREADS,
 };
 
-/// Warps (rows) per block of `rq_topk_argmax`.
-const ARGMAX_WARPS: usize = 8;
+/// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
+const ROW_WARPS: usize = 8;
+/// Largest `k` served by the warp select (one warp per row, no shared memory; `k / 32`
+/// rounded up to a power of two entries per lane).
+const WARP_MAX_K: usize = 128;
 /// Largest `k` served by the block selector; larger `k` (up to [`super::MAX_K`]) by radix
 /// select.
 const SELECTOR_MAX_K: usize = 256;
 
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
 /// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
-/// `2 ≤ k ≤ 256` the block selector, `256 < k ≤ 2048` the radix select.
+/// `2 ≤ k ≤ 128` the warp select, `128 < k ≤ 256` the block selector, `256 < k ≤ 2048` the
+/// radix select.
 pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -> Result<TopK> {
     let (rows, n) = (scores.rows(), scores.cols());
     if rows == 0 || k == 0 {
@@ -28,58 +32,33 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
     check_k(k, "topk: k")?;
     let n32 = arg_i32(n, "topk: columns")?;
     let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
-    let ids = alloc::<D, i64>(dev, rows * k)?;
-    let out = alloc::<D, f32>(dev, rows * k)?;
-    if k == 1 {
-        let cfg = launch_1d(
-            rows.div_ceil(ARGMAX_WARPS),
-            (ARGMAX_WARPS * 32) as u32,
-            0,
-            "topk",
-        )?;
-        dev.launch(
-            "rq_topk_argmax",
-            cfg,
-            &[
-                KernelArg::Buf(&*x),
-                KernelArg::I32(arg_i32(rows, "topk: rows")?),
-                KernelArg::I32(n32),
-                KernelArg::Buf(&ids),
-                KernelArg::Buf(&out),
-            ],
-        )?;
-    } else if k > SELECTOR_MAX_K {
-        let cap = k.next_power_of_two();
-        let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
+    if k > WARP_MAX_K {
+        // One block per row: (scores, n, k, cap, ids, scores out).
+        let (name, cap, shared) = if k > SELECTOR_MAX_K {
+            let cap = k.next_power_of_two();
+            let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
+            ("rq_topk_radix", cap, shared)
+        } else {
+            let cap = select_cap(k, SELECT_THREADS);
+            ("rq_topk_rows", cap, select_bytes(cap))
+        };
         let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
-        dev.launch(
-            "rq_topk_radix",
-            cfg,
-            &[
-                KernelArg::Buf(&*x),
-                KernelArg::I32(n32),
-                KernelArg::I32(k as i32),
-                KernelArg::I32(cap as i32),
-                KernelArg::Buf(&ids),
-                KernelArg::Buf(&out),
-            ],
-        )?;
-    } else {
-        let cap = select_cap(k, SELECT_THREADS);
-        let cfg = launch_1d(rows, SELECT_THREADS, select_bytes(cap), "topk")?;
-        dev.launch(
-            "rq_topk_rows",
-            cfg,
-            &[
-                KernelArg::Buf(&*x),
-                KernelArg::I32(n32),
-                KernelArg::I32(k as i32),
-                KernelArg::I32(cap as i32),
-                KernelArg::Buf(&ids),
-                KernelArg::Buf(&out),
-            ],
-        )?;
+        let head = vec![KernelArg::Buf(&*x), KernelArg::I32(n32)];
+        return launch_select(dev, name, cfg, (rows, k, cap), head);
     }
+    // One warp per row: (scores, rows, n[, k], ids, scores out).
+    let cfg = launch_1d(rows.div_ceil(ROW_WARPS), (ROW_WARPS * 32) as u32, 0, "topk")?;
+    let (ids, out) = alloc_topk(dev, rows, k)?;
+    let rows32 = KernelArg::I32(arg_i32(rows, "topk: rows")?);
+    let mut args = vec![KernelArg::Buf(&*x), rows32, KernelArg::I32(n32)];
+    let name = if k == 1 {
+        "rq_topk_argmax"
+    } else {
+        args.push(KernelArg::I32(k as i32));
+        "rq_topk_warp"
+    };
+    args.extend([KernelArg::Buf(&ids), KernelArg::Buf(&out)]);
+    dev.launch(name, cfg, &args)?;
     download_topk(dev, &ids, &out, rows, k)
 }
 
@@ -100,21 +79,13 @@ pub fn segmented_topk<D: Device>(
     let offs: Vec<i64> = offsets.iter().map(|&o| o as i64).collect();
     let x = upload(dev, values)?;
     let o = upload(dev, &offs)?;
-    let ids = alloc::<D, i64>(dev, segs * k)?;
-    let out = alloc::<D, f32>(dev, segs * k)?;
     let cap = select_cap(k, SELECT_THREADS);
     let cfg = launch_1d(segs, SELECT_THREADS, select_bytes(cap), "segmented_topk")?;
-    dev.launch(
+    launch_select(
+        dev,
         "rq_segmented_topk",
         cfg,
-        &[
-            KernelArg::Buf(&x),
-            KernelArg::Buf(&o),
-            KernelArg::I32(k as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&ids),
-            KernelArg::Buf(&out),
-        ],
-    )?;
-    download_topk(dev, &ids, &out, segs, k)
+        (segs, k, cap),
+        vec![KernelArg::Buf(&x), KernelArg::Buf(&o)],
+    )
 }

@@ -54,14 +54,13 @@ pub fn traverse<D: Device>(
     let lut0 = upload(dev, tables.levels[0].data())?;
     let code0 = res.input(dev, &d1.code, Reuse::Content)?;
     let cn0 = res.input(dev, &d1.centroid_norm, Reuse::Content)?;
-    let mut nodes = alloc::<D, u32>(dev, b * w0)?;
-    let mut ip = alloc::<D, f32>(dev, b * w0)?;
-    let mut count = alloc::<D, i32>(dev, b)?;
-    let cap = select_cap(w0, SELECT_THREADS);
-    dev.launch(
+    let mut prev = kept_launch(
+        dev,
         "rq_beam_first",
-        launch_1d(b, SELECT_THREADS, select_bytes(cap), "traverse")?,
-        &[
+        b,
+        w0,
+        0,
+        vec![
             KernelArg::Buf(&lut0),
             KernelArg::I32(arg_i32(tables.levels[0].cols(), "traverse: K")?),
             KernelArg::Buf(&*code0),
@@ -69,11 +68,6 @@ pub fn traverse<D: Device>(
             KernelArg::Buf(&*cn0),
             KernelArg::Buf(&qn),
             KernelArg::I32(metric),
-            KernelArg::I32(w0 as i32),
-            KernelArg::I32(cap as i32),
-            KernelArg::Buf(&nodes),
-            KernelArg::Buf(&ip),
-            KernelArg::Buf(&count),
         ],
     )?;
     for (l, &w) in beams.iter().enumerate().skip(1) {
@@ -83,44 +77,34 @@ pub fn traverse<D: Device>(
         let cs = res.input(dev, &parent.child_start, Reuse::Content)?;
         let code = res.input(dev, &dep.code, Reuse::Content)?;
         let cn = res.input(dev, &dep.centroid_norm, Reuse::Content)?;
-        let n_nodes = alloc::<D, u32>(dev, b * w)?;
-        let n_ip = alloc::<D, f32>(dev, b * w)?;
-        let n_count = alloc::<D, i32>(dev, b)?;
-        let cap = select_cap(w, SELECT_THREADS);
-        let shared = round16(8 * SELECT_THREADS as usize + 4) + select_bytes(cap);
-        dev.launch(
+        let next = kept_launch(
+            dev,
             "rq_beam_step",
-            launch_1d(b, SELECT_THREADS, shared, "traverse")?,
-            &[
+            b,
+            w,
+            round16(8 * SELECT_THREADS as usize + 4),
+            vec![
                 KernelArg::Buf(&lut),
                 KernelArg::I32(arg_i32(tables.levels[l].cols(), "traverse: K")?),
                 KernelArg::Buf(&*cs),
                 KernelArg::Buf(&*code),
                 KernelArg::Buf(&*cn),
-                KernelArg::Buf(&nodes),
-                KernelArg::Buf(&ip),
-                KernelArg::Buf(&count),
-                KernelArg::I32(beams[l - 1] as i32),
+                KernelArg::Buf(&prev.nodes),
+                KernelArg::Buf(&prev.ip),
+                KernelArg::Buf(&prev.count),
+                KernelArg::I32(prev.w as i32),
                 KernelArg::Buf(&qn),
                 KernelArg::I32(metric),
-                KernelArg::I32(w as i32),
-                KernelArg::I32(cap as i32),
-                KernelArg::Buf(&n_nodes),
-                KernelArg::Buf(&n_ip),
-                KernelArg::Buf(&n_count),
             ],
         )?;
         // The previous depth's lists are read by this launch: keep them until it is done.
         dev.synchronize()?;
-        nodes = n_nodes;
-        ip = n_ip;
-        count = n_count;
+        prev = next;
     }
     dev.synchronize()?;
-    let w = beams[beams.len() - 1];
-    let kept: Vec<u32> = download(dev, &nodes, b * w)?;
-    let counts: Vec<i32> = download(dev, &count, b)?;
-    drop(ip);
+    let w = prev.w;
+    let kept: Vec<u32> = download(dev, &prev.nodes, b * w)?;
+    let counts: Vec<i32> = download(dev, &prev.count, b)?;
     let mut offsets = Vec::with_capacity(b + 1);
     offsets.push(0);
     let mut out = Vec::new();
@@ -134,4 +118,50 @@ pub fn traverse<D: Device>(
         offsets,
         nodes: out,
     })
+}
+
+/// One depth's kept lists on the device: `B × w` node ids (u32) and path ip (f32), `B` counts.
+struct Kept<B> {
+    w: usize,
+    nodes: B,
+    ip: B,
+    count: B,
+}
+
+/// Launches a beam kernel (`rq_beam_first`, `rq_beam_step`) for `b` queries keeping `w`
+/// nodes: one block per query, `extra_shared` bytes before a `w` selector; arguments
+/// `(head…, W, cap, out_nodes, out_ip, out_count)`. Returns the new lists (not synchronised).
+fn kept_launch<D: Device>(
+    dev: &D,
+    name: &str,
+    b: usize,
+    w: usize,
+    extra_shared: usize,
+    head: Vec<KernelArg<'_, D::Buffer>>,
+) -> Result<Kept<D::Buffer>> {
+    let cap = select_cap(w, SELECT_THREADS);
+    let cfg = launch_1d(
+        b,
+        SELECT_THREADS,
+        extra_shared + select_bytes(cap),
+        "traverse",
+    )?;
+    let kept = Kept {
+        w,
+        nodes: alloc::<D, u32>(dev, b * w)?,
+        ip: alloc::<D, f32>(dev, b * w)?,
+        count: alloc::<D, i32>(dev, b)?,
+    };
+    let mut args = Vec::with_capacity(head.len() + 5);
+    args.extend(head);
+    args.extend([
+        KernelArg::I32(w as i32),
+        KernelArg::I32(cap as i32),
+        KernelArg::Buf(&kept.nodes),
+        KernelArg::Buf(&kept.ip),
+        KernelArg::Buf(&kept.count),
+    ]);
+    dev.launch(name, cfg, &args)?;
+    drop(args);
+    Ok(kept)
 }
