@@ -146,8 +146,8 @@ RQ_UNROLL
   }
 }
 
-/// Top-k of each row for 1 ≤ k ≤ 128, one warp per row (the small-k path; see
-/// rq_warp_select): the warp keeps 32·Q entries, Q = 1, 2 or 4 the least with k ≤ 32·Q.
+/// Top-k of each row for 1 ≤ k ≤ 256, one warp per row (the warp-queue path; see
+/// rq_warp_select): the warp keeps 32·Q entries, Q = 1, 2, 4 or 8 the least with k ≤ 32·Q.
 /// grid: ceil(rows / warps per block); block: a multiple of 32 threads; no shared memory.
 /// scores: rows × n; out_ids/out_scores: rows × k (slots past n: -1 / -inf).
 extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, int k,
@@ -162,8 +162,10 @@ extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, in
     rq_warp_select<1>(x, n, k, ids, sc);
   else if (k <= 2 * RQ_WARP)
     rq_warp_select<2>(x, n, k, ids, sc);
-  else
+  else if (k <= 4 * RQ_WARP)
     rq_warp_select<4>(x, n, k, ids, sc);
+  else
+    rq_warp_select<8>(x, n, k, ids, sc);
 }
 
 /// Top-k of values[begin, end) into out_ids/out_scores[0, k): ids are offsets from begin.
@@ -185,19 +187,9 @@ __device__ inline void rq_topk_range(const float* values, long long begin, long 
   }
 }
 
-/// Top-k of each row, 1 ≤ k ≤ 2048. grid: rows; block: a power of two ≥ 32;
-/// shared: 16·cap + 16 bytes, cap = next power of two ≥ k + blockDim.x.
-/// scores: rows × n; out_ids/out_scores: rows × k.
-extern "C" __global__ void rq_topk_rows(const float* scores, int n, int k, int cap,
-                                        long long* out_ids, float* out_scores) {
-  RQ_SHARED_BASE(smem);
-  const RqSelect q = rq_select_carve(smem, k, cap);
-  const long long row = blockIdx.x;
-  rq_topk_range(scores, row * n, row * n + n, q, out_ids + row * k, out_scores + row * k);
-}
-
 /// Segmented top-k, 1 ≤ k ≤ 2048: segment s is values[offsets[s], offsets[s+1]).
-/// grid: segments; block: a power of two ≥ 32; shared as rq_topk_rows.
+/// grid: segments; block: a power of two ≥ 32; shared: 16·cap + 16 bytes, cap = next power
+/// of two ≥ k + blockDim.x.
 /// offsets: segments + 1 (i64, non-decreasing); out_ids/out_scores: segments × k.
 extern "C" __global__ void rq_segmented_topk(const float* values, const long long* offsets,
                                              int k, int cap, long long* out_ids,

@@ -13,17 +13,14 @@ use super::{
 
 /// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
 const ROW_WARPS: usize = 8;
-/// Largest `k` served by the warp select (one warp per row, no shared memory; `k / 32`
-/// rounded up to a power of two entries per lane).
-const WARP_MAX_K: usize = 128;
-/// Largest `k` served by the block selector; larger `k` (up to [`super::MAX_K`]) by radix
-/// select.
-const SELECTOR_MAX_K: usize = 256;
+/// Largest `k` served by the warp queues (one warp per row, no shared memory; `k / 32`
+/// rounded up to a power of two entries per lane); larger `k` (up to [`super::MAX_K`]) by
+/// radix select.
+const WARP_MAX_K: usize = 256;
 
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
 /// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
-/// `2 ≤ k ≤ 128` the warp select, `128 < k ≤ 256` the block selector, `256 < k ≤ 2048` the
-/// radix select.
+/// `2 ≤ k ≤ 256` the warp queues, `256 < k ≤ 2048` the radix select.
 pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -> Result<TopK> {
     let (rows, n) = (scores.rows(), scores.cols());
     if rows == 0 || k == 0 {
@@ -33,18 +30,12 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
     let n32 = arg_i32(n, "topk: columns")?;
     let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
     if k > WARP_MAX_K {
-        // One block per row: (scores, n, k, cap, ids, scores out).
-        let (name, cap, shared) = if k > SELECTOR_MAX_K {
-            let cap = k.next_power_of_two();
-            let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
-            ("rq_topk_radix", cap, shared)
-        } else {
-            let cap = select_cap(k, SELECT_THREADS);
-            ("rq_topk_rows", cap, select_bytes(cap))
-        };
+        // Radix select, one block per row: (scores, n, k, cap, ids, scores out).
+        let cap = k.next_power_of_two();
+        let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
         let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
         let head = vec![KernelArg::Buf(&*x), KernelArg::I32(n32)];
-        return launch_select(dev, name, cfg, (rows, k, cap), head);
+        return launch_select(dev, "rq_topk_radix", cfg, (rows, k, cap), head);
     }
     // One warp per row: (scores, rows, n[, k], ids, scores out).
     let cfg = launch_1d(rows.div_ceil(ROW_WARPS), (ROW_WARPS * 32) as u32, 0, "topk")?;
