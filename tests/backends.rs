@@ -427,58 +427,31 @@ storage_suite!(emu_storage, BackendKind::Emu);
 #[cfg(feature = "cuda")]
 storage_suite!(cuda_storage, BackendKind::Cuda);
 
+/// One `#[test]` per body, each opening backend `$kind` (or printing why it is skipped).
 macro_rules! backend_suite {
-    ($name:ident, $kind:expr) => {
+    ($name:ident, $kind:expr, [$($body:ident),* $(,)?]) => {
         mod $name {
             use super::*;
-
-            fn be() -> Option<Box<dyn Backend>> {
-                open($kind)
-            }
-
-            #[test]
-            fn topk_rows_and_segments() {
-                if let Some(b) = be() {
-                    super::topk_rows_and_segments(b.as_ref());
+            $(
+                #[test]
+                fn $body() {
+                    if let Some(b) = open($kind) {
+                        super::$body(b.as_ref());
+                    }
                 }
-            }
-            #[test]
-            fn assign_levels() {
-                if let Some(b) = be() {
-                    super::assign_levels(b.as_ref());
-                }
-            }
-            #[test]
-            fn encode_greedy_and_beam() {
-                if let Some(b) = be() {
-                    super::encode_greedy_and_beam(b.as_ref());
-                }
-            }
-            #[test]
-            fn tables_traversal_fused_and_rerank() {
-                if let Some(b) = be() {
-                    super::tables_traversal_fused_and_rerank(b.as_ref());
-                }
-            }
-            #[test]
-            fn exact_topk_both_metrics() {
-                if let Some(b) = be() {
-                    super::exact_topk_both_metrics(b.as_ref());
-                }
-            }
-            #[test]
-            fn resident_copies_follow_changes() {
-                if let Some(b) = be() {
-                    super::resident_copies_follow_changes(b.as_ref());
-                }
-            }
-            #[test]
-            fn search_pipeline() {
-                if let Some(b) = be() {
-                    super::search_pipeline(b.as_ref());
-                }
-            }
+            )*
         }
+    };
+    ($name:ident, $kind:expr) => {
+        backend_suite!($name, $kind, [
+            topk_rows_and_segments,
+            assign_levels,
+            encode_greedy_and_beam,
+            tables_traversal_fused_and_rerank,
+            exact_topk_both_metrics,
+            resident_copies_follow_changes,
+            search_pipeline,
+        ]);
     };
 }
 
