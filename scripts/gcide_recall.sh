@@ -11,10 +11,7 @@ OUT=benches/results
 WORK=target/gcide
 mkdir -p "$OUT" "$WORK"
 cargo build --release --quiet
-if [ ! -x .venv-bench/bin/python ]; then
-  python3 -m venv .venv-bench
-  .venv-bench/bin/pip install --quiet -r scripts/requirements-bench.txt
-fi
+scripts/bench_venv.sh
 RQ=target/release/rqtree
 $RQ --threads "$THREADS" build --items "$DATA/gcide_items_f16.npy" --levels 2 --codes 256 \
   --keep-embeddings f32 -o "$WORK/gcide.rqt" --json > "$WORK/build.json"

@@ -4,8 +4,8 @@
 Recall is compared at fixed candidate budgets (items scanned per query): every codebook set is
 evaluated on a sweep of beams, and recall@100 (@10) at each budget is interpolated linearly in
 candidates between the two bracketing measured settings (`recall_table.interp`).
-Usage: learn_gcide_table.py WORK OUT THREADS BUDGETS NAME=TITLE... (`--` then, per learned run,
-NAME=ARGS).
+Usage: learn_gcide_table.py WORK OUT THREADS BUDGETS SEEDS NAME=TITLE... (`--` then, per
+learned run, NAME=ARGS). SEEDS (space-separated) names the repeated runs `a_sS`, `b_sS`, `bs_sS`.
 """
 import datetime
 import json
@@ -24,9 +24,10 @@ def at_budget(rows, cand, k):
 
 
 def main():
-    w, out, threads, budgets = sys.argv[1:5]
+    w, out, threads, budgets, seeds = sys.argv[1:6]
     budgets = [int(b) for b in budgets.split(",")]
-    rest = sys.argv[5:]
+    seeds = seeds.split()
+    rest = sys.argv[6:]
     sep = rest.index("--")
     names = dict(a.split("=", 1) for a in rest[:sep])
     learn_args = dict(a.split("=", 1) for a in rest[sep + 1:])
@@ -45,7 +46,15 @@ def main():
                      "between": [{"beam": r["beam"], "candidates": r["candidates"],
                                   "recall": r["recall"]} for r in (bracket(rows, c) or ())]}
             for c in budgets}
-    json.dump(res, open(f"{out}/learn_gcide.json", "w"), indent=1)
+    seeded = {}
+    for s in seeds:
+        for v in ("a", "b", "bs"):
+            info = json.load(open(f"{w}/{v}_s{s}.info.json"))
+            rows = json.load(open(f"{w}/{v}_s{s}.eval.json"))["rows"]
+            seeded[f"{v}_s{s}"] = {"mse": info["reconstruction_mse"],
+                                   "recall100": {str(c): at_budget(rows, c, "100")
+                                                 for c in budgets}}
+    json.dump({"runs": res, "seeds": seeded}, open(f"{out}/learn_gcide.json", "w"), indent=1)
 
     def rec(v, c):
         return res[v]["budgets"][str(c)]["recall100"]
@@ -106,6 +115,19 @@ def main():
             mb, mc = res[v]["info"]["reconstruction_mse"], res[c]["info"]["reconstruction_mse"]
             L.append(f"{names[v]} vs {names[c]}: MSE {mb:.6f} vs {mc:.6f} "
                      f"({100 * (mb - mc) / mc:+.2f} %); recall@100 {diffs(v, c)} candidates.")
+    L += ["", "Other seeds (k-means initialisation, sample and batch order; the item-neighbour pairs "
+          "stay those of seed 7): each learned run against (a) with the same seed, MSE and "
+          "recall@100 difference at each budget.\n",
+          "| seed | (a) MSE | (b) MSE | (bs) MSE | (b) − (a) recall@100 | (bs) − (a) recall@100 |",
+          "|---|---:|---:|---:|---|---|"]
+    for s in seeds:
+        a, b, bs = (seeded[f"{v}_s{s}"] for v in ("a", "b", "bs"))
+
+        def d(x):
+            return ", ".join(f"{x['recall100'][str(c)] - a['recall100'][str(c)]:+.4f}"
+                             for c in budgets)
+        L.append(f"| {s} | {a['mse']:.6f} | {b['mse']:.6f} | {bs['mse']:.6f} | {d(b)} | {d(bs)} |")
+    L.append("")
     for v in (u for u in names if u.startswith("c")):
         f = res[v]["faiss"]
         L.append(f"FAISS beam {f['beam']}: its own encoder's MSE {f['faiss_mse']:.6f}, "

@@ -59,6 +59,7 @@ impl Problem {
             sup_users: &self.sup_users,
             sup_labels: &self.sup_labels,
             alpha,
+            prefix_weight: 0.0,
             index_weight: wi,
             balance_weight: wb,
             window: window.then_some((self.window.as_slice(), 5)),
@@ -68,7 +69,12 @@ impl Problem {
 
 /// Checks every gradient entry of the batch objective against central differences.
 fn check_fd(p: &Problem, alpha: f32, wi: f64, wb: f64, window: bool, what: &str) {
-    let b = p.batch(alpha, wi, wb, window);
+    check_fd_batch(p, &p.batch(alpha, wi, wb, window), what);
+}
+
+/// Checks every gradient entry of the objective of `b` against central differences.
+fn check_fd_batch(p: &Problem, b: &Batch<'_, f64>, what: &str) {
+    let b = b.clone();
     let step = loss_and_grad::<f64>(&Reference, &p.levels, p.d, &b).unwrap();
     assert!(step.losses.total.is_finite());
     let h = 1e-6;
@@ -144,6 +150,28 @@ fn gradient_all_terms() {
     let mut rng = rng("gradient_all_terms");
     let p = problem(&mut rng, 6, &[3, 4], 5, 4);
     check_fd(&p, 0.5, 0.7, 0.4, true, "all terms");
+    let mut b = p.batch(0.5, 0.7, 0.4, true);
+    b.prefix_weight = 0.6;
+    check_fd_batch(&p, &b, "all terms + prefixes");
+}
+
+#[test]
+fn gradient_prefix_reconstruction() {
+    let mut rng = rng("gradient_prefix_reconstruction");
+    let p = problem(&mut rng, 4, &[3, 4, 2], 6, 3);
+    let mut b = p.batch(0.9, 0.0, 0.0, false);
+    b.prefix_weight = 0.7;
+    check_fd_batch(&p, &b, "prefix reconstruction, L = 3");
+    let with = loss_and_grad::<f64>(&Reference, &p.levels, p.d, &b).unwrap();
+    let without =
+        loss_and_grad::<f64>(&Reference, &p.levels, p.d, &p.batch(0.9, 0.0, 0.0, false)).unwrap();
+    assert!((with.losses.total - without.losses.total - 0.7 * with.losses.prefix).abs() < 1e-12);
+    // One level has no intermediate depth.
+    let one = problem(&mut rng, 4, &[3], 5, 0);
+    let mut b = one.batch(0.9, 0.0, 0.0, false);
+    b.prefix_weight = 0.7;
+    let s = loss_and_grad::<f64>(&Reference, &one.levels, one.d, &b).unwrap();
+    assert_eq!(s.losses.prefix, 0.0);
 }
 
 /// The soft assignment's own backward pass against finite differences of

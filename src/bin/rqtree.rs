@@ -231,6 +231,10 @@ struct LearnArgs {
     /// Floor of α as a fraction of α_max.
     #[arg(long, default_value_t = LearnOptions::default().alpha_floor)]
     alpha_floor: f64,
+    /// Weight of the reconstruction error of the intermediate depths (the code prefixes that
+    /// score the tree's inner nodes).
+    #[arg(long, default_value_t = LearnOptions::default().prefix_weight)]
+    prefix_weight: f64,
     /// Weight of the balance regulariser.
     #[arg(long, default_value_t = LearnOptions::default().balance)]
     balance: f64,
@@ -324,6 +328,7 @@ fn cmd_learn(a: &LearnArgs) -> Result<()> {
         alpha_max: a.alpha_max,
         alpha_power: a.alpha_power,
         alpha_floor: a.alpha_floor,
+        prefix_weight: a.prefix_weight,
         balance: a.balance,
         balance_window: a.balance_window,
         index_weight: a.index_weight,
@@ -358,9 +363,10 @@ fn cmd_learn(a: &LearnArgs) -> Result<()> {
     let epochs: Vec<_> = report
         .epochs
         .iter()
-        .map(
-            |l| json!({"recon": l.recon, "index": l.index, "balance": l.balance, "total": l.total}),
-        )
+        .map(|l| {
+            json!({"recon": l.recon, "prefix": l.prefix, "index": l.index,
+                        "balance": l.balance, "total": l.total})
+        })
         .collect();
     if a.json {
         println!(
@@ -372,9 +378,10 @@ fn cmd_learn(a: &LearnArgs) -> Result<()> {
     } else {
         for (e, l) in report.epochs.iter().enumerate() {
             println!(
-                "epoch {:>3}: recon {:.6} index {:.5} balance {:.5} total {:.6}",
+                "epoch {:>3}: recon {:.6} prefix {:.6} index {:.5} balance {:.5} total {:.6}",
                 e + 1,
                 l.recon,
+                l.prefix,
                 l.index,
                 l.balance,
                 l.total

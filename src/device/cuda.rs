@@ -109,6 +109,9 @@ impl CudaDevice {
             .map_err(|e| Error::BackendUnavailable(format!("CUDA stream: {e:?}")))?;
         ctx.bind_to_thread()
             .map_err(|e| dev_err("bind context", e))?;
+        if ctx.has_async_alloc() {
+            keep_pool_memory(ctx.cu_device())?;
+        }
         let mut modules = Vec::with_capacity(embedded::KERNEL_IMAGES.len());
         for (name, image) in embedded::KERNEL_IMAGES {
             // cuModuleLoadData wants an aligned image: copy into u64 storage.
@@ -210,6 +213,30 @@ impl Drop for CudaDevice {
                 let _ = unsafe { result::module::unload(m.0) };
             }
         }
+    }
+}
+
+/// Makes the device's default stream-ordered memory pool (which cudarc allocates from when
+/// the device supports it) keep freed memory instead of returning it to the driver at each
+/// synchronisation: the per-call scratch and output buffers of the kernels are then served
+/// from memory the pool already holds, so repeated calls of the same shapes reuse the same
+/// device memory without a `cuMemAlloc` each (the behaviour of PyTorch's caching allocator).
+fn keep_pool_memory(dev: sys::CUdevice) -> Result<()> {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` receives the device's current pool handle; the attribute value is a
+    // `u64` as the driver API documents for the release threshold.
+    unsafe {
+        sys::cuDeviceGetMemPool(&mut pool, dev)
+            .result()
+            .map_err(|e| dev_err("memory pool", e))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast::<c_void>(),
+        )
+        .result()
+        .map_err(|e| dev_err("memory pool release threshold", e))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Learning the index (DESIGN §6): residual k-means initialisation, then joint soft training
-//! of all levels with the cross-attention soft assignment, a reconstruction loss, an optional
-//! supervised index loss over (user, item, label) triples and a balance regulariser, under an
+//! of all levels with the cross-attention soft assignment, a reconstruction loss of the leaves
+//! and of the intermediate depths (the code prefixes that score the tree's inner nodes), an
+//! optional supervised index loss over (user, item, label) triples and a balance regulariser, under an
 //! inverse-temperature schedule `α_t = max(α_max·(t/T)^p, α_floor)`, with Adam on the
 //! codebooks (learning rate decayed to 0 by a cosine over the `T` steps).
 //!
@@ -46,6 +47,9 @@ pub struct LearnOptions {
     pub alpha_power: f64,
     /// Floor of the schedule as a fraction of `α_max` (so `α > 0` at `t = 0`).
     pub alpha_floor: f64,
+    /// Weight `w_pre` of the reconstruction error of the intermediate depths (the prefixes
+    /// `Σ_{m≤l} c̄_m`, `l < L`, that score the tree's inner nodes).
+    pub prefix_weight: f64,
     /// Weight `w_bal` of the balance regulariser.
     pub balance: f64,
     /// Batches in the balance window (the current one included).
@@ -72,12 +76,13 @@ impl Default for LearnOptions {
         LearnOptions {
             levels: 2,
             codes: 256,
-            epochs: 2,
+            epochs: 8,
             batch: 512,
-            lr: 1e-4,
-            alpha_max: 1e6,
+            lr: 2e-4,
+            alpha_max: 1e7,
             alpha_power: 1.0,
             alpha_floor: 0.25,
+            prefix_weight: 3.0,
             balance: 0.0,
             balance_window: 8,
             index_weight: 1.0,
@@ -139,7 +144,11 @@ fn check_options(o: &LearnOptions) -> Result<()> {
             o.alpha_floor
         ));
     }
-    for (name, v) in [("balance", o.balance), ("index-weight", o.index_weight)] {
+    for (name, v) in [
+        ("prefix-weight", o.prefix_weight),
+        ("balance", o.balance),
+        ("index-weight", o.index_weight),
+    ] {
         if !(v.is_finite() && v >= 0.0) {
             return bad(format!("learn: {name} = {v} must be finite and ≥ 0"));
         }
@@ -362,6 +371,7 @@ pub fn learn(
                 sup_users: &sup_users,
                 sup_labels: &sup_labels,
                 alpha: alpha as f32,
+                prefix_weight: opts.prefix_weight,
                 index_weight: opts.index_weight * warm,
                 balance_weight: opts.balance,
                 window: (prev_n > 0).then_some((prev.as_slice(), prev_n)),
@@ -378,12 +388,13 @@ pub fn learn(
             }
             let l = step.losses;
             sum.recon += l.recon;
+            sum.prefix += l.prefix;
             sum.index += l.index;
             sum.balance += l.balance;
             sum.total += l.total;
             progress.message(format!(
-                "α {alpha:.3e} rec {:.5} idx {:.4} bal {:.4}",
-                l.recon, l.index, l.balance
+                "α {alpha:.3e} rec {:.5} pre {:.5} idx {:.4} bal {:.4}",
+                l.recon, l.prefix, l.index, l.balance
             ));
             progress.inc(1);
             report.alpha = alpha;
@@ -391,6 +402,7 @@ pub fn learn(
         let s = steps_per_epoch as f64;
         report.epochs.push(Losses {
             recon: sum.recon / s,
+            prefix: sum.prefix / s,
             index: sum.index / s,
             balance: sum.balance / s,
             total: sum.total / s,

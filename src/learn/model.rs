@@ -11,12 +11,17 @@
 //! ## Loss of a batch (`B_r` reconstruction rows, `B_s` supervised triples `(u, x, y)`)
 //!
 //! ```text
-//! L = L_rec + w_idx·L_idx + w_bal·L_bal
+//! L = L_rec + w_pre·L_pre + w_idx·L_idx + w_bal·L_bal
 //! L_rec = (1/B_r) Σ_i ||x_i - x̂_i||² = (1/B_r) Σ_i ||r_L,i||²
+//! L_pre = (1/B_r) Σ_i Σ_{0<l<L} ||r_l,i||²
 //! L_idx = (1/B_s) Σ_j logloss(y_j, s_j),  s_j = <u_j, x̂_j>,
 //!         logloss(y, s) = log(1 + e^s) - y·s   (binary cross-entropy on the logit s)
 //! L_bal = Σ_l Σ_k p_l[k]²,  p_l[k] = (S_l[k] + Σ_{i<B_r} a_l[i,k]) / (N_prev + B_r)
 //! ```
+//!
+//! `L_pre` is the reconstruction error of every intermediate depth: the tree scores a depth-`l`
+//! node by its prefix `Σ_{m≤l} C_m[code_m]` (DESIGN §3), which joint training of `L_rec`
+//! alone is free to move away from the mean of the node's items.
 //!
 //! where `S_l`/`N_prev` are the weight sums / row count of the recent batches of the balance
 //! window (constants: no gradient flows into past batches). The balance term reads only the
@@ -28,16 +33,17 @@
 //!
 //! ```text
 //! ∂L_rec/∂r_L,i = 2 r_L,i / B_r
+//! ∂L_pre/∂r_l,i = 2 r_l,i / B_r                      (0 < l < L, rows i < B_r)
 //! ∂L_idx/∂r_L,j = -(σ(s_j) - y_j) u_j / B_s           (∂logloss/∂s = σ(s) - y, x̂ = x - r_L)
 //! ∂L_bal/∂a_l[i,k] = 2 p_l[k] / (N_prev + B_r)        (rows i < B_r)
 //! ```
 //!
-//! then, from the last level down, with `g_{L} = ∂L/∂r_L`:
+//! then, from the last level down, with `g_{L} = ∂L/∂r_L` (all terms reading `r_L`):
 //!
 //! ```text
 //! ∂L/∂c̄_l = -g_{l+1}                                  (r_{l+1} = r_l - c̄_l)
 //! (∂_r, ∂L/∂C_l) = soft_backward(r_l, a_l, ∂L/∂c̄_l, w_bal·∂L_bal/∂a_l)
-//! g_l = g_{l+1} + ∂_r
+//! g_l = g_{l+1} + ∂_r + w_pre·∂L_pre/∂r_l
 //! ```
 //!
 //! (see [`super::soft`] for the soft assignment's own backward pass).
@@ -58,6 +64,8 @@ pub struct Batch<'a, T> {
     pub sup_labels: &'a [T],
     /// Inverse temperature `α > 0`.
     pub alpha: f32,
+    /// Weight `w_pre` of the intermediate-depth reconstruction loss (0 skips it).
+    pub prefix_weight: f64,
     /// Weight `w_idx` of the index loss (0 skips it).
     pub index_weight: f64,
     /// Weight `w_bal` of the balance regulariser (0 skips it).
@@ -72,11 +80,13 @@ pub struct Batch<'a, T> {
 pub struct Losses {
     /// `L_rec`, mean squared reconstruction error per row.
     pub recon: f64,
+    /// `L_pre`, squared error of the intermediate depths per row (0 when `L = 1`).
+    pub prefix: f64,
     /// `L_idx`, mean log loss per triple (0 without triples).
     pub index: f64,
     /// `L_bal`, summed over levels (`1/K` per level is perfect balance, 1 collapse).
     pub balance: f64,
-    /// `L_rec + w_idx·L_idx + w_bal·L_bal`.
+    /// `L_rec + w_pre·L_pre + w_idx·L_idx + w_bal·L_bal`.
     pub total: f64,
 }
 
@@ -214,11 +224,26 @@ pub fn loss_and_grad<T: Real>(
         }
         weight_sums.push(sums);
     }
-    losses.total =
-        losses.recon + batch.index_weight * losses.index + batch.balance_weight * losses.balance;
+    if nr > 0 {
+        losses.prefix = res[1..levels.len()]
+            .iter()
+            .map(|r| r[..nr * d].iter().map(|v| v.to_f64().powi(2)).sum::<f64>())
+            .sum::<f64>()
+            / nr as f64;
+    }
+    losses.total = losses.recon
+        + batch.prefix_weight * losses.prefix
+        + batch.index_weight * losses.index
+        + batch.balance_weight * losses.balance;
     // Backward, last level first.
     let mut grads = vec![Vec::new(); levels.len()];
     for l in (0..levels.len()).rev() {
+        if l + 1 < levels.len() && batch.prefix_weight != 0.0 {
+            let scale = 2.0 * batch.prefix_weight / nr as f64;
+            for (gi, &ri) in g[..nr * d].iter_mut().zip(&res[l + 1][..nr * d]) {
+                *gi = T::from_f64(gi.to_f64() + scale * ri.to_f64());
+            }
+        }
         let gout: Vec<T> = g.iter().map(|&v| -v).collect();
         let up = Upstream {
             weights: &weights[l],
