@@ -1,10 +1,11 @@
 //! `rqtree demo`: seeded clustered data → index → search → a short report, no input needed.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Resident};
 use crate::error::Result;
 use crate::eval::recall_at;
 use crate::index::build::{build, BuildOptions};
@@ -69,8 +70,9 @@ pub fn run(be: &dyn Backend, seed: u64, progress: bool) -> Result<DemoReport> {
         progress,
     };
     let t = Instant::now();
-    let index = build(be, &items, None, None, &opts)?;
+    let index = Arc::new(build(be, &items, None, None, &opts)?);
     let build_s = t.elapsed().as_secs_f64();
+    be.keep_resident(Resident::Index(Arc::clone(&index)))?;
     let truth = ops::exact_topk(be, &queries, &items, Metric::Ip, 10)?;
     let mut rows = Vec::new();
     for beam in [vec![2, 8], vec![4, 16], vec![8, 32], vec![16, 64]] {
@@ -89,6 +91,7 @@ pub fn run(be: &dyn Backend, seed: u64, progress: bool) -> Result<DemoReport> {
             qps: nq as f64 / secs.max(1e-9),
         });
     }
+    be.release_resident()?;
     Ok(DemoReport {
         backend: be.name().to_string(),
         items: n,

@@ -119,6 +119,35 @@ fn build_info_search_eval_round_trip() {
     assert_eq!((got.rows, got.cols), (7, 5));
     let scores = npy::read_matrix(p(dir.path(), "s.npy")).unwrap();
     assert!(scores.data().iter().all(|s| s.is_finite()));
+    // The emulated kernels, with the index kept resident for the command, agree.
+    ok(&[
+        "search",
+        "--backend",
+        "emu",
+        "--index",
+        &p(dir.path(), "ix.rqt"),
+        "--queries",
+        &p(dir.path(), "q.npy"),
+        "-k",
+        "5",
+        "--beam",
+        "9,81",
+        "--rerank",
+        "exact",
+        "--out-ids",
+        &p(dir.path(), "ids_emu.npy"),
+        "--out-scores",
+        &p(dir.path(), "s_emu.npy"),
+    ]);
+    let emu = npy::read_i64_2d(p(dir.path(), "ids_emu.npy")).unwrap();
+    assert_eq!(emu.data, got.data, "emu vs reference ids");
+    let emu_scores = npy::read_matrix(p(dir.path(), "s_emu.npy")).unwrap();
+    rel_close(
+        emu_scores.data(),
+        scores.data(),
+        1e-5,
+        "emu vs reference scores",
+    );
     // A full beam with exact re-rank is exact search: recall 1 (up to f16 storage ties).
     let eval = ok(&[
         "eval",

@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use rqtree::backend::{self, Backend, BackendKind};
+use rqtree::backend::{self, Backend, BackendKind, Resident};
 use rqtree::eval::recall_at;
 use rqtree::index::build::{build, BuildOptions};
 use rqtree::index::codebook_file::{read_codebooks, write_codebooks};
@@ -515,9 +516,17 @@ fn cmd_build(a: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads the index at `path` and keeps it resident on `be`'s device for the command's calls
+/// (no host work per call; a no-op on the CPU backends).
+fn load_resident(be: &dyn Backend, path: &Path) -> Result<Arc<Index>> {
+    let index = Arc::new(file::load(path)?);
+    be.keep_resident(Resident::Index(Arc::clone(&index)))?;
+    Ok(index)
+}
+
 fn cmd_search(a: &SearchArgs) -> Result<()> {
     let be = open_backend(&a.q.backend)?;
-    let index = file::load(&a.q.index)?;
+    let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let level1 = a.level1_scores.as_ref().map(npy::read_matrix).transpose()?;
     let params = SearchParams {
@@ -548,7 +557,7 @@ fn cmd_search(a: &SearchArgs) -> Result<()> {
 
 fn cmd_eval(a: &EvalArgs) -> Result<()> {
     let be = open_backend(&a.q.backend)?;
-    let index = file::load(&a.q.index)?;
+    let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let ks = parse_list(&a.k, "k")?;
     let kmax = ks.iter().copied().max().unwrap_or(0);
