@@ -98,50 +98,42 @@ fn build_info_search_eval_round_trip() {
         info.contains("300 items") && info.contains("metric l2"),
         "{info}"
     );
-    ok(&[
-        "search",
-        "--index",
-        &p(dir.path(), "ix.rqt"),
-        "--queries",
-        &p(dir.path(), "q.npy"),
-        "-k",
-        "5",
-        "--beam",
-        "9,81",
-        "--rerank",
-        "exact",
-        "--out-ids",
-        &p(dir.path(), "ids_out.npy"),
-        "--out-scores",
-        &p(dir.path(), "s.npy"),
-    ]);
-    let got = npy::read_i64_2d(p(dir.path(), "ids_out.npy")).unwrap();
+    // Search on a backend; returns the ids and scores it wrote.
+    let search_on = |backend: &str| {
+        let (ids, scores) = (
+            p(dir.path(), &format!("ids_{backend}.npy")),
+            p(dir.path(), &format!("s_{backend}.npy")),
+        );
+        ok(&[
+            "search",
+            "--backend",
+            backend,
+            "--index",
+            &p(dir.path(), "ix.rqt"),
+            "--queries",
+            &p(dir.path(), "q.npy"),
+            "-k",
+            "5",
+            "--beam",
+            "9,81",
+            "--rerank",
+            "exact",
+            "--out-ids",
+            &ids,
+            "--out-scores",
+            &scores,
+        ]);
+        (
+            npy::read_i64_2d(ids).unwrap(),
+            npy::read_matrix(scores).unwrap(),
+        )
+    };
+    let (got, scores) = search_on("reference");
     assert_eq!((got.rows, got.cols), (7, 5));
-    let scores = npy::read_matrix(p(dir.path(), "s.npy")).unwrap();
     assert!(scores.data().iter().all(|s| s.is_finite()));
     // The emulated kernels, with the index kept resident for the command, agree.
-    ok(&[
-        "search",
-        "--backend",
-        "emu",
-        "--index",
-        &p(dir.path(), "ix.rqt"),
-        "--queries",
-        &p(dir.path(), "q.npy"),
-        "-k",
-        "5",
-        "--beam",
-        "9,81",
-        "--rerank",
-        "exact",
-        "--out-ids",
-        &p(dir.path(), "ids_emu.npy"),
-        "--out-scores",
-        &p(dir.path(), "s_emu.npy"),
-    ]);
-    let emu = npy::read_i64_2d(p(dir.path(), "ids_emu.npy")).unwrap();
+    let (emu, emu_scores) = search_on("emu");
     assert_eq!(emu.data, got.data, "emu vs reference ids");
-    let emu_scores = npy::read_matrix(p(dir.path(), "s_emu.npy")).unwrap();
     rel_close(
         emu_scores.data(),
         scores.data(),

@@ -1,9 +1,9 @@
 //! Learning the index (DESIGN §6): residual k-means initialisation, then joint soft training
 //! of all levels with the cross-attention soft assignment, a reconstruction loss of the leaves
 //! and of the intermediate depths (the code prefixes that score the tree's inner nodes), an
-//! optional supervised index loss over (user, item, label) triples and a balance regulariser, under an
-//! inverse-temperature schedule `α_t = max(α_max·(t/T)^p, α_floor)`, with Adam on the
-//! codebooks (learning rate decayed to 0 by a cosine over the `T` steps).
+//! optional supervised index loss over (user, item, label) triples and a balance regulariser,
+//! under an inverse-temperature schedule `α_t = max(α_max·(t/T)^p, α_floor)`, with Adam on
+//! the codebooks (learning rate decayed to 0 by a cosine over the `T` steps).
 //!
 //! - [`soft`]: the soft assignment of one level, forward and backward ([`soft::SoftAssign`],
 //!   reference and kernels);
