@@ -388,6 +388,14 @@ fn schedule_and_bad_input() {
     .contains("alpha-max"));
     assert!(msg(run(
         &LearnOptions {
+            prefix_weight: -1.0,
+            ..small.clone()
+        },
+        None
+    ))
+    .contains("prefix-weight"));
+    assert!(msg(run(
+        &LearnOptions {
             warmup: 2.0,
             ..small.clone()
         },

@@ -110,7 +110,9 @@ impl CudaDevice {
         ctx.bind_to_thread()
             .map_err(|e| dev_err("bind context", e))?;
         if ctx.has_async_alloc() {
-            keep_pool_memory(ctx.cu_device())?;
+            // A performance setting only: where the driver refuses it, allocation still works
+            // (memory then goes back to the driver at synchronisations).
+            let _ = keep_pool_memory(ctx.cu_device());
         }
         let mut modules = Vec::with_capacity(embedded::KERNEL_IMAGES.len());
         for (name, image) in embedded::KERNEL_IMAGES {
