@@ -146,11 +146,233 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
   if (threadIdx.x == 0) err[row] = best_err;
 }
 
-/// Greedy hard assignment of a row tile over all L levels with the residual kept in shared
-/// memory: a block holds R = blockDim.x / 32 rows (one warp each) and streams every level's
-/// codebook through shared memory in tiles of `tk` codewords, so each codeword read from
-/// global memory serves R rows. Per level, each lane scores its codewords of the tile, the
-/// warp's argmax keeps the best (ties → lowest code), and the row's residual loses it.
+// ---------------------------------------------------------------------------------------
+// Greedy hard assignment of a row tile over all L levels, certified.
+//
+// Every level has two phases. (1) Screening: a register-tiled f32 GEMM with fused
+// multiply-adds (__fmaf_rn) gives every (row, codeword) an approximate logit
+// ĝ_k = 2<r, C[k]> - ||C[k]||². (2) Decision: a codeword is a candidate when its ĝ is within
+// `rq_certify_margin` of the row's largest ĝ; the candidates, and only they, are scored with
+// the reference's exact arithmetic (rq_dot / rq_dist_sq), and the best exact key wins, ties
+// → lowest code. The margin bounds the error of any f32 evaluation order of ĝ plus the error
+// of the reference's own key, so the reference's choice is always a candidate: the codes,
+// keys and residuals equal the reference's bit for bit, at GEMM speed. A thread that holds
+// two candidates of a row (it keeps only its best and second-best ĝ), or a margin that is
+// not finite, sends the row to the exact scan of all K codewords (correct, slow, rare).
+// ---------------------------------------------------------------------------------------
+
+/// Codewords per screening tile and dimensions per staged chunk.
+#define RQ_GR_TK 64
+#define RQ_GR_DC 32
+/// Candidate slots per row (one per thread of the row's half-warp).
+#define RQ_GR_CAND 16
+
+/// Four floats loaded together (a 16-byte shared-memory load on the GPU).
+struct alignas(16) RqFloat4 {
+  float v[4];
+};
+
+/// Width of the candidate window below a row's largest screening logit, for a residual of
+/// norm `rnorm`, codewords of norm ≤ `cmax` and dimension d (u = 2^-24, S = rnorm·cmax ≥
+/// Σ|r_e·c_e|, Q = cmax² ≥ ||c||², T = (rnorm + cmax)² ≥ ||r - c||²):
+///   screening (any order, FMA or not): |ĝ - g| ≤ E1 = (2.02d + 2.02)uS + 1.01uQ;
+///   reference key, logit mode: (d/4 + 6.1)uS + 1.01uQ; distance mode: 1.01u(T + Q);
+///   E2 = their sum. The reference's best code k* then has ĝ_k* ≥ max ĝ - 2(E1 + E2);
+/// the window is twice that (slack for the approximate rnorm and the margin's own rounding),
+/// plus an absolute d·1e-38 for underflow.
+__device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
+  const float u = 5.9604645e-8f;
+  const float df = (float)d;
+  const float S = rnorm * cmax, Q = cmax * cmax, T = (rnorm + cmax) * (rnorm + cmax);
+  const float e1 = (2.02f * df + 2.02f) * u * S + 1.01f * u * Q;
+  const float e2 = (0.25f * df + 6.1f) * u * S + 1.01f * u * Q + 1.01f * u * (T + Q);
+  return 4.0f * (e1 + e2) + df * 1e-38f;
+}
+
+/// The reference's key of codeword `k` (row k of `cb`, stored as `dtype`) for residual `r`:
+/// mode 1 the logit 2<r, C[k]> - cnorm, mode 0 the negated squared distance -||r - C[k]||².
+__device__ inline float rq_exact_key(int mode, const float* r, const unsigned char* cb,
+                                     int dtype, long long k, int d, float cnorm) {
+  const unsigned short* h = reinterpret_cast<const unsigned short*>(cb) + k * d;
+  const float* f = reinterpret_cast<const float*>(cb) + k * d;
+  if (mode == 1) {
+    const float dot = dtype == RQ_DTYPE_F32    ? rq_dot(r, f, d)
+                      : dtype == RQ_DTYPE_BF16 ? rq_dot_w<RqWidenBf16>(r, h, d)
+                                               : rq_dot_w<RqWidenF16>(r, h, d);
+    return 2.0f * dot - cnorm;
+  }
+  return -(dtype == RQ_DTYPE_F32    ? rq_dist_sq(r, f, d)
+           : dtype == RQ_DTYPE_BF16 ? rq_dist_sq_w<RqWidenBf16>(r, h, d)
+                                    : rq_dist_sq_w<RqWidenF16>(r, h, d));
+}
+
+/// Body of rq_greedy_rows16 / rq_greedy_rows64 (`smem`: the launch's dynamic shared memory):
+/// a block of 256 threads holds R = 16·RM rows.
+/// Thread t = 16·rg + cg screens rows rg + 16·i (i < RM) against codewords 4·cg + j (j < 4)
+/// of each 64-codeword tile, so the 16 threads of a row are one half-warp.
+template <int RM>
+__device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, int n, int d,
+                                           int L,
+                                           const unsigned char* cbs, int cb_dtype,
+                                           const long long* cb_rows, const float* cnorms,
+                                           const float* cmax, int mode, unsigned* codes,
+                                           float* err, int want_residual, float* residual) {
+  const int R = 16 * RM;
+  const unsigned res_bytes = ((unsigned)R * (unsigned)(d + 1) * 4u + 15u) / 16u * 16u;
+  float* res = reinterpret_cast<float*>(smem);  // R × (d + 1), row-major
+  float* tile = reinterpret_cast<float*>(smem + res_bytes);  // DC × TK, dimension-major
+  float* rn = tile + RQ_GR_DC * RQ_GR_TK;                     // R: screening ||r||²
+  float* cval = rn + R;                                       // CAND × R exact keys
+  int* cand = reinterpret_cast<int*>(cval + RQ_GR_CAND * R);  // CAND × R candidate codes
+  int* cand_n = cand + RQ_GR_CAND * R;                        // R
+  int* over = cand_n + R;                                     // R: 1 = scan all K exactly
+  const int tid = (int)threadIdx.x;
+  const int rg = tid / 16, cg = tid % 16;
+  const int warp = tid / RQ_WARP, lane = tid % RQ_WARP;
+  const int warps = (int)(blockDim.x / RQ_WARP);
+  const long long row0 = (long long)blockIdx.x * R;
+
+  for (int i = tid; i < R * d; i += (int)blockDim.x) {
+    const int r = i / d, e = i % d;
+    res[r * (d + 1) + e] = row0 + r < n ? x[(row0 + r) * d + e] : 0.0f;
+  }
+  for (int l = 0; l < L; ++l) {
+    const long long c0 = cb_rows[l];
+    const int K = (int)(cb_rows[l + 1] - c0);
+    __syncthreads();  // the residuals of the previous level are complete
+    for (int r = warp; r < R; r += warps) {
+      float s = 0.0f;
+      for (int e = lane; e < d; e += RQ_WARP) s = __fmaf_rn(res[r * (d + 1) + e], res[r * (d + 1) + e], s);
+      s = rq_warp_sum(s);
+      if (lane == 0) {
+        rn[r] = s;
+        cand_n[r] = 0;
+        over[r] = 0;
+      }
+    }
+    // (1) Screening: best and second-best ĝ of each of this thread's rows.
+    float v1[RM], v2[RM];
+    int k1[RM];
+RQ_UNROLL
+    for (int i = 0; i < RM; ++i) {
+      v1[i] = rq_neg_inf();
+      v2[i] = rq_neg_inf();
+      k1[i] = 0;
+    }
+    for (int t0 = 0; t0 < K; t0 += RQ_GR_TK) {
+      float acc[RM][4];
+RQ_UNROLL
+      for (int i = 0; i < RM; ++i)
+RQ_UNROLL
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+      for (int e0 = 0; e0 < d; e0 += RQ_GR_DC) {
+        const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
+        __syncthreads();  // the previous chunk is consumed
+        for (int i = tid; i < RQ_GR_DC * RQ_GR_TK; i += (int)blockDim.x) {
+          const int e = i / RQ_GR_TK, c = i % RQ_GR_TK;
+          tile[i] = e < dc && t0 + c < K
+                        ? rq_load_widened(cbs, cb_dtype, (c0 + t0 + c) * d + e0 + e)
+                        : 0.0f;
+        }
+        __syncthreads();
+        for (int e = 0; e < dc; ++e) {
+          const RqFloat4 w = *reinterpret_cast<const RqFloat4*>(tile + e * RQ_GR_TK + 4 * cg);
+RQ_UNROLL
+          for (int i = 0; i < RM; ++i) {
+            const float rv = res[(rg + 16 * i) * (d + 1) + e0 + e];
+RQ_UNROLL
+            for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv, w.v[j], acc[i][j]);
+          }
+        }
+      }
+RQ_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        const int k = t0 + 4 * cg + j;
+        if (k < K) {
+          const float cn = cnorms[c0 + k];
+RQ_UNROLL
+          for (int i = 0; i < RM; ++i) {
+            const float g = 2.0f * acc[i][j] - cn;
+            if (g > v1[i]) {
+              v2[i] = v1[i];
+              v1[i] = g;
+              k1[i] = k;
+            } else if (g > v2[i]) {
+              v2[i] = g;
+            }
+          }
+        }
+      }
+    }
+    // (2a) Candidates: within the margin of the row's largest ĝ (over its half-warp).
+    const float cm = cmax[l];
+RQ_UNROLL
+    for (int i = 0; i < RM; ++i) {
+      float g = v1[i];
+      for (int o = 8; o > 0; o >>= 1) {
+        const float og = __shfl_xor_sync(RQ_FULL_MASK, g, o);
+        g = og > g ? og : g;
+      }
+      const int r = rg + 16 * i;
+      const float thr = g - rq_certify_margin(d, sqrtf(rn[r]), cm);
+      const bool finite = thr - thr == 0.0f;
+      if (!finite || v2[i] >= thr) {
+        over[r] = 1;
+      } else if (v1[i] >= thr) {
+        const int at = atomicAdd(&cand_n[r], 1);
+        cand[at * R + r] = k1[i];
+      }
+    }
+    __syncthreads();
+    // (2b) Exact keys of the candidates, slot-major so that slot 0 of every row runs at once.
+    for (int p = tid; p < RQ_GR_CAND * R; p += (int)blockDim.x) {
+      const int slot = p / R, r = p % R;
+      if (row0 + r < n && !over[r] && slot < cand_n[r]) {
+        const long long k = cand[p];
+        cval[p] = rq_exact_key(mode, res + r * (d + 1), cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
+      }
+    }
+    __syncthreads();
+    // (2c) One warp per row: the best exact key (or the exact scan of all K), then the
+    // residual update.
+    for (int r = warp; r < R; r += warps) {
+      const long long row = row0 + r;
+      if (row >= n) continue;  // the whole warp: r is the warp's
+      float* rr = res + r * (d + 1);
+      float bs = rq_neg_inf();
+      long long bk = RQ_MAX_RANK;
+      if (over[r]) {
+        for (int k = lane; k < K; k += RQ_WARP) {
+          const float s = rq_exact_key(mode, rr, cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
+          if (rq_better(s, k, bs, bk)) {
+            bs = s;
+            bk = k;
+          }
+        }
+      } else if (lane < cand_n[r]) {
+        bs = cval[lane * R + r];
+        bk = cand[lane * R + r];
+      }
+      rq_warp_argmax(bs, bk);
+      if (lane == 0) codes[row * L + l] = (unsigned)bk;
+      const long long c = (c0 + bk) * d;
+      for (int e = lane; e < d; e += RQ_WARP)
+        rr[e] = rr[e] - rq_load_widened(cbs, cb_dtype, c + e);
+      if (lane == 0 && (mode == 1 || l == L - 1)) err[row] = mode == 1 ? bs : -bs;
+    }
+  }
+  if (want_residual) {
+    __syncthreads();
+    for (int i = tid; i < R * d; i += (int)blockDim.x) {
+      const int r = i / d, e = i % d;
+      if (row0 + r < n) residual[(row0 + r) * d + e] = res[r * (d + 1) + e];
+    }
+  }
+}
+
+/// Greedy hard assignment over all L levels, the residual kept in shared memory, each
+/// level's code certified exact (see above): rq_greedy_rows64 holds 64 rows per block,
+/// rq_greedy_rows16 16 (for large d).
 ///
 /// mode 0 (encoding, the reference's `encode` with beam 1): key = -||r - C[k]||² (f64 inside);
 ///   err[row] = ||x - x̂||² after the last level.
@@ -158,59 +380,27 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
 ///   best key (the logit).
 /// x: n × d; cbs / cb_rows: the L codebooks stacked, level l = rows cb_rows[l]..cb_rows[l+1],
 /// stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; widened to f32 on load);
-/// cnorms: their squared norms stacked the same way (read in mode 1 only).
+/// cnorms: their squared norms ||C[k]||² (f32 of the f64 sum) stacked the same way;
+/// cmax: L, an upper bound of each level's largest codeword norm ||C[k]||.
 /// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
-/// grid: ceil(n / R); block: a multiple of 32; shared: round16(4·R·d) + 4·tk·(d + 1) bytes.
-extern "C" __global__ void rq_greedy_rows(const float* x, int n, int d, int L,
-                                          const unsigned char* cbs, int cb_dtype,
-                                          const long long* cb_rows, const float* cnorms, int mode,
-                                          int tk, unsigned* codes, float* err, int want_residual,
-                                          float* residual) {
+/// grid: ceil(n / R); block: 256 threads; shared: round16(4·R·(d + 1)) + 4·(DC·TK + R) +
+/// 8·CAND·R + 8·R bytes (DC = 32, TK = 64, CAND = 16).
+extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
+                                            const unsigned char* cbs, int cb_dtype,
+                                            const long long* cb_rows, const float* cnorms,
+                                            const float* cmax, int mode, unsigned* codes,
+                                            float* err, int want_residual, float* residual) {
   RQ_SHARED_BASE(smem);
-  const int R = (int)(blockDim.x / RQ_WARP);
-  const int w = (int)(threadIdx.x / RQ_WARP), lane = (int)(threadIdx.x % RQ_WARP);
-  float* res = reinterpret_cast<float*>(smem) + (long long)w * d;
-  float* tile = reinterpret_cast<float*>(smem + ((unsigned)R * (unsigned)d * 4u + 15u) / 16u * 16u);
-  const long long row = (long long)blockIdx.x * R + w;
-  const bool live = row < n;
-  if (live)
-    for (int e = lane; e < d; e += RQ_WARP) res[e] = x[row * d + e];
-  for (int l = 0; l < L; ++l) {
-    const long long r0 = cb_rows[l];
-    const int K = (int)(cb_rows[l + 1] - r0);
-    float best_s = rq_neg_inf();
-    long long best_k = RQ_MAX_RANK;
-    for (int t0 = 0; t0 < K; t0 += tk) {
-      const int nt = K - t0 < tk ? K - t0 : tk;
-      __syncthreads();  // the previous tile is consumed; residual updates are visible
-      for (int i = threadIdx.x; i < nt * d; i += blockDim.x)
-        tile[(i / d) * (d + 1) + i % d] =
-            rq_load_widened(cbs, cb_dtype, (r0 + t0) * d + i);
-      __syncthreads();
-      if (live) {
-        for (int j = lane; j < nt; j += RQ_WARP) {
-          const float* c = tile + j * (d + 1);
-          const float s = mode == 1 ? 2.0f * rq_dot(res, c, d) - cnorms[r0 + t0 + j]
-                                    : -rq_dist_sq(res, c, d);
-          if (rq_better(s, t0 + j, best_s, best_k)) {
-            best_s = s;
-            best_k = t0 + j;
-          }
-        }
-      }
-    }
-    rq_warp_argmax(best_s, best_k);
-    __syncthreads();  // every lane's reads of the residual precede its update
-    if (live) {
-      if (lane == 0) codes[row * L + l] = (unsigned)best_k;
-      const long long c = (r0 + best_k) * d;
-      for (int e = lane; e < d; e += RQ_WARP)
-        res[e] = res[e] - rq_load_widened(cbs, cb_dtype, c + e);
-      if (lane == 0 && (mode == 1 || l == L - 1)) err[row] = mode == 1 ? best_s : -best_s;
-    }
-  }
-  // Each lane writes back the residual elements it updated itself.
-  if (live && want_residual) {
-    for (int e = lane; e < d; e += RQ_WARP) residual[row * d + e] = res[e];
-  }
+  rq_greedy_rows_body<4>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode, codes,
+                         err, want_residual, residual);
+}
+
+extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
+                                            const unsigned char* cbs, int cb_dtype,
+                                            const long long* cb_rows, const float* cnorms,
+                                            const float* cmax, int mode, unsigned* codes,
+                                            float* err, int want_residual, float* residual) {
+  RQ_SHARED_BASE(smem);
+  rq_greedy_rows_body<1>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode, codes,
+                         err, want_residual, residual);
 }

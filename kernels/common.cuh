@@ -40,6 +40,8 @@
 /// Metric codes passed by the host: inner product, negated squared L2.
 #define RQ_METRIC_IP 0
 #define RQ_METRIC_L2 1
+/// Most levels of an index (the host's MAX_LEVELS).
+#define RQ_MAX_LEVELS 8
 
 /// -inf as a float.
 __device__ inline float rq_neg_inf() { return -__builtin_huge_valf(); }
@@ -314,19 +316,38 @@ __device__ inline void rq_select_merge(const RqSelect& q, int c) {
   __syncthreads();
 }
 
-/// One round: every thread offers at most one candidate (`valid`).
-__device__ inline void rq_select_push(const RqSelect& q, bool valid, float s, long long r,
-                                      unsigned p) {
-  if (valid && rq_better(s, r, q.s[q.k - 1], q.r[q.k - 1])) {
+/// Offers one candidate without synchronising: it joins the buffer when it ranks before the
+/// current k-th entry. `rank()` (the candidate's rank id) is evaluated only when the score
+/// alone cannot decide, i.e. when the score is not below the k-th score, so a rank that
+/// costs a memory read (a caller's item id) is read for few candidates. Between two
+/// rq_select_round_end calls the block may offer at most the `round` passed to them.
+template <class Rank>
+__device__ inline void rq_select_offer(const RqSelect& q, float s, Rank rank, unsigned p) {
+  const float ts = q.s[q.k - 1];
+  if (s < ts) return;
+  const long long r = rank();
+  if (s > ts || r < q.r[q.k - 1]) {
     const int pos = atomicAdd(q.count, 1);
     q.r[q.k + pos] = r;
     q.s[q.k + pos] = s;
     q.p[q.k + pos] = p;
   }
+}
+
+/// Ends a round of offers: merges the buffer when the next round, which offers at most
+/// `round` candidates, could overflow it (cap ≥ k + round).
+__device__ inline void rq_select_round_end(const RqSelect& q, int round) {
   __syncthreads();
   const int c = *q.count;
   __syncthreads();
-  if (c > q.cap - q.k - (int)blockDim.x) rq_select_merge(q, c);
+  if (c > q.cap - q.k - round) rq_select_merge(q, c);
+}
+
+/// One round: every thread offers at most one candidate (`valid`).
+__device__ inline void rq_select_push(const RqSelect& q, bool valid, float s, long long r,
+                                      unsigned p) {
+  if (valid) rq_select_offer(q, s, [&] { return r; }, p);
+  rq_select_round_end(q, (int)blockDim.x);
 }
 
 /// Final merge: afterwards slots [0, k) hold the best k entries, best first.
@@ -349,17 +370,20 @@ __device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
   }
 }
 
-/// Visits the concatenation of `m` ranges in rounds of blockDim.x elements, so that tiny and
-/// empty ranges cost nothing. `range(j, begin, len)` gives range j (called by one thread);
-/// `visit(valid, j, x)` is called by every thread the same number of times, with the range
-/// index j and the element x = begin_j + offset (meaningful only when `valid`); it may
-/// synchronise (e.g. push into a selector). Scratch: `pre` (blockDim.x + 1 unsigned) and
-/// `base` (blockDim.x unsigned) in shared memory.
-template <class Range, class Visit>
-__device__ inline void rq_for_ranges(int m, unsigned* pre, unsigned* base, Range range,
-                                     Visit visit) {
+/// Visits the concatenation of `m` ranges in rounds of blockDim.x · `per_thread` elements,
+/// so that tiny and empty ranges cost nothing: in a round, thread t visits the `per_thread`
+/// consecutive elements from t · per_thread on (one binary search, then a forward walk).
+/// `range(j, begin, len)` gives range j (called by one thread); `visit(j, x)` is called for
+/// each element x = begin_j + offset of range j and must not synchronise; `round_end()` is
+/// called by every thread once per round, the same number of times (it may synchronise,
+/// e.g. rq_select_round_end). Scratch: `pre` (blockDim.x + 1 unsigned) and `base`
+/// (blockDim.x unsigned) in shared memory. The concatenation holds fewer than 2^31 elements.
+template <class Range, class Visit, class RoundEnd>
+__device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsigned* base,
+                                     Range range, Visit visit, RoundEnd round_end) {
   const int T = (int)blockDim.x;
   const int t = (int)threadIdx.x;
+  const unsigned span = (unsigned)T * (unsigned)per_thread;
   for (int j0 = 0; j0 < m; j0 += T) {
     const int nb = m - j0 < T ? m - j0 : T;
     if (t < nb) {
@@ -372,22 +396,23 @@ __device__ inline void rq_for_ranges(int m, unsigned* pre, unsigned* base, Range
     __syncthreads();
     rq_block_inclusive_scan(pre + 1, nb);
     const unsigned total = pre[nb];
-    for (unsigned f0 = 0; f0 < total; f0 += (unsigned)T) {
-      const unsigned f = f0 + (unsigned)t;
-      const bool valid = f < total;
-      int j = 0;
-      unsigned x = 0;
-      if (valid) {
-        // Largest j with pre[j] <= f; pre[j + 1] > f, so range j is not empty.
+    for (unsigned f0 = 0; f0 < total; f0 += span) {
+      const unsigned first = f0 + (unsigned)t * (unsigned)per_thread;
+      if (first < total) {
+        // Largest j with pre[j] <= first; pre[j + 1] > first, so range j is not empty.
         int lo = 0, hi = nb - 1;
         while (lo < hi) {
           const int mid = (lo + hi + 1) / 2;
-          if (pre[mid] <= f) lo = mid; else hi = mid - 1;
+          if (pre[mid] <= first) lo = mid; else hi = mid - 1;
         }
-        j = lo;
-        x = base[j] + (f - pre[j]);
+        int j = lo;
+        const unsigned end = total - first < (unsigned)per_thread ? total : first + per_thread;
+        for (unsigned f = first; f < end; ++f) {
+          while (pre[j + 1] <= f) ++j;  // skips the ranges (empty ones too) before f
+          visit(j0 + j, base[j] + (f - pre[j]));
+        }
       }
-      visit(valid, j0 + j, x);
+      round_end();
     }
     __syncthreads();
   }

@@ -71,31 +71,40 @@ extern "C" __global__ void rq_row_norms(const float* x, int rows, int d, float* 
 /// Fused residual lookup + top-k: for query b (one block), the candidates are the items of
 /// its kept nodes; each is scored Σ_l LUT_l[code_l(i)] (+ the metric's norms) straight from
 /// the tables and offered to the block's selector, so no candidate-score matrix exists.
-/// Ranked by (score, ids[i]); the payload is the item position i.
+/// Ranked by (score, ids[i]); the payload is the item position i. Per item the kernel reads
+/// its L codes (and its norm under l2); the caller's id only when the item's score reaches
+/// the current k-th best (rq_select_offer), so a scan reads ~L bytes per item.
 ///
 /// luts: the L tables stacked; level l's B × K_l table starts at element lut_off[l];
-/// lut_k: K_l. lut_shared = 1: the query's L table rows are staged in shared memory
-/// (Σ K_l floats); 0: read from global memory.
+/// lut_k: K_l; 1 ≤ L ≤ RQ_MAX_LEVELS. lut_shared = 1: the query's L table rows are staged in
+/// shared memory (Σ K_l floats); 0: read from global memory.
 /// codes: L × N level-major, code_bytes = 1 (u8) or 2 (u16).
 /// item_start: the depth's item CSR (nodes + 1, u32); cand_off: B + 1 (i64) offsets into
-/// cand_nodes (u32 node ids at that depth). item_norms: N (||x̂||²); qnorm: B;
-/// metric: 0 ip, 1 l2; ids: N caller ids (i64).
+/// cand_nodes (u32 node ids at that depth). item_norms: N (||x̂||², read under l2 only);
+/// qnorm: B; metric: 0 ip, 1 l2; ids: N caller ids (i64).
+/// per_thread: consecutive candidates each thread scores per round (rq_for_ranges).
 /// out_pos / out_scores: B × k, positions (-1 when empty) and scores (-inf), best first.
 /// grid: B; block: a power of two ≥ 32; 1 ≤ k ≤ 2048;
 /// shared: 4·Σ K_l·lut_shared (rounded up to 16) + 8·blockDim.x + 16 + 16·cap + 16 bytes,
-/// cap = next power of two ≥ k + blockDim.x.
+/// cap = next power of two ≥ k + blockDim.x · per_thread.
 extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut_off,
                                          const int* lut_k, int L, int lut_shared,
                                          const unsigned char* codes, int code_bytes, int N,
                                          const unsigned* item_start, const long long* cand_off,
                                          const unsigned* cand_nodes, const float* item_norms,
                                          const float* qnorm, int metric, const long long* ids,
-                                         int k, int cap, long long* out_pos,
+                                         int per_thread, int k, int cap, long long* out_pos,
                                          float* out_scores) {
   RQ_SHARED_BASE(smem);
   const long long b = blockIdx.x;
+  // Where level l's entries start in the staged table rows (lut_shared).
+  int toff[RQ_MAX_LEVELS];
   int ksum = 0;
-  for (int l = 0; l < L; ++l) ksum += lut_k[l];
+RQ_UNROLL
+  for (int l = 0; l < RQ_MAX_LEVELS; ++l) {
+    toff[l] = ksum;
+    if (l < L) ksum += lut_k[l];
+  }
   const unsigned tab_bytes = lut_shared ? ((unsigned)ksum * 4u + 15u) / 16u * 16u : 0u;
   float* tab = reinterpret_cast<float*>(smem);
   unsigned* pre = reinterpret_cast<unsigned*>(smem + tab_bytes);
@@ -107,8 +116,8 @@ extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut
     int off = 0;
     for (int l = 0; l < L; ++l) {
       const int kl = lut_k[l];
-      const float* src = luts + lut_off[l] + b * kl;
-      for (int c = threadIdx.x; c < kl; c += blockDim.x) tab[off + c] = src[c];
+      const float* row = luts + lut_off[l] + b * kl;
+      for (int c = threadIdx.x; c < kl; c += blockDim.x) tab[off + c] = row[c];
       off += kl;
     }
   }
@@ -118,31 +127,29 @@ extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut
   const long long c0 = cand_off[b];
   const int m = (int)(cand_off[b + 1] - c0);
   const unsigned short* codes16 = reinterpret_cast<const unsigned short*>(codes);
+  const int round = (int)blockDim.x * per_thread;
   rq_for_ranges(
-      m, pre, base,
+      m, per_thread, pre, base,
       [&](int j, unsigned& begin, unsigned& len) {
         const unsigned node = cand_nodes[c0 + j];
         begin = item_start[node];
         len = item_start[node + 1] - begin;
       },
-      [&](bool valid, int, unsigned i) {
-        float s = 0.0f;
-        long long id = 0;
-        if (valid) {
-          float ip = 0.0f;
-          int off = 0;
-          for (int l = 0; l < L; ++l) {
+      [&](int, unsigned i) {
+        float ip = 0.0f;
+RQ_UNROLL
+        for (int l = 0; l < RQ_MAX_LEVELS; ++l) {
+          if (l < L) {
             const long long at = (long long)l * N + i;
             const int c = code_bytes == 1 ? (int)codes[at] : (int)codes16[at];
-            const int kl = lut_k[l];
-            ip += lut_shared ? tab[off + c] : luts[lut_off[l] + b * kl + c];
-            off += kl;
+            ip += lut_shared ? tab[toff[l] + c] : luts[lut_off[l] + b * lut_k[l] + c];
           }
-          s = rq_metric_score(metric, ip, qn, item_norms[i]);
-          id = ids[i];
         }
-        rq_select_push(q, valid, s, id, i);
-      });
+        const float s =
+            metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, item_norms[i]) : ip;
+        rq_select_offer(q, s, [&] { return ids[i]; }, i);
+      },
+      [&] { rq_select_round_end(q, round); });
   rq_select_finish(q);
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
     const bool full = q.p[i] != RQ_NO_PAYLOAD;

@@ -21,7 +21,9 @@ extern "C" __global__ void rq_beam_first(const float* lut, int K, const unsigned
   for (int j0 = 0; j0 < nodes; j0 += blockDim.x) {
     const int j = j0 + (int)threadIdx.x;
     const bool valid = j < nodes;
-    const float s = valid ? rq_metric_score(metric, t[code[j]], qn, cnorm[j]) : 0.0f;
+    float s = 0.0f;
+    if (valid) s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, t[code[j]], qn, cnorm[j])
+                                          : t[code[j]];
     rq_select_push(q, valid, s, j, (unsigned)j);
   }
   rq_select_finish(q);
@@ -38,15 +40,17 @@ extern "C" __global__ void rq_beam_first(const float* lut, int K, const unsigned
 /// parent_ip + LUT_l[code[c]] (+ norms for l2), keep the best W. The selector's payload is
 /// the parent's slot in the previous list; the child's ip is recomputed from it.
 /// lut: B × K (this level's table); child_start: the parent depth's child CSR (u32);
-/// code / cnorm: this depth's nodes; prev_nodes / prev_ip: B × Wp, prev_count: B.
-/// Outputs as rq_beam_first. grid: B; block: a power of two ≥ 32; 1 ≤ W ≤ 2048;
-/// shared: 8·blockDim.x + 16 (rounded up to 16) + 16·cap + 16 bytes.
+/// code / cnorm: this depth's nodes (cnorm read under l2 only); prev_nodes / prev_ip: B × Wp,
+/// prev_count: B. per_thread: consecutive children each thread scores per round
+/// (rq_for_ranges). Outputs as rq_beam_first. grid: B; block: a power of two ≥ 32;
+/// 1 ≤ W ≤ 2048; shared: 8·blockDim.x + 16 (rounded up to 16) + 16·cap + 16 bytes,
+/// cap = next power of two ≥ W + blockDim.x · per_thread.
 extern "C" __global__ void rq_beam_step(const float* lut, int K, const unsigned* child_start,
                                         const unsigned* code, const float* cnorm,
                                         const unsigned* prev_nodes, const float* prev_ip,
                                         const int* prev_count, int Wp, const float* qnorm,
-                                        int metric, int W, int cap, unsigned* out_nodes,
-                                        float* out_ip, int* out_count) {
+                                        int metric, int per_thread, int W, int cap,
+                                        unsigned* out_nodes, float* out_ip, int* out_count) {
   RQ_SHARED_BASE(smem);
   unsigned* pre = reinterpret_cast<unsigned*>(smem);
   unsigned* base = pre + blockDim.x + 1;
@@ -57,17 +61,19 @@ extern "C" __global__ void rq_beam_step(const float* lut, int K, const unsigned*
   const unsigned* pn = prev_nodes + b * Wp;
   const float* pip = prev_ip + b * Wp;
   rq_select_init(q);
+  const int round = (int)blockDim.x * per_thread;
   rq_for_ranges(
-      prev_count[b], pre, base,
+      prev_count[b], per_thread, pre, base,
       [&](int j, unsigned& begin, unsigned& len) {
         begin = child_start[pn[j]];
         len = child_start[pn[j] + 1] - begin;
       },
-      [&](bool valid, int slot, unsigned c) {
-        float s = 0.0f;
-        if (valid) s = rq_metric_score(metric, pip[slot] + t[code[c]], qn, cnorm[c]);
-        rq_select_push(q, valid, s, (long long)c, (unsigned)slot);
-      });
+      [&](int slot, unsigned c) {
+        const float ip = pip[slot] + t[code[c]];
+        const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, cnorm[c]) : ip;
+        rq_select_offer(q, s, [&] { return (long long)c; }, (unsigned)slot);
+      },
+      [&] { rq_select_round_end(q, round); });
   rq_select_finish(q);
   for (int i = threadIdx.x; i < W; i += blockDim.x) {
     if (q.p[i] != RQ_NO_PAYLOAD) {

@@ -161,6 +161,89 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
     }
 }
 
+/// Greedy encoding (beam 1) and hard assignment (top-1) equal the reference bit for bit: the
+/// kernels screen codewords approximately and decide among the candidates the screening
+/// cannot rule out with the reference's arithmetic (kernels/README.md, "Certified greedy
+/// assignment"). Cases: sizes off the kernel's tiles (rows of 64, codeword tiles of 64,
+/// dimension chunks of 32), exact ties (duplicated codewords), near-ties one thread sees
+/// together (codeword pairs 1e-7 apart: the exact scan of all codewords), 16-row blocks for
+/// a large d, residual norms whose square overflows f32 and logits that overflow (a
+/// non-finite window: the exact scan).
+fn greedy_is_exact(be: &dyn Backend) {
+    let mut rng = rng("greedy_is_exact");
+    let near_pairs = |rng: &mut TestRng, k: usize, d: usize| {
+        let mut m = rand_matrix(rng, k, d);
+        for w in (0..k - 1).step_by(2) {
+            let (a, b) = m.data_mut().split_at_mut((w + 1) * d);
+            b[..d].copy_from_slice(&a[w * d..]);
+            b[0] += 1e-7;
+        }
+        m
+    };
+    let cases: Vec<(&str, Matrix, Vec<Matrix>)> = vec![
+        (
+            "random",
+            rand_matrix(&mut rng, 200, 37),
+            (0..3).map(|_| rand_matrix(&mut rng, 150, 37)).collect(),
+        ),
+        (
+            "ties",
+            tied_matrix(&mut rng, 131, 3),
+            (0..2).map(|_| tied_matrix(&mut rng, 100, 3)).collect(),
+        ),
+        (
+            "near ties",
+            rand_matrix(&mut rng, 70, 33),
+            vec![near_pairs(&mut rng, 64, 33), near_pairs(&mut rng, 9, 33)],
+        ),
+        (
+            "large d",
+            rand_matrix(&mut rng, 40, 333),
+            (0..2).map(|_| rand_matrix(&mut rng, 70, 333)).collect(),
+        ),
+        (
+            "overflowing norms",
+            Matrix::new(
+                5,
+                8,
+                (0..40)
+                    .map(|i| if i % 2 == 0 { 2e19 } else { -3e19 })
+                    .collect(),
+            )
+            .unwrap(),
+            (0..2).map(|_| rand_matrix(&mut rng, 20, 8)).collect(),
+        ),
+        (
+            "overflowing logits",
+            Matrix::new(3, 8, vec![3e38; 24]).unwrap(),
+            vec![rand_matrix(&mut rng, 20, 8)],
+        ),
+    ];
+    for (what, x, words) in cases {
+        let cbs = Codebooks::from_matrices(words).unwrap();
+        let got = ops::encode(be, &x, &cbs, 1).unwrap();
+        let want = ops::encode(&Reference, &x, &cbs, 1).unwrap();
+        assert_eq!(got.codes, want.codes, "{what}: encode codes");
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.error), bits(&want.error), "{what}: encode error");
+        let opts = AssignOptions {
+            residual: true,
+            ..AssignOptions::default()
+        };
+        let cb = cbs.level(0);
+        let got = ops::assign(be, &x, cb, &opts).unwrap();
+        let want = ops::assign(&Reference, &x, cb, &opts).unwrap();
+        assert_eq!(got.codes, want.codes, "{what}: assign codes");
+        assert_eq!(
+            bits(&got.logits),
+            bits(&want.logits),
+            "{what}: assign logits"
+        );
+        let (g, w) = (got.residual.unwrap(), want.residual.unwrap());
+        assert_eq!(bits(g.data()), bits(w.data()), "{what}: assign residual");
+    }
+}
+
 fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
     let mut rng = rng("tables_traversal_fused_and_rerank");
     for (metric, keep, levels, k_codes, tol) in [
@@ -197,6 +280,31 @@ fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
                     .rerank(&q, e, &index.ids, metric, &off, &pos, k)
                     .unwrap();
                 assert_topk_close(&r, &rr, tol, "rerank");
+            }
+        }
+    }
+}
+
+/// Traversal and fused lookup over more candidates than one round of the range-walking
+/// kernels scores (256 threads × 4 per thread for k ≤ 512, × 1 above), with many tied
+/// scores (items sharing a code path), so that rounds, merges and the lazily read ids of
+/// tied candidates are all exercised.
+fn fused_and_traversal_many_rounds(be: &dyn Backend) {
+    let mut rng = rng("fused_and_traversal_many_rounds");
+    for metric in [Metric::Ip, Metric::L2] {
+        let n = rng.random_range(2500..3500);
+        let (index, _, _) = rand_index(&mut rng, n, 8, 2, 40, metric, EmbeddingKind::None);
+        let q = rand_matrix(&mut rng, 5, 8);
+        let tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+        let full: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
+        for beams in [vec![40, 300], vec![40, 600], full.clone(), vec![7, 2048]] {
+            let c = ops::traverse(be, &tr, &index.tree, &beams).unwrap();
+            let cr = ops::traverse(&Reference, &tr, &index.tree, &beams).unwrap();
+            assert_eq!(c, cr, "traverse {beams:?} over {full:?} nodes");
+            for k in [1, 100, 512, 513, 2048] {
+                let f = be.fused_topk(&tr, &index, &cr, k).unwrap();
+                let fr = Reference.fused_topk(&tr, &index, &cr, k).unwrap();
+                assert_topk_close(&f, &fr, 1e-5, "fused top-k");
             }
         }
     }
@@ -447,7 +555,9 @@ macro_rules! backend_suite {
             topk_rows_and_segments,
             assign_levels,
             encode_greedy_and_beam,
+            greedy_is_exact,
             tables_traversal_fused_and_rerank,
+            fused_and_traversal_many_rounds,
             exact_topk_both_metrics,
             resident_copies_follow_changes,
             search_pipeline,

@@ -10,14 +10,13 @@ use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
+    MAX_SHARED_BYTES,
 };
 
 /// Threads per block of the general assignment kernels (one row per block).
 const THREADS: u32 = 128;
-/// Rows (warps) per block of `rq_greedy_rows`.
-const GREEDY_ROWS: usize = 8;
-/// Shared memory budget of one `rq_greedy_rows` codeword tile (bytes).
-const GREEDY_TILE_BYTES: usize = 32 * 1024;
+/// Threads per block of `rq_greedy_rows64` / `rq_greedy_rows16`.
+const GREEDY_THREADS: u32 = 256;
 
 /// Output of [`greedy_rows`]: `n × L` codes, one float per row, optional residuals.
 struct Greedy {
@@ -26,8 +25,17 @@ struct Greedy {
     residual: Option<Vec<f32>>,
 }
 
-/// Launches `rq_greedy_rows` over `levels` (codebooks, values already rounded to `storage`,
-/// which is how they are uploaded), `mode` 0 (encode) or 1 (assign).
+/// Shared bytes of a `rq_greedy_rows{64,16}` block of `rows` rows of dimension `d` (the
+/// kernel's carving: residuals, one 32 × 64 codeword chunk, per-row norms, 16 candidate
+/// codes and keys per row, counters).
+fn greedy_shared(rows: usize, d: usize) -> usize {
+    round16(4 * rows * (d + 1)) + 4 * (32 * 64 + rows) + 8 * 16 * rows + 8 * rows
+}
+
+/// Launches the certified greedy kernel over `levels` (codebooks, values already rounded to
+/// `storage`, which is how they are uploaded), `mode` 0 (encode) or 1 (assign): 64 rows
+/// per block (`rq_greedy_rows64`), or 16 (`rq_greedy_rows16`) when 64 rows of dimension `d`
+/// exceed the shared-memory budget.
 fn greedy_rows<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -38,31 +46,40 @@ fn greedy_rows<D: Device>(
     storage: Storage,
 ) -> Result<Greedy> {
     let (n, d, l) = (x.rows(), x.cols(), levels.len());
-    let tk = (GREEDY_TILE_BYTES / (4 * (d + 1))).clamp(1, 64);
-    let shared = round16(4 * GREEDY_ROWS * d) + 4 * tk * (d + 1);
+    let (kernel, rows) = if greedy_shared(64, d) <= MAX_SHARED_BYTES {
+        ("rq_greedy_rows64", 64)
+    } else {
+        ("rq_greedy_rows16", 16)
+    };
     let cfg = launch_1d(
-        n.div_ceil(GREEDY_ROWS),
-        (GREEDY_ROWS * 32) as u32,
-        shared,
+        n.div_ceil(rows),
+        GREEDY_THREADS,
+        greedy_shared(rows, d),
         "greedy assignment",
     )?;
     let mut stacked = Vec::new();
     let mut norms = Vec::new();
-    let mut rows = vec![0i64];
+    let mut cb_rows = vec![0i64];
+    // Upper bounds of each level's largest codeword norm: the stored squared norms are the
+    // f64 sums rounded to f32, so 1e-6 above their square root is above the true norm.
+    let mut cmax = Vec::with_capacity(l);
     for cb in levels {
         stacked.extend_from_slice(cb.words().data());
         norms.extend_from_slice(cb.norms());
-        rows.push(rows[rows.len() - 1] + cb.len() as i64);
+        cb_rows.push(cb_rows[cb_rows.len() - 1] + cb.len() as i64);
+        let largest = cb.norms().iter().fold(0.0f32, |m, &v| m.max(v));
+        cmax.push((f64::from(largest).sqrt() * (1.0 + 1e-6)) as f32);
     }
     let d_x = res.input(dev, x.data(), Reuse::PinnedOnly)?;
     let d_cb = storage.input(dev, res, &stacked)?;
-    let d_rows = upload(dev, &rows)?;
+    let d_rows = upload(dev, &cb_rows)?;
     let d_norms = res.input(dev, &norms, Reuse::Content)?;
+    let d_cmax = upload(dev, &cmax)?;
     let codes = alloc::<D, u32>(dev, n * l)?;
     let err = alloc::<D, f32>(dev, n)?;
     let d_res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
     dev.launch(
-        "rq_greedy_rows",
+        kernel,
         cfg,
         &[
             KernelArg::Buf(&*d_x),
@@ -73,8 +90,8 @@ fn greedy_rows<D: Device>(
             KernelArg::I32(storage.dtype_arg()),
             KernelArg::Buf(&d_rows),
             KernelArg::Buf(&*d_norms),
+            KernelArg::Buf(&d_cmax),
             KernelArg::I32(mode),
-            KernelArg::I32(tk as i32),
             KernelArg::Buf(&codes),
             KernelArg::Buf(&err),
             KernelArg::I32(want_residual as i32),

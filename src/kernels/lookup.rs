@@ -4,6 +4,7 @@
 use crate::candidates::Candidates;
 use crate::device::{Device, KernelArg, LaunchConfig};
 use crate::error::{Error, Result};
+use crate::index::codebooks::MAX_LEVELS;
 use crate::index::{CodeData, Codebooks, Embeddings, Index};
 use crate::matrix::Matrix;
 use crate::metric::Metric;
@@ -13,8 +14,8 @@ use crate::topk::TopK;
 use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, grid_dim, launch_1d, launch_select, round16, select_bytes,
-    select_cap, upload, SELECT_THREADS,
+    alloc, arg_i32, check_k, download, grid_dim, launch_1d, launch_select, range_per_thread,
+    round16, select_bytes, select_cap, upload, SELECT_THREADS,
 };
 
 /// Tile edge of `rq_lut` (queries × codewords per block) and its staged dimensions.
@@ -126,7 +127,12 @@ pub fn fused_topk<D: Device>(
     check_k(k, "fused_topk: k")?;
     let levels = index.levels();
     let depth = candidates.depth;
-    if depth == 0 || depth > levels || tables.levels.len() != levels || tables.queries() != b {
+    if depth == 0
+        || depth > levels
+        || levels > MAX_LEVELS
+        || tables.levels.len() != levels
+        || tables.queries() != b
+    {
         return Err(Error::shape(format!(
             "fused_topk: {} table levels for {} queries, candidates of depth {depth}, \
              an index of {levels} levels and {b} queries",
@@ -150,7 +156,8 @@ pub fn fused_topk<D: Device>(
         CodeData::U16(v) => (res.input(dev, v, Reuse::Content)?, 2),
     };
     let cand_off: Vec<i64> = candidates.offsets.iter().map(|&o| o as i64).collect();
-    let cap = select_cap(k, SELECT_THREADS);
+    let per_thread = range_per_thread(k);
+    let cap = select_cap(k, SELECT_THREADS * per_thread as u32);
     let shared = if lut_shared { round16(4 * ksum) } else { 0 }
         + round16(8 * SELECT_THREADS as usize + 4)
         + select_bytes(cap);
@@ -189,6 +196,7 @@ pub fn fused_topk<D: Device>(
             KernelArg::Buf(&d_qn),
             KernelArg::I32(metric_arg(tables.metric)),
             KernelArg::Buf(&*d_ids),
+            KernelArg::I32(per_thread as i32),
         ],
     )
 }

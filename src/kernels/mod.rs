@@ -36,6 +36,19 @@ pub(crate) fn select_cap(k: usize, threads: u32) -> usize {
     (k + threads as usize).next_power_of_two()
 }
 
+/// Candidates each thread scores per round in the kernels that walk CSR ranges
+/// (`rq_fused_topk`, `rq_beam_step`; common.cuh `rq_for_ranges`) when keeping the best `k`:
+/// 4 for `k ≤ 512`, so that a round (two barriers) covers 4 · 256 candidates while the
+/// selector (cap = next power of two ≥ k + 1024) keeps ≥ 512 free buffer slots; 1 above,
+/// where 4 would leave the buffer so little room that nearly every round would merge.
+pub(crate) fn range_per_thread(k: usize) -> usize {
+    if k <= 512 {
+        4
+    } else {
+        1
+    }
+}
+
 /// Shared bytes of a selector of `cap` entries (common.cuh `rq_select_bytes`).
 pub(crate) fn select_bytes(cap: usize) -> usize {
     16 * cap + 16

@@ -8,8 +8,8 @@ use crate::tables::QueryTables;
 
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
-    SELECT_THREADS,
+    alloc, arg_i32, check_k, download, launch_1d, range_per_thread, round16, select_bytes,
+    select_cap, upload, SELECT_THREADS,
 };
 
 fn metric_arg(t: &QueryTables) -> i32 {
@@ -59,6 +59,7 @@ pub fn traverse<D: Device>(
         "rq_beam_first",
         b,
         w0,
+        1,
         0,
         vec![
             KernelArg::Buf(&lut0),
@@ -77,11 +78,13 @@ pub fn traverse<D: Device>(
         let cs = res.input(dev, &parent.child_start, Reuse::Content)?;
         let code = res.input(dev, &dep.code, Reuse::Content)?;
         let cn = res.input(dev, &dep.centroid_norm, Reuse::Content)?;
+        let per_thread = range_per_thread(w);
         let next = kept_launch(
             dev,
             "rq_beam_step",
             b,
             w,
+            per_thread,
             round16(8 * SELECT_THREADS as usize + 4),
             vec![
                 KernelArg::Buf(&lut),
@@ -95,6 +98,7 @@ pub fn traverse<D: Device>(
                 KernelArg::I32(prev.w as i32),
                 KernelArg::Buf(&qn),
                 KernelArg::I32(metric),
+                KernelArg::I32(per_thread as i32),
             ],
         )?;
         // The previous depth's lists are read by this launch: keep them until it is done.
@@ -129,17 +133,19 @@ struct Kept<B> {
 }
 
 /// Launches a beam kernel (`rq_beam_first`, `rq_beam_step`) for `b` queries keeping `w`
-/// nodes: one block per query, `extra_shared` bytes before a `w` selector; arguments
+/// nodes: one block per query, `extra_shared` bytes before a `w` selector sized for rounds of
+/// `per_thread` candidates per thread (1 for `rq_beam_first`); arguments
 /// `(head…, W, cap, out_nodes, out_ip, out_count)`. Returns the new lists (not synchronised).
 fn kept_launch<D: Device>(
     dev: &D,
     name: &str,
     b: usize,
     w: usize,
+    per_thread: usize,
     extra_shared: usize,
     head: Vec<KernelArg<'_, D::Buffer>>,
 ) -> Result<Kept<D::Buffer>> {
-    let cap = select_cap(w, SELECT_THREADS);
+    let cap = select_cap(w, SELECT_THREADS * per_thread as u32);
     let cfg = launch_1d(
         b,
         SELECT_THREADS,
