@@ -4,6 +4,9 @@
 // length are (-1, -inf). Ids are column indices (rows) or offsets within the segment.
 #include "common.cuh"
 
+/// Columns per thread loaded per round by the histogram passes of rq_topk_radix.
+#define RQ_RADIX_LOADS 8
+
 /// Columns per lane loaded per chunk by the warp-per-row paths (rq_topk_argmax,
 /// rq_warp_select): lane `lane` loads x[j0 + u·32 + lane], u < RQ_TOPK_CHUNK, all loads issued
 /// before any is used, so a warp keeps RQ_TOPK_CHUNK coalesced 128-byte loads (4 KiB) in flight.
@@ -294,57 +297,13 @@ extern "C" __global__ void rq_segmented_topk(const float* values, const long lon
                 out_scores + seg * k);
 }
 
-/// Top-k of each row by radix select, for large k (the host uses it for 256 < k ≤ 2048):
-/// four 8-bit histogram passes find the key of the k-th best score; the scores above it and,
-/// in column order, the first tied ones fill k slots, which a bitonic sort orders best first.
-/// Work is O(n) per row whatever the data's order.
-/// grid: rows; block: a power of two ≥ 32; shared: 1040 + 4·blockDim.x (rounded up to
-/// 16) + 16·cap + 16 bytes, cap = next power of two ≥ k. scores: rows × n;
-/// out_ids/out_scores: rows × k (slots past n: -1 / -inf).
-extern "C" __global__ void rq_topk_radix(const float* scores, int n, int k, int cap,
-                                         long long* out_ids, float* out_scores) {
-  RQ_SHARED_BASE(smem);
-  int* hist = reinterpret_cast<int*>(smem);  // 256 counters
-  int* ctrl = hist + 256;                     // [0] digit, [1] still needed, [2] taken
-  unsigned* flags = reinterpret_cast<unsigned*>(smem + 1040);
-  const RqSelect q =
-      rq_select_carve(smem + 1040 + (4u * blockDim.x + 15u) / 16u * 16u, k, cap);
-  const long long row = blockIdx.x;
-  const float* x = scores + row * n;
-  rq_select_init(q);
-
-  unsigned prefix = 0, mask = 0;
-  int need = k < n ? k : n;  // elements still to choose at the current prefix
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-      const unsigned key = rq_radix_key(x[j]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      int above = 0, digit = 255;
-      for (; digit > 0; --digit) {
-        if (above + hist[digit] >= need) break;
-        above += hist[digit];
-      }
-      ctrl[0] = digit;
-      ctrl[1] = need - above;
-    }
-    __syncthreads();
-    prefix |= (unsigned)ctrl[0] << shift;
-    mask |= 0xffu << shift;
-    need = ctrl[1];
-    __syncthreads();
-  }
-  // prefix is now the key of the k-th best; `need` of the elements with that key are kept.
-  const int greater = (k < n ? k : n) - need;
-  if (threadIdx.x == 0) {
-    ctrl[0] = 0;  // next slot among the greater ones
-    ctrl[2] = 0;  // tied ones taken so far
-  }
-  __syncthreads();
+/// Last step of rq_topk_radix when ties at the k-th key must be cut: the elements above
+/// `prefix` go to slots [0, greater) (shared atomic), the first `need` with key == prefix in
+/// column order to slots [greater, greater + need) (block scan per blockDim.x columns).
+/// Every thread of the block must call it; ctrl[0] = ctrl[2] = 0 on entry.
+__device__ inline void rq_radix_place_cut(const float* x, int n, int need, int greater,
+                                          unsigned prefix, const RqSelect& q, int* ctrl,
+                                          unsigned* flags) {
   for (int j0 = 0; j0 < n; j0 += blockDim.x) {
     const int j = j0 + (int)threadIdx.x;
     unsigned key = 0;
@@ -369,6 +328,102 @@ extern "C" __global__ void rq_topk_radix(const float* scores, int n, int k, int 
     __syncthreads();
     if (threadIdx.x == 0) ctrl[2] += (int)flags[blockDim.x - 1];
     __syncthreads();
+  }
+}
+
+/// Top-k of each row by radix select, for large k (the host uses it for 256 < k ≤ 2048):
+/// four 8-bit histogram passes (RQ_RADIX_LOADS independent loads per thread per round, then
+/// shared atomics) find the key of the k-th best score and how many elements carry it. If
+/// all of those are kept, every element with key ≥ that key takes a slot by a shared atomic;
+/// otherwise (ties cut) the scores above it and, in column order, the first tied ones fill
+/// the k slots (rq_radix_place_cut, a block scan per blockDim.x columns). A bitonic sort then
+/// orders the slots best first. Work is O(n) per row whatever the data's order.
+/// grid: rows; block: a power of two ≥ 32; shared: 1040 + 4·blockDim.x (rounded up to
+/// 16) + 16·cap + 16 bytes, cap = next power of two ≥ k. scores: rows × n;
+/// out_ids/out_scores: rows × k (slots past n: -1 / -inf).
+extern "C" __global__ void rq_topk_radix(const float* scores, int n, int k, int cap,
+                                         long long* out_ids, float* out_scores) {
+  RQ_SHARED_BASE(smem);
+  int* hist = reinterpret_cast<int*>(smem);  // 256 counters
+  int* ctrl = hist + 256;  // [0] digit / next slot, [1] still needed, [2] taken, [3] tied
+  unsigned* flags = reinterpret_cast<unsigned*>(smem + 1040);
+  const RqSelect q =
+      rq_select_carve(smem + 1040 + (4u * blockDim.x + 15u) / 16u * 16u, k, cap);
+  const long long row = blockIdx.x;
+  const float* x = scores + row * n;
+  rq_select_init(q);
+
+  unsigned prefix = 0, mask = 0;
+  int need = k < n ? k : n;  // elements still to choose at the current prefix
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    // RQ_RADIX_LOADS independent loads per thread before any counting (bytes in flight).
+    for (int j0 = 0; j0 < n; j0 += RQ_RADIX_LOADS * (int)blockDim.x) {
+      float v[RQ_RADIX_LOADS];
+RQ_UNROLL
+      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
+        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
+        v[u] = j < n ? x[j] : 0.0f;
+      }
+RQ_UNROLL
+      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
+        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
+        const unsigned key = rq_radix_key(v[u]);
+        if (j < n && (key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1);
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int above = 0, digit = 255;
+      for (; digit > 0; --digit) {
+        if (above + hist[digit] >= need) break;
+        above += hist[digit];
+      }
+      ctrl[0] = digit;
+      ctrl[1] = need - above;
+      ctrl[3] = hist[digit];  // elements with this prefix (at shift 0: with exactly the key)
+    }
+    __syncthreads();
+    prefix |= (unsigned)ctrl[0] << shift;
+    mask |= 0xffu << shift;
+    need = ctrl[1];
+    __syncthreads();
+  }
+  // prefix is now the key of the k-th best; `need` of the `tied` elements with that key are
+  // kept.
+  const int greater = (k < n ? k : n) - need;
+  const int tied = ctrl[3];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ctrl[0] = 0;  // next slot among the greater ones (all kept ones when every tie is kept)
+    ctrl[2] = 0;  // tied ones taken so far
+  }
+  __syncthreads();
+  if (need == tied) {
+    // Every element with key ≥ prefix is kept: any slot order will do (the sort below orders
+    // by (score, column)), so no scan.
+    for (int j0 = 0; j0 < n; j0 += RQ_RADIX_LOADS * (int)blockDim.x) {
+      float v[RQ_RADIX_LOADS];
+RQ_UNROLL
+      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
+        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
+        v[u] = j < n ? x[j] : 0.0f;
+      }
+RQ_UNROLL
+      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
+        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
+        if (j < n && rq_radix_key(v[u]) >= prefix) {
+          const int at = atomicAdd(&ctrl[0], 1);
+          q.r[at] = j;
+          q.s[at] = v[u];
+          q.p[at] = 0u;
+        }
+      }
+    }
+    __syncthreads();
+  } else {
+    rq_radix_place_cut(x, n, need, greater, prefix, q, ctrl, flags);
   }
   rq_select_sort(q, (unsigned)cap);
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
