@@ -108,7 +108,7 @@ fn topk_rows_and_segments(be: &dyn Backend) {
     // descending rows (nothing enters after the first chunk).
     for &(rows, n) in &[(3, 5000), (2, 4133)] {
         let mut m = rand_matrix(&mut rng, rows, n);
-        let (up, down) = (&mut m.data_mut()[..2 * n]).split_at_mut(n);
+        let (up, down) = m.data_mut()[..2 * n].split_at_mut(n);
         for (j, (u, d)) in up.iter_mut().zip(down.iter_mut()).enumerate() {
             *u = j as f32 * 0.25 - 300.0;
             *d = -(j as f32) * 0.25;
