@@ -52,7 +52,22 @@ fn codes_agree(got: &[u32], want: &[u32], logit: impl Fn(usize, u32) -> f32, per
 
 fn topk_rows_and_segments(be: &dyn Backend) {
     let mut rng = rng("topk_rows_and_segments");
-    for &(rows, n) in &[(5, 301), (3, 1500), (1, 1), (11, 45), (9, 32), (2, 7)] {
+    // The warp paths read 32 × 32 = 1024 columns per chunk: n around chunk multiples, and
+    // some not a multiple of 32.
+    let shapes = [
+        (5, 301),
+        (3, 1500),
+        (1, 1),
+        (11, 45),
+        (9, 32),
+        (2, 7),
+        (2, 1023),
+        (2, 1024),
+        (3, 1025),
+        (2, 2048),
+        (2, 3001),
+    ];
+    for &(rows, n) in &shapes {
         let mut m = tied_matrix(&mut rng, rows, n);
         // -0 ties +0 (the lower column first).
         for (i, v) in m.data_mut().iter_mut().enumerate() {
@@ -76,12 +91,34 @@ fn topk_rows_and_segments(be: &dyn Backend) {
             n,
             n + 5,
             1000,
-        ] {
+        ]
+        .into_iter()
+        .filter(|&k| k <= 2048)
+        {
             let got = ops::topk(be, &m, k).unwrap();
             assert_eq!(
                 got,
                 ops::topk(&Reference, &m, k).unwrap(),
                 "top-{k} of {rows} x {n}"
+            );
+        }
+    }
+    // Distinct scores over several chunks (the per-lane queues and the per-32-column merges
+    // both run), ascending rows (every column enters: the list is always filling) and
+    // descending rows (nothing enters after the first chunk).
+    for &(rows, n) in &[(3, 5000), (2, 4133)] {
+        let mut m = rand_matrix(&mut rng, rows, n);
+        let (up, down) = m.data_mut()[..2 * n].split_at_mut(n);
+        for (j, (u, d)) in up.iter_mut().zip(down.iter_mut()).enumerate() {
+            *u = j as f32 * 0.25 - 300.0;
+            *d = -(j as f32) * 0.25;
+        }
+        for k in [1, 2, 10, 32, 100, 129, 256, 257, 1000] {
+            let got = ops::topk(be, &m, k).unwrap();
+            assert_eq!(
+                got,
+                ops::topk(&Reference, &m, k).unwrap(),
+                "top-{k} of {rows} x {n} (distinct)"
             );
         }
     }
