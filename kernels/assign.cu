@@ -167,6 +167,14 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
 /// Candidate slots per row (one per thread of the row's half-warp).
 #define RQ_GR_CAND 16
 
+/// Row stride (floats) of the residuals in shared memory: d rounded up to a multiple of 4
+/// (16-byte aligned rows for 4-dimension loads) plus 4, plus 4 more when that is a multiple
+/// of 32 (the two rows a warp reads at once then fall in different banks).
+__device__ inline int rq_greedy_stride(int d) {
+  const int s = (d + 3) / 4 * 4 + 4;
+  return s % 32 == 0 ? s + 4 : s;
+}
+
 /// Four floats loaded together (a 16-byte shared-memory load on the GPU).
 struct alignas(16) RqFloat4 {
   float v[4];
@@ -218,8 +226,9 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
                                            const float* cmax, int mode, unsigned* codes,
                                            float* err, int want_residual, float* residual) {
   const int R = 16 * RM;
-  const unsigned res_bytes = ((unsigned)R * (unsigned)(d + 1) * 4u + 15u) / 16u * 16u;
-  float* res = reinterpret_cast<float*>(smem);  // R × (d + 1), row-major
+  const int rs = rq_greedy_stride(d);
+  const unsigned res_bytes = (unsigned)R * (unsigned)rs * 4u;
+  float* res = reinterpret_cast<float*>(smem);  // R × rs, row-major
   float* tile = reinterpret_cast<float*>(smem + res_bytes);  // DC × TK, dimension-major
   float* rn = tile + RQ_GR_DC * RQ_GR_TK;                     // R: screening ||r||²
   float* cval = rn + R;                                       // CAND × R exact keys
@@ -234,7 +243,7 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
 
   for (int i = tid; i < R * d; i += (int)blockDim.x) {
     const int r = i / d, e = i % d;
-    res[r * (d + 1) + e] = row0 + r < n ? x[(row0 + r) * d + e] : 0.0f;
+    res[r * rs + e] = row0 + r < n ? x[(row0 + r) * d + e] : 0.0f;
   }
   for (int l = 0; l < L; ++l) {
     const long long c0 = cb_rows[l];
@@ -242,7 +251,7 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
     __syncthreads();  // the residuals of the previous level are complete
     for (int r = warp; r < R; r += warps) {
       float s = 0.0f;
-      for (int e = lane; e < d; e += RQ_WARP) s = __fmaf_rn(res[r * (d + 1) + e], res[r * (d + 1) + e], s);
+      for (int e = lane; e < d; e += RQ_WARP) s = __fmaf_rn(res[r * rs + e], res[r * rs + e], s);
       s = rq_warp_sum(s);
       if (lane == 0) {
         rn[r] = s;
@@ -275,11 +284,27 @@ RQ_UNROLL
                         : 0.0f;
         }
         __syncthreads();
-        for (int e = 0; e < dc; ++e) {
+        // Four dimensions per step: one 16-byte load per codeword dimension and per row.
+        int e = 0;
+        for (; e + 4 <= dc; e += 4) {
+          RqFloat4 w[4];
+RQ_UNROLL
+          for (int h = 0; h < 4; ++h)
+            w[h] = *reinterpret_cast<const RqFloat4*>(tile + (e + h) * RQ_GR_TK + 4 * cg);
+RQ_UNROLL
+          for (int i = 0; i < RM; ++i) {
+            const RqFloat4 rv = *reinterpret_cast<const RqFloat4*>(res + (rg + 16 * i) * rs + e0 + e);
+RQ_UNROLL
+            for (int h = 0; h < 4; ++h)
+RQ_UNROLL
+              for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv.v[h], w[h].v[j], acc[i][j]);
+          }
+        }
+        for (; e < dc; ++e) {
           const RqFloat4 w = *reinterpret_cast<const RqFloat4*>(tile + e * RQ_GR_TK + 4 * cg);
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
-            const float rv = res[(rg + 16 * i) * (d + 1) + e0 + e];
+            const float rv = res[(rg + 16 * i) * rs + e0 + e];
 RQ_UNROLL
             for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv, w.v[j], acc[i][j]);
           }
@@ -329,7 +354,7 @@ RQ_UNROLL
       const int slot = p / R, r = p % R;
       if (row0 + r < n && !over[r] && slot < cand_n[r]) {
         const long long k = cand[p];
-        cval[p] = rq_exact_key(mode, res + r * (d + 1), cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
+        cval[p] = rq_exact_key(mode, res + r * rs, cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
       }
     }
     __syncthreads();
@@ -338,7 +363,7 @@ RQ_UNROLL
     for (int r = warp; r < R; r += warps) {
       const long long row = row0 + r;
       if (row >= n) continue;  // the whole warp: r is the warp's
-      float* rr = res + r * (d + 1);
+      float* rr = res + r * rs;
       float bs = rq_neg_inf();
       long long bk = RQ_MAX_RANK;
       if (over[r]) {
@@ -365,7 +390,7 @@ RQ_UNROLL
     __syncthreads();
     for (int i = tid; i < R * d; i += (int)blockDim.x) {
       const int r = i / d, e = i % d;
-      if (row0 + r < n) residual[(row0 + r) * d + e] = res[r * (d + 1) + e];
+      if (row0 + r < n) residual[(row0 + r) * d + e] = res[r * rs + e];
     }
   }
 }
@@ -383,8 +408,8 @@ RQ_UNROLL
 /// cnorms: their squared norms ||C[k]||² (f32 of the f64 sum) stacked the same way;
 /// cmax: L, an upper bound of each level's largest codeword norm ||C[k]||.
 /// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
-/// grid: ceil(n / R); block: 256 threads; shared: round16(4·R·(d + 1)) + 4·(DC·TK + R) +
-/// 8·CAND·R + 8·R bytes (DC = 32, TK = 64, CAND = 16).
+/// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·(DC·TK + R) + 8·CAND·R + 8·R
+/// bytes (rs = rq_greedy_stride(d), DC = 32, TK = 64, CAND = 16).
 extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             const unsigned char* cbs, int cb_dtype,
                                             const long long* cb_rows, const float* cnorms,

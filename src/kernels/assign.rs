@@ -29,7 +29,10 @@ struct Greedy {
 /// kernel's carving: residuals, one 32 × 64 codeword chunk, per-row norms, 16 candidate
 /// codes and keys per row, counters).
 fn greedy_shared(rows: usize, d: usize) -> usize {
-    round16(4 * rows * (d + 1)) + 4 * (32 * 64 + rows) + 8 * 16 * rows + 8 * rows
+    // assign.cu `rq_greedy_stride`: 16-byte rows, two rows of a warp in different banks.
+    let stride = d.div_ceil(4) * 4 + 4;
+    let stride = if stride % 32 == 0 { stride + 4 } else { stride };
+    4 * rows * stride + 4 * (32 * 64 + rows) + 8 * 16 * rows + 8 * rows
 }
 
 /// Launches the certified greedy kernel over `levels` (codebooks, values already rounded to
