@@ -184,8 +184,12 @@ struct alignas(16) RqFloat4 {
 /// norm `rnorm`, codewords of norm ≤ `cmax` and dimension d (u = 2^-24, S = rnorm·cmax ≥
 /// Σ|r_e·c_e|, Q = cmax² ≥ ||c||², T = (rnorm + cmax)² ≥ ||r - c||²):
 ///   screening (any order, FMA or not): |ĝ - g| ≤ E1 = (2.02d + 2.02)uS + 1.01uQ;
-///   reference key, logit mode: (d/4 + 6.1)uS + 1.01uQ; distance mode: 1.01u(T + Q);
-///   E2 = their sum. The reference's best code k* then has ĝ_k* ≥ max ĝ - 2(E1 + E2);
+///   reference key, logit mode (8 f32 partial sums of d/8 rounded products, f32 result,
+///   minus the stored norm): (0.26d + 6.4)uS + 1.01uQ; distance mode (f64 rounded to f32,
+///   against g - ||r||² with the stored norm): 1.01u(T + Q);
+///   E2 = their sum. The reference's best code k* then has ĝ_k* ≥ max ĝ - 2(E1 + E2): for
+///   j = argmax ĝ, key_k* ≥ key_j and |key - g| ≤ E2 give g_k* ≥ g_j - 2·E2, and
+///   |ĝ - g| ≤ E1 at k* and at j give ĝ_k* ≥ ĝ_j - 2·E1 - 2·E2 (ties included);
 /// the window is twice that (slack for the approximate rnorm and the margin's own rounding),
 /// plus an absolute d·1e-38 for underflow.
 __device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
@@ -193,7 +197,7 @@ __device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
   const float df = (float)d;
   const float S = rnorm * cmax, Q = cmax * cmax, T = (rnorm + cmax) * (rnorm + cmax);
   const float e1 = (2.02f * df + 2.02f) * u * S + 1.01f * u * Q;
-  const float e2 = (0.25f * df + 6.1f) * u * S + 1.01f * u * Q + 1.01f * u * (T + Q);
+  const float e2 = (0.26f * df + 6.4f) * u * S + 1.01f * u * Q + 1.01f * u * (T + Q);
   return 4.0f * (e1 + e2) + df * 1e-38f;
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the emu runtime tests with AddressSanitizer on the C++ side (the kernels and the
-# emulation header), then checks that ASan really is active by running a kernel that writes
-# past the end of its buffer and expecting the heap-buffer-overflow report.
+# Runs the emu runtime tests and the backend tests (every kernel on emu) with AddressSanitizer
+# on the C++ side (the kernels and the emulation header), then checks that ASan really is
+# active by running a kernel that writes past the end of its buffer and expecting the
+# heap-buffer-overflow report.
 #
 # How: RQTREE_EMU_ASAN=1 makes build_support/emu.rs compile the C++ with -fsanitize=address
 # and link libasan. The Rust test binaries are not instrumented, so libasan must come first in
@@ -11,7 +12,7 @@
 # fiber stacks are checked without "ignoring __asan_handle_no_return" false positives.
 # Builds go to target/asan so the normal build is not invalidated.
 #
-#   scripts/emu-asan.sh            # all emu runtime tests under ASan
+#   scripts/emu-asan.sh            # emu runtime and backend tests under ASan
 #   scripts/emu-asan.sh shuffle    # extra arguments filter the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ export RQTREE_EMU_ASAN=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/asan}"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
 
-cargo test --features emu,corosensei/sanitizer --test emu_runtime -- "$@"
+cargo test --features emu,corosensei/sanitizer --test emu_runtime --test backends -- "$@"
 
 echo "emu-asan: checking that AddressSanitizer catches an out-of-bounds kernel write"
 log=$(mktemp)

@@ -20,7 +20,7 @@ use super::resident::{Held, Residency, ResidencyStats, Reuse, DEFAULT_CACHE_BYTE
 ///
 /// With `F16` or `Bf16` every operation that takes codebooks (lookup tables, assignment,
 /// encoding) computes with the codebooks rounded to that format: the host rounds them once
-/// per call (norms included), `rq_lut` and `rq_greedy_rows` read the 16-bit values and widen
+/// per call (norms included), `rq_lut` and `rq_greedy_rows{64,16}` read the 16-bit values and widen
 /// them on load, the other kernels read the rounded values as f32. Results therefore equal the
 /// reference's on the rounded codebooks. A value outside the format's range is an error.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
