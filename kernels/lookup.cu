@@ -9,9 +9,10 @@
 /// dimensions of both operands per step in shared memory.
 /// grid: (ceil(B / 16), ceil(K / 16)) (K ≤ 65536 keeps y in range); block: (16, 16); shared: 2 · 16 · 33 · 4 bytes.
 /// q: B × d; cb: K × d stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; widened to f32
-/// when staged, so the tables are those of the widened codebook); out: B × K.
+/// when staged, so the tables are those of the widened codebook); out: the B × K table at
+/// element out_at (the levels of a search share one stacked buffer).
 extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned char* cb,
-                                  int cb_dtype, int K, float* out) {
+                                  int cb_dtype, int K, float* out, long long out_at) {
   RQ_SHARED_BASE(smem_bytes);
   float* smem = reinterpret_cast<float*>(smem_bytes);
   float* sq = smem;                                      // [16][33] query chunk
@@ -57,7 +58,7 @@ extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned c
     double s = 0.0;
     s += (double)a0; s += (double)a1; s += (double)a2; s += (double)a3;
     s += (double)a4; s += (double)a5; s += (double)a6; s += (double)a7;
-    out[(long long)b * K + k] = (float)(s + tail);
+    out[out_at + (long long)b * K + k] = (float)(s + tail);
   }
 }
 
@@ -79,22 +80,25 @@ extern "C" __global__ void rq_row_norms(const float* x, int rows, int d, float* 
 /// lut_k: K_l; 1 ≤ L ≤ RQ_MAX_LEVELS. lut_shared = 1: the query's L table rows are staged in
 /// shared memory (Σ K_l floats); 0: read from global memory.
 /// codes: L × N level-major, code_bytes = 1 (u8) or 2 (u16).
-/// item_start: the depth's item CSR (nodes + 1, u32); cand_off: B + 1 (i64) offsets into
-/// cand_nodes (u32 node ids at that depth). item_norms: N (||x̂||², read under l2 only);
-/// qnorm: B; metric: 0 ip, 1 l2; ids: N caller ids (i64).
-/// per_thread: consecutive candidates each thread scores per round (rq_for_ranges).
-/// out_pos / out_scores: B × k, positions (-1 when empty) and scores (-inf), best first.
+/// item_start: the depth's item CSR (nodes + 1, u32); query b's candidate nodes are
+/// cand_nodes[cand_start[b] .. cand_start[b] + cand_count[b]) (u32 node ids at that depth;
+/// cand_start: B i64, cand_count: B i32 — a CSR list or the beam's padded B × W lists).
+/// item_norms: N (||x̂||², read under l2 only); qnorm: B; metric: 0 ip, 1 l2; ids: N caller
+/// ids (i64). per_thread: consecutive candidates each thread scores per round
+/// (rq_for_ranges). out_pos / out_scores: B × k, positions (-1 when empty) and scores
+/// (-inf), best first; out_scanned: B (i64), the candidate items of each query.
 /// grid: B; block: a power of two ≥ 32; 1 ≤ k ≤ 2048;
-/// shared: 4·Σ K_l·lut_shared (rounded up to 16) + 8·blockDim.x + 16 + 16·cap + 16 bytes,
-/// cap = next power of two ≥ k + blockDim.x · per_thread.
+/// shared: 4·Σ K_l·lut_shared (rounded up to 16) + round16(8·blockDim.x + 8) + 16·cap + 16
+/// bytes, cap = next power of two ≥ k + blockDim.x · per_thread.
 extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut_off,
                                          const int* lut_k, int L, int lut_shared,
                                          const unsigned char* codes, int code_bytes, int N,
-                                         const unsigned* item_start, const long long* cand_off,
-                                         const unsigned* cand_nodes, const float* item_norms,
-                                         const float* qnorm, int metric, const long long* ids,
-                                         int per_thread, int k, int cap, long long* out_pos,
-                                         float* out_scores) {
+                                         const unsigned* item_start, const long long* cand_start,
+                                         const int* cand_count, const unsigned* cand_nodes,
+                                         const float* item_norms, const float* qnorm, int metric,
+                                         const long long* ids, int per_thread,
+                                         long long* out_scanned, int k, int cap,
+                                         long long* out_pos, float* out_scores) {
   RQ_SHARED_BASE(smem);
   const long long b = blockIdx.x;
   // Where level l's entries start in the staged table rows (lut_shared).
@@ -109,8 +113,9 @@ RQ_UNROLL
   float* tab = reinterpret_cast<float*>(smem);
   unsigned* pre = reinterpret_cast<unsigned*>(smem + tab_bytes);
   unsigned* base = pre + blockDim.x + 1;
+  int* scanned = reinterpret_cast<int*>(base + blockDim.x);  // items of the visited ranges
   const RqSelect q =
-      rq_select_carve(smem + tab_bytes + ((8u * blockDim.x + 4u + 15u) / 16u * 16u), k, cap);
+      rq_select_carve(smem + tab_bytes + ((8u * blockDim.x + 8u + 15u) / 16u * 16u), k, cap);
 
   if (lut_shared) {
     int off = 0;
@@ -121,11 +126,12 @@ RQ_UNROLL
       off += kl;
     }
   }
-  rq_select_init(q);  // synchronises: the tables are visible
+  if (threadIdx.x == 0) *scanned = 0;
+  rq_select_init(q);  // synchronises: the tables and the counter are visible
 
   const float qn = qnorm[b];
-  const long long c0 = cand_off[b];
-  const int m = (int)(cand_off[b + 1] - c0);
+  const long long c0 = cand_start[b];
+  const int m = cand_count[b];
   const unsigned short* codes16 = reinterpret_cast<const unsigned short*>(codes);
   const int round = (int)blockDim.x * per_thread;
   rq_for_ranges(
@@ -134,6 +140,7 @@ RQ_UNROLL
         const unsigned node = cand_nodes[c0 + j];
         begin = item_start[node];
         len = item_start[node + 1] - begin;
+        atomicAdd(scanned, (int)len);
       },
       [&](int, unsigned i) {
         float ip = 0.0f;
@@ -150,7 +157,8 @@ RQ_UNROLL
         rq_select_offer(q, s, [&] { return ids[i]; }, i);
       },
       [&] { rq_select_round_end(q, round); });
-  rq_select_finish(q);
+  rq_select_finish(q);  // synchronises: the counter is complete
+  if (threadIdx.x == 0) out_scanned[b] = *scanned;
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
     const bool full = q.p[i] != RQ_NO_PAYLOAD;
     out_pos[b * k + i] = full ? (long long)q.p[i] : -1;

@@ -4,18 +4,19 @@
 #include "common.cuh"
 
 /// Depth 1: every depth-1 node j scores LUT_0[code[j]] (+ norms for l2); keep the best W.
-/// lut: B × K (level-1 table); code / cnorm: the depth-1 nodes' last code and ||centroid||²;
+/// lut: the B × K level-1 table at element lut_at of `lut`; code / cnorm: the depth-1 nodes' last code and ||centroid||²;
 /// qnorm: B; metric: 0 ip, 1 l2. out_nodes / out_ip: B × W; out_count: B (= min(W, nodes)).
 /// grid: B; block: a power of two ≥ 32; 1 ≤ W ≤ 2048;
 /// shared: 16·cap + 16 bytes, cap = next power of two ≥ W + blockDim.x.
-extern "C" __global__ void rq_beam_first(const float* lut, int K, const unsigned* code,
+extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int K,
+                                         const unsigned* code,
                                          int nodes, const float* cnorm, const float* qnorm,
                                          int metric, int W, int cap, unsigned* out_nodes,
                                          float* out_ip, int* out_count) {
   RQ_SHARED_BASE(smem);
   const RqSelect q = rq_select_carve(smem, W, cap);
   const long long b = blockIdx.x;
-  const float* t = lut + b * K;
+  const float* t = lut + lut_at + b * K;
   const float qn = qnorm[b];
   rq_select_init(q);
   for (int j0 = 0; j0 < nodes; j0 += blockDim.x) {
@@ -39,13 +40,14 @@ extern "C" __global__ void rq_beam_first(const float* lut, int K, const unsigned
 /// Depth l+1: expand the children of query b's kept depth-l nodes, score child c as
 /// parent_ip + LUT_l[code[c]] (+ norms for l2), keep the best W. The selector's payload is
 /// the parent's slot in the previous list; the child's ip is recomputed from it.
-/// lut: B × K (this level's table); child_start: the parent depth's child CSR (u32);
+/// lut: this level's B × K table at element lut_at of `lut`; child_start: the parent depth's child CSR (u32);
 /// code / cnorm: this depth's nodes (cnorm read under l2 only); prev_nodes / prev_ip: B × Wp,
 /// prev_count: B. per_thread: consecutive children each thread scores per round
 /// (rq_for_ranges). Outputs as rq_beam_first. grid: B; block: a power of two ≥ 32;
 /// 1 ≤ W ≤ 2048; shared: 8·blockDim.x + 16 (rounded up to 16) + 16·cap + 16 bytes,
 /// cap = next power of two ≥ W + blockDim.x · per_thread.
-extern "C" __global__ void rq_beam_step(const float* lut, int K, const unsigned* child_start,
+extern "C" __global__ void rq_beam_step(const float* lut, long long lut_at, int K,
+                                        const unsigned* child_start,
                                         const unsigned* code, const float* cnorm,
                                         const unsigned* prev_nodes, const float* prev_ip,
                                         const int* prev_count, int Wp, const float* qnorm,
@@ -56,7 +58,7 @@ extern "C" __global__ void rq_beam_step(const float* lut, int K, const unsigned*
   unsigned* base = pre + blockDim.x + 1;
   const RqSelect q = rq_select_carve(smem + (8u * blockDim.x + 4u + 15u) / 16u * 16u, W, cap);
   const long long b = blockIdx.x;
-  const float* t = lut + b * K;
+  const float* t = lut + lut_at + b * K;
   const float qn = qnorm[b];
   const unsigned* pn = prev_nodes + b * Wp;
   const float* pip = prev_ip + b * Wp;

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::index::{Codebook, Codebooks, Embeddings, Index, Tree};
 use crate::matrix::Matrix;
 use crate::metric::Metric;
+use crate::search::SearchParams;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
@@ -110,6 +111,21 @@ pub trait Backend: Send + Sync {
         candidates: &Candidates,
         k: usize,
     ) -> Result<TopK>;
+
+    /// The whole search pipeline (DESIGN §3) run without returning to the host between its
+    /// steps, when the backend has such a path: `B × k` item positions (not yet the caller's
+    /// ids) and scores, and the candidate items of each query; `None` (the default) when it
+    /// has none, and the caller composes the operations above. [`crate::search::search`]
+    /// calls it after validating `queries` and `params`, only without caller level-1 scores.
+    fn search_on_device(
+        &self,
+        index: &Index,
+        queries: &Matrix,
+        params: &SearchParams,
+    ) -> Result<Option<(TopK, Vec<usize>)>> {
+        let _ = (index, queries, params);
+        Ok(None)
+    }
 
     /// Re-scores each query's shortlist exactly against `embeddings` (rows = positions) and
     /// keeps the best `k`, ranked by (score, `ids[pos]`); returned ids are positions. The

@@ -116,6 +116,14 @@ pub fn search(
             }
         }
     };
+    if level1.is_none() {
+        if let Some((top, candidates)) = be.search_on_device(index, queries, params)? {
+            return Ok(SearchOutput {
+                topk: caller_ids(top, index),
+                candidates,
+            });
+        }
+    }
     let mut tables = ops::lookup_tables(be, queries, &index.codebooks, index.metric)?;
     if let Some(s) = level1 {
         fold_level1(&mut tables, index, s)?;
@@ -124,7 +132,7 @@ pub fn search(
     let candidates: Vec<usize> = (0..queries.rows())
         .map(|b| cand.items_of(b, &index.tree))
         .collect();
-    let mut top = match (params.rerank, &index.embeddings) {
+    let top = match (params.rerank, &index.embeddings) {
         (Rerank::Exact { .. }, Some(e)) => {
             // The shortlist: every candidate (rerank_k unset), or the best rerank_k by the
             // lookup-table scores.
@@ -145,13 +153,18 @@ pub fn search(
         }
         _ => be.fused_topk(&tables, index, &cand, params.k)?,
     };
+    Ok(SearchOutput {
+        topk: caller_ids(top, index),
+        candidates,
+    })
+}
+
+/// `top` with its item positions replaced by the caller's ids (empty slots stay `-1`).
+fn caller_ids(mut top: TopK, index: &Index) -> TopK {
     for id in top.ids.iter_mut() {
         if *id != NO_ID {
             *id = index.ids[*id as usize];
         }
     }
-    Ok(SearchOutput {
-        topk: top,
-        candidates,
-    })
+    top
 }

@@ -362,24 +362,50 @@ fn exact_topk_both_metrics(be: &dyn Backend) {
     assert_eq!(none.rows, 0);
 }
 
+/// Search on every backend against the reference. The kernel backends run it on the device
+/// (`search_on_device`: tables, traversal, fused lookup and re-rank of a fixed shortlist
+/// without host round trips) except when every candidate is re-ranked or level-1 scores come
+/// from the caller, which compose the operations.
 fn search_pipeline(be: &dyn Backend) {
     let mut rng = rng("search_pipeline");
-    let (index, _, _) = rand_index(&mut rng, 321, 12, 2, 19, Metric::L2, EmbeddingKind::F32);
-    let q = rand_matrix(&mut rng, 11, 12);
-    for (beams, rerank) in [
-        (vec![4, 16], Rerank::None),
-        (vec![4, 16], Rerank::Exact { rerank_k: None }),
-        (vec![2, 9], Rerank::Exact { rerank_k: Some(25) }),
-    ] {
+    for metric in [Metric::L2, Metric::Ip] {
+        let (index, _, _) = rand_index(&mut rng, 321, 12, 2, 19, metric, EmbeddingKind::F32);
+        let q = rand_matrix(&mut rng, 11, 12);
+        for (k, beams, rerank) in [
+            (25, vec![4, 16], Rerank::None),
+            (25, vec![4, 16], Rerank::Exact { rerank_k: None }),
+            (25, vec![2, 9], Rerank::Exact { rerank_k: Some(25) }),
+            (
+                7,
+                vec![19],
+                Rerank::Exact {
+                    rerank_k: Some(600),
+                },
+            ),
+            (600, vec![19, 400], Rerank::None),
+            (1, vec![1, 1], Rerank::None),
+        ] {
+            let p = SearchParams { k, beams, rerank };
+            let got = search(be, &index, &q, None, &p).unwrap();
+            let want = search(&Reference, &index, &q, None, &p).unwrap();
+            assert_eq!(got.candidates, want.candidates, "{p:?}");
+            assert_topk_close(&got.topk, &want.topk, 1e-5, "search");
+            let on_device = be.search_on_device(&index, &q, &p).unwrap();
+            let expected = be.name() != "reference" && rerank != (Rerank::Exact { rerank_k: None });
+            assert_eq!(on_device.is_some(), expected, "{} {p:?}", be.name());
+        }
+        let level1 = rand_matrix(&mut rng, 11, index.tree.depths[0].len());
         let p = SearchParams {
-            k: 25,
-            beams,
-            rerank,
+            k: 10,
+            beams: vec![3, 12],
+            rerank: Rerank::None,
         };
-        let got = search(be, &index, &q, None, &p).unwrap();
-        let want = search(&Reference, &index, &q, None, &p).unwrap();
-        assert_eq!(got.candidates, want.candidates);
-        assert_topk_close(&got.topk, &want.topk, 1e-5, "search");
+        let got = search(be, &index, &q, Some(&level1), &p).unwrap();
+        let want = search(&Reference, &index, &q, Some(&level1), &p).unwrap();
+        assert_eq!(got.candidates, want.candidates, "level-1 scores");
+        assert_topk_close(&got.topk, &want.topk, 1e-5, "search with level-1 scores");
+        let none = search(be, &index, &Matrix::zeros(0, 12), None, &p).unwrap();
+        assert_eq!((none.topk.rows, none.candidates.len()), (0, 0));
     }
 }
 

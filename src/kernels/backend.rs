@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::index::{Codebook, Codebooks, Embeddings, Index, Tree};
 use crate::matrix::Matrix;
 use crate::metric::Metric;
+use crate::search::SearchParams;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
@@ -170,6 +171,16 @@ impl<D: Device> Backend for KernelBackend<D> {
 
     fn fused_topk(&self, t: &QueryTables, ix: &Index, c: &Candidates, k: usize) -> Result<TopK> {
         super::lookup::fused_topk(&self.dev, &self.res, t, ix, c, k)
+    }
+
+    fn search_on_device(
+        &self,
+        ix: &Index,
+        q: &Matrix,
+        p: &SearchParams,
+    ) -> Result<Option<(TopK, Vec<usize>)>> {
+        let cbs = self.rounded(&ix.codebooks)?;
+        super::pipeline::search(&self.dev, &self.res, self.storage, &cbs, ix, q, p)
     }
 
     fn rerank(

@@ -14,8 +14,8 @@ use crate::topk::TopK;
 use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, grid_dim, launch_1d, launch_select, range_per_thread,
-    round16, select_bytes, select_cap, upload, SELECT_THREADS,
+    alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, launch_1d,
+    launch_select, range_per_thread, round16, select_bytes, select_cap, upload, SELECT_THREADS,
 };
 
 /// Tile edge of `rq_lut` (queries × codewords per block) and its staged dimensions.
@@ -24,44 +24,59 @@ const LUT_CHUNK: usize = 32;
 /// Largest Σ K_l whose table rows the fused kernel stages in shared memory (floats).
 const FUSED_SHARED_TABLES: usize = 8192;
 
-fn metric_arg(m: Metric) -> i32 {
+/// The kernels' metric code (`RQ_METRIC_*`).
+pub(crate) fn metric_arg(m: Metric) -> i32 {
     match m {
         Metric::Ip => 0,
         Metric::L2 => 1,
     }
 }
 
-/// Lookup tables of `queries` (`B × d`): per level `B × K_l`, `<q_b, C_l[k]>`, and `||q||²`.
-/// The codebooks are uploaded as `storage` (their values must be rounded to it already).
-pub fn lookup_tables<D: Device>(
+/// Lookup tables on the device: level `l`'s `B × K_l` table starts at element `at[l]` of
+/// `luts` (the levels stacked, which is how `rq_fused_topk` and the beam kernels read them),
+/// `qnorm` holds `||q_b||²`.
+pub(crate) struct DeviceTables<B> {
+    pub metric: Metric,
+    pub queries: usize,
+    pub luts: B,
+    pub at: Vec<usize>,
+    pub ks: Vec<usize>,
+    pub qnorm: B,
+}
+
+/// Element offsets of `B × K_l` tables stacked level after level.
+fn stacked_offsets(b: usize, ks: &[usize]) -> Vec<usize> {
+    ks.iter()
+        .scan(0, |acc, &k| {
+            let at = *acc;
+            *acc += b * k;
+            Some(at)
+        })
+        .collect()
+}
+
+/// Computes the lookup tables of `queries` (`B ≥ 1` rows × d) on the device (launched, not
+/// synchronised). The codebooks are uploaded as `storage` (their values must be rounded to it
+/// already).
+pub(crate) fn tables_on_device<D: Device>(
     dev: &D,
     res: &Residency<D>,
     queries: &Matrix,
     codebooks: &Codebooks,
     metric: Metric,
     storage: Storage,
-) -> Result<QueryTables> {
+) -> Result<DeviceTables<D::Buffer>> {
     let (b, d) = (queries.rows(), codebooks.dim());
     queries.check_cols(d, "queries")?;
-    if b == 0 {
-        return Ok(QueryTables {
-            metric,
-            qnorm: Vec::new(),
-            levels: codebooks
-                .sizes()
-                .into_iter()
-                .map(|k| Matrix::zeros(0, k))
-                .collect(),
-        });
-    }
     let b32 = arg_i32(b, "lookup_tables: queries")?;
     let d32 = arg_i32(d, "lookup_tables: d")?;
+    let ks = codebooks.sizes();
+    let at = stacked_offsets(b, &ks);
     let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
-    let mut outs = Vec::with_capacity(codebooks.levels());
-    for cb in codebooks.iter() {
+    let luts = alloc::<D, f32>(dev, b * ks.iter().sum::<usize>())?;
+    for (cb, &off) in codebooks.iter().zip(&at) {
         let kk = cb.len();
         let c = storage.input(dev, res, cb.words().data())?;
-        let out = alloc::<D, f32>(dev, b * kk)?;
         let cfg = LaunchConfig {
             grid: [
                 grid_dim(b.div_ceil(LUT_TILE), "lookup_tables: query tiles")?,
@@ -81,12 +96,12 @@ pub fn lookup_tables<D: Device>(
                 KernelArg::Buf(&*c),
                 KernelArg::I32(storage.dtype_arg()),
                 KernelArg::I32(kk as i32),
-                KernelArg::Buf(&out),
+                KernelArg::Buf(&luts),
+                KernelArg::I64(off as i64),
             ],
         )?;
-        outs.push((out, kk));
     }
-    let norms = alloc::<D, f32>(dev, b)?;
+    let qnorm = alloc::<D, f32>(dev, b)?;
     dev.launch(
         "rq_row_norms",
         launch_1d(b.div_ceil(128), 128, 0, "lookup_tables")?,
@@ -94,18 +109,177 @@ pub fn lookup_tables<D: Device>(
             KernelArg::Buf(&*q),
             KernelArg::I32(b32),
             KernelArg::I32(d32),
-            KernelArg::Buf(&norms),
+            KernelArg::Buf(&qnorm),
         ],
     )?;
+    Ok(DeviceTables {
+        metric,
+        queries: b,
+        luts,
+        at,
+        ks,
+        qnorm,
+    })
+}
+
+/// Host tables uploaded in the device layout of [`DeviceTables`].
+pub(crate) fn upload_tables<D: Device>(
+    dev: &D,
+    tables: &QueryTables,
+) -> Result<DeviceTables<D::Buffer>> {
+    let b = tables.queries();
+    let ks: Vec<usize> = tables.levels.iter().map(Matrix::cols).collect();
+    let mut luts = Vec::with_capacity(b * ks.iter().sum::<usize>());
+    for m in &tables.levels {
+        luts.extend_from_slice(m.data());
+    }
+    Ok(DeviceTables {
+        metric: tables.metric,
+        queries: b,
+        luts: upload(dev, &luts)?,
+        at: stacked_offsets(b, &ks),
+        ks,
+        qnorm: upload(dev, &tables.qnorm)?,
+    })
+}
+
+/// Lookup tables of `queries` (`B × d`): per level `B × K_l`, `<q_b, C_l[k]>`, and `||q||²`.
+/// The codebooks are uploaded as `storage` (their values must be rounded to it already).
+pub fn lookup_tables<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    queries: &Matrix,
+    codebooks: &Codebooks,
+    metric: Metric,
+    storage: Storage,
+) -> Result<QueryTables> {
+    let b = queries.rows();
+    queries.check_cols(codebooks.dim(), "queries")?;
+    if b == 0 {
+        return Ok(QueryTables {
+            metric,
+            qnorm: Vec::new(),
+            levels: codebooks
+                .sizes()
+                .into_iter()
+                .map(|k| Matrix::zeros(0, k))
+                .collect(),
+        });
+    }
+    let t = tables_on_device(dev, res, queries, codebooks, metric, storage)?;
     dev.synchronize()?;
-    let mut levels = Vec::with_capacity(outs.len());
-    for (buf, kk) in &outs {
-        levels.push(Matrix::new(b, *kk, download(dev, buf, b * kk)?)?);
+    let all: Vec<f32> = download(dev, &t.luts, b * t.ks.iter().sum::<usize>())?;
+    let mut levels = Vec::with_capacity(t.ks.len());
+    for (&at, &kk) in t.at.iter().zip(&t.ks) {
+        levels.push(Matrix::new(b, kk, all[at..at + b * kk].to_vec())?);
     }
     Ok(QueryTables {
         metric,
-        qnorm: download(dev, &norms, b)?,
+        qnorm: download(dev, &t.qnorm, b)?,
         levels,
+    })
+}
+
+/// A query batch's candidate nodes on the device: query `b`'s are
+/// `nodes[start[b] .. start[b] + count[b])` (u32 node ids at `depth`; `start` i64, `count`
+/// i32, `B` each) — a CSR list or the beam kernels' padded `B × W` lists.
+pub(crate) struct DeviceCandidates<'a, B> {
+    pub depth: usize,
+    pub nodes: &'a B,
+    pub start: &'a B,
+    pub count: &'a B,
+}
+
+/// Device outputs of the fused lookup: `B × k` positions (i64, `-1` empty) and scores, and
+/// the candidate items of each query (i64).
+pub(crate) struct FusedOut<B> {
+    pub pos: B,
+    pub scores: B,
+    pub scanned: B,
+}
+
+/// Launches the fused residual lookup + top-k (`1 ≤ k ≤ 2048`) over device tables and
+/// candidates (not synchronised).
+pub(crate) fn fused_on_device<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    tables: &DeviceTables<D::Buffer>,
+    index: &Index,
+    cand: &DeviceCandidates<'_, D::Buffer>,
+    k: usize,
+) -> Result<FusedOut<D::Buffer>> {
+    let b = tables.queries;
+    check_k(k, "fused_topk: k")?;
+    let levels = index.levels();
+    let depth = cand.depth;
+    if depth == 0 || depth > levels || levels > MAX_LEVELS || tables.ks.len() != levels {
+        return Err(Error::shape(format!(
+            "fused_topk: {} table levels, candidates of depth {depth}, an index of {levels} \
+             levels",
+            tables.ks.len()
+        )));
+    }
+    let ksum: usize = tables.ks.iter().sum();
+    let lut_shared = ksum <= FUSED_SHARED_TABLES;
+    let (codes, code_bytes) = match index.codes.data() {
+        CodeData::U8(v) => (res.input(dev, v, Reuse::Content)?, 1),
+        CodeData::U16(v) => (res.input(dev, v, Reuse::Content)?, 2),
+    };
+    let per_thread = range_per_thread(k);
+    let cap = select_cap(k, SELECT_THREADS * per_thread as u32);
+    let shared = if lut_shared { round16(4 * ksum) } else { 0 }
+        + round16(8 * SELECT_THREADS as usize + 8)
+        + select_bytes(cap);
+    let cfg = launch_1d(b, SELECT_THREADS, shared, "fused_topk")?;
+    let lut_off: Vec<i64> = tables.at.iter().map(|&a| a as i64).collect();
+    let lut_k = tables
+        .ks
+        .iter()
+        .map(|&kk| arg_i32(kk, "fused_topk: K"))
+        .collect::<Result<Vec<i32>>>()?;
+    let d_off = upload(dev, &lut_off)?;
+    let d_k = upload(dev, &lut_k)?;
+    let d_items = res.input(
+        dev,
+        &index.tree.depths[depth - 1].item_start,
+        Reuse::Content,
+    )?;
+    let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
+    let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
+    let (pos, scores) = alloc_topk(dev, b, k)?;
+    let scanned = alloc::<D, i64>(dev, b)?;
+    dev.launch(
+        "rq_fused_topk",
+        cfg,
+        &[
+            KernelArg::Buf(&tables.luts),
+            KernelArg::Buf(&d_off),
+            KernelArg::Buf(&d_k),
+            KernelArg::I32(levels as i32),
+            KernelArg::I32(lut_shared as i32),
+            KernelArg::Buf(&*codes),
+            KernelArg::I32(code_bytes),
+            KernelArg::I32(arg_i32(index.len(), "fused_topk: items")?),
+            KernelArg::Buf(&*d_items),
+            KernelArg::Buf(cand.start),
+            KernelArg::Buf(cand.count),
+            KernelArg::Buf(cand.nodes),
+            KernelArg::Buf(&*d_norms),
+            KernelArg::Buf(&tables.qnorm),
+            KernelArg::I32(metric_arg(tables.metric)),
+            KernelArg::Buf(&*d_ids),
+            KernelArg::I32(per_thread as i32),
+            KernelArg::Buf(&scanned),
+            KernelArg::I32(k as i32),
+            KernelArg::I32(cap as i32),
+            KernelArg::Buf(&pos),
+            KernelArg::Buf(&scores),
+        ],
+    )?;
+    Ok(FusedOut {
+        pos,
+        scores,
+        scanned,
     })
 }
 
@@ -124,81 +298,30 @@ pub fn fused_topk<D: Device>(
     if b == 0 || k == 0 {
         return Ok(TopK::empty(b, k));
     }
-    check_k(k, "fused_topk: k")?;
-    let levels = index.levels();
-    let depth = candidates.depth;
-    if depth == 0
-        || depth > levels
-        || levels > MAX_LEVELS
-        || tables.levels.len() != levels
-        || tables.queries() != b
-    {
+    if tables.queries() != b {
         return Err(Error::shape(format!(
-            "fused_topk: {} table levels for {} queries, candidates of depth {depth}, \
-             an index of {levels} levels and {b} queries",
-            tables.levels.len(),
+            "fused_topk: tables of {} queries for candidates of {b}",
             tables.queries()
         )));
     }
-    let n = index.len();
-    let mut luts = Vec::new();
-    let mut lut_off = Vec::with_capacity(levels);
-    let mut lut_k = Vec::with_capacity(levels);
-    for m in &tables.levels {
-        lut_off.push(luts.len() as i64);
-        lut_k.push(arg_i32(m.cols(), "fused_topk: K")?);
-        luts.extend_from_slice(m.data());
-    }
-    let ksum: usize = tables.levels.iter().map(Matrix::cols).sum();
-    let lut_shared = ksum <= FUSED_SHARED_TABLES;
-    let (codes, code_bytes) = match index.codes.data() {
-        CodeData::U8(v) => (res.input(dev, v, Reuse::Content)?, 1),
-        CodeData::U16(v) => (res.input(dev, v, Reuse::Content)?, 2),
-    };
-    let cand_off: Vec<i64> = candidates.offsets.iter().map(|&o| o as i64).collect();
-    let per_thread = range_per_thread(k);
-    let cap = select_cap(k, SELECT_THREADS * per_thread as u32);
-    let shared = if lut_shared { round16(4 * ksum) } else { 0 }
-        + round16(8 * SELECT_THREADS as usize + 4)
-        + select_bytes(cap);
-    let cfg = launch_1d(b, SELECT_THREADS, shared, "fused_topk")?;
-    let d_luts = upload(dev, &luts)?;
-    let d_off = upload(dev, &lut_off)?;
-    let d_k = upload(dev, &lut_k)?;
-    let d_items = res.input(
-        dev,
-        &index.tree.depths[depth - 1].item_start,
-        Reuse::Content,
-    )?;
-    let d_coff = upload(dev, &cand_off)?;
+    let t = upload_tables(dev, tables)?;
+    let start: Vec<i64> = candidates.offsets[..b].iter().map(|&o| o as i64).collect();
+    let count = candidates
+        .offsets
+        .windows(2)
+        .map(|w| arg_i32(w[1] - w[0], "fused_topk: candidate nodes"))
+        .collect::<Result<Vec<i32>>>()?;
+    let (d_start, d_count) = (upload(dev, &start)?, upload(dev, &count)?);
     let d_nodes = upload(dev, &candidates.nodes)?;
-    let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
-    let d_qn = upload(dev, &tables.qnorm)?;
-    let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
-    launch_select(
-        dev,
-        "rq_fused_topk",
-        cfg,
-        (b, k, cap),
-        vec![
-            KernelArg::Buf(&d_luts),
-            KernelArg::Buf(&d_off),
-            KernelArg::Buf(&d_k),
-            KernelArg::I32(levels as i32),
-            KernelArg::I32(lut_shared as i32),
-            KernelArg::Buf(&*codes),
-            KernelArg::I32(code_bytes),
-            KernelArg::I32(arg_i32(n, "fused_topk: items")?),
-            KernelArg::Buf(&*d_items),
-            KernelArg::Buf(&d_coff),
-            KernelArg::Buf(&d_nodes),
-            KernelArg::Buf(&*d_norms),
-            KernelArg::Buf(&d_qn),
-            KernelArg::I32(metric_arg(tables.metric)),
-            KernelArg::Buf(&*d_ids),
-            KernelArg::I32(per_thread as i32),
-        ],
-    )
+    let cand = DeviceCandidates {
+        depth: candidates.depth,
+        nodes: &d_nodes,
+        start: &d_start,
+        count: &d_count,
+    };
+    let out = fused_on_device(dev, res, &t, index, &cand, k)?;
+    dev.synchronize()?;
+    download_topk(dev, &out.pos, &out.scores, b, k)
 }
 
 /// The CSR shortlist as the kernel reads it: `B × S` positions, `S` the longest list,
@@ -242,26 +365,52 @@ pub fn rerank<D: Device>(
     if b == 0 || k == 0 {
         return Ok(TopK::empty(b, k));
     }
+    let sl = upload(dev, &shortlist.ids)?;
+    rerank_shortlist(
+        dev,
+        res,
+        queries,
+        embeddings,
+        ids,
+        metric,
+        (&sl, shortlist.k),
+        k,
+    )
+}
+
+/// Exact re-rank of a device shortlist: `shortlist.0` holds `B × S` item positions (i64,
+/// `-1` empty: the layout of the fused lookup's output), `S = shortlist.1`; the best `k`
+/// (`1 ≤ k ≤ 2048`) by (score, `ids[pos]`), returned as positions.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rerank_shortlist<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    queries: &Matrix,
+    embeddings: &Embeddings,
+    ids: &[i64],
+    metric: Metric,
+    shortlist: (&D::Buffer, usize),
+    k: usize,
+) -> Result<TopK> {
     check_k(k, "rerank: k")?;
     let (emb, dtype) = match embeddings {
         Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, Storage::F32),
         Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::F16),
         Embeddings::Bf16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::Bf16),
     };
-    let sl = upload(dev, &shortlist.ids)?;
     let d_ids = res.input(dev, ids, Reuse::Content)?;
     exact_select(
         dev,
         res,
         queries,
-        d,
+        embeddings.cols(),
         k,
         "rq_rerank",
         vec![
             KernelArg::Buf(&*emb),
             KernelArg::I32(dtype.dtype_arg()),
-            KernelArg::Buf(&sl),
-            KernelArg::I32(arg_i32(shortlist.k, "rerank: shortlist length")?),
+            KernelArg::Buf(shortlist.0),
+            KernelArg::I32(arg_i32(shortlist.1, "rerank: shortlist length")?),
             KernelArg::Buf(&*d_ids),
             KernelArg::I32(metric_arg(metric)),
         ],

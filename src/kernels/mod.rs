@@ -10,6 +10,7 @@ pub mod assign;
 pub mod backend;
 pub mod learn;
 pub mod lookup;
+mod pipeline;
 pub mod resident;
 pub mod topk;
 pub mod traverse;

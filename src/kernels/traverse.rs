@@ -6,18 +6,12 @@ use crate::error::{Error, Result};
 use crate::index::Tree;
 use crate::tables::QueryTables;
 
+use super::lookup::{metric_arg, upload_tables, DeviceTables};
 use super::resident::{Residency, Reuse};
 use super::{
     alloc, arg_i32, check_k, download, launch_1d, range_per_thread, round16, select_bytes,
-    select_cap, upload, SELECT_THREADS,
+    select_cap, SELECT_THREADS,
 };
-
-fn metric_arg(t: &QueryTables) -> i32 {
-    match t.metric {
-        crate::metric::Metric::Ip => 0,
-        crate::metric::Metric::L2 => 1,
-    }
-}
 
 /// Beam traversal: keeps `beams[l]` nodes per query at depth `l + 1`
 /// (`1 ≤ beams.len() ≤ L`, every width in `1..=2048`); returns the nodes kept at the last
@@ -30,7 +24,39 @@ pub fn traverse<D: Device>(
     beams: &[usize],
 ) -> Result<Candidates> {
     let b = tables.queries();
-    if beams.is_empty() || beams.len() > tree.depths.len() || beams.len() > tables.levels.len() {
+    check_beams(tables.levels.len(), tree, beams)?;
+    if b == 0 {
+        return Ok(Candidates {
+            depth: beams.len(),
+            offsets: vec![0],
+            nodes: Vec::new(),
+        });
+    }
+    let t = upload_tables(dev, tables)?;
+    let kept = traverse_on_device(dev, res, &t, tree, beams)?;
+    dev.synchronize()?;
+    let w = kept.w;
+    let nodes: Vec<u32> = download(dev, &kept.nodes, b * w)?;
+    let counts: Vec<i32> = download(dev, &kept.count, b)?;
+    let mut offsets = Vec::with_capacity(b + 1);
+    offsets.push(0);
+    let mut out = Vec::new();
+    for (q, &c) in counts.iter().enumerate() {
+        let c = (c.max(0) as usize).min(w);
+        out.extend_from_slice(&nodes[q * w..q * w + c]);
+        offsets.push(out.len());
+    }
+    Ok(Candidates {
+        depth: beams.len(),
+        offsets,
+        nodes: out,
+    })
+}
+
+/// Errors unless `1 ≤ beams.len() ≤` the tree's depths and the tables' levels, and every
+/// width is in `1..=2048`.
+fn check_beams(table_levels: usize, tree: &Tree, beams: &[usize]) -> Result<()> {
+    if beams.is_empty() || beams.len() > tree.depths.len() || beams.len() > table_levels {
         return Err(Error::param(format!(
             "traverse: {} beam widths for a tree of {} depths",
             beams.len(),
@@ -40,41 +66,45 @@ pub fn traverse<D: Device>(
     for &w in beams {
         check_k(w, "traverse: beam width")?;
     }
-    if b == 0 {
-        return Ok(Candidates {
-            depth: beams.len(),
-            offsets: vec![0],
-            nodes: Vec::new(),
-        });
-    }
-    let metric = metric_arg(tables);
-    let qn = upload(dev, &tables.qnorm)?;
+    Ok(())
+}
+
+/// The beam traversal over device tables (`B ≥ 1` queries), one launch per depth: the lists
+/// kept at the last searched depth, on the device (launched, not synchronised).
+pub(crate) fn traverse_on_device<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    tables: &DeviceTables<D::Buffer>,
+    tree: &Tree,
+    beams: &[usize],
+) -> Result<Kept<D::Buffer>> {
+    check_beams(tables.ks.len(), tree, beams)?;
+    let b = tables.queries;
+    let metric = metric_arg(tables.metric);
     let d1 = &tree.depths[0];
-    let w0 = beams[0];
-    let lut0 = upload(dev, tables.levels[0].data())?;
     let code0 = res.input(dev, &d1.code, Reuse::Content)?;
     let cn0 = res.input(dev, &d1.centroid_norm, Reuse::Content)?;
     let mut prev = kept_launch(
         dev,
         "rq_beam_first",
         b,
-        w0,
+        beams[0],
         1,
         0,
         vec![
-            KernelArg::Buf(&lut0),
-            KernelArg::I32(arg_i32(tables.levels[0].cols(), "traverse: K")?),
+            KernelArg::Buf(&tables.luts),
+            KernelArg::I64(tables.at[0] as i64),
+            KernelArg::I32(arg_i32(tables.ks[0], "traverse: K")?),
             KernelArg::Buf(&*code0),
             KernelArg::I32(arg_i32(d1.len(), "traverse: depth-1 nodes")?),
             KernelArg::Buf(&*cn0),
-            KernelArg::Buf(&qn),
+            KernelArg::Buf(&tables.qnorm),
             KernelArg::I32(metric),
         ],
     )?;
     for (l, &w) in beams.iter().enumerate().skip(1) {
         let parent = &tree.depths[l - 1];
         let dep = &tree.depths[l];
-        let lut = upload(dev, tables.levels[l].data())?;
         let cs = res.input(dev, &parent.child_start, Reuse::Content)?;
         let code = res.input(dev, &dep.code, Reuse::Content)?;
         let cn = res.input(dev, &dep.centroid_norm, Reuse::Content)?;
@@ -87,8 +117,9 @@ pub fn traverse<D: Device>(
             per_thread,
             round16(8 * SELECT_THREADS as usize + 4),
             vec![
-                KernelArg::Buf(&lut),
-                KernelArg::I32(arg_i32(tables.levels[l].cols(), "traverse: K")?),
+                KernelArg::Buf(&tables.luts),
+                KernelArg::I64(tables.at[l] as i64),
+                KernelArg::I32(arg_i32(tables.ks[l], "traverse: K")?),
                 KernelArg::Buf(&*cs),
                 KernelArg::Buf(&*code),
                 KernelArg::Buf(&*cn),
@@ -96,7 +127,7 @@ pub fn traverse<D: Device>(
                 KernelArg::Buf(&prev.ip),
                 KernelArg::Buf(&prev.count),
                 KernelArg::I32(prev.w as i32),
-                KernelArg::Buf(&qn),
+                KernelArg::Buf(&tables.qnorm),
                 KernelArg::I32(metric),
                 KernelArg::I32(per_thread as i32),
             ],
@@ -105,31 +136,16 @@ pub fn traverse<D: Device>(
         dev.synchronize()?;
         prev = next;
     }
-    dev.synchronize()?;
-    let w = prev.w;
-    let kept: Vec<u32> = download(dev, &prev.nodes, b * w)?;
-    let counts: Vec<i32> = download(dev, &prev.count, b)?;
-    let mut offsets = Vec::with_capacity(b + 1);
-    offsets.push(0);
-    let mut out = Vec::new();
-    for (q, &c) in counts.iter().enumerate() {
-        let c = (c.max(0) as usize).min(w);
-        out.extend_from_slice(&kept[q * w..q * w + c]);
-        offsets.push(out.len());
-    }
-    Ok(Candidates {
-        depth: beams.len(),
-        offsets,
-        nodes: out,
-    })
+    Ok(prev)
 }
 
-/// One depth's kept lists on the device: `B × w` node ids (u32) and path ip (f32), `B` counts.
-struct Kept<B> {
-    w: usize,
-    nodes: B,
-    ip: B,
-    count: B,
+/// One depth's kept lists on the device: `B × w` node ids (u32) and path ip (f32), `B` counts
+/// (i32; the kept entries of query `b` are its first `count[b]`).
+pub(crate) struct Kept<B> {
+    pub w: usize,
+    pub nodes: B,
+    pub ip: B,
+    pub count: B,
 }
 
 /// Launches a beam kernel (`rq_beam_first`, `rq_beam_step`) for `b` queries keeping `w`

@@ -1,0 +1,75 @@
+//! The search pipeline of DESIGN §3 on the device: lookup tables → beam traversal → fused
+//! lookup + top-k (→ exact re-rank of its shortlist), each step reading the previous one's
+//! output where it lies. Only the queries go up (with the per-call scalars) and only the
+//! results come down, so a batch does not pay a round trip through host memory per step.
+
+use crate::device::Device;
+use crate::error::Result;
+use crate::index::{Codebooks, Index};
+use crate::matrix::Matrix;
+use crate::search::{Rerank, SearchParams};
+use crate::topk::TopK;
+
+use super::backend::Storage;
+use super::lookup::{
+    fused_on_device, rerank_shortlist, tables_on_device, DeviceCandidates, FusedOut,
+};
+use super::resident::Residency;
+use super::traverse::traverse_on_device;
+use super::{download, download_topk, upload};
+
+/// Runs the pipeline for `queries` (validated by the caller, as `params`) with `codebooks`
+/// (the index's, rounded to `storage`): `B × k` item positions and scores, and the candidate
+/// items of each query. `None` when every candidate is to be re-ranked (`rerank_k` unset),
+/// whose shortlist is not a fixed-length list: the caller composes that case.
+pub(crate) fn search<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    storage: Storage,
+    codebooks: &Codebooks,
+    index: &Index,
+    queries: &Matrix,
+    params: &SearchParams,
+) -> Result<Option<(TopK, Vec<usize>)>> {
+    let shortlist = match params.rerank {
+        Rerank::None => params.k,
+        Rerank::Exact { rerank_k: Some(r) } => r,
+        Rerank::Exact { rerank_k: None } => return Ok(None),
+    };
+    let b = queries.rows();
+    if b == 0 {
+        return Ok(Some((TopK::empty(0, params.k), Vec::new())));
+    }
+    let tables = tables_on_device(dev, res, queries, codebooks, index.metric, storage)?;
+    let kept = traverse_on_device(dev, res, &tables, &index.tree, &params.beams)?;
+    let start: Vec<i64> = (0..b).map(|q| (q * kept.w) as i64).collect();
+    let start = upload(dev, &start)?;
+    let cand = DeviceCandidates {
+        depth: params.beams.len(),
+        nodes: &kept.nodes,
+        start: &start,
+        count: &kept.count,
+    };
+    let FusedOut {
+        pos,
+        scores,
+        scanned,
+    } = fused_on_device(dev, res, &tables, index, &cand, shortlist)?;
+    dev.synchronize()?;
+    let scanned: Vec<i64> = download(dev, &scanned, b)?;
+    let scanned = scanned.into_iter().map(|s| s.max(0) as usize).collect();
+    let top = match (params.rerank, &index.embeddings) {
+        (Rerank::Exact { .. }, Some(e)) => rerank_shortlist(
+            dev,
+            res,
+            queries,
+            e,
+            &index.ids,
+            index.metric,
+            (&pos, shortlist),
+            params.k,
+        )?,
+        _ => download_topk(dev, &pos, &scores, b, params.k)?,
+    };
+    Ok(Some((top, scanned)))
+}
