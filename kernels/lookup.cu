@@ -1,65 +1,99 @@
 // Lookup tables, the fused residual lookup + top-k, and exact (re-)scoring (DESIGN §3).
 #include "common.cuh"
 
-#define RQ_LUT_TILE 16
+/// rq_lut: a block of 16 × 16 threads computes a 32 × 32 tile (queries × codewords), each
+/// thread 2 × 2 outputs, staging RQ_LUT_CHUNK dimensions of both operands per step in rows
+/// of RQ_LUT_LD floats (16-byte aligned: one 16-byte load per 4 dimensions; the 16 codeword
+/// rows a warp reads at once cover the banks twice, the minimum for 256 bytes).
+#define RQ_LUT_THREADS 16
+#define RQ_LUT_TILE 32
 #define RQ_LUT_CHUNK 32
+#define RQ_LUT_LD 36
 
-/// Lookup table of one level: out[b·K + k] = <q_b, C[k]> with the reference's dot.
-/// Tiled like a GEMM: a block computes a 16 × 16 tile (queries × codewords), staging 32
-/// dimensions of both operands per step in shared memory.
-/// grid: (ceil(B / 16), ceil(K / 16)) (K ≤ 65536 keeps y in range); block: (16, 16); shared: 2 · 16 · 33 · 4 bytes.
+/// Eight consecutive floats of a staged row (two 16-byte loads on the GPU).
+struct alignas(16) RqLutRow8 {
+  float v[8];
+};
+
+/// Lookup table of one level: out[b·K + k] = <q_b, C[k]> with the reference's dot (eight f32
+/// partial sums without FMA over the first d/8·8 elements, the rest in f64, combined in
+/// f64), so the tables equal the reference's bit for bit.
+/// grid: (ceil(B / 32), ceil(K / 32)) (K ≤ 65536 keeps y in range); block: (16, 16);
+/// shared: 2 · 32 · 36 · 4 bytes.
 /// q: B × d; cb: K × d stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; widened to f32
 /// when staged, so the tables are those of the widened codebook); out: the B × K table at
 /// element out_at (the levels of a search share one stacked buffer).
 extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned char* cb,
                                   int cb_dtype, int K, float* out, long long out_at) {
   RQ_SHARED_BASE(smem_bytes);
-  float* smem = reinterpret_cast<float*>(smem_bytes);
-  float* sq = smem;                                      // [16][33] query chunk
-  float* sc = smem + RQ_LUT_TILE * (RQ_LUT_CHUNK + 1);   // [16][33] codeword chunk
+  float* sq = reinterpret_cast<float*>(smem_bytes);  // [32][36] query chunk
+  float* sc = sq + RQ_LUT_TILE * RQ_LUT_LD;           // [32][36] codeword chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
-  const int tid = ty * RQ_LUT_TILE + tx;
+  const int tid = ty * RQ_LUT_THREADS + tx;
   const int b0 = (int)blockIdx.x * RQ_LUT_TILE, k0 = (int)blockIdx.y * RQ_LUT_TILE;
-  const int b = b0 + ty, k = k0 + tx;
   const int d8 = d / 8 * 8;
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, a4 = 0.f, a5 = 0.f, a6 = 0.f, a7 = 0.f;
-  double tail = 0.0;
+  // Output (i, j) is query b0 + ty + 16·i, codeword k0 + tx + 16·j.
+  float acc[2][2][8];
+  double tail[2][2];
+RQ_UNROLL
+  for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      tail[i][j] = 0.0;
+RQ_UNROLL
+      for (int h = 0; h < 8; ++h) acc[i][j][h] = 0.0f;
+    }
   for (int c0 = 0; c0 < d; c0 += RQ_LUT_CHUNK) {
-    for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_TILE * RQ_LUT_TILE) {
+    for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_THREADS * RQ_LUT_THREADS) {
       const int rr = i / RQ_LUT_CHUNK, e = i % RQ_LUT_CHUNK;
       const bool in = c0 + e < d;
-      sq[rr * (RQ_LUT_CHUNK + 1) + e] =
-          in && b0 + rr < B ? q[(long long)(b0 + rr) * d + c0 + e] : 0.0f;
-      sc[rr * (RQ_LUT_CHUNK + 1) + e] =
+      sq[rr * RQ_LUT_LD + e] = in && b0 + rr < B ? q[(long long)(b0 + rr) * d + c0 + e] : 0.0f;
+      sc[rr * RQ_LUT_LD + e] =
           in && k0 + rr < K ? rq_load_widened(cb, cb_dtype, (long long)(k0 + rr) * d + c0 + e)
                             : 0.0f;
     }
     __syncthreads();
-    const float* x = sq + ty * (RQ_LUT_CHUNK + 1);
-    const float* y = sc + tx * (RQ_LUT_CHUNK + 1);
     for (int e = 0; e < RQ_LUT_CHUNK; e += 8) {
-      if (c0 + e < d8) {
-        a0 += x[e] * y[e];
-        a1 += x[e + 1] * y[e + 1];
-        a2 += x[e + 2] * y[e + 2];
-        a3 += x[e + 3] * y[e + 3];
-        a4 += x[e + 4] * y[e + 4];
-        a5 += x[e + 5] * y[e + 5];
-        a6 += x[e + 6] * y[e + 6];
-        a7 += x[e + 7] * y[e + 7];
+      if (c0 + e < d8) {  // a whole group of eight: one element per partial sum
+        RqLutRow8 x[2], y[2];
+RQ_UNROLL
+        for (int i = 0; i < 2; ++i) {
+          x[i] = *reinterpret_cast<const RqLutRow8*>(sq + (ty + 16 * i) * RQ_LUT_LD + e);
+          y[i] = *reinterpret_cast<const RqLutRow8*>(sc + (tx + 16 * i) * RQ_LUT_LD + e);
+        }
+RQ_UNROLL
+        for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+          for (int j = 0; j < 2; ++j)
+RQ_UNROLL
+            for (int h = 0; h < 8; ++h) acc[i][j][h] += x[i].v[h] * y[j].v[h];
       } else {
-        for (int j = 0; j < 8; ++j)
-          if (c0 + e + j < d) tail += (double)x[e + j] * (double)y[e + j];
+        for (int h = 0; h < 8; ++h) {
+          if (c0 + e + h < d) {
+RQ_UNROLL
+            for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+              for (int j = 0; j < 2; ++j)
+                tail[i][j] += (double)sq[(ty + 16 * i) * RQ_LUT_LD + e + h] *
+                              (double)sc[(tx + 16 * j) * RQ_LUT_LD + e + h];
+          }
+        }
       }
     }
     __syncthreads();
   }
-  if (b < B && k < K) {
-    double s = 0.0;
-    s += (double)a0; s += (double)a1; s += (double)a2; s += (double)a3;
-    s += (double)a4; s += (double)a5; s += (double)a6; s += (double)a7;
-    out[out_at + (long long)b * K + k] = (float)(s + tail);
-  }
+RQ_UNROLL
+  for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + ty + 16 * i, k = k0 + tx + 16 * j;
+      if (b < B && k < K) {
+        double s = 0.0;
+RQ_UNROLL
+        for (int h = 0; h < 8; ++h) s += (double)acc[i][j][h];
+        out[out_at + (long long)b * K + k] = (float)(s + tail[i][j]);
+      }
+    }
 }
 
 /// Squared norm of each row in f64, rounded to f32 (the reference's `row_norms_sq`).

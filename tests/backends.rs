@@ -281,6 +281,31 @@ fn greedy_is_exact(be: &dyn Backend) {
     }
 }
 
+/// Lookup tables equal the reference's bit for bit (same summation order, no FMA), for
+/// sizes off the kernel's 32 × 32 tiles and 32-dimension chunks, with and without the f64
+/// tail (d not a multiple of 8).
+fn lookup_tables_exact(be: &dyn Backend) {
+    let mut rng = rng("lookup_tables_exact");
+    for &(b, k, d, levels) in &[
+        (45, 77, 70, 2),
+        (33, 300, 8, 1),
+        (1, 1, 1, 1),
+        (70, 31, 131, 3),
+    ] {
+        let q = rand_matrix(&mut rng, b, d);
+        let cbs = rand_codebooks(&mut rng, levels, k, d);
+        for metric in [Metric::Ip, Metric::L2] {
+            let got = ops::lookup_tables(be, &q, &cbs, metric).unwrap();
+            let want = ops::lookup_tables(&Reference, &q, &cbs, metric).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for (l, (g, w)) in got.levels.iter().zip(&want.levels).enumerate() {
+                assert_eq!(bits(g.data()), bits(w.data()), "{b} x {k} x {d}, level {l}");
+            }
+            assert_eq!(bits(&got.qnorm), bits(&want.qnorm), "query norms");
+        }
+    }
+}
+
 fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
     let mut rng = rng("tables_traversal_fused_and_rerank");
     for (metric, keep, levels, k_codes, tol) in [
@@ -619,6 +644,7 @@ macro_rules! backend_suite {
             assign_levels,
             encode_greedy_and_beam,
             greedy_is_exact,
+            lookup_tables_exact,
             tables_traversal_fused_and_rerank,
             fused_and_traversal_many_rounds,
             exact_topk_both_metrics,

@@ -18,9 +18,11 @@ use super::{
     launch_select, range_per_thread, round16, select_bytes, select_cap, upload, SELECT_THREADS,
 };
 
-/// Tile edge of `rq_lut` (queries × codewords per block) and its staged dimensions.
-const LUT_TILE: usize = 16;
-const LUT_CHUNK: usize = 32;
+/// `rq_lut`: threads per block edge, tile edge (queries × codewords per block), staged row
+/// stride (floats; 32 staged dimensions per step).
+const LUT_THREADS: usize = 16;
+const LUT_TILE: usize = 32;
+const LUT_LD: usize = 36;
 /// Largest Σ K_l whose table rows the fused kernel stages in shared memory (floats).
 const FUSED_SHARED_TABLES: usize = 8192;
 
@@ -83,8 +85,8 @@ pub(crate) fn tables_on_device<D: Device>(
                 grid_dim(kk.div_ceil(LUT_TILE), "lookup_tables: codeword tiles")?,
                 1,
             ],
-            block: [LUT_TILE as u32, LUT_TILE as u32, 1],
-            shared_bytes: (2 * LUT_TILE * (LUT_CHUNK + 1) * 4) as u32,
+            block: [LUT_THREADS as u32, LUT_THREADS as u32, 1],
+            shared_bytes: (2 * LUT_TILE * LUT_LD * 4) as u32,
         };
         dev.launch(
             "rq_lut",
