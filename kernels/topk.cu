@@ -297,12 +297,157 @@ extern "C" __global__ void rq_segmented_topk(const float* values, const long lon
                 out_scores + seg * k);
 }
 
-/// Last step of rq_topk_radix when ties at the k-th key must be cut: the elements above
-/// `prefix` go to slots [0, greater) (shared atomic), the first `need` with key == prefix in
-/// column order to slots [greater, greater + need) (block scan per blockDim.x columns).
-/// Every thread of the block must call it; ctrl[0] = ctrl[2] = 0 on entry.
+// ---------------------------------------------------------------------------------------
+// Radix select for large k (rq_topk_radix).
+//
+// Every element of a row gets a unique 64-bit entry: its score's radix key (rq_radix_key) in
+// the high word, ~column in the low word. A larger entry ranks first (higher score, then the
+// lower column; -0 ties +0), and no two columns share one, so selecting by entry never has
+// to cut ties. No real entry is 0 (the radix key of -inf is 0x007fffff): 0 marks an empty
+// slot.
+// ---------------------------------------------------------------------------------------
+
+/// Bytes before the block-scan flags in rq_topk_radix's shared memory: 256 histogram
+/// counters and 16 control words.
+#define RQ_RADIX_HEAD 1088
+
+/// Entry of (radix key, column); see above.
+__device__ inline unsigned long long rq_radix_entry(unsigned key, int col) {
+  return ((unsigned long long)key << 32) | (unsigned long long)(unsigned)~col;
+}
+
+/// The score whose radix key is `key` (exact bits, except that -0 comes back as +0).
+__device__ inline float rq_radix_score(unsigned key) {
+  const unsigned u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+
+/// Calls f(j, x[j]) for every column j < n of the row, RQ_RADIX_LOADS independent loads per
+/// thread issued before any is used (bytes in flight). f must not synchronise.
+template <class F>
+__device__ inline void rq_radix_sweep(const float* x, int n, F f) {
+  for (int j0 = 0; j0 < n; j0 += RQ_RADIX_LOADS * (int)blockDim.x) {
+    float v[RQ_RADIX_LOADS];
+RQ_UNROLL
+    for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
+      const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
+      v[u] = j < n ? x[j] : 0.0f;
+    }
+RQ_UNROLL
+    for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
+      const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
+      if (j < n) f(j, v[u]);
+    }
+  }
+}
+
+/// One radix-select step: given the 256 digit counters `hist` (digit 255 ranks first) and
+/// 1 ≤ need ≤ their sum, finds the digit d holding the need-th best: ctrl[0] = d,
+/// ctrl[1] = need minus the count above d, ctrl[3] = hist[d]. Warp 0 computes it in
+/// parallel (lane l sums digits 255 - 8l - u, u < 8, then a warp scan of the lane sums).
+/// Every thread of the block must call it, after a barrier that follows the last update of
+/// `hist`; it ends with a barrier.
+__device__ inline void rq_radix_digit(const int* hist, int need, int* ctrl) {
+  if (threadIdx.x < RQ_WARP) {
+    const int lane = (int)threadIdx.x;
+    int c[8];
+    int tot = 0;
+RQ_UNROLL
+    for (int u = 0; u < 8; ++u) {
+      c[u] = hist[255 - 8 * lane - u];
+      tot += c[u];
+    }
+    int incl = tot;  // inclusive scan of the lane sums, lane 0 (digits 255..248) first
+    for (int o = 1; o < RQ_WARP; o <<= 1) {
+      const int y = __shfl_sync(RQ_FULL_MASK, incl, (lane - o) & (RQ_WARP - 1));
+      if (lane >= o) incl += y;
+    }
+    int before = incl - tot;  // elements in better digits than this lane's first
+RQ_UNROLL
+    for (int u = 0; u < 8; ++u) {
+      if (before < need && before + c[u] >= need) {  // exactly one (lane, u)
+        ctrl[0] = 255 - 8 * lane - u;
+        ctrl[1] = need - before;
+        ctrl[3] = c[u];
+      }
+      before += c[u];
+    }
+  }
+  __syncthreads();
+}
+
+/// Bitonic sort of the entries a[0, n) in shared memory, largest first; n a power of two.
+/// Every thread of the block must call it.
+__device__ inline void rq_radix_sort(unsigned long long* a, unsigned n) {
+  for (unsigned size = 2; size <= n; size <<= 1) {
+    for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+      for (unsigned i = threadIdx.x; i < n / 2; i += blockDim.x) {
+        const unsigned lo = 2 * i - (i & (stride - 1));
+        const unsigned hi = lo + stride;
+        const unsigned long long a_lo = a[lo], a_hi = a[hi];
+        const bool best_first = (lo & size) == 0;
+        if (best_first ? a_hi > a_lo : a_lo > a_hi) {
+          a[lo] = a_hi;
+          a[hi] = a_lo;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+/// Shared-memory part of rq_topk_radix: the m entries b[0, m) (all with (e & mask) ==
+/// prefix, mask covering the bits above `shift + 8`) hold `need` ≥ 1 winners. 8-bit radix
+/// passes over b (digit at `shift`, `shift` - 8, …) narrow prefix/mask until every entry
+/// left under the prefix is a winner (entries are unique, so at the latest when the mask is
+/// complete); the winners are then those with (e & mask) ≥ prefix, moved to b[0, need) by
+/// an in-place compaction (see below). Every thread of the block must call it; `hist` and
+/// `ctrl` as in rq_topk_radix.
+__device__ inline void rq_radix_select_smem(unsigned long long* b, int m, int need,
+                                            unsigned long long prefix,
+                                            unsigned long long mask, int shift, int* hist,
+                                            int* ctrl) {
+  for (; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+      const unsigned long long e = b[i];
+      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
+    }
+    __syncthreads();
+    rq_radix_digit(hist, need, ctrl);
+    prefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
+    mask |= 0xffull << shift;
+    need = ctrl[1];
+    const int left = ctrl[3];
+    __syncthreads();
+    if (left == need) break;  // the same on every thread
+  }
+  // Compaction in chunks of blockDim.x: a chunk is read into registers, a barrier, then its
+  // winners take slots by a shared atomic. Slots handed out up to chunk c lie below the end
+  // of chunk c (at most one per entry read so far), so no entry is overwritten before it
+  // has been read.
+  if (threadIdx.x == 0) ctrl[6] = 0;
+  __syncthreads();
+  for (int i0 = 0; i0 < m; i0 += blockDim.x) {
+    const int i = i0 + (int)threadIdx.x;
+    const unsigned long long e = i < m ? b[i] : 0ull;
+    const bool keep = i < m && (e & mask) >= prefix;
+    __syncthreads();
+    if (keep) b[atomicAdd(&ctrl[6], 1)] = e;
+  }
+  __syncthreads();
+}
+
+/// Slow path of rq_topk_radix, when ties at the k-th key must be cut and do not fit the
+/// shared buffer: the elements above `prefix` (the k-th radix key) go to a[0, greater)
+/// (shared atomic ctrl[4]), the first `need` with key == prefix in column order to
+/// a[greater, greater + need) (block scan per blockDim.x columns). Every thread of the block
+/// must call it; ctrl[2] = ctrl[4] = 0 on entry.
 __device__ inline void rq_radix_place_cut(const float* x, int n, int need, int greater,
-                                          unsigned prefix, const RqSelect& q, int* ctrl,
+                                          unsigned prefix, unsigned long long* a, int* ctrl,
                                           unsigned* flags) {
   for (int j0 = 0; j0 < n; j0 += blockDim.x) {
     const int j = j0 + (int)threadIdx.x;
@@ -310,125 +455,117 @@ __device__ inline void rq_radix_place_cut(const float* x, int n, int need, int g
     if (j < n) key = rq_radix_key(x[j]);
     const bool gt = j < n && key > prefix;
     const bool eq = j < n && key == prefix;
-    if (gt) {
-      const int at = atomicAdd(&ctrl[0], 1);
-      q.r[at] = j;
-      q.s[at] = x[j];
-      q.p[at] = 0u;
-    }
+    if (gt) a[atomicAdd(&ctrl[4], 1)] = rq_radix_entry(key, j);
     flags[threadIdx.x] = eq ? 1u : 0u;
     __syncthreads();
     rq_block_inclusive_scan(flags, (int)blockDim.x);
     const int before = ctrl[2] + (int)flags[threadIdx.x] - (eq ? 1 : 0);
-    if (eq && before < need) {
-      q.r[greater + before] = j;
-      q.s[greater + before] = x[j];
-      q.p[greater + before] = 0u;
-    }
+    if (eq && before < need) a[greater + before] = rq_radix_entry(key, j);
     __syncthreads();
     if (threadIdx.x == 0) ctrl[2] += (int)flags[blockDim.x - 1];
     __syncthreads();
   }
 }
 
-/// Top-k of each row by radix select, for large k (the host uses it for 256 < k ≤ 2048):
-/// four 8-bit histogram passes (RQ_RADIX_LOADS independent loads per thread per round, then
-/// shared atomics) find the key of the k-th best score and how many elements carry it. If
-/// all of those are kept, every element with key ≥ that key takes a slot by a shared atomic;
-/// otherwise (ties cut) the scores above it and, in column order, the first tied ones fill
-/// the k slots (rq_radix_place_cut, a block scan per blockDim.x columns). A bitonic sort then
-/// orders the slots best first. Work is O(n) per row whatever the data's order.
-/// grid: rows; block: a power of two ≥ 32; shared: 1040 + 4·blockDim.x (rounded up to
-/// 16) + 16·cap + 16 bytes, cap = next power of two ≥ k. scores: rows × n;
-/// out_ids/out_scores: rows × k (slots past n: -1 / -inf).
-extern "C" __global__ void rq_topk_radix(const float* scores, int n, int k, int cap,
+/// Top-k of each row by radix select, for large k (the host uses it for 256 < k ≤ 2048);
+/// the row is read from global memory twice in the common case.
+/// 1. Histogram passes over the row (8-bit digits of the radix key from the top,
+///    RQ_RADIX_LOADS independent loads per thread per round, shared atomics) narrow the
+///    prefix holding the k-th best; after each, the elements above the prefix are certain
+///    winners (`greater`) and `need` more come from the `m` elements under it. Stop as soon
+///    as (a) all m are kept, or (b) greater + m ≤ slots (the m fit the shared buffer). For
+///    distinct-ish data (b) holds after the first pass (normal rows of 100 000, k = 1000:
+///    m ≈ 2 300 ≤ 3 072 − greater), so this is one read.
+/// 2. One more pass places the certain winners into a[0, greater) by a shared atomic; in
+///    (a) the m join them, in (b) they are copied as entries (rq_radix_entry) to
+///    a[greater, greater + m) and rq_radix_select_smem picks the best `need` of them in
+///    shared memory (radix passes over the buffer, then a compaction).
+/// 3. Only when the four passes end with more elements carrying the k-th key than fit
+///    (heavy ties) are the ties cut in column order by rq_radix_place_cut (block scan per
+///    blockDim.x columns): the old general path, up to five reads of the row.
+/// A bitonic sort of the entries a[0, next power of two ≥ k) orders them best first; scores
+/// come back from the keys (exact, a zero score is re-read from the row for its sign).
+/// Work is O(n) per row whatever the data's order.
+/// grid: rows; block: a power of two ≥ 32; shared: 1088 + 4·blockDim.x (rounded up to 16)
+/// + 8·slots bytes, slots ≥ next power of two ≥ k (the host passes 3 072).
+/// scores: rows × n; out_ids/out_scores: rows × k (slots past n: -1 / -inf).
+extern "C" __global__ void rq_topk_radix(const float* scores, int n, int k, int slots,
                                          long long* out_ids, float* out_scores) {
   RQ_SHARED_BASE(smem);
   int* hist = reinterpret_cast<int*>(smem);  // 256 counters
-  int* ctrl = hist + 256;  // [0] digit / next slot, [1] still needed, [2] taken, [3] tied
-  unsigned* flags = reinterpret_cast<unsigned*>(smem + 1040);
-  const RqSelect q =
-      rq_select_carve(smem + 1040 + (4u * blockDim.x + 15u) / 16u * 16u, k, cap);
+  // ctrl: [0] digit, [1] need, [3] count at the digit (rq_radix_digit), [2] ties taken
+  // (rq_radix_place_cut), [4] next winner slot, [5] next buffer slot, [6] compaction slot.
+  int* ctrl = hist + 256;
+  unsigned* flags = reinterpret_cast<unsigned*>(smem + RQ_RADIX_HEAD);
+  unsigned long long* a = reinterpret_cast<unsigned long long*>(
+      smem + RQ_RADIX_HEAD + (4u * blockDim.x + 15u) / 16u * 16u);
   const long long row = blockIdx.x;
   const float* x = scores + row * n;
-  rq_select_init(q);
+  const int kk = k < n ? k : n;  // real winners
 
   unsigned prefix = 0, mask = 0;
-  int need = k < n ? k : n;  // elements still to choose at the current prefix
-  for (int shift = 24; shift >= 0; shift -= 8) {
+  int need = kk, m = 0, shift = 24;
+  int mode = 0;  // 0: cut ties (slow), 1: every element under the prefix kept, 2: buffer
+  for (; kk > 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
-    // RQ_RADIX_LOADS independent loads per thread before any counting (bytes in flight).
-    for (int j0 = 0; j0 < n; j0 += RQ_RADIX_LOADS * (int)blockDim.x) {
-      float v[RQ_RADIX_LOADS];
-RQ_UNROLL
-      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
-        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
-        v[u] = j < n ? x[j] : 0.0f;
-      }
-RQ_UNROLL
-      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
-        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
-        const unsigned key = rq_radix_key(v[u]);
-        if (j < n && (key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1);
-      }
-    }
+    rq_radix_sweep(x, n, [&](int, float v) {
+      const unsigned key = rq_radix_key(v);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1);
+    });
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int above = 0, digit = 255;
-      for (; digit > 0; --digit) {
-        if (above + hist[digit] >= need) break;
-        above += hist[digit];
-      }
-      ctrl[0] = digit;
-      ctrl[1] = need - above;
-      ctrl[3] = hist[digit];  // elements with this prefix (at shift 0: with exactly the key)
-    }
-    __syncthreads();
+    rq_radix_digit(hist, need, ctrl);
     prefix |= (unsigned)ctrl[0] << shift;
     mask |= 0xffu << shift;
     need = ctrl[1];
+    m = ctrl[3];
     __syncthreads();
-  }
-  // prefix is now the key of the k-th best; `need` of the `tied` elements with that key are
-  // kept.
-  const int greater = (k < n ? k : n) - need;
-  const int tied = ctrl[3];
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    ctrl[0] = 0;  // next slot among the greater ones (all kept ones when every tie is kept)
-    ctrl[2] = 0;  // tied ones taken so far
-  }
-  __syncthreads();
-  if (need == tied) {
-    // Every element with key ≥ prefix is kept: any slot order will do (the sort below orders
-    // by (score, column)), so no scan.
-    for (int j0 = 0; j0 < n; j0 += RQ_RADIX_LOADS * (int)blockDim.x) {
-      float v[RQ_RADIX_LOADS];
-RQ_UNROLL
-      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
-        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
-        v[u] = j < n ? x[j] : 0.0f;
-      }
-RQ_UNROLL
-      for (int u = 0; u < RQ_RADIX_LOADS; ++u) {
-        const int j = j0 + u * (int)blockDim.x + (int)threadIdx.x;
-        if (j < n && rq_radix_key(v[u]) >= prefix) {
-          const int at = atomicAdd(&ctrl[0], 1);
-          q.r[at] = j;
-          q.s[at] = v[u];
-          q.p[at] = 0u;
-        }
-      }
+    if (m == need) {
+      mode = 1;
+      break;
     }
-    __syncthreads();
-  } else {
-    rq_radix_place_cut(x, n, need, greater, prefix, q, ctrl, flags);
+    if (kk - need + m <= slots) {
+      mode = 2;
+      break;
+    }
+    if (shift == 0) break;  // the k-th key itself is tied beyond the buffer
   }
-  rq_select_sort(q, (unsigned)cap);
+  const int greater = kk - need;
+  if (threadIdx.x == 0) {
+    ctrl[2] = 0;
+    ctrl[4] = 0;
+    ctrl[5] = greater;
+  }
+  __syncthreads();
+  if (kk > 0 && mode == 0) {
+    rq_radix_place_cut(x, n, need, greater, prefix, a, ctrl, flags);
+  } else if (kk > 0) {
+    const bool all = mode == 1;
+    rq_radix_sweep(x, n, [&](int j, float v) {
+      const unsigned key = rq_radix_key(v);
+      const unsigned km = key & mask;
+      if (km > prefix || (all && km == prefix))
+        a[atomicAdd(&ctrl[4], 1)] = rq_radix_entry(key, j);
+      else if (km == prefix)
+        a[atomicAdd(&ctrl[5], 1)] = rq_radix_entry(key, j);
+    });
+    __syncthreads();
+    if (!all)
+      rq_radix_select_smem(a + greater, m, need, (unsigned long long)prefix << 32,
+                           (unsigned long long)mask << 32, shift + 24, hist, ctrl);
+  }
+  unsigned sorted = 1;
+  while (sorted < (unsigned)k) sorted <<= 1;
+  for (unsigned i = (unsigned)kk + threadIdx.x; i < sorted; i += blockDim.x) a[i] = 0ull;
+  __syncthreads();
+  rq_radix_sort(a, sorted);
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
-    const bool full = q.p[i] != RQ_NO_PAYLOAD;
-    out_ids[row * k + i] = full ? q.r[i] : -1;
-    out_scores[row * k + i] = full ? q.s[i] : rq_neg_inf();
+    const unsigned long long e = a[i];
+    const bool full = e != 0ull;
+    const int col = (int)~(unsigned)e;
+    float s = rq_radix_score((unsigned)(e >> 32));
+    if (full && s == 0.0f) s = x[col];  // -0 or +0: the key does not tell
+    out_ids[row * k + i] = full ? col : -1;
+    out_scores[row * k + i] = full ? s : rq_neg_inf();
   }
 }

@@ -67,6 +67,8 @@ fn topk_rows_and_segments(be: &dyn Backend) {
         (2, 2048),
         (2, 3001),
     ];
+    // `TopK`'s `==` holds -0 equal to +0: the score bits are compared too.
+    let bits = |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
     for &(rows, n) in &shapes {
         let mut m = tied_matrix(&mut rng, rows, n);
         // -0 ties +0 (the lower column first).
@@ -95,11 +97,15 @@ fn topk_rows_and_segments(be: &dyn Backend) {
         .into_iter()
         .filter(|&k| k <= 2048)
         {
-            let got = ops::topk(be, &m, k).unwrap();
-            assert_eq!(
-                got,
+            let (got, want) = (
+                ops::topk(be, &m, k).unwrap(),
                 ops::topk(&Reference, &m, k).unwrap(),
-                "top-{k} of {rows} x {n}"
+            );
+            assert_eq!(got, want, "top-{k} of {rows} x {n}");
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "top-{k} of {rows} x {n}: score bits"
             );
         }
     }
@@ -119,6 +125,79 @@ fn topk_rows_and_segments(be: &dyn Backend) {
                 got,
                 ops::topk(&Reference, &m, k).unwrap(),
                 "top-{k} of {rows} x {n} (distinct)"
+            );
+        }
+    }
+    // Radix select (256 < k ≤ 2048) paths, kernels/topk.cu `rq_topk_radix` (3 072 entry
+    // slots): (a) normal rows: the k-th best's top-byte bucket fits the shared buffer after one
+    // histogram pass; (b) every score in [1, 2): the top-byte bucket (all 4 000) overflows the
+    // buffer, the second byte's fits; (c) 3 500 zeros (-0 and +0 mixed) tied at the k-th
+    // key: the ties are cut by the multi-pass global path; (d) ties straddling the k-th
+    // slot and -0/+0 at it, inside the shared buffer.
+    let normal = |rng: &mut TestRng, rows: usize, n: usize| {
+        let v = (0..rows * n).map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal));
+        Matrix::new(rows, n, v.collect()).unwrap()
+    };
+    let in_1_2 = |rng: &mut TestRng, rows: usize, n: usize| {
+        let v = (0..rows * n).map(|_| 1.0 + rng.random_range(0.0f32..1.0));
+        Matrix::new(rows, n, v.collect()).unwrap()
+    };
+    let zeros_cut = |rng: &mut TestRng, rows: usize, n: usize| {
+        let mut v = Vec::with_capacity(rows * n);
+        for _ in 0..rows {
+            // 300 above zero, 3 500 zeros, the rest below, shuffled by a random rotation.
+            let mut r: Vec<f32> = (0..n)
+                .map(|j| match j {
+                    0..300 => 1.0 + j as f32,
+                    300..3800 => [0.0, -0.0][j % 2],
+                    _ => -1.0 - j as f32,
+                })
+                .collect();
+            r.rotate_left(rng.random_range(0..n));
+            v.extend(r);
+        }
+        Matrix::new(rows, n, v).unwrap()
+    };
+    let straddle = |rng: &mut TestRng, rows: usize, n: usize| {
+        let mut v = Vec::with_capacity(rows * n);
+        for _ in 0..rows {
+            // 700 values 0.01·(d - 460), d = (j + offset) mod 700, each about n / 700 times;
+            // the zeros (d = 460, ranked near 240 · n / 700) alternate -0 and +0 by copy.
+            let off = rng.random_range(0..700);
+            v.extend((0..n).map(|j| match (j + off) % 700 {
+                460 if (j / 700) % 2 == 0 => -0.0,
+                d => (d as f32 - 460.0) * 0.01,
+            }));
+        }
+        Matrix::new(rows, n, v).unwrap()
+    };
+    type Gen<'a> = &'a dyn Fn(&mut TestRng, usize, usize) -> Matrix;
+    let cases: [(&str, Gen, usize, usize, &[usize]); 6] = [
+        ("normal", &normal, 3, 5000, &[257, 1000, 2048]),
+        ("normal", &normal, 2, 2500, &[300, 2048]),
+        ("in [1, 2)", &in_1_2, 2, 4000, &[257, 1000, 2048]),
+        ("zeros cut", &zeros_cut, 2, 4000, &[301, 1000, 2048]),
+        (
+            "straddle",
+            &straddle,
+            2,
+            2900,
+            &[257, 990, 992, 994, 996, 1000, 2048],
+        ),
+        ("straddle", &straddle, 1, 700, &[699, 700, 701, 2048]),
+    ];
+    for (what, make, rows, n, ks) in cases {
+        let m = make(&mut rng, rows, n);
+        for &k in ks {
+            let (got, want) = (
+                ops::topk(be, &m, k).unwrap(),
+                ops::topk(&Reference, &m, k).unwrap(),
+            );
+            assert_eq!(got, want, "top-{k} of {rows} x {n} ({what})");
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "top-{k} of {rows} x {n} ({what}): bits"
             );
         }
     }

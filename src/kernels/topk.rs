@@ -17,6 +17,17 @@ const ROW_WARPS: usize = 8;
 /// rounded up to a power of two entries per lane); larger `k` (up to [`super::MAX_K`]) by
 /// radix select.
 const WARP_MAX_K: usize = 256;
+/// 64-bit entry slots of `rq_topk_radix`'s shared memory: the certain winners, then the
+/// undecided bucket it selects from in shared memory (two reads of the row) while both fit;
+/// larger buckets take more global histogram passes first. 3 072 holds the bucket of normal
+/// rows of 100 000 for every k ≤ 2048 (the top byte of the k-th best's key covers [2, 8):
+/// ~2 275 ± 47 values, 74 % of the slots; nothing above it), and keeps the block at 26 688
+/// bytes, so shared memory alone would let 8 blocks of 256 threads share an H200 SM (228 KiB,
+/// 27 712 bytes each with the 1 KiB reserved per block); its 39 registers allow 6.
+/// At least the next power of two ≥ k (the final sort).
+const RADIX_SLOTS: usize = 3072;
+/// Histogram and control words before `rq_topk_radix`'s scan flags (`RQ_RADIX_HEAD`).
+const RADIX_HEAD: usize = 1088;
 
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
 /// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
@@ -30,12 +41,12 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
     let n32 = arg_i32(n, "topk: columns")?;
     let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
     if k > WARP_MAX_K {
-        // Radix select, one block per row: (scores, n, k, cap, ids, scores out).
-        let cap = k.next_power_of_two();
-        let shared = 1040 + round16(4 * SELECT_THREADS as usize) + select_bytes(cap);
+        // Radix select, one block per row: (scores, n, k, slots, ids, scores out).
+        let slots = RADIX_SLOTS.max(k.next_power_of_two());
+        let shared = RADIX_HEAD + round16(4 * SELECT_THREADS as usize) + 8 * slots;
         let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
         let head = vec![KernelArg::Buf(&*x), KernelArg::I32(n32)];
-        return launch_select(dev, "rq_topk_radix", cfg, (rows, k, cap), head);
+        return launch_select(dev, "rq_topk_radix", cfg, (rows, k, slots), head);
     }
     // One warp per row: (scores, rows, n[, k], ids, scores out).
     let cfg = launch_1d(rows.div_ceil(ROW_WARPS), (ROW_WARPS * 32) as u32, 0, "topk")?;
