@@ -10,7 +10,7 @@ use common::*;
 use rand::Rng;
 use std::sync::Arc;
 
-use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Resident};
+use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Encoding, Resident};
 use rqtree::index::{Codebook, Codebooks, EmbeddingKind, Embeddings, Index};
 #[cfg(any(feature = "emu", feature = "cuda"))]
 use rqtree::kernels::{KernelBackend, Storage};
@@ -255,6 +255,25 @@ fn assign_levels(be: &dyn Backend) {
     }
 }
 
+/// Per item: the same codes, or encoding errors within DESIGN §4's near-tie tolerance; all
+/// errors within a relative 1e-5.
+fn encodings_agree(got: &Encoding, want: &Encoding, what: &str) {
+    let levels = want.levels;
+    assert_eq!(got.levels, levels, "{what}: levels");
+    assert_eq!(got.error.len(), want.error.len(), "{what}: items");
+    for (i, (&eg, &ew)) in got.error.iter().zip(&want.error).enumerate() {
+        let (g, w) = (
+            &got.codes[i * levels..(i + 1) * levels],
+            &want.codes[i * levels..(i + 1) * levels],
+        );
+        assert!(
+            g == w || (eg - ew).abs() <= 1e-5 * (1.0 + ew.abs()),
+            "{what} item {i}: {g:?} vs {w:?}"
+        );
+    }
+    rel_close(&got.error, &want.error, 1e-5, "encoding error");
+}
+
 fn encode_greedy_and_beam(be: &dyn Backend) {
     let mut rng = rng("encode_greedy_and_beam");
     for (levels, k, beam) in [(2, 23, 1), (3, 17, 4), (2, 40, 8), (1, 5, 1)] {
@@ -262,18 +281,7 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
         let x = rand_matrix(&mut rng, 67, 11);
         let got = ops::encode(be, &x, &cbs, beam).unwrap();
         let want = ops::encode(&Reference, &x, &cbs, beam).unwrap();
-        for i in 0..67 {
-            let (g, w) = (
-                &got.codes[i * levels..(i + 1) * levels],
-                &want.codes[i * levels..(i + 1) * levels],
-            );
-            let (eg, ew) = (got.error[i], want.error[i]);
-            assert!(
-                g == w || (eg - ew).abs() <= 1e-5 * (1.0 + ew.abs()),
-                "item {i}: {g:?} vs {w:?}"
-            );
-        }
-        rel_close(&got.error, &want.error, 1e-5, "encoding error");
+        encodings_agree(&got, &want, &format!("beam {beam}"));
     }
 }
 
@@ -596,18 +604,7 @@ fn codebook_storage(be: &dyn Backend, storage: Storage) {
         for beam in [1, 4] {
             let got = ops::encode(be, &x, &cbs, beam).unwrap();
             let want = ops::encode(&Reference, &x, &rounded, beam).unwrap();
-            for i in 0..67 {
-                let (g, w) = (
-                    &got.codes[i * levels..(i + 1) * levels],
-                    &want.codes[i * levels..(i + 1) * levels],
-                );
-                let (eg, ew) = (got.error[i], want.error[i]);
-                assert!(
-                    g == w || (eg - ew).abs() <= 1e-5 * (1.0 + ew.abs()),
-                    "beam {beam} item {i}: {g:?} vs {w:?}"
-                );
-            }
-            rel_close(&got.error, &want.error, 1e-5, "encoding error");
+            encodings_agree(&got, &want, &format!("beam {beam}"));
         }
         let cb = cbs.level(0);
         let rcb = rounded.level(0);
