@@ -191,7 +191,9 @@ struct alignas(16) RqFloat4 {
 ///   j = argmax ĝ, key_k* ≥ key_j and |key - g| ≤ E2 give g_k* ≥ g_j - 2·E2, and
 ///   |ĝ - g| ≤ E1 at k* and at j give ĝ_k* ≥ ĝ_j - 2·E1 - 2·E2 (ties included);
 /// the window is twice that (slack for the approximate rnorm and the margin's own rounding),
-/// plus an absolute d·1e-38 for underflow.
+/// plus an absolute d·1e-38 for underflow. (When every codeword norm of a level is below
+/// ~1e-19, the host's cmax, the square root of an f32 squared norm, may fall short of them;
+/// the terms in T and the absolute floor then dominate the window.)
 __device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
   const float u = 5.9604645e-8f;
   const float df = (float)d;

@@ -84,6 +84,23 @@ fn candidate_positions(index: &Index, cand: &Candidates) -> (Vec<usize>, Vec<u32
     (offsets, positions)
 }
 
+/// Candidates per query the fused lookup keeps: `k` without re-rank, `rerank_k` with it,
+/// `None` when every candidate is re-ranked. Errors when re-ranking is asked of an index
+/// without stored embeddings, or `rerank_k < k`.
+pub(crate) fn shortlist(index: &Index, params: &SearchParams) -> Result<Option<usize>> {
+    match params.rerank {
+        Rerank::None => Ok(Some(params.k)),
+        Rerank::Exact { .. } if index.embeddings.is_none() => Err(Error::param(
+            "rerank = exact needs stored embeddings; build with --keep-embeddings f16|f32",
+        )),
+        Rerank::Exact { rerank_k: Some(r) } if r < params.k => Err(Error::param(format!(
+            "rerank-k = {r} is smaller than k = {}",
+            params.k
+        ))),
+        Rerank::Exact { rerank_k } => Ok(rerank_k),
+    }
+}
+
 /// Searches `queries` (`B × d`, finite) in `index`. `level1` optionally replaces the level-1
 /// lookup table with the caller's `B × (#depth-1 nodes)` scores.
 pub fn search(
@@ -96,26 +113,7 @@ pub fn search(
     ops::check_k(params.k)?;
     ops::check_beams(&params.beams, index.levels())?;
     ops::check_input(queries, index.dim(), "queries")?;
-    let shortlist = match params.rerank {
-        Rerank::None => params.k,
-        Rerank::Exact { rerank_k } => {
-            if index.embeddings.is_none() {
-                return Err(Error::param(
-                    "rerank = exact needs stored embeddings; build with --keep-embeddings f16|f32",
-                ));
-            }
-            match rerank_k {
-                Some(r) if r < params.k => {
-                    return Err(Error::param(format!(
-                        "rerank-k = {r} is smaller than k = {}",
-                        params.k
-                    )));
-                }
-                Some(r) => r,
-                None => 0,
-            }
-        }
-    };
+    let shortlist = shortlist(index, params)?;
     if level1.is_none() {
         if let Some((top, candidates)) = be.search_on_device(index, queries, params)? {
             return Ok(SearchOutput {
@@ -136,10 +134,9 @@ pub fn search(
         (Rerank::Exact { .. }, Some(e)) => {
             // The shortlist: every candidate (rerank_k unset), or the best rerank_k by the
             // lookup-table scores.
-            let (offsets, positions) = if shortlist == 0 {
-                candidate_positions(index, &cand)
-            } else {
-                be.fused_topk(&tables, index, &cand, shortlist)?.to_csr()
+            let (offsets, positions) = match shortlist {
+                None => candidate_positions(index, &cand),
+                Some(s) => be.fused_topk(&tables, index, &cand, s)?.to_csr(),
             };
             be.rerank(
                 queries,

@@ -291,7 +291,7 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
 /// assignment"). Cases: sizes off the kernel's tiles (rows of 64, codeword tiles of 64,
 /// dimension chunks of 32), exact ties (duplicated codewords), near-ties one thread sees
 /// together (codeword pairs 1e-7 apart: the exact scan of all codewords), 16-row blocks for
-/// a large d, residual norms whose square overflows f32 and logits that overflow (a
+/// a large d, the per-row kernels beyond the tiled kernel's shared memory (d = 1536), residual norms whose square overflows f32 and logits that overflow (a
 /// non-finite window: the exact scan).
 fn greedy_is_exact(be: &dyn Backend) {
     let mut rng = rng("greedy_is_exact");
@@ -336,6 +336,11 @@ fn greedy_is_exact(be: &dyn Backend) {
             )
             .unwrap(),
             (0..2).map(|_| rand_matrix(&mut rng, 20, 8)).collect(),
+        ),
+        (
+            "d beyond the tiled kernel (per-row kernels)",
+            rand_matrix(&mut rng, 9, 1536),
+            (0..2).map(|_| rand_matrix(&mut rng, 12, 1536)).collect(),
         ),
         (
             "overflowing logits",
@@ -519,6 +524,34 @@ fn search_pipeline(be: &dyn Backend) {
         let none = search(be, &index, &Matrix::zeros(0, 12), None, &p).unwrap();
         assert_eq!((none.topk.rows, none.candidates.len()), (0, 0));
     }
+    // Re-ranking an index without embeddings is an error on the device path too (called
+    // directly, without `search`'s own check).
+    let (bare, _, _) = rand_index(&mut rng, 100, 12, 2, 7, Metric::Ip, EmbeddingKind::None);
+    let q = rand_matrix(&mut rng, 3, 12);
+    let p = SearchParams {
+        k: 5,
+        beams: vec![3, 9],
+        rerank: Rerank::Exact { rerank_k: Some(20) },
+    };
+    let direct = be.search_on_device(&bare, &q, &p);
+    if be.name() == "reference" {
+        assert!(direct.unwrap().is_none());
+    } else {
+        assert!(direct.is_err(), "{}: re-rank without embeddings", be.name());
+    }
+    // Large tables (2 × 4096 codes: Σ K > 7680) with a large k: the fused lookup reads the
+    // tables from global memory when they do not fit beside the selector.
+    let (big, _, _) = rand_index(&mut rng, 3000, 8, 2, 4096, Metric::L2, EmbeddingKind::None);
+    let q = rand_matrix(&mut rng, 3, 8);
+    let p = SearchParams {
+        k: 2000,
+        beams: vec![64, 2048],
+        rerank: Rerank::None,
+    };
+    let got = search(be, &big, &q, None, &p).unwrap();
+    let want = search(&Reference, &big, &q, None, &p).unwrap();
+    assert_eq!(got.candidates, want.candidates, "large tables");
+    assert_topk_close(&got.topk, &want.topk, 1e-5, "search over large tables");
 }
 
 /// Repeated calls on an index modified in place (same allocations, new contents) never see

@@ -35,6 +35,13 @@ fn greedy_shared(rows: usize, d: usize) -> usize {
     4 * rows * stride + 4 * (32 * 64 + rows) + 8 * 16 * rows + 8 * rows
 }
 
+/// Whether the certified greedy kernel takes rows of dimension `d` (16 of them must fit the
+/// shared-memory budget: d ≤ 1368); larger d run the per-row kernels (`rq_assign` with
+/// `top_m = 1`, `rq_encode` with beam 1), which compute the same exact keys.
+fn greedy_fits(d: usize) -> bool {
+    greedy_shared(16, d) <= MAX_SHARED_BYTES
+}
+
 /// Launches the certified greedy kernel over `levels` (codebooks, values already rounded to
 /// `storage`, which is how they are uploaded), `mode` 0 (encode) or 1 (assign): 64 rows
 /// per block (`rq_greedy_rows64`), or 16 (`rq_greedy_rows16`) when 64 rows of dimension `d`
@@ -117,8 +124,9 @@ fn greedy_rows<D: Device>(
 /// `top_m` best codes (`1 ≤ top_m ≤ min(K, 2048)`) with their logits
 /// `2<r, C[k]> - ||C[k]||²`, optionally the soft weights `softmax(α·logit)` (`n × K`) and the
 /// hard residual `r - C[code]` (`n × d`). Ties → lowest code. The hard-code-only case
-/// (`top_m = 1`, no soft weights) runs the row-tiled kernel, which reads the codebook as
-/// `storage` (its values rounded to it already); the general kernel reads the f32 values.
+/// (`top_m = 1`, no soft weights, `d ≤ 1368`) runs the certified row-tiled kernel, which
+/// reads the codebook as `storage` (its values rounded to it already); the general kernel
+/// reads the f32 values.
 pub fn assign<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -146,8 +154,8 @@ pub fn assign<D: Device>(
             residual: opts.residual.then(|| Matrix::zeros(0, d)),
         });
     }
-    if m == 1 && opts.alpha.is_none() {
-        // Hard code only: the row-tiled kernel (codebook tiles in shared memory).
+    if m == 1 && opts.alpha.is_none() && greedy_fits(d) {
+        // Hard code only: the certified row-tiled kernel.
         let g = greedy_rows(dev, res, residuals, &[codebook], 1, opts.residual, storage)?;
         return Ok(Assignment {
             top_m: 1,
@@ -209,8 +217,9 @@ pub fn assign<D: Device>(
 /// Encodes `items` (`n × d`) over all levels keeping the `beam` best partial paths by
 /// squared reconstruction error (`1 ≤ beam ≤ 2048`; 1 = greedy): `n × L` codes and
 /// `||x - x̂||²` per item. The residuals stay in shared memory across levels; `beam = 1`
-/// runs the row-tiled greedy kernel (codebooks read as `storage`, values rounded to it
-/// already), wider beams the per-row beam kernel (f32 values).
+/// (with `d ≤ 1368`) runs the certified row-tiled greedy kernel (codebooks read as
+/// `storage`, values rounded to it already), wider beams and larger d the per-row beam
+/// kernel (f32 values).
 pub fn encode<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -229,7 +238,7 @@ pub fn encode<D: Device>(
             error: Vec::new(),
         });
     }
-    if beam == 1 {
+    if beam == 1 && greedy_fits(d) {
         let levels_ref: Vec<&Codebook> = cbs.iter().collect();
         let g = greedy_rows(dev, res, items, &levels_ref, 0, false, storage)?;
         return Ok(Encoding {

@@ -15,7 +15,8 @@ use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
     alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, launch_1d,
-    launch_select, range_per_thread, round16, select_bytes, select_cap, upload, SELECT_THREADS,
+    launch_select, range_per_thread, round16, select_bytes, select_cap, upload, MAX_SHARED_BYTES,
+    SELECT_THREADS,
 };
 
 /// `rq_lut`: threads per block edge, tile edge (queries × codewords per block), staged row
@@ -222,16 +223,16 @@ pub(crate) fn fused_on_device<D: Device>(
         )));
     }
     let ksum: usize = tables.ks.iter().sum();
-    let lut_shared = ksum <= FUSED_SHARED_TABLES;
     let (codes, code_bytes) = match index.codes.data() {
         CodeData::U8(v) => (res.input(dev, v, Reuse::Content)?, 1),
         CodeData::U16(v) => (res.input(dev, v, Reuse::Content)?, 2),
     };
     let per_thread = range_per_thread(k);
     let cap = select_cap(k, SELECT_THREADS * per_thread as u32);
-    let shared = if lut_shared { round16(4 * ksum) } else { 0 }
-        + round16(8 * SELECT_THREADS as usize + 8)
-        + select_bytes(cap);
+    let rest = round16(8 * SELECT_THREADS as usize + 8) + select_bytes(cap);
+    // The query's table rows go to shared memory when they fit beside the selector.
+    let lut_shared = ksum <= FUSED_SHARED_TABLES && round16(4 * ksum) + rest <= MAX_SHARED_BYTES;
+    let shared = if lut_shared { round16(4 * ksum) } else { 0 } + rest;
     let cfg = launch_1d(b, SELECT_THREADS, shared, "fused_topk")?;
     let lut_off: Vec<i64> = tables.at.iter().map(|&a| a as i64).collect();
     let lut_k = tables

@@ -16,12 +16,13 @@ use super::lookup::{
 };
 use super::resident::Residency;
 use super::traverse::traverse_on_device;
-use super::{download, download_topk, upload};
+use super::{check_k, download, download_topk, upload};
 
-/// Runs the pipeline for `queries` (validated by the caller, as `params`) with `codebooks`
-/// (the index's, rounded to `storage`): `B × k` item positions and scores, and the candidate
-/// items of each query. `None` when every candidate is to be re-ranked (`rerank_k` unset),
-/// whose shortlist is not a fixed-length list: the caller composes that case.
+/// Runs the pipeline for `queries` (`B × d`) with `codebooks` (the index's, rounded to
+/// `storage`): `B × k` item positions and scores, and the candidate items of each query.
+/// `None` when every candidate is to be re-ranked (`rerank_k` unset), whose shortlist is not
+/// a fixed-length list: the caller composes that case. Bad parameters (re-rank without
+/// embeddings, `rerank_k < k`, beams, `k`) are errors.
 pub(crate) fn search<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -31,11 +32,10 @@ pub(crate) fn search<D: Device>(
     queries: &Matrix,
     params: &SearchParams,
 ) -> Result<Option<(TopK, Vec<usize>)>> {
-    let shortlist = match params.rerank {
-        Rerank::None => params.k,
-        Rerank::Exact { rerank_k: Some(r) } => r,
-        Rerank::Exact { rerank_k: None } => return Ok(None),
+    let Some(shortlist) = crate::search::shortlist(index, params)? else {
+        return Ok(None);
     };
+    check_k(params.k, "search: k")?;
     let b = queries.rows();
     if b == 0 {
         return Ok(Some((TopK::empty(0, params.k), Vec::new())));
