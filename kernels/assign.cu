@@ -6,6 +6,8 @@
 // best codes, so ties go to the lowest code exactly as in the reference.
 #include "common.cuh"
 
+#include <mma.h>
+
 /// One level of assignment. grid: n (one row per block); block: a power of two ≥ 32;
 /// shared: 4·d (rounded up to 16) + 8·blockDim.x + 16·cap + 16 bytes,
 /// cap = next power of two ≥ top_m + blockDim.x.
@@ -194,11 +196,16 @@ struct alignas(16) RqFloat4 {
 /// plus an absolute d·1e-38 for underflow. (When every codeword norm of a level is below
 /// ~1e-19, the host's cmax, the square root of an f32 squared norm, may fall short of them;
 /// the terms in T and the absolute floor then dominate the window.)
-__device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
+/// With `tc` the screening is the tensor cores' 3xTF32 product (rq_greedy_screen_tc): each
+/// product a·b is taken as a_big·b_big + a_big·b_small + a_small·b_big of TF32 parts
+/// (|error| ≤ 3·2^-22·|a·b|·1.01 = 12.12u|a·b|), summed by the tensor cores in an unspecified
+/// order and rounding (allowed 4u per term and addition: 12.2d·u·S): E1 = (24.4d + 26.3)uS +
+/// 1.01uQ.
+__device__ inline float rq_certify_margin(int d, float rnorm, float cmax, bool tc) {
   const float u = 5.9604645e-8f;
   const float df = (float)d;
   const float S = rnorm * cmax, Q = cmax * cmax, T = (rnorm + cmax) * (rnorm + cmax);
-  const float e1 = (2.02f * df + 2.02f) * u * S + 1.01f * u * Q;
+  const float e1 = (tc ? 24.4f * df + 26.3f : 2.02f * df + 2.02f) * u * S + 1.01f * u * Q;
   const float e2 = (0.26f * df + 6.4f) * u * S + 1.01f * u * Q + 1.01f * u * (T + Q);
   return 4.0f * (e1 + e2) + df * 1e-38f;
 }
@@ -220,11 +227,67 @@ __device__ inline float rq_exact_key(int mode, const float* r, const unsigned ch
                                     : rq_dist_sq_w<RqWidenF16>(r, h, d));
 }
 
+/// Row stride (floats) of the tensor-core screening's accumulator tile (64 × 64 logits).
+#define RQ_GR_SLD 68
+
+/// 3xTF32 tensor-core screening of one 64-codeword tile (the 64-row variant): warp w
+/// multiplies the 16 residual rows 16·(w / 2) .. against codewords 16·(2·(w % 2) + t), t < 2,
+/// over all d dimensions (staged through `tile` in chunks of RQ_GR_DC, as the FFMA screening),
+/// splitting every input into TF32 big and small parts, and stores the 64 × 64 dot products
+/// to `sacc` (row stride RQ_GR_SLD). Every thread of the block must call it (barriers).
+/// Requires d padded with zeros to a multiple of 8 in `res` (stride rs ≥ that).
+__device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile, float* sacc,
+                                           const unsigned char* cbs, int cb_dtype,
+                                           long long c0, int t0, int K, int d) {
+  using namespace nvcuda;
+  const int tid = (int)threadIdx.x, warp = tid / RQ_WARP;
+  const int rt = warp / 2, ct0 = 2 * (warp % 2);
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int e0 = 0; e0 < d; e0 += RQ_GR_DC) {
+    const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
+    __syncthreads();  // the previous chunk is consumed
+    for (int i = tid; i < RQ_GR_DC * RQ_GR_TK; i += (int)blockDim.x) {
+      const int e = i / RQ_GR_TK, c = i % RQ_GR_TK;
+      tile[i] = e < dc && t0 + c < K
+                    ? rq_load_widened(cbs, cb_dtype, (c0 + t0 + c) * d + e0 + e)
+                    : 0.0f;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < dc; kk += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> ab, as;
+      wmma::load_matrix_sync(ab, res + 16 * rt * rs + e0 + kk, (unsigned)rs);
+      for (int i = 0; i < ab.num_elements; ++i) {
+        const float v = ab.x[i], big = wmma::__float_to_tf32(v);
+        ab.x[i] = big;
+        as.x[i] = wmma::__float_to_tf32(v - big);
+      }
+      for (int t = 0; t < 2; ++t) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> bb, bs;
+        wmma::load_matrix_sync(bb, tile + kk * RQ_GR_TK + 16 * (ct0 + t), RQ_GR_TK);
+        for (int i = 0; i < bb.num_elements; ++i) {
+          const float v = bb.x[i], big = wmma::__float_to_tf32(v);
+          bb.x[i] = big;
+          bs.x[i] = wmma::__float_to_tf32(v - big);
+        }
+        wmma::mma_sync(acc[t], as, bb, acc[t]);
+        wmma::mma_sync(acc[t], ab, bs, acc[t]);
+        wmma::mma_sync(acc[t], ab, bb, acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < 2; ++t)
+    wmma::store_matrix_sync(sacc + 16 * rt * RQ_GR_SLD + 16 * (ct0 + t), acc[t], RQ_GR_SLD,
+                            wmma::mem_row_major);
+  __syncthreads();
+}
+
 /// Body of rq_greedy_rows16 / rq_greedy_rows64 (`smem`: the launch's dynamic shared memory):
 /// a block of 256 threads holds R = 16·RM rows.
 /// Thread t = 16·rg + cg screens rows rg + 16·i (i < RM) against codewords 4·cg + j (j < 4)
 /// of each 64-codeword tile, so the 16 threads of a row are one half-warp.
-template <int RM>
+template <int RM, bool TC>
 __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, int n, int d,
                                            int L,
                                            const unsigned char* cbs, int cb_dtype,
@@ -236,7 +299,8 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
   const unsigned res_bytes = (unsigned)R * (unsigned)rs * 4u;
   float* res = reinterpret_cast<float*>(smem);  // R × rs, row-major
   float* tile = reinterpret_cast<float*>(smem + res_bytes);  // DC × TK, dimension-major
-  float* rn = tile + RQ_GR_DC * RQ_GR_TK;                     // R: screening ||r||²
+  float* sacc = tile + RQ_GR_DC * RQ_GR_TK;                   // TC: 64 × SLD dot products
+  float* rn = sacc + (TC ? 64 * RQ_GR_SLD : 0);               // R: screening ||r||²
   float* cval = rn + R;                                       // CAND × R exact keys
   int* cand = reinterpret_cast<int*>(cval + RQ_GR_CAND * R);  // CAND × R candidate codes
   int* cand_n = cand + RQ_GR_CAND * R;                        // R
@@ -247,9 +311,10 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
   const int warps = (int)(blockDim.x / RQ_WARP);
   const long long row0 = (long long)blockIdx.x * R;
 
-  for (int i = tid; i < R * d; i += (int)blockDim.x) {
-    const int r = i / d, e = i % d;
-    res[r * rs + e] = row0 + r < n ? x[(row0 + r) * d + e] : 0.0f;
+  // The padding after d stays zero (the tensor-core screening reads it in steps of 8).
+  for (int i = tid; i < R * rs; i += (int)blockDim.x) {
+    const int r = i / rs, e = i % rs;
+    res[i] = row0 + r < n && e < d ? x[(row0 + r) * d + e] : 0.0f;
   }
   for (int l = 0; l < L; ++l) {
     const long long c0 = cb_rows[l];
@@ -280,7 +345,14 @@ RQ_UNROLL
       for (int i = 0; i < RM; ++i)
 RQ_UNROLL
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-      for (int e0 = 0; e0 < d; e0 += RQ_GR_DC) {
+      if constexpr (TC) {
+        rq_greedy_screen_tc(res, rs, tile, sacc, cbs, cb_dtype, c0, t0, K, d);
+RQ_UNROLL
+        for (int i = 0; i < RM; ++i)
+RQ_UNROLL
+          for (int j = 0; j < 4; ++j) acc[i][j] = sacc[(rg + 16 * i) * RQ_GR_SLD + 4 * cg + j];
+      }
+      for (int e0 = 0; e0 < (TC ? 0 : d); e0 += RQ_GR_DC) {
         const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
         __syncthreads();  // the previous chunk is consumed
         for (int i = tid; i < RQ_GR_DC * RQ_GR_TK; i += (int)blockDim.x) {
@@ -345,7 +417,7 @@ RQ_UNROLL
         g = og > g ? og : g;
       }
       const int r = rg + 16 * i;
-      const float thr = g - rq_certify_margin(d, sqrtf(rn[r]), cm);
+      const float thr = g - rq_certify_margin(d, sqrtf(rn[r]), cm, TC);
       const bool finite = thr - thr == 0.0f;
       if (!finite || v2[i] >= thr) {
         over[r] = 1;
@@ -422,8 +494,8 @@ extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             const float* cmax, int mode, unsigned* codes,
                                             float* err, int want_residual, float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<4>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode, codes,
-                         err, want_residual, residual);
+  rq_greedy_rows_body<4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode,
+                                codes, err, want_residual, residual);
 }
 
 extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
@@ -432,6 +504,20 @@ extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
                                             const float* cmax, int mode, unsigned* codes,
                                             float* err, int want_residual, float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<1>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode, codes,
-                         err, want_residual, residual);
+  rq_greedy_rows_body<1, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode,
+                                codes, err, want_residual, residual);
+}
+
+/// rq_greedy_rows64 with the screening on the tensor cores (3xTF32, rq_greedy_screen_tc;
+/// sm_80+): same arguments, results and geometry; shared memory 64 · 68 · 4 bytes more
+/// (the accumulator tile, after the codeword chunk).
+extern "C" __global__ void rq_greedy_rows64_tc(const float* x, int n, int d, int L,
+                                               const unsigned char* cbs, int cb_dtype,
+                                               const long long* cb_rows, const float* cnorms,
+                                               const float* cmax, int mode, unsigned* codes,
+                                               float* err, int want_residual,
+                                               float* residual) {
+  RQ_SHARED_BASE(smem);
+  rq_greedy_rows_body<4, true>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode,
+                               codes, err, want_residual, residual);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Merges `rqtree bench --json` and `benches/torch_baseline.py --json` into one table:
 operation, rqtree ms (whole call; kernels alone in brackets), torch ms, speed-up of rqtree
-over torch (on the whole call), and each side's fraction of the roofline floor.
+over torch (on the whole call), and each side's fraction of the roofline floor. A rqtree
+variant row (`assign_tc`: the tensor-core screening) is set against torch's base row.
 
     python3 scripts/compare_bench.py RQTREE_JSON TORCH_JSON
 
@@ -50,7 +51,8 @@ def main(argv):
     print(head)
     print("-" * len(head))
     for op in ops:
-        r, t = ours.get(op, {}), theirs.get(op, {})
+        # A variant row of rqtree (`assign_tc`) is compared with torch's row of its base op.
+        r, t = ours.get(op, {}), theirs.get(op, theirs.get(op.removesuffix("_tc"), {}))
         rms, tms = r.get("ms"), t.get("ms")
         kms = r.get("kernel_ms")
         rq = fmt(rms, ".3f") + (f" [{kms:.3f}]" if kms is not None else "")

@@ -213,16 +213,27 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// How to open a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// The kernel backends screen codewords for the greedy assignment on the tensor cores
+    /// ([`crate::kernels::KernelBackend::with_tensor_cores`]; same results, other speed).
+    /// Ignored by `reference`.
+    pub tensor_cores: bool,
+}
+
 /// Opens the cuda backend, or says why it cannot run here.
 #[cfg(feature = "cuda")]
-fn open_cuda() -> Result<Box<dyn Backend>> {
+fn open_cuda(o: OpenOptions) -> Result<Box<dyn Backend>> {
     let dev = crate::device::cuda::CudaDevice::open()?;
-    Ok(Box::new(crate::kernels::KernelBackend::new(dev)))
+    Ok(Box::new(
+        crate::kernels::KernelBackend::new(dev).with_tensor_cores(o.tensor_cores),
+    ))
 }
 
 /// Without the `cuda` feature there is no cuda backend.
 #[cfg(not(feature = "cuda"))]
-fn open_cuda() -> Result<Box<dyn Backend>> {
+fn open_cuda(_: OpenOptions) -> Result<Box<dyn Backend>> {
     Err(Error::BackendUnavailable(
         "the cuda backend is not part of this build (feature `cuda`)".into(),
     ))
@@ -230,30 +241,37 @@ fn open_cuda() -> Result<Box<dyn Backend>> {
 
 /// Opens the emu backend (the CUDA kernel sources emulated on the CPU).
 #[cfg(feature = "emu")]
-fn open_emu() -> Result<Box<dyn Backend>> {
+fn open_emu(o: OpenOptions) -> Result<Box<dyn Backend>> {
     let dev = crate::device::emu::EmuDevice::new();
-    Ok(Box::new(crate::kernels::KernelBackend::new(dev)))
+    Ok(Box::new(
+        crate::kernels::KernelBackend::new(dev).with_tensor_cores(o.tensor_cores),
+    ))
 }
 
 /// Without the `emu` feature there is no emu backend.
 #[cfg(not(feature = "emu"))]
-fn open_emu() -> Result<Box<dyn Backend>> {
+fn open_emu(_: OpenOptions) -> Result<Box<dyn Backend>> {
     Err(Error::BackendUnavailable(
         "the emu backend is not part of this build (feature `emu`)".into(),
     ))
 }
 
-/// Opens the backend `kind`; also says why it chose what it chose (for `Auto`: `cuda` when a
-/// device and kernels are present, else `reference`, with the reason).
+/// Opens the backend `kind` with default options ([`open_with`]).
 pub fn open(kind: BackendKind) -> Result<(Box<dyn Backend>, String)> {
+    open_with(kind, OpenOptions::default())
+}
+
+/// Opens the backend `kind` with options `o`; also says why it chose what it chose (for
+/// `Auto`: `cuda` when a device and kernels are present, else `reference`, with the reason).
+pub fn open_with(kind: BackendKind, o: OpenOptions) -> Result<(Box<dyn Backend>, String)> {
     match kind {
         BackendKind::Reference => Ok((
             Box::new(crate::reference::Reference),
             "reference: requested".into(),
         )),
-        BackendKind::Emu => Ok((open_emu()?, "emu: requested".into())),
-        BackendKind::Cuda => Ok((open_cuda()?, "cuda: requested".into())),
-        BackendKind::Auto => match open_cuda() {
+        BackendKind::Emu => Ok((open_emu(o)?, "emu: requested".into())),
+        BackendKind::Cuda => Ok((open_cuda(o)?, "cuda: requested".into())),
+        BackendKind::Auto => match open_cuda(o) {
             Ok(be) => Ok((be, "cuda: a device and kernels are present".into())),
             Err(e) => Ok((
                 Box::new(crate::reference::Reference),

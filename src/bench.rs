@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::backend::{Backend, Resident};
+use crate::backend::{self, Backend, BackendKind, OpenOptions, Resident};
 use crate::candidates::Candidates;
 use crate::device::Clock;
 use crate::error::{Error, Result};
@@ -50,6 +50,10 @@ pub struct BenchOptions {
     pub targets: bool,
     /// One JSON object instead of a table.
     pub json: bool,
+    /// The backend screens the greedy assignment on the tensor cores (`--tensor-cores`); when
+    /// it does not and it is a kernel backend, the bench adds an `assign_tc` row from a second
+    /// backend of the same kind that does.
+    pub tensor_cores: bool,
 }
 
 /// One timed operation.
@@ -289,14 +293,49 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
             .map(|l| normal_matrix(kk, D, 1.0 / (l + 1) as f32, 50 + l as u64))
             .collect(),
     )?;
+    let screening = if opts.tensor_cores {
+        "tensor-core screening"
+    } else {
+        "FMA screening"
+    };
+    let kernels = matches!(be.name(), "emu" | "cuda");
+    let assign_flops = 2.0 * (n * kk * D * levels) as f64;
+    let assign_bytes = (n * D * 4 + n * levels * 4 + n * 4) as f64;
     rows.push(timer.row(
         "assign",
-        format!("greedy encode N={n} d={D} L={levels} K={kk} f32"),
+        format!(
+            "greedy encode N={n} d={D} L={levels} K={kk} f32{}",
+            if kernels {
+                format!(" ({screening})")
+            } else {
+                String::new()
+            }
+        ),
         copies,
-        2.0 * (n * kk * D * levels) as f64,
-        (n * D * 4 + n * levels * 4 + n * 4) as f64,
+        assign_flops,
+        assign_bytes,
         |c| ops::encode(be, &items[c], &cbs, 1).map(|_| ()),
     )?);
+    if kernels && !opts.tensor_cores {
+        let kind = be.name().parse::<BackendKind>()?;
+        let (tc, _) = backend::open_with(kind, OpenOptions { tensor_cores: true })?;
+        for m in &items {
+            tc.keep_resident(Resident::Matrix(Arc::clone(m)))?;
+        }
+        let tc_timer = Timer {
+            be: tc.as_ref(),
+            ..timer
+        };
+        rows.push(tc_timer.row(
+            "assign_tc",
+            format!("greedy encode N={n} d={D} L={levels} K={kk} f32 (tensor-core screening)"),
+            copies,
+            assign_flops,
+            assign_bytes,
+            |c| ops::encode(tc.as_ref(), &items[c], &cbs, 1).map(|_| ()),
+        )?);
+        tc.release_resident()?;
+    }
     drop(items);
     be.release_resident()?;
 

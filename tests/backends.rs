@@ -688,38 +688,57 @@ fn codebook_storage(be: &dyn Backend, storage: Storage) {
 
 /// A kernel backend on `kind`'s device storing codebooks as `storage`, or why it is skipped.
 #[cfg(any(feature = "emu", feature = "cuda"))]
-fn kernel_backend(kind: BackendKind, storage: Storage) -> Option<Box<dyn Backend>> {
+fn kernel_backend(
+    kind: BackendKind,
+    storage: Storage,
+    tensor_cores: bool,
+) -> Option<Box<dyn Backend>> {
     // Opening through `backend::open` first gives the uniform SKIP/REQUIRE_GPU behaviour.
     open(kind)?;
     match kind {
         #[cfg(feature = "emu")]
         BackendKind::Emu => Some(Box::new(
             KernelBackend::new(rqtree::device::emu::EmuDevice::new())
-                .with_codebook_storage(storage),
+                .with_codebook_storage(storage)
+                .with_tensor_cores(tensor_cores),
         )),
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => Some(Box::new(
             KernelBackend::new(rqtree::device::cuda::CudaDevice::open().unwrap())
-                .with_codebook_storage(storage),
+                .with_codebook_storage(storage)
+                .with_tensor_cores(tensor_cores),
         )),
         _ => unreachable!("codebook storage is an option of the kernel backends"),
     }
 }
 
-macro_rules! storage_suite {
+/// The kernel backends' options: codebook storage, and the greedy screening on the tensor
+/// cores (its results must equal the reference's bit for bit, as the FMA screening's).
+macro_rules! options_suite {
     ($name:ident, $kind:expr) => {
         mod $name {
             use super::*;
 
             #[test]
             fn codebook_storage_f16() {
-                if let Some(b) = kernel_backend($kind, Storage::F16) {
+                if let Some(b) = kernel_backend($kind, Storage::F16, false) {
                     super::codebook_storage(b.as_ref(), Storage::F16);
                 }
             }
             #[test]
             fn codebook_storage_bf16() {
-                if let Some(b) = kernel_backend($kind, Storage::Bf16) {
+                if let Some(b) = kernel_backend($kind, Storage::Bf16, false) {
+                    super::codebook_storage(b.as_ref(), Storage::Bf16);
+                }
+            }
+            #[test]
+            fn tensor_core_screening() {
+                if let Some(b) = kernel_backend($kind, Storage::F32, true) {
+                    super::greedy_is_exact(b.as_ref());
+                    super::assign_levels(b.as_ref());
+                    super::encode_greedy_and_beam(b.as_ref());
+                }
+                if let Some(b) = kernel_backend($kind, Storage::Bf16, true) {
                     super::codebook_storage(b.as_ref(), Storage::Bf16);
                 }
             }
@@ -728,9 +747,9 @@ macro_rules! storage_suite {
 }
 
 #[cfg(feature = "emu")]
-storage_suite!(emu_storage, BackendKind::Emu);
+options_suite!(emu_options, BackendKind::Emu);
 #[cfg(feature = "cuda")]
-storage_suite!(cuda_storage, BackendKind::Cuda);
+options_suite!(cuda_options, BackendKind::Cuda);
 
 /// One `#[test]` per body, each opening backend `$kind` (or printing why it is skipped).
 macro_rules! backend_suite {

@@ -303,8 +303,9 @@ fn bad_input_is_an_error_message_not_a_panic() {
     fails(&["info", &p(d, "missing.rqt")], "I/O error");
 }
 
-/// `bench --quick --json` on the emu backend: one row per operation, each with its clock, a
-/// positive median and the floor fraction (the plumbing the GPU bundle relies on).
+/// `bench --quick --json` on the emu backend: one row per operation (the assignment also with
+/// the tensor-core screening), each with its clock, a positive median and the floor fraction
+/// (the plumbing the GPU bundle relies on).
 #[test]
 fn bench_quick_json_rows() {
     let out = ok(&["bench", "--backend", "emu", "--quick", "--json"]);
@@ -314,6 +315,7 @@ fn bench_quick_json_rows() {
     let ops: Vec<&str> = rows.iter().filter_map(|r| r["op"].as_str()).collect();
     for want in [
         "assign",
+        "assign_tc",
         "fused_topk",
         "topk_k10",
         "topk_k100",

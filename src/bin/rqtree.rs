@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use rqtree::backend::{self, Backend, BackendKind, Resident};
+use rqtree::backend::{self, Backend, BackendKind, OpenOptions, Resident};
 use rqtree::eval::recall_at;
 use rqtree::index::build::{build, BuildOptions};
 use rqtree::index::codebook_file::{read_codebooks, write_codebooks};
@@ -31,6 +31,10 @@ struct Cli {
     /// Worker threads for the CPU backends (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// emu/cuda: screen codewords for the greedy assignment and encoding on the tensor cores
+    /// (3xTF32; the same results, exact, at another speed).
+    #[arg(long, global = true)]
+    tensor_cores: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -293,9 +297,9 @@ struct TttArgs {
     out: PathBuf,
 }
 
-fn cmd_learn(a: &LearnArgs) -> Result<()> {
+fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
     let kind = a.backend.parse::<BackendKind>()?;
-    let (be, why) = backend::open(kind)?;
+    let (be, why) = backend::open_with(kind, o)?;
     let (engine, _) = rqtree::learn::soft::open(kind)?;
     eprintln!("backend: {why}");
     let items = npy::read_matrix(&a.items)?;
@@ -440,8 +444,8 @@ fn parse_list(s: &str, what: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn open_backend(name: &str) -> Result<Box<dyn Backend>> {
-    let (be, why) = backend::open(name.parse::<BackendKind>()?)?;
+fn open_backend(name: &str, o: OpenOptions) -> Result<Box<dyn Backend>> {
+    let (be, why) = backend::open_with(name.parse::<BackendKind>()?, o)?;
     eprintln!("backend: {why}");
     Ok(be)
 }
@@ -470,8 +474,8 @@ fn load_queries(index: &Index, path: &Path) -> Result<Matrix> {
     Ok(q)
 }
 
-fn cmd_build(a: &BuildArgs) -> Result<()> {
-    let be = open_backend(&a.backend)?;
+fn cmd_build(a: &BuildArgs, o: OpenOptions) -> Result<()> {
+    let be = open_backend(&a.backend, o)?;
     let items = npy::read_matrix(&a.items)?;
     items.check_finite(&format!("items ({})", a.items.display()))?;
     let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
@@ -524,8 +528,8 @@ fn load_resident(be: &dyn Backend, path: &Path) -> Result<Arc<Index>> {
     Ok(index)
 }
 
-fn cmd_search(a: &SearchArgs) -> Result<()> {
-    let be = open_backend(&a.q.backend)?;
+fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
+    let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let level1 = a.level1_scores.as_ref().map(npy::read_matrix).transpose()?;
@@ -555,8 +559,8 @@ fn cmd_search(a: &SearchArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_eval(a: &EvalArgs) -> Result<()> {
-    let be = open_backend(&a.q.backend)?;
+fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
+    let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let ks = parse_list(&a.k, "k")?;
@@ -729,8 +733,8 @@ fn cmd_info(path: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_demo(backend: &str, seed: u64, as_json: bool) -> Result<()> {
-    let be = open_backend(backend)?;
+fn cmd_demo(backend: &str, seed: u64, as_json: bool, o: OpenOptions) -> Result<()> {
+    let be = open_backend(backend, o)?;
     let t = Instant::now();
     let r = demo::run(be.as_ref(), seed, !as_json)?;
     if as_json {
@@ -775,17 +779,20 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .map_err(|e| Error::param(format!("--threads {t}: {e}")))?;
     }
+    let o = OpenOptions {
+        tensor_cores: cli.tensor_cores,
+    };
     match &cli.cmd {
-        Cmd::Build(a) => cmd_build(a),
-        Cmd::Search(a) => cmd_search(a),
-        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Build(a) => cmd_build(a, o),
+        Cmd::Search(a) => cmd_search(a, o),
+        Cmd::Eval(a) => cmd_eval(a, o),
         Cmd::Info { index, json } => cmd_info(index, *json),
         Cmd::Demo {
             backend,
             seed,
             json,
-        } => cmd_demo(backend, *seed, *json),
-        Cmd::Learn(a) => cmd_learn(a),
+        } => cmd_demo(backend, *seed, *json, o),
+        Cmd::Learn(a) => cmd_learn(a, o),
         Cmd::Ttt(a) => cmd_ttt(a),
         Cmd::Bench {
             backend,
@@ -793,11 +800,12 @@ fn run(cli: Cli) -> Result<()> {
             quick,
             targets,
         } => {
-            let be = open_backend(backend)?;
+            let be = open_backend(backend, o)?;
             let opts = bench::BenchOptions {
                 quick: *quick,
                 targets: *targets,
                 json: *json,
+                tensor_cores: o.tensor_cores,
             };
             bench::run(be.as_ref(), &opts)
         }

@@ -26,26 +26,29 @@ struct Greedy {
 }
 
 /// Shared bytes of a `rq_greedy_rows{64,16}` block of `rows` rows of dimension `d` (the
-/// kernel's carving: residuals, one 32 × 64 codeword chunk, per-row norms, 16 candidate
-/// codes and keys per row, counters).
-fn greedy_shared(rows: usize, d: usize) -> usize {
+/// kernel's carving: residuals, one 32 × 64 codeword chunk, with `tensor_cores` the 64 × 68
+/// accumulator tile, per-row norms, 16 candidate codes and keys per row, counters).
+fn greedy_shared(rows: usize, d: usize, tensor_cores: bool) -> usize {
     // assign.cu `rq_greedy_stride`: 16-byte rows, two rows of a warp in different banks.
     let stride = d.div_ceil(4) * 4 + 4;
     let stride = if stride % 32 == 0 { stride + 4 } else { stride };
-    4 * rows * stride + 4 * (32 * 64 + rows) + 8 * 16 * rows + 8 * rows
+    let acc = if tensor_cores { 4 * 64 * 68 } else { 0 };
+    4 * rows * stride + 4 * 32 * 64 + acc + 4 * rows + 8 * 16 * rows + 8 * rows
 }
 
 /// Whether the certified greedy kernel takes rows of dimension `d` (16 of them must fit the
 /// shared-memory budget: d ≤ 1368); larger d run the per-row kernels (`rq_assign` with
 /// `top_m = 1`, `rq_encode` with beam 1), which compute the same exact keys.
 fn greedy_fits(d: usize) -> bool {
-    greedy_shared(16, d) <= MAX_SHARED_BYTES
+    greedy_shared(16, d, false) <= MAX_SHARED_BYTES
 }
 
 /// Launches the certified greedy kernel over `levels` (codebooks, values already rounded to
 /// `storage`, which is how they are uploaded), `mode` 0 (encode) or 1 (assign): 64 rows
-/// per block (`rq_greedy_rows64`), or 16 (`rq_greedy_rows16`) when 64 rows of dimension `d`
-/// exceed the shared-memory budget.
+/// per block, screened on the tensor cores (`rq_greedy_rows64_tc`) when `tensor_cores` is
+/// set, else with FMAs (`rq_greedy_rows64`); 16 rows with FMAs (`rq_greedy_rows16`) when 64
+/// rows of dimension `d` exceed the shared-memory budget.
+#[allow(clippy::too_many_arguments)]
 fn greedy_rows<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -54,17 +57,20 @@ fn greedy_rows<D: Device>(
     mode: i32,
     want_residual: bool,
     storage: Storage,
+    tensor_cores: bool,
 ) -> Result<Greedy> {
     let (n, d, l) = (x.rows(), x.cols(), levels.len());
-    let (kernel, rows) = if greedy_shared(64, d) <= MAX_SHARED_BYTES {
-        ("rq_greedy_rows64", 64)
+    let (kernel, rows, tc) = if tensor_cores && greedy_shared(64, d, true) <= MAX_SHARED_BYTES {
+        ("rq_greedy_rows64_tc", 64, true)
+    } else if greedy_shared(64, d, false) <= MAX_SHARED_BYTES {
+        ("rq_greedy_rows64", 64, false)
     } else {
-        ("rq_greedy_rows16", 16)
+        ("rq_greedy_rows16", 16, false)
     };
     let cfg = launch_1d(
         n.div_ceil(rows),
         GREEDY_THREADS,
-        greedy_shared(rows, d),
+        greedy_shared(rows, d, tc),
         "greedy assignment",
     )?;
     let mut stacked = Vec::new();
@@ -124,9 +130,9 @@ fn greedy_rows<D: Device>(
 /// `top_m` best codes (`1 ≤ top_m ≤ min(K, 2048)`) with their logits
 /// `2<r, C[k]> - ||C[k]||²`, optionally the soft weights `softmax(α·logit)` (`n × K`) and the
 /// hard residual `r - C[code]` (`n × d`). Ties → lowest code. The hard-code-only case
-/// (`top_m = 1`, no soft weights, `d ≤ 1368`) runs the certified row-tiled kernel, which
-/// reads the codebook as `storage` (its values rounded to it already); the general kernel
-/// reads the f32 values.
+/// (`top_m = 1`, no soft weights, `d ≤ 1368`) runs the certified row-tiled kernel (its
+/// screening on the tensor cores with `tensor_cores`), which reads the codebook as `storage`
+/// (its values rounded to it already); the general kernel reads the f32 values.
 pub fn assign<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -134,6 +140,7 @@ pub fn assign<D: Device>(
     codebook: &Codebook,
     opts: &AssignOptions,
     storage: Storage,
+    tensor_cores: bool,
 ) -> Result<Assignment> {
     let (n, d, kk) = (residuals.rows(), codebook.dim(), codebook.len());
     residuals.check_cols(d, "residuals")?;
@@ -156,7 +163,16 @@ pub fn assign<D: Device>(
     }
     if m == 1 && opts.alpha.is_none() && greedy_fits(d) {
         // Hard code only: the certified row-tiled kernel.
-        let g = greedy_rows(dev, res, residuals, &[codebook], 1, opts.residual, storage)?;
+        let g = greedy_rows(
+            dev,
+            res,
+            residuals,
+            &[codebook],
+            1,
+            opts.residual,
+            storage,
+            tensor_cores,
+        )?;
         return Ok(Assignment {
             top_m: 1,
             codes: g.codes,
@@ -218,8 +234,8 @@ pub fn assign<D: Device>(
 /// squared reconstruction error (`1 ≤ beam ≤ 2048`; 1 = greedy): `n × L` codes and
 /// `||x - x̂||²` per item. The residuals stay in shared memory across levels; `beam = 1`
 /// (with `d ≤ 1368`) runs the certified row-tiled greedy kernel (codebooks read as
-/// `storage`, values rounded to it already), wider beams and larger d the per-row beam
-/// kernel (f32 values).
+/// `storage`, values rounded to it already; screening on the tensor cores with
+/// `tensor_cores`), wider beams and larger d the per-row beam kernel (f32 values).
 pub fn encode<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -227,6 +243,7 @@ pub fn encode<D: Device>(
     cbs: &Codebooks,
     beam: usize,
     storage: Storage,
+    tensor_cores: bool,
 ) -> Result<Encoding> {
     let (n, d, levels) = (items.rows(), cbs.dim(), cbs.levels());
     items.check_cols(d, "items")?;
@@ -240,7 +257,16 @@ pub fn encode<D: Device>(
     }
     if beam == 1 && greedy_fits(d) {
         let levels_ref: Vec<&Codebook> = cbs.iter().collect();
-        let g = greedy_rows(dev, res, items, &levels_ref, 0, false, storage)?;
+        let g = greedy_rows(
+            dev,
+            res,
+            items,
+            &levels_ref,
+            0,
+            false,
+            storage,
+            tensor_cores,
+        )?;
         return Ok(Encoding {
             levels,
             codes: g.codes,

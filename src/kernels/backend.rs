@@ -96,6 +96,7 @@ pub struct KernelBackend<D: Device> {
     dev: D,
     res: Residency<D>,
     storage: Storage,
+    tensor_cores: bool,
 }
 
 impl<D: Device> KernelBackend<D> {
@@ -110,7 +111,20 @@ impl<D: Device> KernelBackend<D> {
             dev,
             res: Residency::new(bytes),
             storage: Storage::F32,
+            tensor_cores: false,
         }
+    }
+    /// Screens codewords for the greedy assignment and encoding on the tensor cores (3xTF32
+    /// `mma`, `rq_greedy_rows64_tc`; sm_80+) instead of with FMAs (default off). Results are
+    /// the same either way (the decision is certified exact, kernels/README.md); only the
+    /// speed differs.
+    pub fn with_tensor_cores(mut self, on: bool) -> Self {
+        self.tensor_cores = on;
+        self
+    }
+    /// Whether the greedy screening runs on the tensor cores.
+    pub fn tensor_cores(&self) -> bool {
+        self.tensor_cores
     }
     /// Stores codebooks on the device as `storage` (default [`Storage::F32`]).
     pub fn with_codebook_storage(mut self, storage: Storage) -> Self {
@@ -148,16 +162,18 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
 
     fn assign(&self, r: &Matrix, cb: &Codebook, o: &AssignOptions) -> Result<Assignment> {
-        if self.storage == Storage::F32 {
-            return super::assign::assign(&self.dev, &self.res, r, cb, o, self.storage);
+        let (st, tc) = (self.storage, self.tensor_cores);
+        if st == Storage::F32 {
+            return super::assign::assign(&self.dev, &self.res, r, cb, o, st, tc);
         }
-        let cb = self.storage.round_codebook(cb)?;
-        super::assign::assign(&self.dev, &self.res, r, &cb, o, self.storage)
+        let cb = st.round_codebook(cb)?;
+        super::assign::assign(&self.dev, &self.res, r, &cb, o, st, tc)
     }
 
     fn encode(&self, items: &Matrix, cbs: &Codebooks, beam: usize) -> Result<Encoding> {
         let cbs = self.rounded(cbs)?;
-        super::assign::encode(&self.dev, &self.res, items, &cbs, beam, self.storage)
+        let (st, tc) = (self.storage, self.tensor_cores);
+        super::assign::encode(&self.dev, &self.res, items, &cbs, beam, st, tc)
     }
 
     fn lookup_tables(&self, q: &Matrix, cbs: &Codebooks, metric: Metric) -> Result<QueryTables> {
