@@ -50,6 +50,19 @@ fn codes_agree(got: &[u32], want: &[u32], logit: impl Fn(usize, u32) -> f32, per
     }
 }
 
+/// Row-wise top-k of `m` on `be` equals the reference's, score bits included (`TopK`'s `==`
+/// holds -0 equal to +0).
+fn topk_agrees(be: &dyn Backend, m: &Matrix, k: usize, what: &str) {
+    let (got, want) = (
+        ops::topk(be, m, k).unwrap(),
+        ops::topk(&Reference, m, k).unwrap(),
+    );
+    let shape = format!("top-{k} of {} x {} ({what})", m.rows(), m.cols());
+    assert_eq!(got, want, "{shape}");
+    let bits = |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want), "{shape}: score bits");
+}
+
 fn topk_rows_and_segments(be: &dyn Backend) {
     let mut rng = rng("topk_rows_and_segments");
     // The warp paths read 32 × 32 = 1024 columns per chunk: n around chunk multiples, and
@@ -67,8 +80,6 @@ fn topk_rows_and_segments(be: &dyn Backend) {
         (2, 2048),
         (2, 3001),
     ];
-    // `TopK`'s `==` holds -0 equal to +0: the score bits are compared too.
-    let bits = |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
     for &(rows, n) in &shapes {
         let mut m = tied_matrix(&mut rng, rows, n);
         // -0 ties +0 (the lower column first).
@@ -97,16 +108,7 @@ fn topk_rows_and_segments(be: &dyn Backend) {
         .into_iter()
         .filter(|&k| k <= 2048)
         {
-            let (got, want) = (
-                ops::topk(be, &m, k).unwrap(),
-                ops::topk(&Reference, &m, k).unwrap(),
-            );
-            assert_eq!(got, want, "top-{k} of {rows} x {n}");
-            assert_eq!(
-                bits(&got),
-                bits(&want),
-                "top-{k} of {rows} x {n}: score bits"
-            );
+            topk_agrees(be, &m, k, "tied");
         }
     }
     // Distinct scores over several chunks (the per-lane queues and the per-32-column merges
@@ -189,16 +191,7 @@ fn topk_rows_and_segments(be: &dyn Backend) {
     for (what, make, rows, n, ks) in cases {
         let m = make(&mut rng, rows, n);
         for &k in ks {
-            let (got, want) = (
-                ops::topk(be, &m, k).unwrap(),
-                ops::topk(&Reference, &m, k).unwrap(),
-            );
-            assert_eq!(got, want, "top-{k} of {rows} x {n} ({what})");
-            assert_eq!(
-                bits(&got),
-                bits(&want),
-                "top-{k} of {rows} x {n} ({what}): bits"
-            );
+            topk_agrees(be, &m, k, what);
         }
     }
     assert_eq!(
