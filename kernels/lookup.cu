@@ -1,38 +1,45 @@
 // Lookup tables, the fused residual lookup + top-k, and exact (re-)scoring (DESIGN §3).
 #include "common.cuh"
 
-/// rq_lut: a block of 16 × 16 threads computes a 32 × 32 tile (queries × codewords), each
-/// thread 2 × 2 outputs, staging RQ_LUT_CHUNK dimensions of both operands per step in rows
-/// of RQ_LUT_LD floats (16-byte aligned: one 16-byte load per 4 dimensions; the 16 codeword
-/// rows a warp reads at once cover the banks twice, the minimum for 256 bytes).
+/// Score tiles (rq_lut, rq_exact_scores): a block of 16 × 16 threads computes a 32 × 32 tile
+/// (queries × rows of a second matrix), each thread 2 × 2 outputs, staging RQ_LUT_CHUNK
+/// dimensions of both operands per step in rows of RQ_LUT_LD floats (16-byte aligned: one
+/// 16-byte load per 4 dimensions; the 16 rows a warp reads at once cover the banks twice,
+/// the minimum for 256 bytes) or RQ_LUT_LD2 doubles (one 16-byte load per 2 dimensions, the
+/// same bank pattern).
 #define RQ_LUT_THREADS 16
 #define RQ_LUT_TILE 32
 #define RQ_LUT_CHUNK 32
 #define RQ_LUT_LD 36
+#define RQ_LUT_LD2 34
 
 /// Eight consecutive floats of a staged row (two 16-byte loads on the GPU).
 struct alignas(16) RqLutRow8 {
   float v[8];
 };
 
-/// Lookup table of one level: out[b·K + k] = <q_b, C[k]> with the reference's dot (eight f32
-/// partial sums without FMA over the first d/8·8 elements, the rest in f64, combined in
-/// f64), so the tables equal the reference's bit for bit.
-/// grid: (ceil(B / 32), ceil(K / 32)) (K ≤ 65536 keeps y in range); block: (16, 16);
-/// shared: 2 · 32 · 36 · 4 bytes.
-/// q: B × d; cb: K × d stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; widened to f32
-/// when staged, so the tables are those of the widened codebook); out: the B × K table at
-/// element out_at (the levels of a search share one stacked buffer).
-extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned char* cb,
-                                  int cb_dtype, int K, float* out, long long out_at) {
-  RQ_SHARED_BASE(smem_bytes);
-  float* sq = reinterpret_cast<float*>(smem_bytes);  // [32][36] query chunk
-  float* sc = sq + RQ_LUT_TILE * RQ_LUT_LD;           // [32][36] codeword chunk
+/// Two consecutive doubles of a staged row (one 16-byte load on the GPU).
+struct alignas(16) RqLutPair {
+  double v[2];
+};
+
+/// One 32 × 32 tile of inner products with the reference's dot (eight f32 partial sums
+/// without FMA over the first d/8·8 elements, the rest in f64, combined in f64), so every
+/// output equals the reference's `dot(q_b, x_j)` bit for bit:
+/// out[out_at + b·K + j] = <q_b, x[row0 + j]> for the tile's b < B, j < K.
+/// Block (blockIdx.x, blockIdx.y) covers queries 32·x.. and rows 32·y..; block: (16, 16);
+/// smem: 2 · 32 · 36 · 4 bytes. q: B × d (f32); x: rows × d stored as x_dtype (RQ_DTYPE_*,
+/// widened to f32 when staged).
+__device__ inline void rq_ip_tile(unsigned char* smem, const float* q, int B, int d,
+                                  const unsigned char* x, int x_dtype, long long row0, int K,
+                                  float* out, long long out_at) {
+  float* sq = reinterpret_cast<float*>(smem);  // [32][36] query chunk
+  float* sc = sq + RQ_LUT_TILE * RQ_LUT_LD;     // [32][36] row chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
   const int tid = ty * RQ_LUT_THREADS + tx;
   const int b0 = (int)blockIdx.x * RQ_LUT_TILE, k0 = (int)blockIdx.y * RQ_LUT_TILE;
   const int d8 = d / 8 * 8;
-  // Output (i, j) is query b0 + ty + 16·i, codeword k0 + tx + 16·j.
+  // Output (i, j) is query b0 + ty + 16·i, row k0 + tx + 16·j.
   float acc[2][2][8];
   double tail[2][2];
 RQ_UNROLL
@@ -49,24 +56,25 @@ RQ_UNROLL
       const bool in = c0 + e < d;
       sq[rr * RQ_LUT_LD + e] = in && b0 + rr < B ? q[(long long)(b0 + rr) * d + c0 + e] : 0.0f;
       sc[rr * RQ_LUT_LD + e] =
-          in && k0 + rr < K ? rq_load_widened(cb, cb_dtype, (long long)(k0 + rr) * d + c0 + e)
-                            : 0.0f;
+          in && k0 + rr < K
+              ? rq_load_widened(x, x_dtype, (row0 + k0 + rr) * (long long)d + c0 + e)
+              : 0.0f;
     }
     __syncthreads();
     for (int e = 0; e < RQ_LUT_CHUNK; e += 8) {
       if (c0 + e < d8) {  // a whole group of eight: one element per partial sum
-        RqLutRow8 x[2], y[2];
+        RqLutRow8 xs[2], ys[2];
 RQ_UNROLL
         for (int i = 0; i < 2; ++i) {
-          x[i] = *reinterpret_cast<const RqLutRow8*>(sq + (ty + 16 * i) * RQ_LUT_LD + e);
-          y[i] = *reinterpret_cast<const RqLutRow8*>(sc + (tx + 16 * i) * RQ_LUT_LD + e);
+          xs[i] = *reinterpret_cast<const RqLutRow8*>(sq + (ty + 16 * i) * RQ_LUT_LD + e);
+          ys[i] = *reinterpret_cast<const RqLutRow8*>(sc + (tx + 16 * i) * RQ_LUT_LD + e);
         }
 RQ_UNROLL
         for (int i = 0; i < 2; ++i)
 RQ_UNROLL
           for (int j = 0; j < 2; ++j)
 RQ_UNROLL
-            for (int h = 0; h < 8; ++h) acc[i][j][h] += x[i].v[h] * y[j].v[h];
+            for (int h = 0; h < 8; ++h) acc[i][j][h] += xs[i].v[h] * ys[j].v[h];
       } else {
         for (int h = 0; h < 8; ++h) {
           if (c0 + e + h < d) {
@@ -94,6 +102,93 @@ RQ_UNROLL
         out[out_at + (long long)b * K + k] = (float)(s + tail[i][j]);
       }
     }
+}
+
+/// One 32 × 32 tile of negated squared distances with the reference's `dist_sq` (the
+/// differences and their squares accumulated in f64 in element order, rounded to f32):
+/// out[b·K + j] = -||q_b - x[row0 + j]||², bit for bit. Operands are staged as doubles
+/// (converted once per staged element, not per product); the zero padding past d adds exact
+/// zeros to a non-negative sum, which changes nothing. Geometry as rq_ip_tile; smem:
+/// 2 · 32 · 34 · 8 bytes. q: B × d; x: rows × d (f32).
+__device__ inline void rq_l2_tile(unsigned char* smem, const float* q, int B, int d,
+                                  const float* x, long long row0, int K, float* out) {
+  double* sq = reinterpret_cast<double*>(smem);  // [32][34] query chunk
+  double* sc = sq + RQ_LUT_TILE * RQ_LUT_LD2;     // [32][34] row chunk
+  const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
+  const int tid = ty * RQ_LUT_THREADS + tx;
+  const int b0 = (int)blockIdx.x * RQ_LUT_TILE, k0 = (int)blockIdx.y * RQ_LUT_TILE;
+  double acc[2][2];
+RQ_UNROLL
+  for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+    for (int j = 0; j < 2; ++j) acc[i][j] = 0.0;
+  for (int c0 = 0; c0 < d; c0 += RQ_LUT_CHUNK) {
+    for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_THREADS * RQ_LUT_THREADS) {
+      const int rr = i / RQ_LUT_CHUNK, e = i % RQ_LUT_CHUNK;
+      const bool in = c0 + e < d;
+      sq[rr * RQ_LUT_LD2 + e] =
+          in && b0 + rr < B ? (double)q[(long long)(b0 + rr) * d + c0 + e] : 0.0;
+      sc[rr * RQ_LUT_LD2 + e] =
+          in && k0 + rr < K ? (double)x[(row0 + k0 + rr) * (long long)d + c0 + e] : 0.0;
+    }
+    __syncthreads();
+    for (int e = 0; e < RQ_LUT_CHUNK; e += 2) {
+      RqLutPair xs[2], ys[2];
+RQ_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        xs[i] = *reinterpret_cast<const RqLutPair*>(sq + (ty + 16 * i) * RQ_LUT_LD2 + e);
+        ys[i] = *reinterpret_cast<const RqLutPair*>(sc + (tx + 16 * i) * RQ_LUT_LD2 + e);
+      }
+RQ_UNROLL
+      for (int h = 0; h < 2; ++h)
+RQ_UNROLL
+        for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+          for (int j = 0; j < 2; ++j) {
+            const double t = xs[i].v[h] - ys[j].v[h];
+            acc[i][j] += t * t;
+          }
+    }
+    __syncthreads();
+  }
+RQ_UNROLL
+  for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      const int b = b0 + ty + 16 * i, k = k0 + tx + 16 * j;
+      if (b < B && k < K) out[(long long)b * K + k] = -(float)acc[i][j];
+    }
+}
+
+/// Lookup table of one level: out[out_at + b·K + k] = <q_b, C[k]>, equal to the reference's
+/// tables bit for bit (rq_ip_tile). grid: (ceil(B / 32), ceil(K / 32)) (K ≤ 65536 keeps y in
+/// range); block: (16, 16); shared: 2 · 32 · 36 · 4 bytes.
+/// q: B × d; cb: K × d stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; the tables are
+/// those of the widened codebook); out: the B × K table at element out_at (the levels of a
+/// search share one stacked buffer).
+extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned char* cb,
+                                  int cb_dtype, int K, float* out, long long out_at) {
+  RQ_SHARED_BASE(smem);
+  rq_ip_tile(smem, q, B, d, cb, cb_dtype, 0, K, out, out_at);
+}
+
+/// Exact scores of a query batch against a block of item rows, the reference's exact
+/// scoring bit for bit: out[b·n + j] = <q_b, x_{row0+j}> (metric 0, ip) or
+/// -||q_b - x_{row0+j}||² (metric 1, l2), for b < B, j < n, where q_b is the query row
+/// starting at element q_at + b·d. The first step of the exact brute-force top-k, which
+/// selects from these B × n tiles.
+/// grid: (ceil(B / 32), ceil(n / 32)); block: (16, 16); shared: 2 · 32 · 34 · 8 bytes (the
+/// larger of the two tiles). items: rows × d (f32), rows ≥ row0 + n; out: B × n.
+extern "C" __global__ void rq_exact_scores(const float* q, long long q_at, int B, int d,
+                                           const float* items, long long row0, int n,
+                                           int metric, float* out) {
+  RQ_SHARED_BASE(smem);
+  if (metric == RQ_METRIC_L2) {
+    rq_l2_tile(smem, q + q_at, B, d, items, row0, n, out);
+  } else {
+    rq_ip_tile(smem, q + q_at, B, d, reinterpret_cast<const unsigned char*>(items), RQ_DTYPE_F32,
+               row0, n, out, 0);
+  }
 }
 
 /// Squared norm of each row in f64, rounded to f32 (the reference's `row_norms_sq`).
@@ -244,33 +339,6 @@ extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char*
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
     const bool full = sel.p[i] != RQ_NO_PAYLOAD;
     out_pos[b * k + i] = full ? (long long)sel.p[i] : -1;
-    out_scores[b * k + i] = full ? sel.s[i] : rq_neg_inf();
-  }
-}
-
-/// Exact brute-force top-k: query b (one block) scores all N item rows (f32) and keeps the
-/// best k, ids = item rows. q: B × d; items: N × d; out_ids / out_scores: B × k.
-/// grid: B; block / shared as rq_rerank.
-extern "C" __global__ void rq_exact_topk(const float* q, int d, const float* items, int N,
-                                         int metric, int k, int cap, long long* out_ids,
-                                         float* out_scores) {
-  RQ_SHARED_BASE(smem);
-  const long long b = blockIdx.x;
-  float* qs = reinterpret_cast<float*>(smem);
-  const RqSelect sel = rq_select_carve(smem + ((unsigned)d * 4u + 15u) / 16u * 16u, k, cap);
-  for (int e = threadIdx.x; e < d; e += blockDim.x) qs[e] = q[b * d + e];
-  rq_select_init(sel);
-  const unsigned char* emb = reinterpret_cast<const unsigned char*>(items);
-  for (int j0 = 0; j0 < N; j0 += blockDim.x) {
-    const int j = j0 + (int)threadIdx.x;
-    const bool valid = j < N;
-    const float s = valid ? rq_exact_score(metric, qs, emb, RQ_DTYPE_F32, j, d) : 0.0f;
-    rq_select_push(sel, valid, s, j, (unsigned)j);
-  }
-  rq_select_finish(sel);
-  for (int i = threadIdx.x; i < k; i += blockDim.x) {
-    const bool full = sel.p[i] != RQ_NO_PAYLOAD;
-    out_ids[b * k + i] = full ? sel.r[i] : -1;
     out_scores[b * k + i] = full ? sel.s[i] : rq_neg_inf();
   }
 }

@@ -569,3 +569,45 @@ extern "C" __global__ void rq_topk_radix(const float* scores, int n, int k, int 
     out_scores[row * k + i] = full ? s : rq_neg_inf();
   }
 }
+
+/// Merges two sorted top-k lists per row into one: list A (global ids) and list B (ids local
+/// to a block of columns that starts at b_base, so every B id is above every A id), each
+/// `rows × k`, best first, missing slots id -1 (last). out[row] = the best k of both by
+/// (score desc, id asc); equal scores (-0 ties +0) go to A, whose ids are lower. Each thread
+/// places one entry at its rank in the merged list: its index in its own list plus the
+/// number of the other list's entries that rank before it (a binary search, the lists being
+/// sorted), so the merge is parallel and needs no shared memory; entries ranked k or later
+/// are dropped. Missing A entries fill the slots after the real ones.
+/// grid: (rows, ceil(2k / blockDim.x)); block: any size; a_*, b_*, out_*: rows × k.
+extern "C" __global__ void rq_topk_merge(const long long* a_ids, const float* a_scores,
+                                         const long long* b_ids, const float* b_scores,
+                                         long long b_base, int k, long long* out_ids,
+                                         float* out_scores) {
+  const long long row = blockIdx.x;
+  const int e = (int)(blockIdx.y * blockDim.x + threadIdx.x);
+  if (e >= 2 * k) return;
+  const long long* ai = a_ids + row * k;
+  const float* as = a_scores + row * k;
+  const long long* bi = b_ids + row * k;
+  const float* bs = b_scores + row * k;
+  const bool from_a = e < k;
+  const int j = from_a ? e : e - k;
+  const long long id = from_a ? ai[j] : bi[j];
+  const float s = from_a ? as[j] : bs[j];
+  // Entries of the other list ranked before this one: a true prefix of it (real entries
+  // sorted best first, missing ones last), found by binary search.
+  int lo = 0, hi = k;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    const bool before = from_a ? (bi[mid] >= 0 && (id < 0 || bs[mid] > s))
+                               : (ai[mid] >= 0 && (id < 0 || as[mid] >= s));
+    if (before) lo = mid + 1;
+    else hi = mid;
+  }
+  // A missing B entry goes after every A entry: its rank k + j is dropped.
+  const int pos = from_a || id >= 0 ? j + lo : k + j;
+  if (pos < k) {
+    out_ids[row * k + pos] = id < 0 ? -1 : (from_a ? id : b_base + id);
+    out_scores[row * k + pos] = s;
+  }
+}

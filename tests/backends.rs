@@ -457,17 +457,40 @@ fn fused_and_traversal_many_rounds(be: &dyn Backend) {
     }
 }
 
+/// Exact brute-force top-k equals the reference's, score bits included: tied and random
+/// values, d below, across and not a multiple of the kernels' 8-element groups and 32-element
+/// staging steps, sizes that are not multiples of 32, k = 1 … N + 5 (warp queues and radix
+/// select), items fewer than k, an empty batch.
 fn exact_topk_both_metrics(be: &dyn Backend) {
     let mut rng = rng("exact_topk_both_metrics");
-    let items = tied_matrix(&mut rng, 203, 6);
-    let q = rand_matrix(&mut rng, 7, 6);
-    for metric in [Metric::Ip, Metric::L2] {
-        for k in [1, 20, 203, 250] {
-            let got = ops::exact_topk(be, &q, &items, metric, k).unwrap();
-            let want = ops::exact_topk(&Reference, &q, &items, metric, k).unwrap();
-            assert_topk_close(&got, &want, 1e-5, "exact top-k");
+    let bits = |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+    for (n, d, tied) in [
+        (203, 6, true),
+        (700, 45, true),
+        (301, 130, false),
+        (3, 9, false),
+    ] {
+        let items = if tied {
+            tied_matrix(&mut rng, n, d)
+        } else {
+            rand_matrix(&mut rng, n, d)
+        };
+        let q = if tied {
+            tied_matrix(&mut rng, 33, d)
+        } else {
+            rand_matrix(&mut rng, 7, d)
+        };
+        for metric in [Metric::Ip, Metric::L2] {
+            for k in [1, 20, 257, n, n + 5] {
+                let got = ops::exact_topk(be, &q, &items, metric, k).unwrap();
+                let want = ops::exact_topk(&Reference, &q, &items, metric, k).unwrap();
+                let what = format!("exact top-{k} of {n} x {d} ({metric:?})");
+                assert_eq!(got, want, "{what}");
+                assert_eq!(bits(&got), bits(&want), "{what}: score bits");
+            }
         }
     }
+    let items = rand_matrix(&mut rng, 10, 6);
     let none = ops::exact_topk(be, &Matrix::zeros(0, 6), &items, Metric::Ip, 3).unwrap();
     assert_eq!(none.rows, 0);
 }

@@ -493,6 +493,56 @@ pub(crate) mod agreement {
         b.release_resident().expect("release");
     }
 
+    /// The exact top-k's tiling (`lookup::exact_topk_tiled`) against the reference, ids and
+    /// score bits: query batches, item blocks narrower than `k` (lists with missing slots
+    /// merged), ragged last tiles, one-item blocks, ties across blocks (decided by the lower
+    /// id), both metrics and both selection paths. Seeded from `RQTREE_TEST_SEED` or the
+    /// clock, printed.
+    pub(crate) fn check_exact_tiles<D: crate::device::Device>(b: &KernelBackend<D>) {
+        let seed = std::env::var("RQTREE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |t| t.as_nanos() as u64)
+            });
+        eprintln!("check_exact_tiles: seed = {seed} (replay with RQTREE_TEST_SEED={seed})");
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+        // (items, d, value levels (0: uniform), tiles (queries × items), k values)
+        let ties = (
+            611,
+            19,
+            3,
+            [(3, 37), (32, 64), (11, 611)],
+            [1, 2, 40, 300, 650],
+        );
+        let tiny = (23, 9, 0, [(1, 1), (4, 5), (11, 23)], [1, 5, 23, 30, 31]);
+        for (n, d, levels, tiles, ks) in [ties, tiny] {
+            let items = matrix(&mut rng, n, d, levels);
+            let queries = matrix(&mut rng, 11, d, levels);
+            for metric in [Metric::Ip, Metric::L2] {
+                for k in ks {
+                    let want = Reference
+                        .exact_topk(&queries, &items, metric, k)
+                        .expect("reference");
+                    for (rows, cols) in tiles {
+                        let tiles = super::super::lookup::ExactTiles { rows, cols };
+                        let got = super::super::lookup::exact_topk_tiled(
+                            &b.dev, &b.res, &queries, &items, metric, k, tiles,
+                        )
+                        .expect("exact_topk_tiled");
+                        let what = format!("exact top-{k} of {n} ({metric:?}) in {rows} x {cols}");
+                        assert_eq!(got, want, "{what}");
+                        let bits =
+                            |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "{what}: score bits");
+                    }
+                }
+            }
+        }
+    }
+
     /// The harness itself (index construction, shapes) checked on the reference.
     #[test]
     fn harness_runs_on_the_reference() {
@@ -503,14 +553,20 @@ pub(crate) mod agreement {
     #[cfg(feature = "emu")]
     #[test]
     fn emu_agrees_with_reference() {
-        check(&KernelBackend::new(crate::device::emu::EmuDevice::new()));
+        let b = KernelBackend::new(crate::device::emu::EmuDevice::new());
+        check(&b);
+        check_exact_tiles(&b);
     }
 
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_agrees_with_reference() {
         match crate::device::cuda::CudaDevice::open() {
-            Ok(dev) => check(&KernelBackend::new(dev)),
+            Ok(dev) => {
+                let b = KernelBackend::new(dev);
+                check(&b);
+                check_exact_tiles(&b);
+            }
             Err(e) => {
                 if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
                     panic!("REQUIRE_GPU=1 but the CUDA device is unavailable: {e}");

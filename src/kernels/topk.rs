@@ -1,14 +1,14 @@
 //! Wrappers of `kernels/topk.cu`: row-wise and segmented top-k.
 
-use crate::device::{Device, KernelArg};
+use crate::device::{Device, KernelArg, LaunchConfig};
 use crate::error::Result;
 use crate::matrix::Matrix;
 use crate::topk::TopK;
 
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc_topk, arg_i32, check_k, download_topk, launch_1d, launch_select, round16, select_bytes,
-    select_cap, upload, SELECT_THREADS,
+    alloc_topk, arg_i32, check_k, download_topk, grid_dim, launch_1d, launch_select, round16,
+    select_bytes, select_cap, upload, SELECT_THREADS,
 };
 
 /// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
@@ -38,30 +38,96 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
         return Ok(TopK::empty(rows, k));
     }
     check_k(k, "topk: k")?;
-    let n32 = arg_i32(n, "topk: columns")?;
     let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
+    let (ids, out) = alloc_topk(dev, rows, k)?;
+    topk_into(dev, &x, (rows, n), k, (&ids, &out))?;
+    download_topk(dev, &ids, &out, rows, k)
+}
+
+/// Launches the row-wise top-k of the `rows × n` f32 matrix in `x` (`rows ≥ 1`,
+/// `1 ≤ k ≤ 2048`) into `out` (`rows × k` i64 column ids and f32 scores, the layout of
+/// [`topk`]'s result); not synchronised.
+pub(crate) fn topk_into<D: Device>(
+    dev: &D,
+    x: &D::Buffer,
+    (rows, n): (usize, usize),
+    k: usize,
+    out: (&D::Buffer, &D::Buffer),
+) -> Result<()> {
+    let n32 = arg_i32(n, "topk: columns")?;
+    let k32 = arg_i32(k, "topk: k")?;
     if k > WARP_MAX_K {
         // Radix select, one block per row: (scores, n, k, slots, ids, scores out).
         let slots = RADIX_SLOTS.max(k.next_power_of_two());
         let shared = RADIX_HEAD + round16(4 * SELECT_THREADS as usize) + 8 * slots;
         let cfg = launch_1d(rows, SELECT_THREADS, shared, "topk")?;
-        let head = vec![KernelArg::Buf(&*x), KernelArg::I32(n32)];
-        return launch_select(dev, "rq_topk_radix", cfg, (rows, k, slots), head);
+        return dev.launch(
+            "rq_topk_radix",
+            cfg,
+            &[
+                KernelArg::Buf(x),
+                KernelArg::I32(n32),
+                KernelArg::I32(k32),
+                KernelArg::I32(arg_i32(slots, "topk: slots")?),
+                KernelArg::Buf(out.0),
+                KernelArg::Buf(out.1),
+            ],
+        );
     }
     // One warp per row: (scores, rows, n[, k], ids, scores out).
     let cfg = launch_1d(rows.div_ceil(ROW_WARPS), (ROW_WARPS * 32) as u32, 0, "topk")?;
-    let (ids, out) = alloc_topk(dev, rows, k)?;
-    let rows32 = KernelArg::I32(arg_i32(rows, "topk: rows")?);
-    let mut args = vec![KernelArg::Buf(&*x), rows32, KernelArg::I32(n32)];
+    let mut args = vec![
+        KernelArg::Buf(x),
+        KernelArg::I32(arg_i32(rows, "topk: rows")?),
+        KernelArg::I32(n32),
+    ];
     let name = if k == 1 {
         "rq_topk_argmax"
     } else {
-        args.push(KernelArg::I32(k as i32));
+        args.push(KernelArg::I32(k32));
         "rq_topk_warp"
     };
-    args.extend([KernelArg::Buf(&ids), KernelArg::Buf(&out)]);
-    dev.launch(name, cfg, &args)?;
-    download_topk(dev, &ids, &out, rows, k)
+    args.extend([KernelArg::Buf(out.0), KernelArg::Buf(out.1)]);
+    dev.launch(name, cfg, &args)
+}
+
+/// Launches the merge of two `rows × k` top-k lists on the device (`rq_topk_merge`): `a`
+/// holds global ids, `b` ids relative to `b_base` (all above `a`'s); `out` receives the best
+/// `k` of both, in the same layout. Not synchronised.
+pub(crate) fn merge_into<D: Device>(
+    dev: &D,
+    rows: usize,
+    k: usize,
+    a: (&D::Buffer, &D::Buffer),
+    (b, b_base): ((&D::Buffer, &D::Buffer), usize),
+    out: (&D::Buffer, &D::Buffer),
+) -> Result<()> {
+    const THREADS: usize = 256;
+    let cfg = LaunchConfig {
+        grid: [
+            grid_dim(rows, "topk merge: rows")?,
+            grid_dim((2 * k).div_ceil(THREADS), "topk merge: slots")?,
+            1,
+        ],
+        block: [THREADS as u32, 1, 1],
+        shared_bytes: 0,
+    };
+    dev.launch(
+        "rq_topk_merge",
+        cfg,
+        &[
+            KernelArg::Buf(a.0),
+            KernelArg::Buf(a.1),
+            KernelArg::Buf(b.0),
+            KernelArg::Buf(b.1),
+            KernelArg::I64(i64::try_from(b_base).map_err(|_| {
+                crate::error::Error::param(format!("topk merge: base {b_base} overflows i64"))
+            })?),
+            KernelArg::I32(arg_i32(k, "topk merge: k")?),
+            KernelArg::Buf(out.0),
+            KernelArg::Buf(out.1),
+        ],
+    )
 }
 
 /// Segmented top-k: segment `s` is `values[offsets[s]..offsets[s+1]]` (offsets
