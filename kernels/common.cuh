@@ -373,14 +373,21 @@ __device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
 /// Visits the concatenation of `m` ranges in rounds of blockDim.x · `per_thread` elements,
 /// so that tiny and empty ranges cost nothing: in a round, thread t visits the `per_thread`
 /// consecutive elements from t · per_thread on (one binary search, then a forward walk).
-/// `range(j, begin, len)` gives range j (called by one thread); `visit(j, x)` is called for
-/// each element x = begin_j + offset of range j and must not synchronise; `round_end()` is
-/// called by every thread once per round, the same number of times (it may synchronise,
-/// e.g. rq_select_round_end). Scratch: `pre` (blockDim.x + 1 unsigned) and `base`
-/// (blockDim.x unsigned) in shared memory. The concatenation holds fewer than 2^31 elements.
-template <class Range, class Visit, class RoundEnd>
+/// `range(j, begin, len)` gives range j (called by one thread); `load(x)` issues the global
+/// reads element x needs and returns them (a small struct); `visit(j, x, loaded)` is called
+/// for each element x = begin_j + offset of range j with `load(x)`'s result and must not
+/// synchronise; `round_end()` is called by every thread once per round, the same number of
+/// times (it may synchronise, e.g. rq_select_round_end). Scratch: `pre` (blockDim.x + 1
+/// unsigned) and `base` (blockDim.x unsigned) in shared memory. The concatenation holds
+/// fewer than 2^31 elements.
+///
+/// Software pipelining: before visiting its elements of a round, a thread locates its first
+/// element of the next round (same batch of ranges) and issues that element's loads, so
+/// they are in flight during this round's visits and barriers; its other elements of the
+/// next round lie in the same cache lines (consecutive elements) and hit L1.
+template <class Range, class Load, class Visit, class RoundEnd>
 __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsigned* base,
-                                     Range range, Visit visit, RoundEnd round_end) {
+                                     Range range, Load load, Visit visit, RoundEnd round_end) {
   const int T = (int)blockDim.x;
   const int t = (int)threadIdx.x;
   const unsigned span = (unsigned)T * (unsigned)per_thread;
@@ -396,23 +403,38 @@ __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsig
     __syncthreads();
     rq_block_inclusive_scan(pre + 1, nb);
     const unsigned total = pre[nb];
+    // The range holding element f: the largest j with pre[j] <= f (pre[j + 1] > f, so range
+    // j is not empty).
+    const auto locate = [&](unsigned f) {
+      int lo = 0, hi = nb - 1;
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (pre[mid] <= f) lo = mid; else hi = mid - 1;
+      }
+      return lo;
+    };
+    unsigned first = (unsigned)t * (unsigned)per_thread;
+    int j = first < total ? locate(first) : 0;
+    decltype(load(0u)) cur{};
+    if (first < total) cur = load(base[j] + (first - pre[j]));
     for (unsigned f0 = 0; f0 < total; f0 += span) {
-      const unsigned first = f0 + (unsigned)t * (unsigned)per_thread;
+      // This thread's first element of the next round: located and loaded ahead.
+      const unsigned next = first + span;
+      const int nj = next < total ? locate(next) : 0;
+      decltype(load(0u)) ahead{};
+      if (next < total) ahead = load(base[nj] + (next - pre[nj]));
       if (first < total) {
-        // Largest j with pre[j] <= first; pre[j + 1] > first, so range j is not empty.
-        int lo = 0, hi = nb - 1;
-        while (lo < hi) {
-          const int mid = (lo + hi + 1) / 2;
-          if (pre[mid] <= first) lo = mid; else hi = mid - 1;
-        }
-        int j = lo;
         const unsigned end = total - first < (unsigned)per_thread ? total : first + per_thread;
         for (unsigned f = first; f < end; ++f) {
           while (pre[j + 1] <= f) ++j;  // skips the ranges (empty ones too) before f
-          visit(j0 + j, base[j] + (f - pre[j]));
+          const unsigned x = base[j] + (f - pre[j]);
+          visit(j0 + j, x, f == first ? cur : load(x));
         }
       }
       round_end();
+      first = next;
+      j = nj;
+      cur = ahead;
     }
     __syncthreads();
   }

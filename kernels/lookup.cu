@@ -198,6 +198,15 @@ extern "C" __global__ void rq_row_norms(const float* x, int rows, int d, float* 
   if (i < rows) out[i] = rq_norm_sq(x + i * d, d);
 }
 
+/// The global reads of one candidate of rq_fused_topk: its L ≤ MAXL codes (< 65536), two
+/// per word (level l in bits 16·(l % 2) of w[l / 2]; fewer registers to carry a round
+/// ahead) and, under l2, its norm.
+template <int MAXL>
+struct RqItemCodes {
+  unsigned w[(MAXL + 1) / 2];
+  float norm;
+};
+
 /// Fused residual lookup + top-k: for query b (one block), the candidates are the items of
 /// its kept nodes; each is scored Σ_l LUT_l[code_l(i)] (+ the metric's norms) straight from
 /// the tables and offered to the block's selector, so no candidate-score matrix exists.
@@ -219,22 +228,24 @@ extern "C" __global__ void rq_row_norms(const float* x, int rows, int d, float* 
 /// grid: B; block: a power of two ≥ 32; 1 ≤ k ≤ 2048;
 /// shared: 4·Σ K_l·lut_shared (rounded up to 16) + round16(8·blockDim.x + 8) + 16·cap + 16
 /// bytes, cap = next power of two ≥ k + blockDim.x · per_thread.
-extern "C" __global__ void rq_fused_topk(const float* luts, const long long* lut_off,
-                                         const int* lut_k, int L, int lut_shared,
-                                         const unsigned char* codes, int code_bytes, int N,
-                                         const unsigned* item_start, const long long* cand_start,
-                                         const int* cand_count, const unsigned* cand_nodes,
-                                         const float* item_norms, const float* qnorm, int metric,
-                                         const long long* ids, int per_thread,
-                                         long long* out_scanned, int k, int cap,
-                                         long long* out_pos, float* out_scores) {
+/// Entry points: rq_fused_topk (L ≤ RQ_MAX_LEVELS) and rq_fused_topk_l4 (L ≤ 4: fewer
+/// registers for the per-level loops and the codes carried a round ahead, so more blocks per
+/// SM), the same body and arguments.
+template <int MAXL>
+__device__ inline void rq_fused_topk_body(
+    const float* luts, const long long* lut_off, const int* lut_k, int L, int lut_shared,
+    const unsigned char* codes, int code_bytes, int N, const unsigned* item_start,
+    const long long* cand_start, const int* cand_count, const unsigned* cand_nodes,
+    const float* item_norms, const float* qnorm, int metric, const long long* ids,
+    int per_thread, long long* out_scanned, int k, int cap, long long* out_pos,
+    float* out_scores) {
   RQ_SHARED_BASE(smem);
   const long long b = blockIdx.x;
   // Where level l's entries start in the staged table rows (lut_shared).
-  int toff[RQ_MAX_LEVELS];
+  int toff[MAXL];
   int ksum = 0;
 RQ_UNROLL
-  for (int l = 0; l < RQ_MAX_LEVELS; ++l) {
+  for (int l = 0; l < MAXL; ++l) {
     toff[l] = ksum;
     if (l < L) ksum += lut_k[l];
   }
@@ -271,18 +282,29 @@ RQ_UNROLL
         len = item_start[node + 1] - begin;
         atomicAdd(scanned, (int)len);
       },
-      [&](int, unsigned i) {
-        float ip = 0.0f;
+      [&](unsigned i) {
+        RqItemCodes<MAXL> v{};
 RQ_UNROLL
-        for (int l = 0; l < RQ_MAX_LEVELS; ++l) {
+        for (int l = 0; l < MAXL; ++l) {
           if (l < L) {
             const long long at = (long long)l * N + i;
-            const int c = code_bytes == 1 ? (int)codes[at] : (int)codes16[at];
+            const unsigned c = code_bytes == 1 ? (unsigned)codes[at] : (unsigned)codes16[at];
+            v.w[l / 2] |= c << (16 * (l % 2));
+          }
+        }
+        v.norm = metric == RQ_METRIC_L2 ? item_norms[i] : 0.0f;
+        return v;
+      },
+      [&](int, unsigned i, const RqItemCodes<MAXL>& v) {
+        float ip = 0.0f;
+RQ_UNROLL
+        for (int l = 0; l < MAXL; ++l) {
+          if (l < L) {
+            const int c = (int)((v.w[l / 2] >> (16 * (l % 2))) & 0xffffu);
             ip += lut_shared ? tab[toff[l] + c] : luts[lut_off[l] + b * lut_k[l] + c];
           }
         }
-        const float s =
-            metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, item_norms[i]) : ip;
+        const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, v.norm) : ip;
         rq_select_offer(q, s, [&] { return ids[i]; }, i);
       },
       [&] { rq_select_round_end(q, round); });
@@ -293,6 +315,31 @@ RQ_UNROLL
     out_pos[b * k + i] = full ? (long long)q.p[i] : -1;
     out_scores[b * k + i] = full ? q.s[i] : rq_neg_inf();
   }
+}
+
+extern "C" __global__ void rq_fused_topk(
+    const float* luts, const long long* lut_off, const int* lut_k, int L, int lut_shared,
+    const unsigned char* codes, int code_bytes, int N, const unsigned* item_start,
+    const long long* cand_start, const int* cand_count, const unsigned* cand_nodes,
+    const float* item_norms, const float* qnorm, int metric, const long long* ids,
+    int per_thread, long long* out_scanned, int k, int cap, long long* out_pos,
+    float* out_scores) {
+  rq_fused_topk_body<RQ_MAX_LEVELS>(luts, lut_off, lut_k, L, lut_shared, codes, code_bytes, N,
+                                    item_start, cand_start, cand_count, cand_nodes, item_norms,
+                                    qnorm, metric, ids, per_thread, out_scanned, k, cap, out_pos,
+                                    out_scores);
+}
+
+extern "C" __global__ void rq_fused_topk_l4(
+    const float* luts, const long long* lut_off, const int* lut_k, int L, int lut_shared,
+    const unsigned char* codes, int code_bytes, int N, const unsigned* item_start,
+    const long long* cand_start, const int* cand_count, const unsigned* cand_nodes,
+    const float* item_norms, const float* qnorm, int metric, const long long* ids,
+    int per_thread, long long* out_scanned, int k, int cap, long long* out_pos,
+    float* out_scores) {
+  rq_fused_topk_body<4>(luts, lut_off, lut_k, L, lut_shared, codes, code_bytes, N, item_start,
+                        cand_start, cand_count, cand_nodes, item_norms, qnorm, metric, ids,
+                        per_thread, out_scanned, k, cap, out_pos, out_scores);
 }
 
 /// Exact score of query row `qs` (shared) against row `p` of embeddings stored as `emb_dtype`

@@ -37,6 +37,12 @@ extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int
   if (threadIdx.x == 0) out_count[b] = cnt;
 }
 
+/// The global reads of one child of rq_beam_step: its code and, under l2, its norm.
+struct RqChildCode {
+  unsigned code;
+  float norm;
+};
+
 /// Depth l+1: expand the children of query b's kept depth-l nodes, score child c as
 /// parent_ip + LUT_l[code[c]] (+ norms for l2), keep the best W. The selector's payload is
 /// the parent's slot in the previous list; the child's ip is recomputed from it.
@@ -70,9 +76,15 @@ extern "C" __global__ void rq_beam_step(const float* lut, long long lut_at, int 
         begin = child_start[pn[j]];
         len = child_start[pn[j] + 1] - begin;
       },
-      [&](int slot, unsigned c) {
-        const float ip = pip[slot] + t[code[c]];
-        const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, cnorm[c]) : ip;
+      [&](unsigned c) {
+        RqChildCode v;
+        v.code = code[c];
+        v.norm = metric == RQ_METRIC_L2 ? cnorm[c] : 0.0f;
+        return v;
+      },
+      [&](int slot, unsigned c, const RqChildCode& v) {
+        const float ip = pip[slot] + t[v.code];
+        const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, v.norm) : ip;
         rq_select_offer(q, s, [&] { return (long long)c; }, (unsigned)slot);
       },
       [&] { rq_select_round_end(q, round); });

@@ -399,6 +399,9 @@ fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
         (Metric::Ip, EmbeddingKind::Bf16, 2, 13, 1e-2),
         (Metric::L2, EmbeddingKind::Bf16, 2, 9, 1e-2),
         (Metric::Ip, EmbeddingKind::F32, 2, 300, 1e-5),
+        // More than 4 levels: the fused kernel's 8-level entry point (u8 and u16 codes).
+        (Metric::L2, EmbeddingKind::F32, 6, 4, 1e-5),
+        (Metric::Ip, EmbeddingKind::F32, 5, 260, 1e-5),
     ] {
         let n = rng.random_range(150..400);
         let (index, _, _) = rand_index(&mut rng, n, 10, levels, k_codes, metric, keep);

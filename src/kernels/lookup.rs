@@ -253,8 +253,14 @@ pub(crate) fn fused_on_device<D: Device>(
     let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
     let (pos, scores) = alloc_topk(dev, b, k)?;
     let scanned = alloc::<D, i64>(dev, b)?;
+    // Up to 4 levels: the entry point with 4-level loops (fewer registers, more blocks/SM).
+    let kernel = if levels <= 4 {
+        "rq_fused_topk_l4"
+    } else {
+        "rq_fused_topk"
+    };
     dev.launch(
-        "rq_fused_topk",
+        kernel,
         cfg,
         &[
             KernelArg::Buf(&tables.luts),
