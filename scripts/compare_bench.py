@@ -63,6 +63,12 @@ def main(argv):
               f"{fmt(tf and 100 * tf, '.2f') + ('%' if tf else ''):>12}")
     print("speed-up = torch ms / rqtree ms (whole call); [..] = rqtree kernels alone; "
           "floor = max(bytes/4.3 TB/s, flops/67 TFLOP/s) / time")
+    # Where rqtree's kernel time goes in operations that launch several kernels.
+    for op in ours:
+        kernels = ours[op].get("kernels") or []
+        if len(kernels) > 1:
+            parts = ", ".join(f"{k['name']} {k['ms']:.3f} ({k['launches']}x)" for k in kernels)
+            print(f"  {op} kernels (ms): {parts}")
     return 0
 
 

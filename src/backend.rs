@@ -177,11 +177,7 @@ pub trait Backend: Send + Sync {
     fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Timing> {
         let start = std::time::Instant::now();
         f()?;
-        Ok(Timing {
-            ms: start.elapsed().as_secs_f64() * 1e3,
-            kernel_ms: None,
-            clock: crate::device::Clock::Wall,
-        })
+        Ok(Timing::wall(start.elapsed().as_secs_f64() * 1e3))
     }
 }
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::backend::{self, Backend, BackendKind, OpenOptions, Resident};
 use crate::candidates::Candidates;
-use crate::device::Clock;
+use crate::device::{Clock, KernelTime};
 use crate::error::{Error, Result};
 use crate::index::build::{build, BuildOptions};
 use crate::index::kmeans::KMeansOptions;
@@ -67,6 +67,9 @@ pub struct BenchRow {
     pub ms: f64,
     /// Median time of the kernels alone (cuda only), ms.
     pub kernel_ms: Option<f64>,
+    /// Per kernel (cuda only, in order of first launch): launches per run and the median
+    /// over the runs of its summed time, ms — which kernel an operation's time goes to.
+    pub kernels: Vec<KernelTime>,
     /// Where the times come from.
     pub clock: Clock,
     /// Timed runs (after warm-up).
@@ -166,15 +169,18 @@ impl Timer<'_> {
         }
         let mut ms = Vec::with_capacity(self.runs);
         let mut kms = Vec::with_capacity(self.runs);
+        let mut per_run = Vec::with_capacity(self.runs);
         let mut clock = Clock::Wall;
         for i in 0..self.runs {
             let t = self.be.time(&mut || f(i % copies))?;
             ms.push(t.ms);
             kms.extend(t.kernel_ms);
+            per_run.push(t.kernels);
             clock = t.clock;
         }
         let ms = median(ms);
         let kernel_ms = (!kms.is_empty()).then(|| median(kms));
+        let kernels = kernel_medians(&per_run);
         let base = kernel_ms.unwrap_or(ms).max(1e-9);
         let floor_ms = (bytes / PEAK_BYTES_PER_S).max(flops / PEAK_FLOPS) * 1e3;
         Ok(BenchRow {
@@ -182,6 +188,7 @@ impl Timer<'_> {
             label,
             ms,
             kernel_ms,
+            kernels,
             clock,
             runs: self.runs,
             copies,
@@ -193,6 +200,37 @@ impl Timer<'_> {
             floor_fraction: floor_ms / base,
         })
     }
+}
+
+/// Per kernel name (in order of first launch over the runs): the most launches in one run
+/// and the median over the runs of its summed time (0 in a run that did not launch it).
+fn kernel_medians(runs: &[Vec<KernelTime>]) -> Vec<KernelTime> {
+    let mut names: Vec<&str> = Vec::new();
+    for k in runs.iter().flatten() {
+        if !names.contains(&k.name.as_str()) {
+            names.push(&k.name);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let of_run = |run: &Vec<KernelTime>| run.iter().find(|k| k.name == name).cloned();
+            KernelTime {
+                name: name.to_string(),
+                launches: runs
+                    .iter()
+                    .filter_map(of_run)
+                    .map(|k| k.launches)
+                    .max()
+                    .unwrap_or(0),
+                ms: median(
+                    runs.iter()
+                        .map(|run| of_run(run).map_or(0.0, |k| k.ms))
+                        .collect(),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// `copies` matrices of `rows × cols` (seeds `seed..`), each kept resident on `be`.
@@ -551,5 +589,43 @@ fn print(be: &dyn Backend, rows: &[BenchRow], notes: &[String], opts: &BenchOpti
             r.label
         );
     }
+    // Where each multi-kernel operation's kernel time goes.
+    for r in rows.iter().filter(|r| r.kernels.len() > 1) {
+        let parts: Vec<String> = r
+            .kernels
+            .iter()
+            .map(|k| format!("{} {:.3} ms ({}x)", k.name, k.ms, k.launches))
+            .collect();
+        println!("kernels of {}: {}", r.op, parts.join(", "));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kt(name: &str, launches: usize, ms: f64) -> KernelTime {
+        KernelTime {
+            name: name.into(),
+            launches,
+            ms,
+        }
+    }
+
+    /// Per-kernel medians: names in order of first launch over the runs, a run without a
+    /// kernel counts 0 ms for it, launches are the most in one run.
+    #[test]
+    fn kernel_medians_per_name() {
+        let runs = vec![
+            vec![kt("a", 2, 1.0), kt("b", 1, 5.0)],
+            vec![kt("a", 2, 3.0)],
+            vec![kt("c", 4, 0.5), kt("a", 2, 2.0), kt("b", 3, 7.0)],
+        ];
+        assert_eq!(
+            kernel_medians(&runs),
+            vec![kt("a", 2, 2.0), kt("b", 3, 5.0), kt("c", 4, 0.0)]
+        );
+        assert!(kernel_medians(&[]).is_empty());
+    }
 }

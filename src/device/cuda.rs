@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
 
-use crate::device::{Clock, Device, KernelArg, LaunchConfig, Timing};
+use crate::device::{Clock, Device, KernelArg, KernelTime, LaunchConfig, Timing};
 use crate::error::{Error, Result};
 
 mod embedded {
@@ -55,14 +55,18 @@ impl CudaBuffer {
     }
 }
 
+/// A launch timed inside [`Device::time`]: the kernel's name, events before and after.
+type KernelEvents = (String, CudaEvent, CudaEvent);
+
 /// A GPU with the rqtree kernels loaded.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Vec<Module>,
     functions: Mutex<HashMap<String, Function>>,
-    /// While [`Device::time`] runs: a (start, end) event pair recorded around each launch.
-    kernel_events: Mutex<Option<Vec<(CudaEvent, CudaEvent)>>>,
+    /// While [`Device::time`] runs: the kernel's name and a (start, end) event pair recorded
+    /// around each launch.
+    kernel_events: Mutex<Option<Vec<KernelEvents>>>,
 }
 
 impl CudaDevice {
@@ -358,7 +362,7 @@ impl Device for CudaDevice {
                 .map_err(|_| Error::Device("timing lock poisoned".into()))?
                 .as_mut()
             {
-                v.push((start, end));
+                v.push((kernel.to_string(), start, end));
             }
         }
         drop(guards);
@@ -397,13 +401,25 @@ impl Device for CudaDevice {
                 .map(f64::from)
                 .map_err(|e| dev_err("event elapsed time", e))
         };
-        let mut kernel_ms = 0.0;
-        for (a, b) in &pairs {
-            kernel_ms += elapsed(a, b)?;
+        let mut kernels: Vec<KernelTime> = Vec::new();
+        for (name, a, b) in &pairs {
+            let ms = elapsed(a, b)?;
+            match kernels.iter_mut().find(|k| k.name == *name) {
+                Some(k) => {
+                    k.launches += 1;
+                    k.ms += ms;
+                }
+                None => kernels.push(KernelTime {
+                    name: name.clone(),
+                    launches: 1,
+                    ms,
+                }),
+            }
         }
         Ok(Timing {
             ms: elapsed(&start, &end)?,
-            kernel_ms: Some(kernel_ms),
+            kernel_ms: Some(kernels.iter().map(|k| k.ms).sum()),
+            kernels,
             clock: Clock::CudaEvents,
         })
     }
@@ -506,6 +522,11 @@ mod tests {
         assert_eq!(t.clock, Clock::CudaEvents);
         let k = t.kernel_ms.expect("kernel time");
         assert!(k > 0.0 && k <= t.ms + 1e-3, "{t:?}");
+        assert_eq!(t.kernels.len(), 1, "{t:?}");
+        assert_eq!(
+            (t.kernels[0].name.as_str(), t.kernels[0].launches),
+            ("rq_topk_argmax", 3)
+        );
         // Launches outside a timed region are not recorded.
         assert!(!dev.timing_kernels().expect("lock"));
     }

@@ -99,11 +99,7 @@ pub trait Device: Send + Sync {
         let start = std::time::Instant::now();
         f()?;
         self.synchronize()?;
-        Ok(Timing {
-            ms: start.elapsed().as_secs_f64() * 1e3,
-            kernel_ms: None,
-            clock: Clock::Wall,
-        })
+        Ok(Timing::wall(start.elapsed().as_secs_f64() * 1e3))
     }
 }
 
@@ -118,14 +114,40 @@ pub enum Clock {
 }
 
 /// How long one timed region took.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Timing {
     /// The whole region: uploads, launches, downloads (milliseconds).
     pub ms: f64,
     /// The sum of the kernels launched inside it, when the device can tell (milliseconds).
     pub kernel_ms: Option<f64>,
+    /// The kernels launched inside it by name, in order of first launch (empty when the
+    /// device cannot tell); their `ms` add up to `kernel_ms`.
+    pub kernels: Vec<KernelTime>,
     /// Where the times come from.
     pub clock: Clock,
+}
+
+impl Timing {
+    /// A wall-clock timing of `ms` milliseconds with no kernel breakdown.
+    pub fn wall(ms: f64) -> Self {
+        Timing {
+            ms,
+            kernel_ms: None,
+            kernels: Vec::new(),
+            clock: Clock::Wall,
+        }
+    }
+}
+
+/// The launches of one kernel inside a timed region.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct KernelTime {
+    /// The kernel's `extern "C"` name.
+    pub name: String,
+    /// How many times it was launched.
+    pub launches: usize,
+    /// The sum of its launches' times (milliseconds).
+    pub ms: f64,
 }
 
 /// Typed helpers over any [`Device`], for slices of plain-old-data values.
