@@ -27,17 +27,16 @@ struct alignas(16) RqLutPair {
 /// without FMA over the first d/8·8 elements, the rest in f64, combined in f64), so every
 /// output equals the reference's `dot(q_b, x_j)` bit for bit:
 /// out[out_at + b·K + j] = <q_b, x[row0 + j]> for the tile's b < B, j < K.
-/// Block (blockIdx.x, blockIdx.y) covers queries 32·x.. and rows 32·y..; block: (16, 16);
-/// smem: 2 · 32 · 36 · 4 bytes. q: B × d (f32); x: rows × d stored as x_dtype (RQ_DTYPE_*,
-/// widened to f32 when staged).
-__device__ inline void rq_ip_tile(unsigned char* smem, const float* q, int B, int d,
-                                  const unsigned char* x, int x_dtype, long long row0, int K,
-                                  float* out, long long out_at) {
+/// The tile covers queries b0 .. b0 + 32 and rows j0 .. j0 + 32 (the caller maps its block
+/// index to them); block: (16, 16); smem: 2 · 32 · 36 · 4 bytes. q: B × d (f32); x: rows × d
+/// stored as x_dtype (RQ_DTYPE_*, widened to f32 when staged).
+__device__ inline void rq_ip_tile(unsigned char* smem, int b0, int k0, const float* q, int B,
+                                  int d, const unsigned char* x, int x_dtype, long long row0,
+                                  int K, float* out, long long out_at) {
   float* sq = reinterpret_cast<float*>(smem);  // [32][36] query chunk
   float* sc = sq + RQ_LUT_TILE * RQ_LUT_LD;     // [32][36] row chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
   const int tid = ty * RQ_LUT_THREADS + tx;
-  const int b0 = (int)blockIdx.x * RQ_LUT_TILE, k0 = (int)blockIdx.y * RQ_LUT_TILE;
   const int d8 = d / 8 * 8;
   // Output (i, j) is query b0 + ty + 16·i, row k0 + tx + 16·j.
   float acc[2][2][8];
@@ -108,15 +107,14 @@ RQ_UNROLL
 /// differences and their squares accumulated in f64 in element order, rounded to f32):
 /// out[b·K + j] = -||q_b - x[row0 + j]||², bit for bit. Operands are staged as doubles
 /// (converted once per staged element, not per product); the zero padding past d adds exact
-/// zeros to a non-negative sum, which changes nothing. Geometry as rq_ip_tile; smem:
+/// zeros to a non-negative sum, which changes nothing. Tile and block as rq_ip_tile; smem:
 /// 2 · 32 · 34 · 8 bytes. q: B × d; x: rows × d (f32).
-__device__ inline void rq_l2_tile(unsigned char* smem, const float* q, int B, int d,
-                                  const float* x, long long row0, int K, float* out) {
+__device__ inline void rq_l2_tile(unsigned char* smem, int b0, int k0, const float* q, int B,
+                                  int d, const float* x, long long row0, int K, float* out) {
   double* sq = reinterpret_cast<double*>(smem);  // [32][34] query chunk
   double* sc = sq + RQ_LUT_TILE * RQ_LUT_LD2;     // [32][34] row chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
   const int tid = ty * RQ_LUT_THREADS + tx;
-  const int b0 = (int)blockIdx.x * RQ_LUT_TILE, k0 = (int)blockIdx.y * RQ_LUT_TILE;
   double acc[2][2];
 RQ_UNROLL
   for (int i = 0; i < 2; ++i)
@@ -169,7 +167,8 @@ RQ_UNROLL
 extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned char* cb,
                                   int cb_dtype, int K, float* out, long long out_at) {
   RQ_SHARED_BASE(smem);
-  rq_ip_tile(smem, q, B, d, cb, cb_dtype, 0, K, out, out_at);
+  rq_ip_tile(smem, (int)blockIdx.x * RQ_LUT_TILE, (int)blockIdx.y * RQ_LUT_TILE, q, B, d, cb,
+             cb_dtype, 0, K, out, out_at);
 }
 
 /// Exact scores of a query batch against a block of item rows, the reference's exact
@@ -177,17 +176,19 @@ extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned c
 /// -||q_b - x_{row0+j}||² (metric 1, l2), for b < B, j < n, where q_b is the query row
 /// starting at element q_at + b·d. The first step of the exact brute-force top-k, which
 /// selects from these B × n tiles.
-/// grid: (ceil(B / 32), ceil(n / 32)); block: (16, 16); shared: 2 · 32 · 34 · 8 bytes (the
-/// larger of the two tiles). items: rows × d (f32), rows ≥ row0 + n; out: B × n.
+/// grid: (ceil(n / 32), ceil(B / 32)) — item tiles on x (no 65535 limit; consecutive blocks
+/// share the query tile), so ceil(B / 32) ≤ 65535; block: (16, 16); shared: 2 · 32 · 34 · 8
+/// bytes (the larger of the two tiles). items: rows × d (f32), rows ≥ row0 + n; out: B × n.
 extern "C" __global__ void rq_exact_scores(const float* q, long long q_at, int B, int d,
                                            const float* items, long long row0, int n,
                                            int metric, float* out) {
   RQ_SHARED_BASE(smem);
+  const int b0 = (int)blockIdx.y * RQ_LUT_TILE, k0 = (int)blockIdx.x * RQ_LUT_TILE;
   if (metric == RQ_METRIC_L2) {
-    rq_l2_tile(smem, q + q_at, B, d, items, row0, n, out);
+    rq_l2_tile(smem, b0, k0, q + q_at, B, d, items, row0, n, out);
   } else {
-    rq_ip_tile(smem, q + q_at, B, d, reinterpret_cast<const unsigned char*>(items), RQ_DTYPE_F32,
-               row0, n, out, 0);
+    rq_ip_tile(smem, b0, k0, q + q_at, B, d, reinterpret_cast<const unsigned char*>(items),
+               RQ_DTYPE_F32, row0, n, out, 0);
   }
 }
 

@@ -543,6 +543,24 @@ pub(crate) mod agreement {
         }
     }
 
+    /// The exact top-k of one query over more items than 65 535 tiles of 32 (a launch whose
+    /// item tiles would overflow a grid's y dimension) with the default tiles.
+    pub(crate) fn check_exact_many_items<D: crate::device::Device>(b: &KernelBackend<D>) {
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(17);
+        let items = matrix(&mut rng, 2_100_000, 2, 0);
+        let queries = matrix(&mut rng, 1, 2, 0);
+        for metric in [Metric::Ip, Metric::L2] {
+            same_topk(
+                &b.exact_topk(&queries, &items, metric, 7)
+                    .expect("exact top-k"),
+                &Reference
+                    .exact_topk(&queries, &items, metric, 7)
+                    .expect("reference"),
+                "exact top-k of 2.1M items",
+            );
+        }
+    }
+
     /// The harness itself (index construction, shapes) checked on the reference.
     #[test]
     fn harness_runs_on_the_reference() {
@@ -556,6 +574,7 @@ pub(crate) mod agreement {
         let b = KernelBackend::new(crate::device::emu::EmuDevice::new());
         check(&b);
         check_exact_tiles(&b);
+        check_exact_many_items(&b);
     }
 
     #[cfg(feature = "cuda")]
@@ -566,6 +585,7 @@ pub(crate) mod agreement {
                 let b = KernelBackend::new(dev);
                 check(&b);
                 check_exact_tiles(&b);
+                check_exact_many_items(&b);
             }
             Err(e) => {
                 if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {

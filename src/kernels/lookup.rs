@@ -15,7 +15,7 @@ use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::topk::{merge_into, topk_into};
 use super::{
-    alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, launch_1d,
+    alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, grid_dim_yz, launch_1d,
     launch_select, range_per_thread, round16, select_bytes, select_cap, upload, MAX_SHARED_BYTES,
     SELECT_THREADS,
 };
@@ -85,7 +85,7 @@ pub(crate) fn tables_on_device<D: Device>(
         let cfg = LaunchConfig {
             grid: [
                 grid_dim(b.div_ceil(LUT_TILE), "lookup_tables: query tiles")?,
-                grid_dim(kk.div_ceil(LUT_TILE), "lookup_tables: codeword tiles")?,
+                grid_dim_yz(kk.div_ceil(LUT_TILE), "lookup_tables: codeword tiles")?,
                 1,
             ],
             block: [LUT_THREADS as u32, LUT_THREADS as u32, 1],
@@ -513,10 +513,11 @@ pub(crate) fn exact_topk_tiled<D: Device>(
         let qb = rows.min(b - q0);
         for c0 in (0..n).step_by(cols) {
             let nc = cols.min(n - c0);
+            // Item tiles on x, query tiles on y (≤ 65535: at most 16384 queries per batch).
             let cfg = LaunchConfig {
                 grid: [
-                    grid_dim(qb.div_ceil(LUT_TILE), "exact_topk: query tiles")?,
                     grid_dim(nc.div_ceil(LUT_TILE), "exact_topk: item tiles")?,
+                    grid_dim_yz(qb.div_ceil(LUT_TILE), "exact_topk: query tiles")?,
                     1,
                 ],
                 block: [LUT_THREADS as u32, LUT_THREADS as u32, 1],

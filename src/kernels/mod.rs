@@ -84,6 +84,14 @@ pub(crate) fn grid_dim(v: usize, what: &str) -> Result<u32> {
         .ok_or_else(|| Error::param(format!("{what} = {v} exceeds the launch grid")))
 }
 
+/// `v` as a grid's `y` or `z` dimension (at most 65 535), or an error naming it.
+pub(crate) fn grid_dim_yz(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&g| g <= 65_535)
+        .ok_or_else(|| Error::param(format!("{what} = {v} exceeds a grid's y/z limit of 65535")))
+}
+
 /// A 1-D launch of `blocks × threads` with `shared` bytes, checked against the budget.
 pub(crate) fn launch_1d(
     blocks: usize,

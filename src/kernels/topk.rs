@@ -7,8 +7,8 @@ use crate::topk::TopK;
 
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc_topk, arg_i32, check_k, download_topk, grid_dim, launch_1d, launch_select, round16,
-    select_bytes, select_cap, upload, SELECT_THREADS,
+    alloc_topk, arg_i32, check_k, download_topk, grid_dim, grid_dim_yz, launch_1d, launch_select,
+    round16, select_bytes, select_cap, upload, SELECT_THREADS,
 };
 
 /// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
@@ -106,7 +106,7 @@ pub(crate) fn merge_into<D: Device>(
     let cfg = LaunchConfig {
         grid: [
             grid_dim(rows, "topk merge: rows")?,
-            grid_dim((2 * k).div_ceil(THREADS), "topk merge: slots")?,
+            grid_dim_yz((2 * k).div_ceil(THREADS), "topk merge: slots")?,
             1,
         ],
         block: [THREADS as u32, 1, 1],
