@@ -26,13 +26,14 @@ struct alignas(16) RqLutPair {
 /// One 32 × 32 tile of inner products with the reference's dot (eight f32 partial sums
 /// without FMA over the first d/8·8 elements, the rest in f64, combined in f64), so every
 /// output equals the reference's `dot(q_b, x_j)` bit for bit:
-/// out[out_at + b·K + j] = <q_b, x[row0 + j]> for the tile's b < B, j < K.
+/// out[out_at + b·ld + j] = <q_b, x[row0 + j]> for the tile's b < B, j < K, and -inf for
+/// K ≤ j < ld (padding columns, ld ≥ K: the row stride of out).
 /// The tile covers queries b0 .. b0 + 32 and rows j0 .. j0 + 32 (the caller maps its block
 /// index to them); block: (16, 16); smem: 2 · 32 · 36 · 4 bytes. q: B × d (f32); x: rows × d
 /// stored as x_dtype (RQ_DTYPE_*, widened to f32 when staged).
 __device__ inline void rq_ip_tile(unsigned char* smem, int b0, int k0, const float* q, int B,
                                   int d, const unsigned char* x, int x_dtype, long long row0,
-                                  int K, float* out, long long out_at) {
+                                  int K, int ld, float* out, long long out_at) {
   float* sq = reinterpret_cast<float*>(smem);  // [32][36] query chunk
   float* sc = sq + RQ_LUT_TILE * RQ_LUT_LD;     // [32][36] row chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
@@ -94,23 +95,24 @@ RQ_UNROLL
 RQ_UNROLL
     for (int j = 0; j < 2; ++j) {
       const int b = b0 + ty + 16 * i, k = k0 + tx + 16 * j;
-      if (b < B && k < K) {
+      if (b < B && k < ld) {
         double s = 0.0;
 RQ_UNROLL
         for (int h = 0; h < 8; ++h) s += (double)acc[i][j][h];
-        out[out_at + (long long)b * K + k] = (float)(s + tail[i][j]);
+        out[out_at + (long long)b * ld + k] = k < K ? (float)(s + tail[i][j]) : rq_neg_inf();
       }
     }
 }
 
 /// One 32 × 32 tile of negated squared distances with the reference's `dist_sq` (the
 /// differences and their squares accumulated in f64 in element order, rounded to f32):
-/// out[b·K + j] = -||q_b - x[row0 + j]||², bit for bit. Operands are staged as doubles
-/// (converted once per staged element, not per product); the zero padding past d adds exact
-/// zeros to a non-negative sum, which changes nothing. Tile and block as rq_ip_tile; smem:
-/// 2 · 32 · 34 · 8 bytes. q: B × d; x: rows × d (f32).
+/// out[b·ld + j] = -||q_b - x[row0 + j]||², bit for bit (-inf for K ≤ j < ld). Operands are
+/// staged as doubles (converted once per staged element, not per product); the zero padding
+/// past d adds exact zeros to a non-negative sum, which changes nothing. Tile and block as
+/// rq_ip_tile; smem: 2 · 32 · 34 · 8 bytes. q: B × d; x: rows × d (f32).
 __device__ inline void rq_l2_tile(unsigned char* smem, int b0, int k0, const float* q, int B,
-                                  int d, const float* x, long long row0, int K, float* out) {
+                                  int d, const float* x, long long row0, int K, int ld,
+                                  float* out) {
   double* sq = reinterpret_cast<double*>(smem);  // [32][34] query chunk
   double* sc = sq + RQ_LUT_TILE * RQ_LUT_LD2;     // [32][34] row chunk
   const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
@@ -154,7 +156,7 @@ RQ_UNROLL
 RQ_UNROLL
     for (int j = 0; j < 2; ++j) {
       const int b = b0 + ty + 16 * i, k = k0 + tx + 16 * j;
-      if (b < B && k < K) out[(long long)b * K + k] = -(float)acc[i][j];
+      if (b < B && k < ld) out[(long long)b * ld + k] = k < K ? -(float)acc[i][j] : rq_neg_inf();
     }
 }
 
@@ -168,27 +170,28 @@ extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned c
                                   int cb_dtype, int K, float* out, long long out_at) {
   RQ_SHARED_BASE(smem);
   rq_ip_tile(smem, (int)blockIdx.x * RQ_LUT_TILE, (int)blockIdx.y * RQ_LUT_TILE, q, B, d, cb,
-             cb_dtype, 0, K, out, out_at);
+             cb_dtype, 0, K, K, out, out_at);
 }
 
 /// Exact scores of a query batch against a block of item rows, the reference's exact
-/// scoring bit for bit: out[b·n + j] = <q_b, x_{row0+j}> (metric 0, ip) or
-/// -||q_b - x_{row0+j}||² (metric 1, l2), for b < B, j < n, where q_b is the query row
-/// starting at element q_at + b·d. The first step of the exact brute-force top-k, which
-/// selects from these B × n tiles.
-/// grid: (ceil(n / 32), ceil(B / 32)) — item tiles on x (no 65535 limit; consecutive blocks
+/// scoring bit for bit: out[b·ld + j] = <q_b, x_{row0+j}> (metric 0, ip) or
+/// -||q_b - x_{row0+j}||² (metric 1, l2) for b < B, j < n, where q_b is the query row
+/// starting at element q_at + b·d; columns n ≤ j < ld are -inf (padding that lets the
+/// selection view each row as equal segments). The first step of the exact brute-force
+/// top-k, which selects from these B × ld tiles.
+/// grid: (ceil(ld / 32), ceil(B / 32)) — item tiles on x (no 65535 limit; consecutive blocks
 /// share the query tile), so ceil(B / 32) ≤ 65535; block: (16, 16); shared: 2 · 32 · 34 · 8
-/// bytes (the larger of the two tiles). items: rows × d (f32), rows ≥ row0 + n; out: B × n.
+/// bytes (the larger of the two tiles). items: rows × d (f32), rows ≥ row0 + n; out: B × ld.
 extern "C" __global__ void rq_exact_scores(const float* q, long long q_at, int B, int d,
-                                           const float* items, long long row0, int n,
+                                           const float* items, long long row0, int n, int ld,
                                            int metric, float* out) {
   RQ_SHARED_BASE(smem);
   const int b0 = (int)blockIdx.y * RQ_LUT_TILE, k0 = (int)blockIdx.x * RQ_LUT_TILE;
   if (metric == RQ_METRIC_L2) {
-    rq_l2_tile(smem, b0, k0, q + q_at, B, d, items, row0, n, out);
+    rq_l2_tile(smem, b0, k0, q + q_at, B, d, items, row0, n, ld, out);
   } else {
     rq_ip_tile(smem, b0, k0, q + q_at, B, d, reinterpret_cast<const unsigned char*>(items),
-               RQ_DTYPE_F32, row0, n, out, 0);
+               RQ_DTYPE_F32, row0, n, ld, out, 0);
   }
 }
 

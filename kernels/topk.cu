@@ -264,6 +264,17 @@ extern "C" __global__ void rq_topk_warp(const float* scores, int rows, int n, in
     rq_warp_select<8>(x, n, k, ids, sc);
 }
 
+/// Stores a finished selector's k entries, best first: ids = ranks, scores; empty slots
+/// (-1, -inf).
+__device__ inline void rq_select_store_ranks(const RqSelect& q, long long* out_ids,
+                                             float* out_scores) {
+  for (int i = threadIdx.x; i < q.k; i += blockDim.x) {
+    const bool full = q.p[i] != RQ_NO_PAYLOAD;
+    out_ids[i] = full ? q.r[i] : -1;
+    out_scores[i] = full ? q.s[i] : rq_neg_inf();
+  }
+}
+
 /// Top-k of values[begin, end) into out_ids/out_scores[0, k): ids are offsets from begin.
 __device__ inline void rq_topk_range(const float* values, long long begin, long long end,
                                      const RqSelect& q, long long* out_ids,
@@ -276,11 +287,7 @@ __device__ inline void rq_topk_range(const float* values, long long begin, long 
     rq_select_push(q, valid, valid ? values[begin + j] : 0.0f, j, 0u);
   }
   rq_select_finish(q);
-  for (int i = threadIdx.x; i < q.k; i += blockDim.x) {
-    const bool full = q.p[i] != RQ_NO_PAYLOAD;
-    out_ids[i] = full ? q.r[i] : -1;
-    out_scores[i] = full ? q.s[i] : rq_neg_inf();
-  }
+  rq_select_store_ranks(q, out_ids, out_scores);
 }
 
 /// Segmented top-k, 1 ≤ k ≤ 2048: segment s is values[offsets[s], offsets[s+1]).
@@ -610,4 +617,33 @@ extern "C" __global__ void rq_topk_merge(const long long* a_ids, const float* a_
     out_ids[row * k + pos] = id < 0 ? -1 : (from_a ? id : b_base + id);
     out_scores[row * k + pos] = s;
   }
+}
+
+/// Best k of the m top-k lists of each row, when the row was selected as m segments of w
+/// columns (the exact top-k's split of a wide row, so that few queries still occupy the
+/// GPU): row r's lists are ids/scores[(r·m + s)·kin + slot], s < m, slot < kin, each sorted
+/// best first with column ids local to segment s (-1 missing). Entry (s, local) is column
+/// s·w + local of the row and is kept when below n (columns ≥ n are padding). Output: row
+/// r's best k by (score desc, column asc), columns as ids, missing slots (-1, -inf).
+/// grid: rows; block: a power of two ≥ 32; shared: 16·cap + 16 bytes, cap = next power of
+/// two ≥ k + blockDim.x; 1 ≤ k ≤ 2048.
+extern "C" __global__ void rq_topk_lists(const long long* ids, const float* scores, int m,
+                                         int kin, int w, int n, int k, int cap,
+                                         long long* out_ids, float* out_scores) {
+  RQ_SHARED_BASE(smem);
+  const RqSelect q = rq_select_carve(smem, k, cap);
+  const long long row = blockIdx.x;
+  const long long total = (long long)m * kin;
+  const long long* ri = ids + row * total;
+  const float* rs = scores + row * total;
+  rq_select_init(q);
+  for (long long e0 = 0; e0 < total; e0 += blockDim.x) {
+    const long long e = e0 + threadIdx.x;
+    const long long local = e < total ? ri[e] : -1;
+    const long long col = local < 0 ? -1 : (e / kin) * (long long)w + local;
+    const bool valid = col >= 0 && col < n;
+    rq_select_push(q, valid, valid ? rs[e] : 0.0f, col, 0u);
+  }
+  rq_select_finish(q);
+  rq_select_store_ranks(q, out_ids + row * k, out_scores + row * k);
 }

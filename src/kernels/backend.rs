@@ -509,15 +509,32 @@ pub(crate) mod agreement {
             });
         eprintln!("check_exact_tiles: seed = {seed} (replay with RQTREE_TEST_SEED={seed})");
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
-        // (items, d, value levels (0: uniform), tiles (queries × items), k values)
+        // (items, d, value levels (0: uniform), tiles (queries × items, row segments),
+        // k values)
         let ties = (
             611,
             19,
             3,
-            [(3, 37), (32, 64), (11, 611)],
+            [
+                (3, 37, None),
+                (32, 64, Some(10)),
+                (11, 611, Some(64)),
+                (5, 611, Some(7)),
+            ],
             [1, 2, 40, 300, 650],
         );
-        let tiny = (23, 9, 0, [(1, 1), (4, 5), (11, 23)], [1, 5, 23, 30, 31]);
+        let tiny = (
+            23,
+            9,
+            0,
+            [
+                (1, 1, None),
+                (4, 5, Some(2)),
+                (11, 23, Some(4)),
+                (2, 23, None),
+            ],
+            [1, 5, 23, 30, 31],
+        );
         for (n, d, levels, tiles, ks) in [ties, tiny] {
             let items = matrix(&mut rng, n, d, levels);
             let queries = matrix(&mut rng, 11, d, levels);
@@ -526,13 +543,19 @@ pub(crate) mod agreement {
                     let want = Reference
                         .exact_topk(&queries, &items, metric, k)
                         .expect("reference");
-                    for (rows, cols) in tiles {
-                        let tiles = super::super::lookup::ExactTiles { rows, cols };
+                    for (rows, cols, segment) in tiles {
+                        let tiles = super::super::lookup::ExactTiles {
+                            rows,
+                            cols,
+                            segment,
+                        };
                         let got = super::super::lookup::exact_topk_tiled(
                             &b.dev, &b.res, &queries, &items, metric, k, tiles,
                         )
                         .expect("exact_topk_tiled");
-                        let what = format!("exact top-{k} of {n} ({metric:?}) in {rows} x {cols}");
+                        let what = format!(
+                            "exact top-{k} of {n} ({metric:?}) in {rows} x {cols} by {segment:?}"
+                        );
                         assert_eq!(got, want, "{what}");
                         let bits =
                             |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();

@@ -13,7 +13,7 @@ use crate::topk::TopK;
 
 use super::backend::Storage;
 use super::resident::{Residency, Reuse};
-use super::topk::{merge_into, topk_into};
+use super::topk::{lists_into, merge_into, topk_into};
 use super::{
     alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, grid_dim_yz, launch_1d,
     launch_select, range_per_thread, round16, select_bytes, select_cap, upload, MAX_SHARED_BYTES,
@@ -440,23 +440,41 @@ const EXACT_TILE_BYTES: usize = 256 << 20;
 /// Fewest item columns per tile while queries allow (the per-block selection and merge are
 /// paid once per block of columns).
 const EXACT_MIN_COLS: usize = 4096;
+/// Rows the selection wants to keep an H200 busy (132 SMs × 8 warp-rows × 2): a batch of
+/// fewer queries has its rows split into segments selected separately.
+const EXACT_SELECT_ROWS: usize = 2048;
+/// Fewest columns of such a segment.
+const EXACT_MIN_SEGMENT: usize = 1024;
 
-/// Shape of the exact top-k's score tiles: at most `rows` queries × `cols` items per step.
+/// Shape of the exact top-k's score tiles: at most `rows` queries × `cols` items per step,
+/// each row selected as segments of `segment` columns (then merged) when set and narrower
+/// than the block.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ExactTiles {
     pub rows: usize,
     pub cols: usize,
+    pub segment: Option<usize>,
 }
 
 impl ExactTiles {
     /// Tiles of at most [`EXACT_TILE_BYTES`] for `b` queries and `n` items: all queries at
-    /// once with ≥ [`EXACT_MIN_COLS`] columns when that fits, else batches of queries.
-    fn for_shape(b: usize, n: usize) -> Self {
+    /// once with ≥ [`EXACT_MIN_COLS`] columns when that fits, else batches of queries; rows
+    /// split into segments (≥ [`EXACT_MIN_SEGMENT`] and ≥ 4k columns) until the selection
+    /// has about [`EXACT_SELECT_ROWS`] rows.
+    fn for_shape(b: usize, n: usize, k: usize) -> Self {
         let cells = EXACT_TILE_BYTES / 4;
         let rows = b.clamp(1, cells / EXACT_MIN_COLS);
+        let cols = (cells / rows).min(n).max(1);
+        let parts = EXACT_SELECT_ROWS.div_ceil(rows);
+        let width = cols
+            .div_ceil(parts)
+            .next_multiple_of(32)
+            .max(EXACT_MIN_SEGMENT)
+            .max(4 * k);
         ExactTiles {
             rows,
-            cols: (cells / rows).min(n).max(1),
+            cols,
+            segment: (width < cols).then_some(width),
         }
     }
 }
@@ -471,16 +489,17 @@ pub fn exact_topk<D: Device>(
     metric: Metric,
     k: usize,
 ) -> Result<TopK> {
-    let tiles = ExactTiles::for_shape(queries.rows(), items.rows());
+    let tiles = ExactTiles::for_shape(queries.rows(), items.rows(), k);
     exact_topk_tiled(dev, res, queries, items, metric, k, tiles)
 }
 
 /// [`exact_topk`] with explicit tiles (tests use small ones to reach every merge). Per batch
 /// of `tiles.rows` queries and block of `tiles.cols` items, `rq_exact_scores` writes the
 /// scores (a tiled GEMM-like kernel: every item row is read once per 32 queries, not once
-/// per query), the row-wise top-k selects the block's best `k` (warp queues or radix select)
-/// and `rq_topk_merge` merges them into the batch's running list; only the final `B × k`
-/// result crosses to the host.
+/// per query), the row-wise top-k selects the block's best `k` (warp queues or radix select;
+/// with segments, the best `k` of each segment, then `rq_topk_lists` the best of those) and
+/// `rq_topk_merge` merges them into the batch's running list; only the final `B × k` result
+/// crosses to the host.
 pub(crate) fn exact_topk_tiled<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -500,11 +519,18 @@ pub(crate) fn exact_topk_tiled<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     let d32 = arg_i32(d, "exact_topk: d")?;
-    arg_i32(n, "exact_topk: items")?;
     let (rows, cols) = (tiles.rows.clamp(1, b), tiles.cols.clamp(1, n));
+    let segment = tiles.segment.filter(|&w| w >= 1 && w < cols);
+    // Row stride of the score tile: whole segments (padding columns hold -inf).
+    let ld = segment.map_or(cols, |w| cols.next_multiple_of(w));
+    arg_i32(n.max(ld), "exact_topk: items")?;
     let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let x = res.input(dev, items.data(), Reuse::PinnedOnly)?;
-    let scores = alloc::<D, f32>(dev, rows * cols)?;
+    let scores = alloc::<D, f32>(dev, rows * ld)?;
+    let lists = match segment {
+        Some(w) => Some(alloc_topk(dev, rows * (ld / w), k)?),
+        None => None,
+    };
     let mut run = alloc_topk(dev, rows, k)?;
     let mut spare = alloc_topk(dev, rows, k)?;
     let block = alloc_topk(dev, rows, k)?;
@@ -513,10 +539,14 @@ pub(crate) fn exact_topk_tiled<D: Device>(
         let qb = rows.min(b - q0);
         for c0 in (0..n).step_by(cols) {
             let nc = cols.min(n - c0);
+            let target = if c0 == 0 { &run } else { &block };
+            let target = (&target.0, &target.1);
+            let w = segment.filter(|&w| w < nc);
+            let width = w.map_or(nc, |w| nc.next_multiple_of(w));
             // Item tiles on x, query tiles on y (≤ 65535: at most 16384 queries per batch).
             let cfg = LaunchConfig {
                 grid: [
-                    grid_dim(nc.div_ceil(LUT_TILE), "exact_topk: item tiles")?,
+                    grid_dim(width.div_ceil(LUT_TILE), "exact_topk: item tiles")?,
                     grid_dim_yz(qb.div_ceil(LUT_TILE), "exact_topk: query tiles")?,
                     1,
                 ],
@@ -534,12 +564,20 @@ pub(crate) fn exact_topk_tiled<D: Device>(
                     KernelArg::Buf(&*x),
                     KernelArg::I64(c0 as i64),
                     KernelArg::I32(nc as i32),
+                    KernelArg::I32(width as i32),
                     KernelArg::I32(metric_arg(metric)),
                     KernelArg::Buf(&scores),
                 ],
             )?;
-            let target = if c0 == 0 { &run } else { &block };
-            topk_into(dev, &scores, (qb, nc), k, (&target.0, &target.1))?;
+            match (w, &lists) {
+                (Some(w), Some(lists)) => {
+                    // Each row as width / w segments: their top-k lists, then the best of them.
+                    let parts = width / w;
+                    topk_into(dev, &scores, (qb * parts, w), k, (&lists.0, &lists.1))?;
+                    lists_into(dev, (qb, parts, w, nc), k, (&lists.0, &lists.1), target)?;
+                }
+                _ => topk_into(dev, &scores, (qb, nc), k, target)?,
+            }
             if c0 > 0 {
                 merge_into(
                     dev,

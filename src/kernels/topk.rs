@@ -91,6 +91,37 @@ pub(crate) fn topk_into<D: Device>(
     dev.launch(name, cfg, &args)
 }
 
+/// Launches `rq_topk_lists`: for each of `rows` rows selected as `parts` segments of `w`
+/// columns (`lists`: `(rows · parts) × k`, ids local to their segment), the row's best `k`
+/// by column id (columns ≥ `n` are padding and dropped) into `out` (`rows × k`). Not
+/// synchronised.
+pub(crate) fn lists_into<D: Device>(
+    dev: &D,
+    (rows, parts, w, n): (usize, usize, usize, usize),
+    k: usize,
+    lists: (&D::Buffer, &D::Buffer),
+    out: (&D::Buffer, &D::Buffer),
+) -> Result<()> {
+    let cap = select_cap(k, SELECT_THREADS);
+    let cfg = launch_1d(rows, SELECT_THREADS, select_bytes(cap), "topk lists")?;
+    dev.launch(
+        "rq_topk_lists",
+        cfg,
+        &[
+            KernelArg::Buf(lists.0),
+            KernelArg::Buf(lists.1),
+            KernelArg::I32(arg_i32(parts, "topk lists: segments")?),
+            KernelArg::I32(arg_i32(k, "topk lists: k")?),
+            KernelArg::I32(arg_i32(w, "topk lists: segment width")?),
+            KernelArg::I32(arg_i32(n, "topk lists: columns")?),
+            KernelArg::I32(arg_i32(k, "topk lists: k")?),
+            KernelArg::I32(arg_i32(cap, "topk lists: cap")?),
+            KernelArg::Buf(out.0),
+            KernelArg::Buf(out.1),
+        ],
+    )
+}
+
 /// Launches the merge of two `rows × k` top-k lists on the device (`rq_topk_merge`): `a`
 /// holds global ids, `b` ids relative to `b_base` (all above `a`'s); `out` receives the best
 /// `k` of both, in the same layout. Not synchronised.
