@@ -23,6 +23,25 @@ struct alignas(16) RqLutPair {
   double v[2];
 };
 
+/// Stages dimensions c0 .. c0 + RQ_LUT_CHUNK of a tile's operands as T in rows of LD: the
+/// 32 query rows from b0 into sq, the 32 rows of x from row0 + k0 into sc (x stored as
+/// x_dtype, widened to f32, then converted to T); zeros past d, B and K. All threads of the
+/// block take part (tid = their index); the caller synchronises.
+template <class T, int LD>
+__device__ inline void rq_stage_tile(T* sq, T* sc, int tid, const float* q, int B, int d,
+                                     const unsigned char* x, int x_dtype, long long row0, int K,
+                                     int b0, int k0, int c0) {
+  for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_THREADS * RQ_LUT_THREADS) {
+    const int rr = i / RQ_LUT_CHUNK, e = i % RQ_LUT_CHUNK;
+    const bool in = c0 + e < d;
+    sq[rr * LD + e] = in && b0 + rr < B ? (T)q[(long long)(b0 + rr) * d + c0 + e] : (T)0;
+    sc[rr * LD + e] =
+        in && k0 + rr < K
+            ? (T)rq_load_widened(x, x_dtype, (row0 + k0 + rr) * (long long)d + c0 + e)
+            : (T)0;
+  }
+}
+
 /// One 32 × 32 tile of inner products with the reference's dot (eight f32 partial sums
 /// without FMA over the first d/8·8 elements, the rest in f64, combined in f64), so every
 /// output equals the reference's `dot(q_b, x_j)` bit for bit:
@@ -51,15 +70,7 @@ RQ_UNROLL
       for (int h = 0; h < 8; ++h) acc[i][j][h] = 0.0f;
     }
   for (int c0 = 0; c0 < d; c0 += RQ_LUT_CHUNK) {
-    for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_THREADS * RQ_LUT_THREADS) {
-      const int rr = i / RQ_LUT_CHUNK, e = i % RQ_LUT_CHUNK;
-      const bool in = c0 + e < d;
-      sq[rr * RQ_LUT_LD + e] = in && b0 + rr < B ? q[(long long)(b0 + rr) * d + c0 + e] : 0.0f;
-      sc[rr * RQ_LUT_LD + e] =
-          in && k0 + rr < K
-              ? rq_load_widened(x, x_dtype, (row0 + k0 + rr) * (long long)d + c0 + e)
-              : 0.0f;
-    }
+    rq_stage_tile<float, RQ_LUT_LD>(sq, sc, tid, q, B, d, x, x_dtype, row0, K, b0, k0, c0);
     __syncthreads();
     for (int e = 0; e < RQ_LUT_CHUNK; e += 8) {
       if (c0 + e < d8) {  // a whole group of eight: one element per partial sum
@@ -123,14 +134,9 @@ RQ_UNROLL
 RQ_UNROLL
     for (int j = 0; j < 2; ++j) acc[i][j] = 0.0;
   for (int c0 = 0; c0 < d; c0 += RQ_LUT_CHUNK) {
-    for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_THREADS * RQ_LUT_THREADS) {
-      const int rr = i / RQ_LUT_CHUNK, e = i % RQ_LUT_CHUNK;
-      const bool in = c0 + e < d;
-      sq[rr * RQ_LUT_LD2 + e] =
-          in && b0 + rr < B ? (double)q[(long long)(b0 + rr) * d + c0 + e] : 0.0;
-      sc[rr * RQ_LUT_LD2 + e] =
-          in && k0 + rr < K ? (double)x[(row0 + k0 + rr) * (long long)d + c0 + e] : 0.0;
-    }
+    rq_stage_tile<double, RQ_LUT_LD2>(sq, sc, tid, q, B, d,
+                                      reinterpret_cast<const unsigned char*>(x), RQ_DTYPE_F32,
+                                      row0, K, b0, k0, c0);
     __syncthreads();
     for (int e = 0; e < RQ_LUT_CHUNK; e += 2) {
       RqLutPair xs[2], ys[2];

@@ -49,6 +49,21 @@ pub(crate) struct DeviceTables<B> {
     pub qnorm: B,
 }
 
+/// A launch of the 32 × 32 score tiles (`rq_lut`, `rq_exact_scores`): `x.0` and `y.0`
+/// elements (named by `x.1`, `y.1` in errors) in tiles of 32 on the grid's x and y
+/// (y ≤ 65 535 tiles), 16 × 16 threads, `shared` bytes.
+fn tile_launch(x: (usize, &str), y: (usize, &str), shared: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid: [
+            grid_dim(x.0.div_ceil(LUT_TILE), x.1)?,
+            grid_dim_yz(y.0.div_ceil(LUT_TILE), y.1)?,
+            1,
+        ],
+        block: [LUT_THREADS as u32, LUT_THREADS as u32, 1],
+        shared_bytes: shared as u32,
+    })
+}
+
 /// Element offsets of `B × K_l` tables stacked level after level.
 fn stacked_offsets(b: usize, ks: &[usize]) -> Vec<usize> {
     ks.iter()
@@ -82,15 +97,11 @@ pub(crate) fn tables_on_device<D: Device>(
     for (cb, &off) in codebooks.iter().zip(&at) {
         let kk = cb.len();
         let c = storage.input(dev, res, cb.words().data())?;
-        let cfg = LaunchConfig {
-            grid: [
-                grid_dim(b.div_ceil(LUT_TILE), "lookup_tables: query tiles")?,
-                grid_dim_yz(kk.div_ceil(LUT_TILE), "lookup_tables: codeword tiles")?,
-                1,
-            ],
-            block: [LUT_THREADS as u32, LUT_THREADS as u32, 1],
-            shared_bytes: (2 * LUT_TILE * LUT_LD * 4) as u32,
-        };
+        let cfg = tile_launch(
+            (b, "lookup_tables: query tiles"),
+            (kk, "lookup_tables: codeword tiles"),
+            2 * LUT_TILE * LUT_LD * 4,
+        )?;
         dev.launch(
             "rq_lut",
             cfg,
@@ -544,15 +555,11 @@ pub(crate) fn exact_topk_tiled<D: Device>(
             let w = segment.filter(|&w| w < nc);
             let width = w.map_or(nc, |w| nc.next_multiple_of(w));
             // Item tiles on x, query tiles on y (≤ 65535: at most 16384 queries per batch).
-            let cfg = LaunchConfig {
-                grid: [
-                    grid_dim(width.div_ceil(LUT_TILE), "exact_topk: item tiles")?,
-                    grid_dim_yz(qb.div_ceil(LUT_TILE), "exact_topk: query tiles")?,
-                    1,
-                ],
-                block: [LUT_THREADS as u32, LUT_THREADS as u32, 1],
-                shared_bytes: (2 * LUT_TILE * LUT_LD2 * 8) as u32,
-            };
+            let cfg = tile_launch(
+                (width, "exact_topk: item tiles"),
+                (qb, "exact_topk: query tiles"),
+                2 * LUT_TILE * LUT_LD2 * 8,
+            )?;
             dev.launch(
                 "rq_exact_scores",
                 cfg,
