@@ -110,9 +110,9 @@ def main():
                          copies=copies, flops=flops, bytes=nbytes,
                          gflops=flops / ms / 1e6, gbps=nbytes / ms / 1e6, floor_ms=floor_ms,
                          floor_fraction=floor_ms / ms))
-        if not args.json:
-            print(f"{op:<14} {ms:10.3f} ms  {100 * floor_ms / ms:6.2f}% of floor  {label}",
-                  flush=True)
+        line = f"{op:<14} {ms:10.3f} ms  {100 * floor_ms / ms:6.2f}% of floor  {label}"
+        # With --json, progress goes to stderr so a run cut short still shows its rows.
+        print(line, flush=True, file=sys.stderr if args.json else sys.stdout)
 
     def codebooks(levels, k):
         return [randn(k, D, scale=1.0 / (l + 1)) for l in range(levels)]

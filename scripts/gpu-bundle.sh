@@ -69,6 +69,8 @@ cat >"$DEST/run.sh" <<'RUN'
 #   ALL_TESTS=1      also run the CPU-only test binaries (files, cli, reference, ...)
 #   BENCH_ARGS=...   arguments of both benches (default --targets)
 #   STEP_TIMEOUT=s   limit of each test binary and each bench (default 300 s)
+#   TEST_FILTER=...  name filter of the lib and backends tests (default `cuda`: the emu and
+#                    reference cases are CI's; TEST_FILTER= runs them all)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-./out}"
@@ -77,6 +79,7 @@ OUT="$(cd "$OUT" && pwd)"
 export REQUIRE_GPU="${REQUIRE_GPU-1}"
 BENCH_ARGS="${BENCH_ARGS:---targets}"
 LIMIT="${STEP_TIMEOUT:-300}"
+FILTER="${TEST_FILTER-cuda}"
 export RQTREE_BIN="$HERE/bin/rqtree"
 status=0
 note() { echo "== $*" | tee -a "$OUT/summary.txt"; }
@@ -89,10 +92,11 @@ else
   note "nvidia-smi not found: no NVIDIA driver on this machine?"
 fi
 
-run_tests() { # name
-  local t="$1"
+run_tests() { # name [filter]
+  local t="$1" start=$SECONDS
   # Test binaries run from a scratch folder (some tests write temporary files).
-  (cd "$OUT" && timeout "$LIMIT" "$HERE/tests/$t" --test-threads=4 --show-output) >"$OUT/test-$t.log" 2>&1
+  # shellcheck disable=SC2086
+  (cd "$OUT" && timeout "$LIMIT" "$HERE/tests/$t" ${2:-} --test-threads=4 --show-output) >"$OUT/test-$t.log" 2>&1
   local rc=$?
   local summary skips
   summary="$(grep -E '^test result:' "$OUT/test-$t.log" | tail -1)"
@@ -101,11 +105,11 @@ run_tests() { # name
     { grep -m1 'REQUIRE_GPU=1 but' "$OUT/test-$t.log" || grep -m1 -A1 'panicked' "$OUT/test-$t.log"; } |
       tee -a "$OUT/summary.txt"
   fi
-  if [[ $rc -eq 0 ]]; then note "PASS tests/$t: $summary (SKIP lines: $skips)"
+  if [[ $rc -eq 0 ]]; then note "PASS tests/$t ${2:-}: $summary (SKIP lines: $skips; $((SECONDS - start)) s)"
   else note "FAIL tests/$t (exit $rc): ${summary:-see $OUT/test-$t.log}"; status=1; fi
 }
 GPU_TESTS=(lib backends)
-for t in "${GPU_TESTS[@]}"; do run_tests "$t"; done
+for t in "${GPU_TESTS[@]}"; do run_tests "$t" "$FILTER"; done
 if [[ "${ALL_TESTS:-0}" == 1 ]]; then
   for f in "$HERE"/tests/*; do
     t="$(basename "$f")"
@@ -113,16 +117,18 @@ if [[ "${ALL_TESTS:-0}" == 1 ]]; then
   done
 fi
 
+start=$SECONDS
 # shellcheck disable=SC2086
 timeout "$LIMIT" "$HERE/bin/rqtree" bench --backend cuda $BENCH_ARGS --json >"$OUT/bench-rqtree.json" 2>"$OUT/bench-rqtree.log"
 rc=$?
-if [[ $rc -eq 0 ]]; then note "rqtree bench: $OUT/bench-rqtree.json"
+if [[ $rc -eq 0 ]]; then note "rqtree bench: $OUT/bench-rqtree.json ($((SECONDS - start)) s)"
 else note "FAIL rqtree bench (exit $rc): $(tail -1 "$OUT/bench-rqtree.log")"; status=1; fi
 
+start=$SECONDS
 # shellcheck disable=SC2086
 timeout "$LIMIT" python3 "$HERE/benches/torch_baseline.py" $BENCH_ARGS --json >"$OUT/bench-torch.json" 2>"$OUT/bench-torch.log"
 rc=$?
-if [[ $rc -eq 0 ]]; then note "torch baseline: $OUT/bench-torch.json"
+if [[ $rc -eq 0 ]]; then note "torch baseline: $OUT/bench-torch.json ($((SECONDS - start)) s)"
 else note "torch baseline did not run (exit $rc): $(tail -1 "$OUT/bench-torch.log")"; fi
 
 echo

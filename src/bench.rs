@@ -183,6 +183,12 @@ impl Timer<'_> {
         let kernels = kernel_medians(&per_run);
         let base = kernel_ms.unwrap_or(ms).max(1e-9);
         let floor_ms = (bytes / PEAK_BYTES_PER_S).max(flops / PEAK_FLOPS) * 1e3;
+        // Progress on stderr: a run cut short still leaves the rows it finished.
+        eprintln!(
+            "bench: {op:<14} {:10.3} ms  {:6.2}% of floor",
+            base,
+            100.0 * floor_ms / base
+        );
         Ok(BenchRow {
             op: op.into(),
             label,
