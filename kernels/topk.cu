@@ -2,7 +2,7 @@
 //
 // Output of every kernel: `k` (id, score) slots per row, best first; slots past the row's
 // length are (-1, -inf). Ids are column indices (rows) or offsets within the segment.
-#include "common.cuh"
+#include "radix.cuh"
 
 /// Columns per thread loaded per round by the histogram passes of rq_topk_radix.
 #define RQ_RADIX_LOADS 8
@@ -13,15 +13,6 @@
 #define RQ_TOPK_CHUNK 32
 /// Entries of the per-lane queue of rq_warp_select (candidates of one chunk waiting for a merge).
 #define RQ_TOPK_TQ 4
-
-/// Order-preserving key of a score: a larger key is a larger float; -0 and +0 share a key
-/// (they tie, and ties go to the lower id).
-__device__ inline unsigned rq_radix_key(float v) {
-  if (v == 0.0f) v = 0.0f;
-  unsigned u;
-  __builtin_memcpy(&u, &v, 4);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
 
 /// Empty entry of a warp list: below every real entry.
 #define RQ_TOPK_EMPTY ((long long)0x8000000000000000ull)
@@ -304,33 +295,6 @@ extern "C" __global__ void rq_segmented_topk(const float* values, const long lon
                 out_scores + seg * k);
 }
 
-// ---------------------------------------------------------------------------------------
-// Radix select for large k (rq_topk_radix).
-//
-// Every element of a row gets a unique 64-bit entry: its score's radix key (rq_radix_key) in
-// the high word, ~column in the low word. A larger entry ranks first (higher score, then the
-// lower column; -0 ties +0), and no two columns share one, so selecting by entry never has
-// to cut ties. No real entry is 0 (the radix key of -inf is 0x007fffff): 0 marks an empty
-// slot.
-// ---------------------------------------------------------------------------------------
-
-/// Bytes before the block-scan flags in rq_topk_radix's shared memory: 256 histogram
-/// counters and 16 control words.
-#define RQ_RADIX_HEAD 1088
-
-/// Entry of (radix key, column); see above.
-__device__ inline unsigned long long rq_radix_entry(unsigned key, int col) {
-  return ((unsigned long long)key << 32) | (unsigned long long)(unsigned)~col;
-}
-
-/// The score whose radix key is `key` (exact bits, except that -0 comes back as +0).
-__device__ inline float rq_radix_score(unsigned key) {
-  const unsigned u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
-  float f;
-  __builtin_memcpy(&f, &u, 4);
-  return f;
-}
-
 /// Calls f(j, x[j]) for every column j < n of the row, RQ_RADIX_LOADS independent loads per
 /// thread issued before any is used (bytes in flight). f must not synchronise.
 template <class F>
@@ -348,104 +312,6 @@ RQ_UNROLL
       if (j < n) f(j, v[u]);
     }
   }
-}
-
-/// One radix-select step: given the 256 digit counters `hist` (digit 255 ranks first) and
-/// 1 ≤ need ≤ their sum, finds the digit d holding the need-th best: ctrl[0] = d,
-/// ctrl[1] = need minus the count above d, ctrl[3] = hist[d]. Warp 0 computes it in
-/// parallel (lane l sums digits 255 - 8l - u, u < 8, then a warp scan of the lane sums).
-/// Every thread of the block must call it, after a barrier that follows the last update of
-/// `hist`; it ends with a barrier.
-__device__ inline void rq_radix_digit(const int* hist, int need, int* ctrl) {
-  if (threadIdx.x < RQ_WARP) {
-    const int lane = (int)threadIdx.x;
-    int c[8];
-    int tot = 0;
-RQ_UNROLL
-    for (int u = 0; u < 8; ++u) {
-      c[u] = hist[255 - 8 * lane - u];
-      tot += c[u];
-    }
-    int incl = tot;  // inclusive scan of the lane sums, lane 0 (digits 255..248) first
-    for (int o = 1; o < RQ_WARP; o <<= 1) {
-      const int y = __shfl_sync(RQ_FULL_MASK, incl, (lane - o) & (RQ_WARP - 1));
-      if (lane >= o) incl += y;
-    }
-    int before = incl - tot;  // elements in better digits than this lane's first
-RQ_UNROLL
-    for (int u = 0; u < 8; ++u) {
-      if (before < need && before + c[u] >= need) {  // exactly one (lane, u)
-        ctrl[0] = 255 - 8 * lane - u;
-        ctrl[1] = need - before;
-        ctrl[3] = c[u];
-      }
-      before += c[u];
-    }
-  }
-  __syncthreads();
-}
-
-/// Bitonic sort of the entries a[0, n) in shared memory, largest first; n a power of two.
-/// Every thread of the block must call it.
-__device__ inline void rq_radix_sort(unsigned long long* a, unsigned n) {
-  for (unsigned size = 2; size <= n; size <<= 1) {
-    for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
-      for (unsigned i = threadIdx.x; i < n / 2; i += blockDim.x) {
-        const unsigned lo = 2 * i - (i & (stride - 1));
-        const unsigned hi = lo + stride;
-        const unsigned long long a_lo = a[lo], a_hi = a[hi];
-        const bool best_first = (lo & size) == 0;
-        if (best_first ? a_hi > a_lo : a_lo > a_hi) {
-          a[lo] = a_hi;
-          a[hi] = a_lo;
-        }
-      }
-      __syncthreads();
-    }
-  }
-}
-
-/// Shared-memory part of rq_topk_radix: the m entries b[0, m) (all with (e & mask) ==
-/// prefix, mask covering the bits above `shift + 8`) hold `need` ≥ 1 winners. 8-bit radix
-/// passes over b (digit at `shift`, `shift` - 8, …) narrow prefix/mask until every entry
-/// left under the prefix is a winner (entries are unique, so at the latest when the mask is
-/// complete); the winners are then those with (e & mask) ≥ prefix, moved to b[0, need) by
-/// an in-place compaction (see below). Every thread of the block must call it; `hist` and
-/// `ctrl` as in rq_topk_radix.
-__device__ inline void rq_radix_select_smem(unsigned long long* b, int m, int need,
-                                            unsigned long long prefix,
-                                            unsigned long long mask, int shift, int* hist,
-                                            int* ctrl) {
-  for (; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < m; i += blockDim.x) {
-      const unsigned long long e = b[i];
-      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
-    }
-    __syncthreads();
-    rq_radix_digit(hist, need, ctrl);
-    prefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
-    mask |= 0xffull << shift;
-    need = ctrl[1];
-    const int left = ctrl[3];
-    __syncthreads();
-    if (left == need) break;  // the same on every thread
-  }
-  // Compaction in chunks of blockDim.x: a chunk is read into registers, a barrier, then its
-  // winners take slots by a shared atomic. Slots handed out up to chunk c lie below the end
-  // of chunk c (at most one per entry read so far), so no entry is overwritten before it
-  // has been read.
-  if (threadIdx.x == 0) ctrl[6] = 0;
-  __syncthreads();
-  for (int i0 = 0; i0 < m; i0 += blockDim.x) {
-    const int i = i0 + (int)threadIdx.x;
-    const unsigned long long e = i < m ? b[i] : 0ull;
-    const bool keep = i < m && (e & mask) >= prefix;
-    __syncthreads();
-    if (keep) b[atomicAdd(&ctrl[6], 1)] = e;
-  }
-  __syncthreads();
 }
 
 /// Slow path of rq_topk_radix, when ties at the k-th key must be cut and do not fit the

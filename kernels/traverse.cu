@@ -1,7 +1,7 @@
 // Beam traversal (DESIGN §3), one launch per depth: score nodes from the lookup tables
 // (ip accumulated along the path; l2 adds the centroid norm), keep the best W per query.
 // Ties → lower node id. Kept lists: B × W node ids (u32), their path ip (f32) and a count.
-#include "common.cuh"
+#include "radix.cuh"
 
 /// Depth 1: every depth-1 node j scores LUT_0[code[j]] (+ norms for l2); keep the best W.
 /// lut: the B × K level-1 table at element lut_at of `lut`; code / cnorm: the depth-1 nodes' last code and ||centroid||²;
@@ -37,69 +37,119 @@ extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int
   if (threadIdx.x == 0) out_count[b] = cnt;
 }
 
-/// The global reads of one child of rq_beam_step: its code and, under l2, its norm.
-struct RqChildCode {
-  unsigned code;
-  float norm;
-};
+/// Consecutive children each thread scores per step of a rq_beam_step sweep (their loads are
+/// issued together; a warp's 32 · RQ_STEP_RUN children are contiguous when the ranges are).
+#define RQ_STEP_RUN 8
 
 /// Depth l+1: expand the children of query b's kept depth-l nodes, score child c as
-/// parent_ip + LUT_l[code[c]] (+ norms for l2), keep the best W. The selector's payload is
-/// the parent's slot in the previous list; the child's ip is recomputed from it.
-/// lut: this level's B × K table at element lut_at of `lut`; child_start: the parent depth's child CSR (u32);
-/// code / cnorm: this depth's nodes (cnorm read under l2 only); prev_nodes / prev_ip: B × Wp,
-/// prev_count: B. per_thread: consecutive children each thread scores per round
-/// (rq_for_ranges). Outputs as rq_beam_first. grid: B; block: a power of two ≥ 32;
-/// 1 ≤ W ≤ 2048; shared: 8·blockDim.x + 16 (rounded up to 16) + 16·cap + 16 bytes,
-/// cap = next power of two ≥ W + blockDim.x · per_thread.
+/// parent_ip + LUT_l[code[c]] (+ norms for l2), keep the best W (ties → lower node id), by
+/// radix selection over sweeps that recompute the scores (rq_radix_block_select; no score
+/// is written to memory, and the work is linear in the children whatever W).
+/// 1. The kept parents are sorted by node id (bitonic sort of (node, slot)), so that the
+///    concatenation of their child ranges (CSR: children of lower nodes have lower ids)
+///    lists the children in id order: a child's position f in it orders ties like its id,
+///    and its entry is (score's radix key, ~f).
+/// 2. Prefix sums of the range lengths; a sweep gives each thread RQ_STEP_RUN consecutive
+///    positions per step (one binary search, then a forward walk over the ranges).
+/// 3. The winners' positions give back their node and parent (same binary search).
+/// lut: this level's B × K table at element lut_at of `lut`; child_start: the parent
+/// depth's child CSR (u32); code / cnorm: this depth's nodes (cnorm read under l2 only);
+/// prev_nodes / prev_ip: B × Wp, prev_count: B (≤ Wp). Outputs as rq_beam_first (sorted
+/// best first). grid: B; block: a power of two ≥ 32; 1 ≤ W ≤ 2048, 1 ≤ Wp ≤ 2048; fewer
+/// than 2^31 children per query; shared: RQ_RADIX_HEAD + 8 · slots + 8 · P + 12 · Wp + 4
+/// bytes (rounded up to 16), P = next power of two ≥ Wp, slots ≥ next power of two ≥ W
+/// (the host passes 3 072).
 extern "C" __global__ void rq_beam_step(const float* lut, long long lut_at, int K,
                                         const unsigned* child_start,
                                         const unsigned* code, const float* cnorm,
                                         const unsigned* prev_nodes, const float* prev_ip,
                                         const int* prev_count, int Wp, const float* qnorm,
-                                        int metric, int per_thread, int W, int cap,
+                                        int metric, int W, int slots,
                                         unsigned* out_nodes, float* out_ip, int* out_count) {
   RQ_SHARED_BASE(smem);
-  unsigned* pre = reinterpret_cast<unsigned*>(smem);
-  unsigned* base = pre + blockDim.x + 1;
-  const RqSelect q = rq_select_carve(smem + (8u * blockDim.x + 4u + 15u) / 16u * 16u, W, cap);
+  int* hist = reinterpret_cast<int*>(smem);
+  int* ctrl = hist + 256;
+  unsigned long long* a = reinterpret_cast<unsigned long long*>(smem + RQ_RADIX_HEAD);
+  unsigned P = 1;
+  while (P < (unsigned)Wp) P <<= 1;
+  unsigned long long* par = a + slots;  // P entries: ~(node << 32 | slot), sorted
+  unsigned* pre = reinterpret_cast<unsigned*>(par + P);  // Wp + 1 prefix sums
+  unsigned* base = pre + Wp + 1;                          // Wp first children
+  float* pj = reinterpret_cast<float*>(base + Wp);        // Wp parent ips
   const long long b = blockIdx.x;
   const float* t = lut + lut_at + b * K;
   const float qn = qnorm[b];
-  const unsigned* pn = prev_nodes + b * Wp;
-  const float* pip = prev_ip + b * Wp;
-  rq_select_init(q);
-  const int round = (int)blockDim.x * per_thread;
-  rq_for_ranges(
-      prev_count[b], per_thread, pre, base,
-      [&](int j, unsigned& begin, unsigned& len) {
-        begin = child_start[pn[j]];
-        len = child_start[pn[j] + 1] - begin;
-      },
-      [&](unsigned c) {
-        RqChildCode v;
-        v.code = code[c];
-        v.norm = metric == RQ_METRIC_L2 ? cnorm[c] : 0.0f;
-        return v;
-      },
-      [&](int slot, unsigned c, const RqChildCode& v) {
-        const float ip = pip[slot] + t[v.code];
-        const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, v.norm) : ip;
-        rq_select_offer(q, s, [&] { return (long long)c; }, (unsigned)slot);
-      },
-      [&] { rq_select_round_end(q, round); });
-  rq_select_finish(q);
-  for (int i = threadIdx.x; i < W; i += blockDim.x) {
-    if (q.p[i] != RQ_NO_PAYLOAD) {
-      const unsigned node = (unsigned)q.r[i];
-      out_nodes[b * W + i] = node;
-      out_ip[b * W + i] = pip[q.p[i]] + t[code[node]];
+  const int T = (int)blockDim.x;
+  const int tid = (int)threadIdx.x;
+  const int cnt = prev_count[b];
+  // 1. Parents by node id: the complement makes the largest-first sort ascending (empty
+  // slots, 0, last).
+  for (unsigned i = tid; i < P; i += T)
+    par[i] = (int)i < cnt ? ~(((unsigned long long)prev_nodes[b * Wp + i] << 32) | i) : 0ull;
+  __syncthreads();
+  rq_radix_sort(par, P);
+  // 2. Ranges and their prefix sums (block scans of T lengths, carried across chunks).
+  if (tid == 0) pre[0] = 0;
+  for (int j = tid; j < cnt; j += T) {
+    const unsigned long long v = ~par[j];
+    const unsigned node = (unsigned)(v >> 32);
+    base[j] = child_start[node];
+    pre[j + 1] = child_start[node + 1] - base[j];
+    pj[j] = prev_ip[b * Wp + (unsigned)v];
+  }
+  __syncthreads();
+  for (int j0 = 0; j0 < cnt; j0 += T) {
+    const int nb = cnt - j0 < T ? cnt - j0 : T;
+    rq_block_inclusive_scan(pre + 1 + j0, nb);
+    if (tid < nb) pre[1 + j0 + tid] += pre[j0];
+    __syncthreads();
+  }
+  const unsigned total = cnt > 0 ? pre[cnt] : 0u;
+  // The range holding position f: the largest j with pre[j] <= f (so range j is not empty).
+  const auto locate = [&](unsigned f) {
+    int lo = 0, hi = cnt - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (pre[mid] <= f) lo = mid; else hi = mid - 1;
     }
+    return lo;
+  };
+  const auto sweep = [&](auto f) {
+    for (unsigned f0 = (unsigned)tid * RQ_STEP_RUN; f0 < total;
+         f0 += (unsigned)T * RQ_STEP_RUN) {
+      int j = locate(f0);
+      unsigned c[RQ_STEP_RUN], cd[RQ_STEP_RUN];
+      float pi[RQ_STEP_RUN], nm[RQ_STEP_RUN];
+RQ_UNROLL
+      for (int u = 0; u < RQ_STEP_RUN; ++u) {
+        const unsigned x = f0 + u;
+        if (x < total) {
+          while (pre[j + 1] <= x) ++j;
+          c[u] = base[j] + (x - pre[j]);
+          pi[u] = pj[j];
+          cd[u] = code[c[u]];
+          nm[u] = metric == RQ_METRIC_L2 ? cnorm[c[u]] : 0.0f;
+        }
+      }
+RQ_UNROLL
+      for (int u = 0; u < RQ_STEP_RUN; ++u) {
+        const unsigned x = f0 + u;
+        if (x < total) {
+          const float ip = pi[u] + t[cd[u]];
+          const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, nm[u]) : ip;
+          f(rq_radix_entry(rq_radix_key(s), (int)x));
+        }
+      }
+    }
+  };
+  const int kept = rq_radix_block_select(sweep, (long long)total, W, slots, a, hist, ctrl);
+  // 3. Winners back to nodes and path ips.
+  for (int i = tid; i < kept; i += T) {
+    const unsigned x = ~(unsigned)a[i];
+    const int j = locate(x);
+    const unsigned node = base[j] + (x - pre[j]);
+    out_nodes[b * W + i] = node;
+    out_ip[b * W + i] = pj[j] + t[code[node]];
   }
-  // The kept entries are a prefix: count them.
-  if (threadIdx.x == 0) {
-    int cnt = 0;
-    while (cnt < W && q.p[cnt] != RQ_NO_PAYLOAD) ++cnt;
-    out_count[b] = cnt;
-  }
+  if (tid == 0) out_count[b] = kept;
 }

@@ -1,5 +1,9 @@
 //! A dense row-major `f32` matrix, the currency of every API in the crate.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 
 /// Dense row-major matrix of `f32`: `rows × cols`, `data.len() == rows * cols`.
@@ -8,6 +12,25 @@ pub struct Matrix {
     rows: usize,
     cols: usize,
     data: Vec<f32>,
+    finite: FiniteMemo,
+}
+
+/// Whether a matrix's values were found finite since they last changed, so that a matrix
+/// passed to many calls (a resident item set, a query batch searched twice) is scanned once.
+/// Cleared by every mutable access; ignored by equality.
+#[derive(Debug, Default)]
+struct FiniteMemo(AtomicBool);
+
+impl Clone for FiniteMemo {
+    fn clone(&self) -> Self {
+        FiniteMemo(AtomicBool::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for FiniteMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Matrix {
@@ -20,7 +43,12 @@ impl Matrix {
                 data.len()
             )));
         }
-        Ok(Matrix { rows, cols, data })
+        Ok(Matrix {
+            rows,
+            cols,
+            data,
+            finite: FiniteMemo::default(),
+        })
     }
 
     /// A `rows × cols` matrix of zeros.
@@ -29,6 +57,7 @@ impl Matrix {
             rows,
             cols,
             data: vec![0.0; rows * cols],
+            finite: FiniteMemo::default(),
         }
     }
 
@@ -38,6 +67,7 @@ impl Matrix {
             rows,
             cols,
             data: vec![value; rows * cols],
+            finite: FiniteMemo::default(),
         }
     }
 
@@ -55,6 +85,7 @@ impl Matrix {
     }
     /// All values, row-major, mutable.
     pub fn data_mut(&mut self) -> &mut [f32] {
+        *self.finite.0.get_mut() = false;
         &mut self.data
     }
     /// Consumes the matrix, returning its values.
@@ -67,6 +98,7 @@ impl Matrix {
     }
     /// Row `i`, mutable.
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        *self.finite.0.get_mut() = false;
         &mut self.data[i * self.cols..(i + 1) * self.cols]
     }
 
@@ -76,12 +108,20 @@ impl Matrix {
             rows: range.len(),
             cols: self.cols,
             data: self.data[range.start * self.cols..range.end * self.cols].to_vec(),
+            finite: self.finite.clone(),
         }
     }
 
     /// Errors with [`Error::NonFinite`] naming `tensor` and the first NaN/inf's position.
+    /// A matrix found finite remembers it until its next mutable access, so checking the
+    /// same matrix again costs nothing.
     pub fn check_finite(&self, tensor: &str) -> Result<()> {
-        check_finite(&self.data, self.cols, tensor)
+        if self.finite.0.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        check_finite(&self.data, self.cols, tensor)?;
+        self.finite.0.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Errors unless the matrix has `cols` columns; `tensor` names it in the message.
@@ -101,8 +141,22 @@ impl Matrix {
     }
 }
 
+/// Values per task of the parallel finiteness scan.
+const FINITE_CHUNK: usize = 1 << 16;
+
 /// Errors with [`Error::NonFinite`] at the first NaN/inf of a row-major `? × cols` buffer.
+/// The scan runs in parallel chunks without early exit (so that it vectorises); the
+/// position is searched only when there is a non-finite value.
 pub fn check_finite(data: &[f32], cols: usize, tensor: &str) -> Result<()> {
+    let all_finite = |c: &[f32]| c.iter().fold(true, |ok, v| ok & v.is_finite());
+    let ok = if data.len() <= FINITE_CHUNK {
+        all_finite(data)
+    } else {
+        data.par_chunks(FINITE_CHUNK).all(all_finite)
+    };
+    if ok {
+        return Ok(());
+    }
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
         Some(p) => Err(Error::NonFinite {
@@ -144,4 +198,35 @@ pub fn dist_sq(a: &[f32], b: &[f32]) -> f32 {
             t * t
         })
         .sum::<f64>() as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finite_check_names_the_first_bad_value_and_forgets_after_mutation() {
+        // Larger than one parallel chunk, with the bad values in a later chunk.
+        let cols = 7;
+        let rows = 3 * FINITE_CHUNK / cols;
+        let mut m = Matrix::filled(rows, cols, 1.5);
+        assert!(m.check_finite("m").is_ok());
+        let at = 2 * FINITE_CHUNK + 12;
+        m.data_mut()[at] = f32::NAN;
+        m.data_mut()[at + 40] = f32::INFINITY;
+        match m.check_finite("m") {
+            Err(Error::NonFinite { row, col, .. }) => {
+                assert_eq!((row, col), (at / cols, at % cols))
+            }
+            other => panic!("expected NonFinite, got {other:?}"),
+        }
+        m.data_mut()[at] = 0.0;
+        m.row_mut((at + 40) / cols)[(at + 40) % cols] = 2.0;
+        assert!(m.check_finite("m").is_ok());
+        // A checked matrix edited through row_mut is scanned again.
+        m.row_mut(1)[3] = f32::NEG_INFINITY;
+        assert!(m.check_finite("m").is_err());
+        let small = Matrix::new(1, 2, vec![f32::NAN, 0.0]).unwrap();
+        assert!(small.clone().check_finite("s").is_err());
+    }
 }

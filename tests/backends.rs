@@ -460,6 +460,38 @@ fn fused_and_traversal_many_rounds(be: &dyn Backend) {
     }
 }
 
+/// Beam steps from many parents (more kept nodes than a block has threads, so the step's
+/// range scan spans several chunks) into wide beams, with heavy ties: one query's tables are
+/// all zero (every node ties, so the order is the node ids') and one's are rounded to a
+/// coarse grid; both metrics, beams wider than a depth, a beam of 1.
+fn traversal_wide_beams_and_ties(be: &dyn Backend) {
+    let mut rng = rng("traversal_wide_beams_and_ties");
+    for metric in [Metric::Ip, Metric::L2] {
+        let n = rng.random_range(5000..7000);
+        let (index, _, _) = rand_index(&mut rng, n, 6, 3, 24, metric, EmbeddingKind::None);
+        let q = rand_matrix(&mut rng, 6, 6);
+        let mut tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+        for t in tr.levels.iter_mut() {
+            t.row_mut(0).fill(0.0);
+            for v in t.row_mut(1) {
+                *v = (*v * 2.0).round() / 2.0;
+            }
+        }
+        let full: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
+        assert!(full[1] > 500, "depth sizes {full:?}");
+        for beams in [
+            vec![full[0], 300, 100],
+            vec![full[0], full[1], 2048],
+            vec![full[0], 500, 1],
+            vec![5, 40, 7],
+        ] {
+            let c = ops::traverse(be, &tr, &index.tree, &beams).unwrap();
+            let cr = ops::traverse(&Reference, &tr, &index.tree, &beams).unwrap();
+            assert_eq!(c, cr, "traverse {beams:?} over {full:?} nodes");
+        }
+    }
+}
+
 /// Exact brute-force top-k equals the reference's, score bits included: tied and random
 /// values, d below, across and not a multiple of the kernels' 8-element groups and 32-element
 /// staging steps, sizes that are not multiples of 32, k = 1 … N + 5 (warp queues and radix
@@ -794,6 +826,7 @@ macro_rules! backend_suite {
             lookup_tables_exact,
             tables_traversal_fused_and_rerank,
             fused_and_traversal_many_rounds,
+            traversal_wide_beams_and_ties,
             exact_topk_both_metrics,
             resident_copies_follow_changes,
             search_pipeline,

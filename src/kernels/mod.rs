@@ -28,6 +28,18 @@ pub const MAX_K: usize = 2048;
 /// Most dynamic shared memory a wrapper asks for (bytes): below every sm_80+ opt-in limit.
 pub const MAX_SHARED_BYTES: usize = 96 * 1024;
 
+/// 64-bit entry slots of the radix kernels' shared memory (`rq_topk_radix`, `rq_beam_step`): the certain winners, then the
+/// undecided bucket it selects from in shared memory (two reads of the row) while both fit;
+/// larger buckets take more global histogram passes first. 3 072 holds the bucket of normal
+/// rows of 100 000 for every k ≤ 2048 (the top byte of the k-th best's key covers [2, 8):
+/// ~2 275 ± 47 values, 74 % of the slots; nothing above it), and keeps the block at 26 688
+/// bytes, so shared memory alone would let 8 blocks of 256 threads share an H200 SM (228 KiB,
+/// 27 712 bytes each with the 1 KiB reserved per block); its 39 registers allow 6.
+/// At least the next power of two ≥ k (the final sort).
+pub(crate) const RADIX_SLOTS: usize = 3072;
+/// Histogram and control words heading the radix kernels' shared memory (`RQ_RADIX_HEAD`).
+pub(crate) const RADIX_HEAD: usize = 1088;
+
 /// Threads per block of the selecting kernels (a power of two ≥ 32).
 pub(crate) const SELECT_THREADS: u32 = 256;
 

@@ -8,7 +8,7 @@ use crate::topk::TopK;
 use super::resident::{Residency, Reuse};
 use super::{
     alloc_topk, arg_i32, check_k, download_topk, grid_dim, grid_dim_yz, launch_1d, launch_select,
-    round16, select_bytes, select_cap, upload, SELECT_THREADS,
+    round16, select_bytes, select_cap, upload, RADIX_HEAD, RADIX_SLOTS, SELECT_THREADS,
 };
 
 /// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
@@ -17,18 +17,6 @@ const ROW_WARPS: usize = 8;
 /// rounded up to a power of two entries per lane); larger `k` (up to [`super::MAX_K`]) by
 /// radix select.
 const WARP_MAX_K: usize = 256;
-/// 64-bit entry slots of `rq_topk_radix`'s shared memory: the certain winners, then the
-/// undecided bucket it selects from in shared memory (two reads of the row) while both fit;
-/// larger buckets take more global histogram passes first. 3 072 holds the bucket of normal
-/// rows of 100 000 for every k ≤ 2048 (the top byte of the k-th best's key covers [2, 8):
-/// ~2 275 ± 47 values, 74 % of the slots; nothing above it), and keeps the block at 26 688
-/// bytes, so shared memory alone would let 8 blocks of 256 threads share an H200 SM (228 KiB,
-/// 27 712 bytes each with the 1 KiB reserved per block); its 39 registers allow 6.
-/// At least the next power of two ≥ k (the final sort).
-const RADIX_SLOTS: usize = 3072;
-/// Histogram and control words before `rq_topk_radix`'s scan flags (`RQ_RADIX_HEAD`).
-const RADIX_HEAD: usize = 1088;
-
 /// Row-wise top-k of `scores` (`rows × n`): `rows × k` (column id, score), best first,
 /// ties → lower column, missing slots `-1` / `-inf`. `k = 1` runs the warp argmax,
 /// `2 ≤ k ≤ 256` the warp queues, `256 < k ≤ 2048` the radix select.

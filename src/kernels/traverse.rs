@@ -9,8 +9,8 @@ use crate::tables::QueryTables;
 use super::lookup::{metric_arg, upload_tables, DeviceTables};
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, launch_1d, range_per_thread, round16, select_bytes,
-    select_cap, SELECT_THREADS,
+    alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, RADIX_HEAD,
+    RADIX_SLOTS, SELECT_THREADS,
 };
 
 /// Beam traversal: keeps `beams[l]` nodes per query at depth `l + 1`
@@ -86,11 +86,8 @@ pub(crate) fn traverse_on_device<D: Device>(
     let cn0 = res.input(dev, &d1.centroid_norm, Reuse::Content)?;
     let mut prev = kept_launch(
         dev,
-        "rq_beam_first",
         b,
         beams[0],
-        1,
-        0,
         vec![
             KernelArg::Buf(&tables.luts),
             KernelArg::I64(tables.at[0] as i64),
@@ -108,15 +105,15 @@ pub(crate) fn traverse_on_device<D: Device>(
         let cs = res.input(dev, &parent.child_start, Reuse::Content)?;
         let code = res.input(dev, &dep.code, Reuse::Content)?;
         let cn = res.input(dev, &dep.centroid_norm, Reuse::Content)?;
-        let per_thread = range_per_thread(w);
-        let next = kept_launch(
-            dev,
+        let slots = RADIX_SLOTS.max(w.next_power_of_two());
+        let wp = prev.w;
+        let shared = round16(RADIX_HEAD + 8 * slots + 8 * wp.next_power_of_two() + 12 * wp + 4);
+        let cfg = launch_1d(b, SELECT_THREADS, shared, "traverse")?;
+        let next = Kept::alloc(dev, b, w)?;
+        dev.launch(
             "rq_beam_step",
-            b,
-            w,
-            per_thread,
-            round16(8 * SELECT_THREADS as usize + 4),
-            vec![
+            cfg,
+            &[
                 KernelArg::Buf(&tables.luts),
                 KernelArg::I64(tables.at[l] as i64),
                 KernelArg::I32(arg_i32(tables.ks[l], "traverse: K")?),
@@ -126,10 +123,14 @@ pub(crate) fn traverse_on_device<D: Device>(
                 KernelArg::Buf(&prev.nodes),
                 KernelArg::Buf(&prev.ip),
                 KernelArg::Buf(&prev.count),
-                KernelArg::I32(prev.w as i32),
+                KernelArg::I32(wp as i32),
                 KernelArg::Buf(&tables.qnorm),
                 KernelArg::I32(metric),
-                KernelArg::I32(per_thread as i32),
+                KernelArg::I32(w as i32),
+                KernelArg::I32(slots as i32),
+                KernelArg::Buf(&next.nodes),
+                KernelArg::Buf(&next.ip),
+                KernelArg::Buf(&next.count),
             ],
         )?;
         // The previous depth's lists are read by this launch; dropping them is safe without a
@@ -149,32 +150,30 @@ pub(crate) struct Kept<B> {
     pub count: B,
 }
 
-/// Launches a beam kernel (`rq_beam_first`, `rq_beam_step`) for `b` queries keeping `w`
-/// nodes: one block per query, `extra_shared` bytes before a `w` selector sized for rounds of
-/// `per_thread` candidates per thread (1 for `rq_beam_first`); arguments
-/// `(head…, W, cap, out_nodes, out_ip, out_count)`. Returns the new lists (not synchronised).
+impl<B> Kept<B> {
+    /// Uninitialised lists for `b` queries keeping `w` nodes.
+    fn alloc<D: Device<Buffer = B>>(dev: &D, b: usize, w: usize) -> Result<Self> {
+        Ok(Kept {
+            w,
+            nodes: alloc::<D, u32>(dev, b * w)?,
+            ip: alloc::<D, f32>(dev, b * w)?,
+            count: alloc::<D, i32>(dev, b)?,
+        })
+    }
+}
+
+/// Launches `rq_beam_first` for `b` queries keeping `w` nodes: one block per query with a
+/// `w` selector; arguments `(head…, W, cap, out_nodes, out_ip, out_count)`. Returns the new
+/// lists (not synchronised).
 fn kept_launch<D: Device>(
     dev: &D,
-    name: &str,
     b: usize,
     w: usize,
-    per_thread: usize,
-    extra_shared: usize,
     head: Vec<KernelArg<'_, D::Buffer>>,
 ) -> Result<Kept<D::Buffer>> {
-    let cap = select_cap(w, SELECT_THREADS * per_thread as u32);
-    let cfg = launch_1d(
-        b,
-        SELECT_THREADS,
-        extra_shared + select_bytes(cap),
-        "traverse",
-    )?;
-    let kept = Kept {
-        w,
-        nodes: alloc::<D, u32>(dev, b * w)?,
-        ip: alloc::<D, f32>(dev, b * w)?,
-        count: alloc::<D, i32>(dev, b)?,
-    };
+    let cap = select_cap(w, SELECT_THREADS);
+    let cfg = launch_1d(b, SELECT_THREADS, select_bytes(cap), "traverse")?;
+    let kept = Kept::alloc(dev, b, w)?;
     let mut args = Vec::with_capacity(head.len() + 5);
     args.extend(head);
     args.extend([
@@ -184,7 +183,7 @@ fn kept_launch<D: Device>(
         KernelArg::Buf(&kept.ip),
         KernelArg::Buf(&kept.count),
     ]);
-    dev.launch(name, cfg, &args)?;
+    dev.launch("rq_beam_first", cfg, &args)?;
     drop(args);
     Ok(kept)
 }

@@ -1,0 +1,207 @@
+// Radix selection shared by rq_topk_radix (topk.cu) and rq_beam_step (traverse.cu): the
+// order-preserving key of a score, unique 64-bit entries, the digit search, the bitonic sort
+// of entries and a block-wide exact top-k of entries produced by a caller's sweep.
+#pragma once
+#include "common.cuh"
+
+/// Order-preserving key of a score: a larger key is a larger float; -0 and +0 share a key
+/// (they tie, and ties go to the lower id).
+__device__ inline unsigned rq_radix_key(float v) {
+  if (v == 0.0f) v = 0.0f;
+  unsigned u;
+  __builtin_memcpy(&u, &v, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Radix select (rq_topk_radix, rq_beam_step).
+//
+// Every element of a row gets a unique 64-bit entry: its score's radix key (rq_radix_key) in
+// the high word, ~column in the low word. A larger entry ranks first (higher score, then the
+// lower column; -0 ties +0), and no two columns share one, so selecting by entry never has
+// to cut ties. No real entry is 0 (the radix key of -inf is 0x007fffff): 0 marks an empty
+// slot.
+// ---------------------------------------------------------------------------------------
+
+/// Bytes of the 256 histogram counters and 16 control words that head the shared memory of
+/// the radix kernels (rq_topk_radix's block-scan flags follow them).
+#define RQ_RADIX_HEAD 1088
+
+/// Entry of (radix key, column); see above.
+__device__ inline unsigned long long rq_radix_entry(unsigned key, int col) {
+  return ((unsigned long long)key << 32) | (unsigned long long)(unsigned)~col;
+}
+
+/// The score whose radix key is `key` (exact bits, except that -0 comes back as +0).
+__device__ inline float rq_radix_score(unsigned key) {
+  const unsigned u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+
+/// One radix-select step: given the 256 digit counters `hist` (digit 255 ranks first) and
+/// 1 ≤ need ≤ their sum, finds the digit d holding the need-th best: ctrl[0] = d,
+/// ctrl[1] = need minus the count above d, ctrl[3] = hist[d]. Warp 0 computes it in
+/// parallel (lane l sums digits 255 - 8l - u, u < 8, then a warp scan of the lane sums).
+/// Every thread of the block must call it, after a barrier that follows the last update of
+/// `hist`; it ends with a barrier.
+__device__ inline void rq_radix_digit(const int* hist, int need, int* ctrl) {
+  if (threadIdx.x < RQ_WARP) {
+    const int lane = (int)threadIdx.x;
+    int c[8];
+    int tot = 0;
+RQ_UNROLL
+    for (int u = 0; u < 8; ++u) {
+      c[u] = hist[255 - 8 * lane - u];
+      tot += c[u];
+    }
+    int incl = tot;  // inclusive scan of the lane sums, lane 0 (digits 255..248) first
+    for (int o = 1; o < RQ_WARP; o <<= 1) {
+      const int y = __shfl_sync(RQ_FULL_MASK, incl, (lane - o) & (RQ_WARP - 1));
+      if (lane >= o) incl += y;
+    }
+    int before = incl - tot;  // elements in better digits than this lane's first
+RQ_UNROLL
+    for (int u = 0; u < 8; ++u) {
+      if (before < need && before + c[u] >= need) {  // exactly one (lane, u)
+        ctrl[0] = 255 - 8 * lane - u;
+        ctrl[1] = need - before;
+        ctrl[3] = c[u];
+      }
+      before += c[u];
+    }
+  }
+  __syncthreads();
+}
+
+/// Bitonic sort of the entries a[0, n) in shared memory, largest first; n a power of two.
+/// Every thread of the block must call it.
+__device__ inline void rq_radix_sort(unsigned long long* a, unsigned n) {
+  for (unsigned size = 2; size <= n; size <<= 1) {
+    for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+      for (unsigned i = threadIdx.x; i < n / 2; i += blockDim.x) {
+        const unsigned lo = 2 * i - (i & (stride - 1));
+        const unsigned hi = lo + stride;
+        const unsigned long long a_lo = a[lo], a_hi = a[hi];
+        const bool best_first = (lo & size) == 0;
+        if (best_first ? a_hi > a_lo : a_lo > a_hi) {
+          a[lo] = a_hi;
+          a[hi] = a_lo;
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+/// Shared-memory part of a radix select: the m entries b[0, m) (all with (e & mask) ==
+/// prefix, mask covering the bits above `shift + 8`) hold `need` ≥ 1 winners. 8-bit radix
+/// passes over b (digit at `shift`, `shift` - 8, …) narrow prefix/mask until every entry
+/// left under the prefix is a winner (entries are unique, so at the latest when the mask is
+/// complete); the winners are then those with (e & mask) ≥ prefix, moved to b[0, need) by
+/// an in-place compaction (see below). Every thread of the block must call it; `hist` and
+/// `ctrl` as in rq_radix_block_select.
+__device__ inline void rq_radix_select_smem(unsigned long long* b, int m, int need,
+                                            unsigned long long prefix,
+                                            unsigned long long mask, int shift, int* hist,
+                                            int* ctrl) {
+  for (; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+      const unsigned long long e = b[i];
+      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
+    }
+    __syncthreads();
+    rq_radix_digit(hist, need, ctrl);
+    prefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
+    mask |= 0xffull << shift;
+    need = ctrl[1];
+    const int left = ctrl[3];
+    __syncthreads();
+    if (left == need) break;  // the same on every thread
+  }
+  // Compaction in chunks of blockDim.x: a chunk is read into registers, a barrier, then its
+  // winners take slots by a shared atomic. Slots handed out up to chunk c lie below the end
+  // of chunk c (at most one per entry read so far), so no entry is overwritten before it
+  // has been read.
+  if (threadIdx.x == 0) ctrl[6] = 0;
+  __syncthreads();
+  for (int i0 = 0; i0 < m; i0 += blockDim.x) {
+    const int i = i0 + (int)threadIdx.x;
+    const unsigned long long e = i < m ? b[i] : 0ull;
+    const bool keep = i < m && (e & mask) >= prefix;
+    __syncthreads();
+    if (keep) b[atomicAdd(&ctrl[6], 1)] = e;
+  }
+  __syncthreads();
+}
+
+
+/// Block-wide exact top-k of `n` entries that a caller generates: `sweep(f)`, called by
+/// every thread of the block, calls `f(e)` once per entry (spread over the threads in any
+/// way, the same entries every time; `f` does not synchronise, `sweep` may not either).
+/// Entries are unique and non-zero, a larger one ranks first (rq_radix_entry of a score and
+/// an id). Histogram sweeps over 8-bit digits from the top narrow the prefix of the k-th
+/// largest until the entries under it are all winners or, with the certain winners above
+/// it, fit the `slots` entries of `a`; one more sweep places them (the certain winners by a
+/// shared atomic, the undecided ones after them, finished by rq_radix_select_smem). With
+/// distinct-ish scores that is two or three sweeps; never more than nine, as entries are
+/// unique. Result: a[0, min(k, n)) the winners, largest first, then zeros up to the next
+/// power of two ≥ min(k, n); returns min(k, n). Requires slots ≥ that power of two;
+/// `hist` (256 ints) and `ctrl` (16 ints) are scratch in shared memory (RQ_RADIX_HEAD
+/// bytes). Every thread of the block must call it; it ends with a barrier.
+template <class Sweep>
+__device__ inline int rq_radix_block_select(Sweep sweep, long long n, int k, int slots,
+                                            unsigned long long* a, int* hist, int* ctrl) {
+  const int kk = n < (long long)k ? (int)n : k;
+  unsigned long long prefix = 0, mask = 0;
+  int need = kk, m = 0, shift = 56;
+  bool all = true;
+  for (; kk > 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    sweep([&](unsigned long long e) {
+      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
+    });
+    __syncthreads();
+    rq_radix_digit(hist, need, ctrl);
+    prefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
+    mask |= 0xffull << shift;
+    need = ctrl[1];
+    m = ctrl[3];
+    __syncthreads();
+    // The same on every thread. With the mask complete (shift 0) m == 1 == need.
+    if (m == need || shift == 0) break;
+    if (kk - need + m <= slots) {
+      all = false;
+      break;
+    }
+  }
+  const int greater = kk - need;
+  if (threadIdx.x == 0) {
+    ctrl[4] = 0;
+    ctrl[5] = greater;
+  }
+  __syncthreads();
+  if (kk > 0) {
+    sweep([&](unsigned long long e) {
+      const unsigned long long em = e & mask;
+      if (em > prefix || (all && em == prefix)) {
+        const int at = atomicAdd(&ctrl[4], 1);
+        if (at < slots) a[at] = e;
+      } else if (em == prefix) {
+        a[atomicAdd(&ctrl[5], 1)] = e;
+      }
+    });
+    __syncthreads();
+    if (!all) rq_radix_select_smem(a + greater, m, need, prefix, mask, shift - 8, hist, ctrl);
+  }
+  unsigned sorted = 1;
+  while (sorted < (unsigned)kk) sorted <<= 1;
+  for (unsigned i = (unsigned)kk + threadIdx.x; i < sorted; i += blockDim.x) a[i] = 0ull;
+  __syncthreads();
+  rq_radix_sort(a, sorted);
+  return kk;
+}
