@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Merges `rqtree bench --json` and `benches/torch_baseline.py --json` into one table:
 operation, rqtree ms (whole call; kernels alone in brackets), torch ms, speed-up of rqtree
-over torch (on the whole call), and each side's fraction of the roofline floor. A rqtree
+over torch on the whole call and on the kernels alone (torch's tensors stay on the device,
+so its time compares with rqtree's kernels; rqtree's whole call adds its host transfers),
+and each side's fraction of the roofline floor. A rqtree
 variant row (`assign_tc`: the tensor-core screening) is set against torch's base row.
 
     python3 scripts/compare_bench.py RQTREE_JSON TORCH_JSON
@@ -47,7 +49,7 @@ def main(argv):
         print("compare_bench: nothing to compare", file=sys.stderr)
         return 1
     ops = list(ours) + [op for op in theirs if op not in ours]
-    head = f"{'op':<14} {'rqtree ms':>22} {'torch ms':>10} {'speed-up':>9} {'rq floor':>9} {'torch floor':>12}"
+    head = f"{'op':<14} {'rqtree ms':>22} {'torch ms':>10} {'speed-up':>9} {'kernels':>8} {'rq floor':>9} {'torch floor':>12}"
     print(head)
     print("-" * len(head))
     for op in ops:
@@ -57,11 +59,14 @@ def main(argv):
         kms = r.get("kernel_ms")
         rq = fmt(rms, ".3f") + (f" [{kms:.3f}]" if kms is not None else "")
         speed = tms / rms if rms and tms else None
+        kspeed = tms / kms if kms and tms else None
         rf, tf = r.get("floor_fraction"), t.get("floor_fraction")
         print(f"{op:<14} {rq:>22} {fmt(tms, '.3f'):>10} {fmt(speed, '.2f') + ('x' if speed else ''):>9} "
+              f"{fmt(kspeed, '.2f') + ('x' if kspeed else ''):>8} "
               f"{fmt(rf and 100 * rf, '.2f') + ('%' if rf else ''):>9} "
               f"{fmt(tf and 100 * tf, '.2f') + ('%' if tf else ''):>12}")
-    print("speed-up = torch ms / rqtree ms (whole call); [..] = rqtree kernels alone; "
+    print("speed-up = torch ms / rqtree ms (whole call); kernels = torch ms / rqtree kernel ms; "
+          "[..] = rqtree kernels alone; "
           "floor = max(bytes/4.3 TB/s, flops/67 TFLOP/s) / time")
     # Where rqtree's kernel time goes in operations that launch several kernels.
     for op in ours:

@@ -8,6 +8,7 @@
 #   scripts/gpu-bundle.sh            # -> target/gpu-bundle/rqtree-gpu/ (+ .tar.gz)
 #   # on the GPU machine:
 #   OUT=/some/dir rqtree-gpu/run.sh  # logs and JSON in $OUT (default ./out)
+#   OUT=/some/dir rqtree-gpu/profile.sh  # host trace and ncu kernel profiles (gpu-profile.sh)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,6 +58,7 @@ PY
 strip "$DEST"/bin/* "$DEST"/tests/* 2>/dev/null || true
 cp benches/torch_baseline.py "$DEST/benches/"
 cp scripts/compare_bench.py "$DEST/scripts/"
+cp scripts/gpu-profile.sh "$DEST/profile.sh"
 git rev-parse HEAD >"$DEST/COMMIT" 2>/dev/null || echo unknown >"$DEST/COMMIT"
 
 cat >"$DEST/run.sh" <<'RUN'

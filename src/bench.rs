@@ -54,6 +54,65 @@ pub struct BenchOptions {
     /// it does not and it is a kernel backend, the bench adds an `assign_tc` row from a second
     /// backend of the same kind that does.
     pub tensor_cores: bool,
+    /// The groups of operations to run (`--only`; default all).
+    pub only: Groups,
+}
+
+/// Groups of benchmarked operations: `assign` (assign, assign_tc), `fused` (fused_topk),
+/// `topk` (topk_k*), `exact` (exact_topk), `search` (lookup_tables, traverse, search).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Groups {
+    /// assign, assign_tc.
+    pub assign: bool,
+    /// fused_topk.
+    pub fused: bool,
+    /// topk_k10, topk_k100, topk_k1000.
+    pub topk: bool,
+    /// exact_topk.
+    pub exact: bool,
+    /// lookup_tables, traverse, search.
+    pub search: bool,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            assign: true,
+            fused: true,
+            topk: true,
+            exact: true,
+            search: true,
+        }
+    }
+}
+
+impl std::str::FromStr for Groups {
+    type Err = Error;
+    /// A comma-separated list of group names, e.g. `assign,search`.
+    fn from_str(s: &str) -> Result<Self> {
+        let mut g = Groups {
+            assign: false,
+            fused: false,
+            topk: false,
+            exact: false,
+            search: false,
+        };
+        for name in s.split(',').map(str::trim) {
+            match name {
+                "assign" => g.assign = true,
+                "fused" => g.fused = true,
+                "topk" => g.topk = true,
+                "exact" => g.exact = true,
+                "search" => g.search = true,
+                other => {
+                    return Err(Error::param(format!(
+                    "bench: unknown group {other:?} (expected assign, fused, topk, exact, search)"
+                )))
+                }
+            }
+        }
+        Ok(g)
+    }
 }
 
 /// One timed operation.
@@ -321,6 +380,8 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
     };
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    // k of the fused, exact and search rows.
+    let k = 100;
     if !cuda {
         notes.push(format!(
             "{} backend: wall-clock medians, not CUDA events; the floor is the H200's",
@@ -328,228 +389,237 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         ));
     }
 
-    // Assignment: greedy encoding over L levels (one assignment per level).
-    let (n, levels, kk) = sz.assign;
-    let copies = copies_for(be, n * D * 4);
-    let items = resident_matrices(be, n, D, copies, 1)?;
-    let cbs = Codebooks::from_matrices(
-        (0..levels)
-            .map(|l| normal_matrix(kk, D, 1.0 / (l + 1) as f32, 50 + l as u64))
-            .collect(),
-    )?;
-    let screening = if opts.tensor_cores {
-        "tensor-core screening"
-    } else {
-        "FMA screening"
-    };
-    let kernels = matches!(be.name(), "emu" | "cuda");
-    let assign_flops = 2.0 * (n * kk * D * levels) as f64;
-    let assign_bytes = (n * D * 4 + n * levels * 4 + n * 4) as f64;
-    rows.push(timer.row(
-        "assign",
-        format!(
-            "greedy encode N={n} d={D} L={levels} K={kk} f32{}",
-            if kernels {
-                format!(" ({screening})")
-            } else {
-                String::new()
-            }
-        ),
-        copies,
-        assign_flops,
-        assign_bytes,
-        |c| ops::encode(be, &items[c], &cbs, 1).map(|_| ()),
-    )?);
-    if kernels && !opts.tensor_cores {
-        let kind = be.name().parse::<BackendKind>()?;
-        let (tc, _) = backend::open_with(kind, OpenOptions { tensor_cores: true })?;
-        for m in &items {
-            tc.keep_resident(Resident::Matrix(Arc::clone(m)))?;
-        }
-        let tc_timer = Timer {
-            be: tc.as_ref(),
-            ..timer
+    if opts.only.assign {
+        // Assignment: greedy encoding over L levels (one assignment per level).
+        let (n, levels, kk) = sz.assign;
+        let copies = copies_for(be, n * D * 4);
+        let items = resident_matrices(be, n, D, copies, 1)?;
+        let cbs = Codebooks::from_matrices(
+            (0..levels)
+                .map(|l| normal_matrix(kk, D, 1.0 / (l + 1) as f32, 50 + l as u64))
+                .collect(),
+        )?;
+        let screening = if opts.tensor_cores {
+            "tensor-core screening"
+        } else {
+            "FMA screening"
         };
-        rows.push(tc_timer.row(
-            "assign_tc",
-            format!("greedy encode N={n} d={D} L={levels} K={kk} f32 (tensor-core screening)"),
+        let kernels = matches!(be.name(), "emu" | "cuda");
+        let assign_flops = 2.0 * (n * kk * D * levels) as f64;
+        let assign_bytes = (n * D * 4 + n * levels * 4 + n * 4) as f64;
+        rows.push(timer.row(
+            "assign",
+            format!(
+                "greedy encode N={n} d={D} L={levels} K={kk} f32{}",
+                if kernels {
+                    format!(" ({screening})")
+                } else {
+                    String::new()
+                }
+            ),
             copies,
             assign_flops,
             assign_bytes,
-            |c| ops::encode(tc.as_ref(), &items[c], &cbs, 1).map(|_| ()),
+            |c| ops::encode(be, &items[c], &cbs, 1).map(|_| ()),
         )?);
-        tc.release_resident()?;
+        if kernels && !opts.tensor_cores {
+            let kind = be.name().parse::<BackendKind>()?;
+            let (tc, _) = backend::open_with(kind, OpenOptions { tensor_cores: true })?;
+            for m in &items {
+                tc.keep_resident(Resident::Matrix(Arc::clone(m)))?;
+            }
+            let tc_timer = Timer {
+                be: tc.as_ref(),
+                ..timer
+            };
+            rows.push(tc_timer.row(
+                "assign_tc",
+                format!("greedy encode N={n} d={D} L={levels} K={kk} f32 (tensor-core screening)"),
+                copies,
+                assign_flops,
+                assign_bytes,
+                |c| ops::encode(tc.as_ref(), &items[c], &cbs, 1).map(|_| ()),
+            )?);
+            tc.release_resident()?;
+        }
+        drop(items);
+        be.release_resident()?;
     }
-    drop(items);
-    be.release_resident()?;
 
-    // Fused residual lookup + top-k over each query's candidates (depth-1 nodes).
-    let (b, per_query, flevels, fk) = sz.fused;
-    let k = 100;
-    let fn_items = per_query.saturating_mul(fk) / 4;
-    let one = random_tree_index(fn_items.max(1), D, &vec![fk; flevels], Metric::Ip, 7)?;
-    let fq = normal_matrix(b, D, 1.0, 8);
-    let tables = ops::lookup_tables(&Reference, &fq, &one.codebooks, Metric::Ip)?;
-    let cand = depth1_candidates(&one, b, per_query, 9);
-    let scanned: usize = (0..b).map(|q| cand.items_of(q, &one.tree)).sum();
-    let bytes = fused_bytes(&one, &tables, scanned, k);
-    let index_bytes = one.len() * (flevels + 12);
-    let copies = copies_for(be, index_bytes);
-    let fused_ix: Vec<Arc<Index>> = (0..copies).map(|_| Arc::new(one.clone())).collect();
-    drop(one);
-    for ix in &fused_ix {
-        be.keep_resident(Resident::Index(Arc::clone(ix)))?;
-    }
-    rows.push(timer.row(
-        "fused_topk",
-        format!(
-            "fused lookup + top-{k} B={b}, {} candidates/query, L={flevels} u8 codes \
-             (random tree, N={})",
-            scanned / b.max(1),
-            fused_ix[0].len()
-        ),
-        copies,
-        (scanned * flevels) as f64,
-        bytes,
-        |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
-    )?);
-    drop(fused_ix);
-    be.release_resident()?;
-
-    // Row-wise top-k.
-    let (tr, tn) = sz.topk;
-    let copies = copies_for(be, tr * tn * 4);
-    let scores = resident_matrices(be, tr, tn, copies, 20)?;
-    for k in [10, 100, 1000] {
+    if opts.only.fused {
+        // Fused residual lookup + top-k over each query's candidates (depth-1 nodes).
+        let (b, per_query, flevels, fk) = sz.fused;
+        let fn_items = per_query.saturating_mul(fk) / 4;
+        let one = random_tree_index(fn_items.max(1), D, &vec![fk; flevels], Metric::Ip, 7)?;
+        let fq = normal_matrix(b, D, 1.0, 8);
+        let tables = ops::lookup_tables(&Reference, &fq, &one.codebooks, Metric::Ip)?;
+        let cand = depth1_candidates(&one, b, per_query, 9);
+        let scanned: usize = (0..b).map(|q| cand.items_of(q, &one.tree)).sum();
+        let bytes = fused_bytes(&one, &tables, scanned, k);
+        let index_bytes = one.len() * (flevels + 12);
+        let copies = copies_for(be, index_bytes);
+        let fused_ix: Vec<Arc<Index>> = (0..copies).map(|_| Arc::new(one.clone())).collect();
+        drop(one);
+        for ix in &fused_ix {
+            be.keep_resident(Resident::Index(Arc::clone(ix)))?;
+        }
         rows.push(timer.row(
-            &format!("topk_k{k}"),
-            format!("top-{k} of {tr} rows x {tn} f32"),
+            "fused_topk",
+            format!(
+                "fused lookup + top-{k} B={b}, {} candidates/query, L={flevels} u8 codes \
+                 (random tree, N={})",
+                scanned / b.max(1),
+                fused_ix[0].len()
+            ),
+            copies,
+            (scanned * flevels) as f64,
+            bytes,
+            |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
+        )?);
+        drop(fused_ix);
+        be.release_resident()?;
+    }
+
+    if opts.only.topk {
+        // Row-wise top-k.
+        let (tr, tn) = sz.topk;
+        let copies = copies_for(be, tr * tn * 4);
+        let scores = resident_matrices(be, tr, tn, copies, 20)?;
+        for k in [10, 100, 1000] {
+            rows.push(timer.row(
+                &format!("topk_k{k}"),
+                format!("top-{k} of {tr} rows x {tn} f32"),
+                copies,
+                0.0,
+                (tr * tn * 4 + tr * k * 12) as f64,
+                |c| ops::topk(be, &scores[c], k).map(|_| ()),
+            )?);
+        }
+        drop(scores);
+        be.release_resident()?;
+    }
+
+    if opts.only.exact {
+        // Exact brute-force top-k.
+        let (eb, en) = sz.exact;
+        let copies = copies_for(be, en * D * 4);
+        let eitems = resident_matrices(be, en, D, copies, 30)?;
+        let eq = resident_matrices(be, eb, D, 1, 40)?;
+        rows.push(timer.row(
+            "exact_topk",
+            format!("exact top-{k} B={eb} N={en} d={D} ip"),
+            copies,
+            2.0 * (eb * en * D) as f64,
+            (en * D * 4 + eb * D * 4 + eb * k * 12) as f64,
+            |c| ops::exact_topk(be, &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
+        )?);
+        drop(eitems);
+        be.release_resident()?;
+    }
+
+    if opts.only.search {
+        // The search index: a random tree (targets) or residual k-means (default sizes).
+        let (sn, slevels, sk, sb, beams) = sz.search;
+        let index = if sz.random_tree {
+            random_tree_index(sn, D, &vec![sk; slevels], Metric::Ip, 11)?
+        } else {
+            let data = clustered(sn, D, 500, 0.4, false, 11);
+            let bopts = BuildOptions {
+                metric: Metric::Ip,
+                keep_embeddings: EmbeddingKind::F32,
+                encode_beam: 1,
+                kmeans: KMeansOptions {
+                    levels: slevels,
+                    codes: sk,
+                    iters: 4,
+                    max_train: (sn / 5).max(sk),
+                    seed: 3,
+                },
+                progress: false,
+            };
+            let t0 = std::time::Instant::now();
+            let ix = build(be, &data, None, None, &bopts)?;
+            let secs = t0.elapsed().as_secs_f64();
+            notes.push(format!(
+                "build N={sn} L={slevels} K={sk} (k-means 4 iters on {} rows): {:.0} ms wall",
+                (sn / 5).max(sk),
+                secs * 1e3
+            ));
+            ix
+        };
+        let index = Arc::new(index);
+        be.keep_resident(Resident::Index(Arc::clone(&index)))?;
+        let kind = if sz.random_tree {
+            "random tree"
+        } else {
+            "k-means"
+        };
+        let ksum = sk * slevels;
+        let qbytes = sb * D * 4 + sb * ksum * 4;
+        let copies = copies_for(be, qbytes);
+        let queries = resident_matrices(be, sb, D, copies, 60)?;
+        rows.push(timer.row(
+            "lookup_tables",
+            format!("lookup tables B={sb} L={slevels} K={sk} d={D}"),
+            copies,
+            2.0 * (sb * ksum * D) as f64,
+            (4 * (sb * D + ksum * D + sb * ksum)) as f64,
+            |c| ops::lookup_tables(be, &queries[c], &index.codebooks, Metric::Ip).map(|_| ()),
+        )?);
+        let all_tables: Vec<QueryTables> = queries
+            .iter()
+            .map(|q| ops::lookup_tables(&Reference, q, &index.codebooks, Metric::Ip))
+            .collect::<Result<_>>()?;
+        rows.push(timer.row(
+            "traverse",
+            format!(
+                "traverse B={sb} beams {},{} over {} + {} nodes ({kind}, N={sn})",
+                beams[0],
+                beams[1],
+                index.tree.depths[0].len(),
+                index.tree.depths[1].len()
+            ),
             copies,
             0.0,
-            (tr * tn * 4 + tr * k * 12) as f64,
-            |c| ops::topk(be, &scores[c], k).map(|_| ()),
+            traverse_bytes(&index, sb, &beams),
+            |c| ops::traverse(be, &all_tables[c], &index.tree, &beams).map(|_| ()),
         )?);
-    }
-    drop(scores);
-    be.release_resident()?;
-
-    // Exact brute-force top-k.
-    let (eb, en) = sz.exact;
-    let copies = copies_for(be, en * D * 4);
-    let eitems = resident_matrices(be, en, D, copies, 30)?;
-    let eq = resident_matrices(be, eb, D, 1, 40)?;
-    rows.push(timer.row(
-        "exact_topk",
-        format!("exact top-{k} B={eb} N={en} d={D} ip"),
-        copies,
-        2.0 * (eb * en * D) as f64,
-        (en * D * 4 + eb * D * 4 + eb * k * 12) as f64,
-        |c| ops::exact_topk(be, &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
-    )?);
-    drop(eitems);
-    be.release_resident()?;
-
-    // The search index: a random tree (targets) or residual k-means (default sizes).
-    let (sn, slevels, sk, sb, beams) = sz.search;
-    let index = if sz.random_tree {
-        random_tree_index(sn, D, &vec![sk; slevels], Metric::Ip, 11)?
-    } else {
-        let data = clustered(sn, D, 500, 0.4, false, 11);
-        let bopts = BuildOptions {
-            metric: Metric::Ip,
-            keep_embeddings: EmbeddingKind::F32,
-            encode_beam: 1,
-            kmeans: KMeansOptions {
-                levels: slevels,
-                codes: sk,
-                iters: 4,
-                max_train: (sn / 5).max(sk),
-                seed: 3,
-            },
-            progress: false,
+        let cand0 = ops::traverse(&Reference, &all_tables[0], &index.tree, &beams)?;
+        let scanned: usize = (0..sb).map(|q| cand0.items_of(q, &index.tree)).sum();
+        let rerank = if sz.random_tree {
+            Rerank::None
+        } else {
+            Rerank::Exact {
+                rerank_k: Some(1000),
+            }
         };
-        let t0 = std::time::Instant::now();
-        let ix = build(be, &data, None, None, &bopts)?;
-        let secs = t0.elapsed().as_secs_f64();
-        notes.push(format!(
-            "build N={sn} L={slevels} K={sk} (k-means 4 iters on {} rows): {:.0} ms wall",
-            (sn / 5).max(sk),
-            secs * 1e3
-        ));
-        ix
-    };
-    let index = Arc::new(index);
-    be.keep_resident(Resident::Index(Arc::clone(&index)))?;
-    let kind = if sz.random_tree {
-        "random tree"
-    } else {
-        "k-means"
-    };
-    let ksum = sk * slevels;
-    let qbytes = sb * D * 4 + sb * ksum * 4;
-    let copies = copies_for(be, qbytes);
-    let queries = resident_matrices(be, sb, D, copies, 60)?;
-    rows.push(timer.row(
-        "lookup_tables",
-        format!("lookup tables B={sb} L={slevels} K={sk} d={D}"),
-        copies,
-        2.0 * (sb * ksum * D) as f64,
-        (4 * (sb * D + ksum * D + sb * ksum)) as f64,
-        |c| ops::lookup_tables(be, &queries[c], &index.codebooks, Metric::Ip).map(|_| ()),
-    )?);
-    let all_tables: Vec<QueryTables> = queries
-        .iter()
-        .map(|q| ops::lookup_tables(&Reference, q, &index.codebooks, Metric::Ip))
-        .collect::<Result<_>>()?;
-    rows.push(timer.row(
-        "traverse",
-        format!(
-            "traverse B={sb} beams {},{} over {} + {} nodes ({kind}, N={sn})",
-            beams[0],
-            beams[1],
-            index.tree.depths[0].len(),
-            index.tree.depths[1].len()
-        ),
-        copies,
-        0.0,
-        traverse_bytes(&index, sb, &beams),
-        |c| ops::traverse(be, &all_tables[c], &index.tree, &beams).map(|_| ()),
-    )?);
-    let cand0 = ops::traverse(&Reference, &all_tables[0], &index.tree, &beams)?;
-    let scanned: usize = (0..sb).map(|q| cand0.items_of(q, &index.tree)).sum();
-    let rerank = if sz.random_tree {
-        Rerank::None
-    } else {
-        Rerank::Exact {
-            rerank_k: Some(1000),
+        let params = SearchParams {
+            k,
+            beams: beams.to_vec(),
+            rerank,
+        };
+        let search_bytes = (4 * (sb * D + ksum * D + sb * ksum)) as f64
+            + traverse_bytes(&index, sb, &beams)
+            + fused_bytes(&index, &all_tables[0], scanned, k);
+        if scanned == 0 {
+            return Err(Error::param("bench: the search found no candidates"));
         }
-    };
-    let params = SearchParams {
-        k,
-        beams: beams.to_vec(),
-        rerank,
-    };
-    let search_bytes = (4 * (sb * D + ksum * D + sb * ksum)) as f64
-        + traverse_bytes(&index, sb, &beams)
-        + fused_bytes(&index, &all_tables[0], scanned, k);
-    if scanned == 0 {
-        return Err(Error::param("bench: the search found no candidates"));
+        rows.push(timer.row(
+            "search",
+            format!(
+                "search B={sb} N={sn} d={D} L={slevels}x{sk} beams {},{} k={k} {} ({kind}, {} candidates/query)",
+                beams[0],
+                beams[1],
+                if sz.random_tree { "no rerank" } else { "rerank 1000" },
+                scanned / sb.max(1)
+            ),
+            copies,
+            2.0 * (sb * ksum * D) as f64,
+            search_bytes,
+            |c| search(be, &index, &queries[c], None, &params).map(|_| ()),
+        )?);
+        be.release_resident()?;
     }
-    rows.push(timer.row(
-        "search",
-        format!(
-            "search B={sb} N={sn} d={D} L={slevels}x{sk} beams {},{} k={k} {} ({kind}, {} candidates/query)",
-            beams[0],
-            beams[1],
-            if sz.random_tree { "no rerank" } else { "rerank 1000" },
-            scanned / sb.max(1)
-        ),
-        copies,
-        2.0 * (sb * ksum * D) as f64,
-        search_bytes,
-        |c| search(be, &index, &queries[c], None, &params).map(|_| ()),
-    )?);
-    be.release_resident()?;
     print(be, &rows, &notes, opts)
 }
 

@@ -336,3 +336,29 @@ fn bench_quick_json_rows() {
     }
     fails(&["bench", "--quick", "--targets"], "cannot be used with");
 }
+
+/// `bench --only` runs just the named groups and names a wrong one.
+#[test]
+fn bench_only_groups() {
+    let out = ok(&[
+        "bench",
+        "--backend",
+        "reference",
+        "--quick",
+        "--json",
+        "--only",
+        "topk,fused",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("bench JSON");
+    let ops: Vec<&str> = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["op"].as_str())
+        .collect();
+    assert_eq!(ops, ["fused_topk", "topk_k10", "topk_k100", "topk_k1000"]);
+    fails(
+        &["bench", "--quick", "--only", "topk,sort"],
+        "unknown group \"sort\"",
+    );
+}

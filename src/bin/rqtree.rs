@@ -85,6 +85,10 @@ enum Cmd {
         /// The target sizes (GPU-sized; seeded random-tree indexes).
         #[arg(long, conflicts_with = "quick")]
         targets: bool,
+        /// Run only these groups of operations, comma-separated: assign, fused, topk, exact,
+        /// search (lookup_tables, traverse, search).
+        #[arg(long, default_value = "assign,fused,topk,exact,search")]
+        only: bench::Groups,
     },
 }
 
@@ -799,6 +803,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             quick,
             targets,
+            only,
         } => {
             let be = open_backend(backend, o)?;
             let opts = bench::BenchOptions {
@@ -806,6 +811,7 @@ fn run(cli: Cli) -> Result<()> {
                 targets: *targets,
                 json: *json,
                 tensor_cores: o.tensor_cores,
+                only: *only,
             };
             bench::run(be.as_ref(), &opts)
         }

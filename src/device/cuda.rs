@@ -67,6 +67,25 @@ pub struct CudaDevice {
     /// While [`Device::time`] runs: the kernel's name and a (start, end) event pair recorded
     /// around each launch.
     kernel_events: Mutex<Option<Vec<KernelEvents>>>,
+    /// Host time spent in each kind of driver call inside [`Device::time`], printed per
+    /// timed region when `RQTREE_TRACE=1` (`None`: not tracing).
+    trace: Option<Mutex<HostTrace>>,
+}
+
+/// Host wall time per kind of driver call (name, calls, seconds) of one timed region.
+#[derive(Default)]
+struct HostTrace(Vec<(&'static str, usize, f64)>);
+
+impl HostTrace {
+    fn add(&mut self, what: &'static str, secs: f64) {
+        match self.0.iter_mut().find(|e| e.0 == what) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += secs;
+            }
+            None => self.0.push((what, 1, secs)),
+        }
+    }
 }
 
 impl CudaDevice {
@@ -108,6 +127,10 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(0)
             .map_err(|e| Error::BackendUnavailable(format!("CUDA context: {e:?}")))?;
+        // SAFETY: every allocation, copy, launch and free of this device goes to its one
+        // stream, which orders them, so cudarc's cross-stream event tracking (an event
+        // created per buffer, recorded and waited on at every use) only costs host time.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx
             .new_stream()
             .map_err(|e| Error::BackendUnavailable(format!("CUDA stream: {e:?}")))?;
@@ -134,6 +157,9 @@ impl CudaDevice {
             modules,
             functions: Mutex::new(HashMap::new()),
             kernel_events: Mutex::new(None),
+            trace: std::env::var("RQTREE_TRACE")
+                .is_ok_and(|v| v == "1")
+                .then(|| Mutex::new(HostTrace::default())),
         })
     }
 
@@ -147,6 +173,92 @@ impl CudaDevice {
         self.stream
             .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(|e| dev_err("recording a timing event", e))
+    }
+
+    /// Runs `f`, adding its host time to the trace under `what` when tracing.
+    fn traced<T>(&self, what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(trace) = &self.trace else {
+            return f();
+        };
+        let t0 = std::time::Instant::now();
+        let r = f();
+        if let Ok(mut t) = trace.lock() {
+            t.add(what, t0.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    /// [`Device::launch`] (untraced).
+    fn launch_untraced(
+        &self,
+        kernel: &str,
+        cfg: LaunchConfig,
+        args: &[KernelArg<'_, CudaBuffer>],
+    ) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("bind context", e))?;
+        let f = self.function(kernel)?;
+        let f = self.ensure_shared(kernel, f, cfg.shared_bytes)?;
+        // One 8-byte slot per argument; cuLaunchKernel reads each parameter's size from the
+        // start of its slot (little-endian, so narrower values sit in the low bytes).
+        let mut slots: Vec<u64> = Vec::with_capacity(args.len());
+        let mut guards = Vec::new();
+        for a in args {
+            slots.push(match a {
+                KernelArg::Buf(b) => {
+                    let (ptr, guard) = b.slice.device_ptr(&self.stream);
+                    guards.push(guard);
+                    ptr
+                }
+                KernelArg::I32(v) => *v as u32 as u64,
+                KernelArg::U32(v) => *v as u64,
+                KernelArg::I64(v) => *v as u64,
+                KernelArg::U64(v) => *v,
+                KernelArg::F32(v) => v.to_bits() as u64,
+            });
+        }
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        let g = cfg.grid;
+        let b = cfg.block;
+        let started = if self.timing_kernels()? {
+            Some(self.timestamp()?)
+        } else {
+            None
+        };
+        // SAFETY: the parameters match the kernel's `extern "C"` signature (the typed
+        // wrappers in crate::kernels guarantee it) and every buffer outlives the launch
+        // (`guards` orders later work after it on the stream).
+        unsafe {
+            result::launch_kernel(
+                f.raw,
+                (g[0], g[1], g[2]),
+                (b[0], b[1], b[2]),
+                cfg.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| dev_err(&format!("launching {kernel}"), e))?;
+        if let Some(start) = started {
+            let end = self.timestamp()?;
+            if let Some(v) = self
+                .kernel_events
+                .lock()
+                .map_err(|_| Error::Device("timing lock poisoned".into()))?
+                .as_mut()
+            {
+                v.push((kernel.to_string(), start, end));
+            }
+        }
+        drop(guards);
+        self.stream
+            .context()
+            .check_err()
+            .map_err(|e| dev_err(kernel, e))
     }
 
     /// Whether launches are being timed (inside [`Device::time`]).
@@ -254,12 +366,14 @@ impl Device for CudaDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {
-        // cuMemAlloc returns 256-byte (or more) aligned memory; it refuses zero bytes.
-        let slice = self
-            .stream
-            .alloc_zeros::<u8>(bytes.max(1))
-            .map_err(|e| dev_err(&format!("alloc {bytes} bytes"), e))?;
-        Ok(CudaBuffer { slice, len: bytes })
+        self.traced("alloc", || {
+            // cuMemAlloc returns 256-byte (or more) aligned memory; it refuses zero bytes.
+            let slice = self
+                .stream
+                .alloc_zeros::<u8>(bytes.max(1))
+                .map_err(|e| dev_err(&format!("alloc {bytes} bytes"), e))?;
+            Ok(CudaBuffer { slice, len: bytes })
+        })
     }
 
     fn upload(&self, dst: &mut CudaBuffer, src: &[u8]) -> Result<()> {
@@ -273,11 +387,13 @@ impl Device for CudaDevice {
         if src.is_empty() {
             return Ok(());
         }
-        let mut view = dst.slice.slice_mut(0..src.len());
-        self.stream
-            .memcpy_htod(src, &mut view)
-            .map_err(|e| dev_err("upload", e))?;
-        self.stream.synchronize().map_err(|e| dev_err("upload", e))
+        self.traced("upload", || {
+            let mut view = dst.slice.slice_mut(0..src.len());
+            self.stream
+                .memcpy_htod(src, &mut view)
+                .map_err(|e| dev_err("upload", e))?;
+            self.stream.synchronize().map_err(|e| dev_err("upload", e))
+        })
     }
 
     fn download(&self, src: &CudaBuffer, dst: &mut [u8]) -> Result<()> {
@@ -291,13 +407,15 @@ impl Device for CudaDevice {
         if dst.is_empty() {
             return Ok(());
         }
-        let view = src.slice.slice(0..dst.len());
-        self.stream
-            .memcpy_dtoh(&view, dst)
-            .map_err(|e| dev_err("download", e))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| dev_err("download", e))
+        self.traced("download", || {
+            let view = src.slice.slice(0..dst.len());
+            self.stream
+                .memcpy_dtoh(&view, dst)
+                .map_err(|e| dev_err("download", e))?;
+            self.stream
+                .synchronize()
+                .map_err(|e| dev_err("download", e))
+        })
     }
 
     fn launch(
@@ -306,76 +424,15 @@ impl Device for CudaDevice {
         cfg: LaunchConfig,
         args: &[KernelArg<'_, CudaBuffer>],
     ) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(|e| dev_err("bind context", e))?;
-        let f = self.function(kernel)?;
-        let f = self.ensure_shared(kernel, f, cfg.shared_bytes)?;
-        // One 8-byte slot per argument; cuLaunchKernel reads each parameter's size from the
-        // start of its slot (little-endian, so narrower values sit in the low bytes).
-        let mut slots: Vec<u64> = Vec::with_capacity(args.len());
-        let mut guards = Vec::new();
-        for a in args {
-            slots.push(match a {
-                KernelArg::Buf(b) => {
-                    let (ptr, guard) = b.slice.device_ptr(&self.stream);
-                    guards.push(guard);
-                    ptr
-                }
-                KernelArg::I32(v) => *v as u32 as u64,
-                KernelArg::U32(v) => *v as u64,
-                KernelArg::I64(v) => *v as u64,
-                KernelArg::U64(v) => *v,
-                KernelArg::F32(v) => v.to_bits() as u64,
-            });
-        }
-        let mut params: Vec<*mut c_void> = slots
-            .iter_mut()
-            .map(|s| s as *mut u64 as *mut c_void)
-            .collect();
-        let g = cfg.grid;
-        let b = cfg.block;
-        let started = if self.timing_kernels()? {
-            Some(self.timestamp()?)
-        } else {
-            None
-        };
-        // SAFETY: the parameters match the kernel's `extern "C"` signature (the typed
-        // wrappers in crate::kernels guarantee it) and every buffer outlives the launch
-        // (`guards` orders later work after it on the stream).
-        unsafe {
-            result::launch_kernel(
-                f.raw,
-                (g[0], g[1], g[2]),
-                (b[0], b[1], b[2]),
-                cfg.shared_bytes,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(|e| dev_err(&format!("launching {kernel}"), e))?;
-        if let Some(start) = started {
-            let end = self.timestamp()?;
-            if let Some(v) = self
-                .kernel_events
-                .lock()
-                .map_err(|_| Error::Device("timing lock poisoned".into()))?
-                .as_mut()
-            {
-                v.push((kernel.to_string(), start, end));
-            }
-        }
-        drop(guards);
-        self.stream
-            .context()
-            .check_err()
-            .map_err(|e| dev_err(kernel, e))
+        self.traced("launch", || self.launch_untraced(kernel, cfg, args))
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| dev_err("synchronize", e))
+        self.traced("synchronize", || {
+            self.stream
+                .synchronize()
+                .map_err(|e| dev_err("synchronize", e))
+        })
     }
 
     /// CUDA events on the stream around `f` (the whole region) and around each kernel it
@@ -391,9 +448,16 @@ impl Device for CudaDevice {
                 .map_err(|_| Error::Device("timing lock poisoned".into()))
         };
         *lock()? = Some(Vec::new());
+        if let Some(t) = &self.trace {
+            if let Ok(mut t) = t.lock() {
+                t.0.clear();
+            }
+        }
+        let wall = std::time::Instant::now();
         let start = self.timestamp();
         let run = start.and_then(|s| f().map(|()| s));
         let end = self.timestamp();
+        let wall = wall.elapsed().as_secs_f64();
         let pairs = lock()?.take().unwrap_or_default();
         let (start, end) = (run?, end?);
         let elapsed = |a: &CudaEvent, b: &CudaEvent| {
@@ -416,8 +480,24 @@ impl Device for CudaDevice {
                 }),
             }
         }
+        let ms = elapsed(&start, &end)?;
+        if let Some(t) = &self.trace {
+            if let Ok(t) = t.lock() {
+                let calls: Vec<String> =
+                    t.0.iter()
+                        .map(|(what, n, secs)| format!("{what} {n}x {:.3} ms", secs * 1e3))
+                        .collect();
+                let traced: f64 = t.0.iter().map(|e| e.2).sum();
+                eprintln!(
+                    "rqtree-trace: region {ms:.3} ms (events), {:.3} ms host wall: {}, other host {:.3} ms",
+                    wall * 1e3,
+                    calls.join(", "),
+                    (wall - traced) * 1e3
+                );
+            }
+        }
         Ok(Timing {
-            ms: elapsed(&start, &end)?,
+            ms,
             kernel_ms: Some(kernels.iter().map(|k| k.ms).sum()),
             kernels,
             clock: Clock::CudaEvents,
