@@ -399,3 +399,13 @@ extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char*
     out_scores[b * k + i] = full ? sel.s[i] : rq_neg_inf();
   }
 }
+
+/// Caller ids of item positions: out[i] = ids[pos[i]], -1 where pos[i] < 0 (empty slots).
+/// pos / out: n (i64); ids: N (i64). grid: ceil(n / blockDim.x); block: any size.
+extern "C" __global__ void rq_gather_ids(const long long* pos, long long n, const long long* ids,
+                                         long long* out) {
+  const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const long long p = pos[i];
+  out[i] = p < 0 ? -1 : ids[p];
+}

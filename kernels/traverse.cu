@@ -55,17 +55,17 @@ extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int
 /// lut: this level's B × K table at element lut_at of `lut`; child_start: the parent
 /// depth's child CSR (u32); code / cnorm: this depth's nodes (cnorm read under l2 only);
 /// prev_nodes / prev_ip: B × Wp, prev_count: B (≤ Wp). Outputs as rq_beam_first (sorted
-/// best first). grid: B; block: a power of two ≥ 32; 1 ≤ W ≤ 2048, 1 ≤ Wp ≤ 2048; fewer
+/// best first). grid: B; block: a power of two, 32 … 256 (launch bounds (256, 4): at most 64
+/// registers, so four blocks share an SM); 1 ≤ W ≤ 2048, 1 ≤ Wp ≤ 2048; fewer
 /// than 2^31 children per query; shared: RQ_RADIX_HEAD + 8 · slots + 8 · P + 12 · Wp + 4
 /// bytes (rounded up to 16), P = next power of two ≥ Wp, slots ≥ next power of two ≥ W
 /// (the host passes 3 072).
-extern "C" __global__ void rq_beam_step(const float* lut, long long lut_at, int K,
-                                        const unsigned* child_start,
-                                        const unsigned* code, const float* cnorm,
-                                        const unsigned* prev_nodes, const float* prev_ip,
-                                        const int* prev_count, int Wp, const float* qnorm,
-                                        int metric, int W, int slots,
-                                        unsigned* out_nodes, float* out_ip, int* out_count) {
+extern "C" __global__ void __launch_bounds__(256, 4)
+    rq_beam_step(const float* lut, long long lut_at, int K, const unsigned* child_start,
+                 const unsigned* code, const float* cnorm, const unsigned* prev_nodes,
+                 const float* prev_ip, const int* prev_count, int Wp, const float* qnorm,
+                 int metric, int W, int slots, unsigned* out_nodes, float* out_ip,
+                 int* out_count) {
   RQ_SHARED_BASE(smem);
   int* hist = reinterpret_cast<int*>(smem);
   int* ctrl = hist + 256;

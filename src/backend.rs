@@ -113,8 +113,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<TopK>;
 
     /// The whole search pipeline (DESIGN §3) run without returning to the host between its
-    /// steps, when the backend has such a path: `B × k` item positions (not yet the caller's
-    /// ids) and scores, and the candidate items of each query; `None` (the default) when it
+    /// steps, when the backend has such a path: `B × k` caller ids (`-1` for empty slots) and
+    /// scores, and the candidate items of each query; `None` (the default) when it
     /// has none, and the caller composes the operations above. [`crate::search::search`]
     /// calls it after validating `queries` and `params`, only without caller level-1 scores.
     fn search_on_device(

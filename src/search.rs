@@ -115,11 +115,8 @@ pub fn search(
     ops::check_input(queries, index.dim(), "queries")?;
     let shortlist = shortlist(index, params)?;
     if level1.is_none() {
-        if let Some((top, candidates)) = be.search_on_device(index, queries, params)? {
-            return Ok(SearchOutput {
-                topk: caller_ids(top, index),
-                candidates,
-            });
+        if let Some((topk, candidates)) = be.search_on_device(index, queries, params)? {
+            return Ok(SearchOutput { topk, candidates });
         }
     }
     let mut tables = ops::lookup_tables(be, queries, &index.codebooks, index.metric)?;

@@ -16,8 +16,8 @@ use super::resident::{Residency, Reuse};
 use super::topk::{lists_into, merge_into, topk_into};
 use super::{
     alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, grid_dim_yz, launch_1d,
-    launch_select, range_per_thread, round16, select_bytes, select_cap, upload, MAX_SHARED_BYTES,
-    SELECT_THREADS,
+    launch_select_on_device, range_per_thread, round16, select_bytes, select_cap, upload,
+    MAX_SHARED_BYTES, SELECT_THREADS,
 };
 
 /// `rq_lut` and `rq_exact_scores`: threads per block edge, tile edge (queries × rows per
@@ -388,7 +388,7 @@ pub fn rerank<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     let sl = upload(dev, &shortlist.ids)?;
-    rerank_shortlist(
+    let (pos, scores) = rerank_shortlist(
         dev,
         res,
         queries,
@@ -397,12 +397,14 @@ pub fn rerank<D: Device>(
         metric,
         (&sl, shortlist.k),
         k,
-    )
+    )?;
+    download_topk(dev, &pos, &scores, b, k)
 }
 
 /// Exact re-rank of a device shortlist: `shortlist.0` holds `B × S` item positions (i64,
 /// `-1` empty: the layout of the fused lookup's output), `S = shortlist.1`; the best `k`
-/// (`1 ≤ k ≤ 2048`) by (score, `ids[pos]`), returned as positions.
+/// (`1 ≤ k ≤ 2048`) by (score, `ids[pos]`): `B × k` positions (i64, `-1` empty) and scores
+/// on the device (not synchronised).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rerank_shortlist<D: Device>(
     dev: &D,
@@ -413,7 +415,7 @@ pub(crate) fn rerank_shortlist<D: Device>(
     metric: Metric,
     shortlist: (&D::Buffer, usize),
     k: usize,
-) -> Result<TopK> {
+) -> Result<(D::Buffer, D::Buffer)> {
     check_k(k, "rerank: k")?;
     let (emb, dtype) = match embeddings {
         Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, Storage::F32),
@@ -441,7 +443,7 @@ pub(crate) fn rerank_shortlist<D: Device>(
         KernelArg::Buf(&*d_ids),
         KernelArg::I32(metric_arg(metric)),
     ];
-    launch_select(dev, "rq_rerank", cfg, (b, k, cap), head)
+    launch_select_on_device(dev, "rq_rerank", cfg, (b, k, cap), head)
 }
 
 /// Bytes of the score tile the exact brute-force top-k selects from per step: `rows ×

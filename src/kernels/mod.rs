@@ -160,6 +160,18 @@ pub(crate) fn launch_select<D: Device>(
     (rows, k, cap): (usize, usize, usize),
     head: Vec<KernelArg<'_, D::Buffer>>,
 ) -> Result<TopK> {
+    let (ids, scores) = launch_select_on_device(dev, name, cfg, (rows, k, cap), head)?;
+    download_topk(dev, &ids, &scores, rows, k)
+}
+
+/// [`launch_select`] leaving the `rows × k` ids and scores on the device (not synchronised).
+pub(crate) fn launch_select_on_device<D: Device>(
+    dev: &D,
+    name: &str,
+    cfg: LaunchConfig,
+    (rows, k, cap): (usize, usize, usize),
+    head: Vec<KernelArg<'_, D::Buffer>>,
+) -> Result<(D::Buffer, D::Buffer)> {
     let (ids, scores) = alloc_topk(dev, rows, k)?;
     let mut args = Vec::with_capacity(head.len() + 4);
     args.extend(head);
@@ -171,7 +183,7 @@ pub(crate) fn launch_select<D: Device>(
     ]);
     dev.launch(name, cfg, &args)?;
     drop(args);
-    download_topk(dev, &ids, &scores, rows, k)
+    Ok((ids, scores))
 }
 
 /// Device buffers of a `rows × k` (id, score) result: i64 ids and f32 scores.

@@ -3,7 +3,7 @@
 //! output where it lies. Only the queries go up (with the per-call scalars) and only the
 //! results come down, so a batch does not pay a round trip through host memory per step.
 
-use crate::device::Device;
+use crate::device::{Device, KernelArg};
 use crate::error::Result;
 use crate::index::{Codebooks, Index};
 use crate::matrix::Matrix;
@@ -14,12 +14,13 @@ use super::backend::Storage;
 use super::lookup::{
     fused_on_device, rerank_shortlist, tables_on_device, DeviceCandidates, FusedOut,
 };
-use super::resident::Residency;
+use super::resident::{Residency, Reuse};
 use super::traverse::traverse_on_device;
-use super::{check_k, download, download_topk, upload};
+use super::{alloc, check_k, download, download_topk, launch_1d, upload};
 
 /// Runs the pipeline for `queries` (`B × d`) with `codebooks` (the index's, rounded to
-/// `storage`): `B × k` item positions and scores, and the candidate items of each query.
+/// `storage`): `B × k` caller ids (mapped from item positions on the device) and scores, and
+/// the candidate items of each query.
 /// `None` when every candidate is to be re-ranked (`rerank_k` unset), whose shortlist is not
 /// a fixed-length list: the caller composes that case. Bad parameters (re-rank without
 /// embeddings, `rerank_k < k`, beams, `k`) are errors.
@@ -55,10 +56,8 @@ pub(crate) fn search<D: Device>(
         scores,
         scanned,
     } = fused_on_device(dev, res, &tables, index, &cand, shortlist)?;
-    dev.synchronize()?;
-    let scanned: Vec<i64> = download(dev, &scanned, b)?;
-    let scanned = scanned.into_iter().map(|s| s.max(0) as usize).collect();
-    let top = match (params.rerank, &index.embeddings) {
+    // The best k positions and scores, on the device.
+    let (pos, scores) = match (params.rerank, &index.embeddings) {
         (Rerank::Exact { .. }, Some(e)) => rerank_shortlist(
             dev,
             res,
@@ -69,7 +68,23 @@ pub(crate) fn search<D: Device>(
             (&pos, shortlist),
             params.k,
         )?,
-        _ => download_topk(dev, &pos, &scores, b, params.k)?,
+        _ => (pos, scores),
     };
+    let ids = res.input(dev, &index.ids, Reuse::Content)?;
+    let n = b * params.k;
+    let caller = alloc::<D, i64>(dev, n)?;
+    dev.launch(
+        "rq_gather_ids",
+        launch_1d(n.div_ceil(256), 256, 0, "search")?,
+        &[
+            KernelArg::Buf(&pos),
+            KernelArg::I64(n as i64),
+            KernelArg::Buf(&*ids),
+            KernelArg::Buf(&caller),
+        ],
+    )?;
+    let top = download_topk(dev, &caller, &scores, b, params.k)?;
+    let scanned: Vec<i64> = download(dev, &scanned, b)?;
+    let scanned = scanned.into_iter().map(|s| s.max(0) as usize).collect();
     Ok(Some((top, scanned)))
 }
