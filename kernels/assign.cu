@@ -166,6 +166,10 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
 /// Codewords per screening tile and dimensions per staged chunk.
 #define RQ_GR_TK 64
 #define RQ_GR_DC 32
+/// Row stride (floats) of a staged chunk, one row per codeword: DC + 4, so rows are 16-byte
+/// aligned and the 16-byte loads of a half-warp (threads cg read codewords cg + 16·j) fall
+/// in distinct banks.
+#define RQ_GR_DCS 36
 /// Candidate slots per row (one per thread of the row's half-warp).
 #define RQ_GR_CAND 16
 
@@ -227,6 +231,23 @@ __device__ inline float rq_exact_key(int mode, const float* r, const unsigned ch
                                     : rq_dist_sq_w<RqWidenF16>(r, h, d));
 }
 
+/// Stages dimensions e0 .. e0 + dc (dc ≤ DC) of codewords t0 .. t0 + TK of a level (rows
+/// c0 + t0 + c of `cbs`, widened to f32) into `tile`, codeword-major (row c at c · DCS);
+/// dimensions ≥ dc and codewords ≥ K are zero. Consecutive threads read consecutive
+/// dimensions of a codeword (coalesced). Every thread of the block must call it; it
+/// synchronises before (the previous chunk is consumed) and after.
+__device__ inline void rq_greedy_stage(float* tile, const unsigned char* cbs, int cb_dtype,
+                                       long long c0, int t0, int K, int d, int e0, int dc) {
+  __syncthreads();
+  for (int i = threadIdx.x; i < RQ_GR_TK * RQ_GR_DC; i += (int)blockDim.x) {
+    const int c = i / RQ_GR_DC, e = i % RQ_GR_DC;
+    tile[c * RQ_GR_DCS + e] = e < dc && t0 + c < K
+                                  ? rq_load_widened(cbs, cb_dtype, (c0 + t0 + c) * d + e0 + e)
+                                  : 0.0f;
+  }
+  __syncthreads();
+}
+
 /// Row stride (floats) of the tensor-core screening's accumulator tile (64 × 64 logits).
 #define RQ_GR_SLD 68
 
@@ -247,14 +268,7 @@ __device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile
   wmma::fill_fragment(acc[1], 0.0f);
   for (int e0 = 0; e0 < d; e0 += RQ_GR_DC) {
     const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
-    __syncthreads();  // the previous chunk is consumed
-    for (int i = tid; i < RQ_GR_DC * RQ_GR_TK; i += (int)blockDim.x) {
-      const int e = i / RQ_GR_TK, c = i % RQ_GR_TK;
-      tile[i] = e < dc && t0 + c < K
-                    ? rq_load_widened(cbs, cb_dtype, (c0 + t0 + c) * d + e0 + e)
-                    : 0.0f;
-    }
-    __syncthreads();
+    rq_greedy_stage(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
     for (int kk = 0; kk < dc; kk += 8) {
       wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> ab, as;
       wmma::load_matrix_sync(ab, res + 16 * rt * rs + e0 + kk, (unsigned)rs);
@@ -264,8 +278,9 @@ __device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile
         as.x[i] = wmma::__float_to_tf32(v - big);
       }
       for (int t = 0; t < 2; ++t) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> bb, bs;
-        wmma::load_matrix_sync(bb, tile + kk * RQ_GR_TK + 16 * (ct0 + t), RQ_GR_TK);
+        // The codeword-major tile is the K × N operand in column-major order.
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> bb, bs;
+        wmma::load_matrix_sync(bb, tile + 16 * (ct0 + t) * RQ_GR_DCS + kk, RQ_GR_DCS);
         for (int i = 0; i < bb.num_elements; ++i) {
           const float v = bb.x[i], big = wmma::__float_to_tf32(v);
           bb.x[i] = big;
@@ -285,7 +300,7 @@ __device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile
 
 /// Body of rq_greedy_rows16 / rq_greedy_rows64 (`smem`: the launch's dynamic shared memory):
 /// a block of 256 threads holds R = 16·RM rows.
-/// Thread t = 16·rg + cg screens rows rg + 16·i (i < RM) against codewords 4·cg + j (j < 4)
+/// Thread t = 16·rg + cg screens rows rg + 16·i (i < RM) against codewords cg + 16·j (j < 4)
 /// of each 64-codeword tile, so the 16 threads of a row are one half-warp.
 template <int RM, bool TC>
 __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, int n, int d,
@@ -298,8 +313,8 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
   const int rs = rq_greedy_stride(d);
   const unsigned res_bytes = (unsigned)R * (unsigned)rs * 4u;
   float* res = reinterpret_cast<float*>(smem);  // R × rs, row-major
-  float* tile = reinterpret_cast<float*>(smem + res_bytes);  // DC × TK, dimension-major
-  float* sacc = tile + RQ_GR_DC * RQ_GR_TK;                   // TC: 64 × SLD dot products
+  float* tile = reinterpret_cast<float*>(smem + res_bytes);  // TK × DCS, codeword-major
+  float* sacc = tile + RQ_GR_TK * RQ_GR_DCS;                  // TC: 64 × SLD dot products
   float* rn = sacc + (TC ? 64 * RQ_GR_SLD : 0);               // R: screening ||r||²
   float* cval = rn + R;                                       // CAND × R exact keys
   int* cand = reinterpret_cast<int*>(cval + RQ_GR_CAND * R);  // CAND × R candidate codes
@@ -350,47 +365,42 @@ RQ_UNROLL
 RQ_UNROLL
         for (int i = 0; i < RM; ++i)
 RQ_UNROLL
-          for (int j = 0; j < 4; ++j) acc[i][j] = sacc[(rg + 16 * i) * RQ_GR_SLD + 4 * cg + j];
+          for (int j = 0; j < 4; ++j) acc[i][j] = sacc[(rg + 16 * i) * RQ_GR_SLD + cg + 16 * j];
       }
       for (int e0 = 0; e0 < (TC ? 0 : d); e0 += RQ_GR_DC) {
         const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
-        __syncthreads();  // the previous chunk is consumed
-        for (int i = tid; i < RQ_GR_DC * RQ_GR_TK; i += (int)blockDim.x) {
-          const int e = i / RQ_GR_TK, c = i % RQ_GR_TK;
-          tile[i] = e < dc && t0 + c < K
-                        ? rq_load_widened(cbs, cb_dtype, (c0 + t0 + c) * d + e0 + e)
-                        : 0.0f;
-        }
-        __syncthreads();
-        // Four dimensions per step: one 16-byte load per codeword dimension and per row.
+        rq_greedy_stage(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
+        // Four dimensions per step: one 16-byte load per codeword and per row.
         int e = 0;
         for (; e + 4 <= dc; e += 4) {
           RqFloat4 w[4];
 RQ_UNROLL
-          for (int h = 0; h < 4; ++h)
-            w[h] = *reinterpret_cast<const RqFloat4*>(tile + (e + h) * RQ_GR_TK + 4 * cg);
+          for (int j = 0; j < 4; ++j)
+            w[j] = *reinterpret_cast<const RqFloat4*>(tile + (cg + 16 * j) * RQ_GR_DCS + e);
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
             const RqFloat4 rv = *reinterpret_cast<const RqFloat4*>(res + (rg + 16 * i) * rs + e0 + e);
 RQ_UNROLL
             for (int h = 0; h < 4; ++h)
 RQ_UNROLL
-              for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv.v[h], w[h].v[j], acc[i][j]);
+              for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv.v[h], w[j].v[h], acc[i][j]);
           }
         }
         for (; e < dc; ++e) {
-          const RqFloat4 w = *reinterpret_cast<const RqFloat4*>(tile + e * RQ_GR_TK + 4 * cg);
+          float w[4];
+RQ_UNROLL
+          for (int j = 0; j < 4; ++j) w[j] = tile[(cg + 16 * j) * RQ_GR_DCS + e];
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
             const float rv = res[(rg + 16 * i) * rs + e0 + e];
 RQ_UNROLL
-            for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv, w.v[j], acc[i][j]);
+            for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv, w[j], acc[i][j]);
           }
         }
       }
 RQ_UNROLL
       for (int j = 0; j < 4; ++j) {
-        const int k = t0 + 4 * cg + j;
+        const int k = t0 + cg + 16 * j;
         if (k < K) {
           const float cn = cnorms[c0 + k];
 RQ_UNROLL
@@ -486,7 +496,7 @@ RQ_UNROLL
 /// cnorms: their squared norms ||C[k]||² (f32 of the f64 sum) stacked the same way;
 /// cmax: L, an upper bound of each level's largest codeword norm ||C[k]||.
 /// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
-/// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·(DC·TK + R) + 8·CAND·R + 8·R
+/// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·(TK·DCS + R) + 8·CAND·R + 8·R
 /// bytes (rs = rq_greedy_stride(d), DC = 32, TK = 64, CAND = 16).
 extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             const unsigned char* cbs, int cb_dtype,

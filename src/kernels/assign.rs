@@ -26,14 +26,15 @@ struct Greedy {
 }
 
 /// Shared bytes of a `rq_greedy_rows{64,16}` block of `rows` rows of dimension `d` (the
-/// kernel's carving: residuals, one 32 × 64 codeword chunk, with `tensor_cores` the 64 × 68
+/// kernel's carving: residuals, one chunk of 32 dimensions of 64 codewords (rows of 36
+/// floats), with `tensor_cores` the 64 × 68
 /// accumulator tile, per-row norms, 16 candidate codes and keys per row, counters).
 fn greedy_shared(rows: usize, d: usize, tensor_cores: bool) -> usize {
     // assign.cu `rq_greedy_stride`: 16-byte rows, two rows of a warp in different banks.
     let stride = d.div_ceil(4) * 4 + 4;
     let stride = if stride % 32 == 0 { stride + 4 } else { stride };
     let acc = if tensor_cores { 4 * 64 * 68 } else { 0 };
-    4 * rows * stride + 4 * 32 * 64 + acc + 4 * rows + 8 * 16 * rows + 8 * rows
+    4 * rows * stride + 4 * 64 * 36 + acc + 4 * rows + 8 * 16 * rows + 8 * rows
 }
 
 /// Whether the certified greedy kernel takes rows of dimension `d` (16 of them must fit the

@@ -1,10 +1,10 @@
 // emu shim: the warp matrix (WMMA) API of CUDA's mma.h, for the TF32 shapes the kernels use
-// (m16n16k8, row-major A and B, f32 accumulators).
+// (m16n16k8, row-major A, row- or column-major B, f32 accumulators).
 //
 // A fragment is opaque in CUDA: a program may only load, store, fill, multiply-accumulate it
 // and apply the same element-wise operation to all of `x[0..num_elements)`. The emulator
 // therefore gives every lane a full copy of the tile (x[i] is element i of the row-major
-// tile), which needs no communication between lanes and behaves as CUDA's distributed
+// tile, whatever the layout it was loaded from), which needs no communication between lanes and behaves as CUDA's distributed
 // fragments do for every such program. `mma_sync` multiplies the (TF32-valued) inputs exactly
 // and accumulates in f32 in k order; the hardware's accumulation order and rounding are
 // unspecified, which is why the kernels only use these results through error bounds.
@@ -38,25 +38,45 @@ struct fragment<matrix_b, 16, 16, 8, precision::tf32, row_major> {
   float x[num_elements];
 };
 template <>
+struct fragment<matrix_b, 16, 16, 8, precision::tf32, col_major> {
+  static constexpr int rows = 8, cols = 16, num_elements = 128;
+  static constexpr bool col_major_memory = true;
+  float x[num_elements];
+};
+template <>
 struct fragment<accumulator, 16, 16, 8, float, void> {
   static constexpr int rows = 16, cols = 16, num_elements = 256;
   float x[num_elements];
 };
 
-/// Loads a row-major A (16 × 8) or B (8 × 16) tile; `ldm` in elements.
+/// Whether fragment type F is loaded from column-major memory.
+template <class F, class = void>
+struct is_col_major {
+  static constexpr bool value = false;
+};
+template <class F>
+struct is_col_major<F, std::void_t<decltype(F::col_major_memory)>> {
+  static constexpr bool value = F::col_major_memory;
+};
+
+/// Loads an A (16 × 8) or B (8 × 16) tile, row-major or (B) column-major as the fragment
+/// type says; `ldm` in elements.
 template <class F>
 inline void load_matrix_sync(F& f, const float* p, unsigned ldm) {
   for (int r = 0; r < F::rows; ++r)
-    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = p[(size_t)r * ldm + c];
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] =
+          is_col_major<F>::value ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
 }
 
 inline void fill_fragment(fragment<accumulator, 16, 16, 8, float, void>& f, float v) {
   for (float& e : f.x) e = v;
 }
 
+template <class LayoutB>
 inline void mma_sync(fragment<accumulator, 16, 16, 8, float, void>& d,
                      const fragment<matrix_a, 16, 16, 8, precision::tf32, row_major>& a,
-                     const fragment<matrix_b, 16, 16, 8, precision::tf32, row_major>& b,
+                     const fragment<matrix_b, 16, 16, 8, precision::tf32, LayoutB>& b,
                      const fragment<accumulator, 16, 16, 8, float, void>& c) {
   float out[256];
   for (int i = 0; i < 16; ++i)
