@@ -316,14 +316,11 @@ __device__ inline void rq_select_merge(const RqSelect& q, int c) {
   __syncthreads();
 }
 
-/// Offers one candidate without synchronising: it joins the buffer when it ranks before the
-/// current k-th entry. `rank()` (the candidate's rank id) is evaluated only when the score
-/// alone cannot decide, i.e. when the score is not below the k-th score, so a rank that
-/// costs a memory read (a caller's item id) is read for few candidates. Between two
-/// rq_select_round_end calls the block may offer at most the `round` passed to them.
+/// rq_select_offer with the current k-th score `ts` = q.s[q.k - 1] held by the caller (in a
+/// register: it changes only in merges, i.e. in rq_select_round_end / rq_select_finish).
 template <class Rank>
-__device__ inline void rq_select_offer(const RqSelect& q, float s, Rank rank, unsigned p) {
-  const float ts = q.s[q.k - 1];
+__device__ inline void rq_select_offer_at(const RqSelect& q, float ts, float s, Rank rank,
+                                          unsigned p) {
   if (s < ts) return;
   const long long r = rank();
   if (s > ts || r < q.r[q.k - 1]) {
@@ -332,6 +329,16 @@ __device__ inline void rq_select_offer(const RqSelect& q, float s, Rank rank, un
     q.s[q.k + pos] = s;
     q.p[q.k + pos] = p;
   }
+}
+
+/// Offers one candidate without synchronising: it joins the buffer when it ranks before the
+/// current k-th entry. `rank()` (the candidate's rank id) is evaluated only when the score
+/// alone cannot decide, i.e. when the score is not below the k-th score, so a rank that
+/// costs a memory read (a caller's item id) is read for few candidates. Between two
+/// rq_select_round_end calls the block may offer at most the `round` passed to them.
+template <class Rank>
+__device__ inline void rq_select_offer(const RqSelect& q, float s, Rank rank, unsigned p) {
+  rq_select_offer_at(q, q.s[q.k - 1], s, rank, p);
 }
 
 /// Ends a round of offers: merges the buffer when the next round, which offers at most
@@ -370,24 +377,24 @@ __device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
   }
 }
 
-/// Visits the concatenation of `m` ranges in rounds of blockDim.x · `per_thread` elements,
-/// so that tiny and empty ranges cost nothing: in a round, thread t visits the `per_thread`
-/// consecutive elements from t · per_thread on (one binary search, then a forward walk).
-/// `range(j, begin, len)` gives range j (called by one thread); `load(x)` issues the global
-/// reads element x needs and returns them (a small struct); `visit(j, x, loaded)` is called
-/// for each element x = begin_j + offset of range j with `load(x)`'s result and must not
-/// synchronise; `round_end()` is called by every thread once per round, the same number of
-/// times (it may synchronise, e.g. rq_select_round_end). Scratch: `pre` (blockDim.x + 1
-/// unsigned) and `base` (blockDim.x unsigned) in shared memory. The concatenation holds
-/// fewer than 2^31 elements.
+/// Visits the concatenation of `m` ranges in rounds of blockDim.x · `per_thread` elements
+/// (1 ≤ per_thread ≤ RUN), so that tiny and empty ranges cost nothing: in a round, thread t
+/// visits the `per_thread` consecutive elements from t · per_thread on (one binary search,
+/// then a forward walk). `range(j, begin, len)` gives range j (called by one thread);
+/// `load(x)` issues the global reads element x needs and returns them (a small struct);
+/// `visit(x, loaded)` is called for each element x = begin_j + offset of a range with
+/// `load(x)`'s result and must not synchronise; `round_end()` is called by every thread once
+/// per round, the same number of times (it may synchronise, e.g. rq_select_round_end).
+/// Scratch: `pre` (blockDim.x + 1 unsigned) and `base` (blockDim.x unsigned) in shared
+/// memory. The concatenation holds fewer than 2^31 elements.
 ///
-/// Software pipelining: before visiting its elements of a round, a thread locates its first
-/// element of the next round (same batch of ranges) and issues that element's loads, so
-/// they are in flight during this round's visits and barriers; its other elements of the
-/// next round lie in the same cache lines (consecutive elements) and hit L1.
-template <class Range, class Load, class Visit, class RoundEnd>
+/// Software pipelining: before visiting its elements of a round, a thread locates all its
+/// elements of the next round (same batch of ranges) and issues their loads, so up to
+/// 2 · RUN elements' reads are in flight during this round's visits and barriers.
+template <int RUN, class Range, class Load, class Visit, class RoundEnd>
 __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsigned* base,
                                      Range range, Load load, Visit visit, RoundEnd round_end) {
+  using Loaded = decltype(load(0u));
   const int T = (int)blockDim.x;
   const int t = (int)threadIdx.x;
   const unsigned span = (unsigned)T * (unsigned)per_thread;
@@ -403,38 +410,46 @@ __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsig
     __syncthreads();
     rq_block_inclusive_scan(pre + 1, nb);
     const unsigned total = pre[nb];
-    // The range holding element f: the largest j with pre[j] <= f (pre[j + 1] > f, so range
-    // j is not empty).
-    const auto locate = [&](unsigned f) {
+    // The elements first .. first + per_thread (below total) of this thread's round: their
+    // positions and loads. The range holding element f is the largest j with pre[j] <= f
+    // (pre[j + 1] > f, so range j is not empty).
+    const auto fetch = [&](unsigned first, unsigned (&xs)[RUN], Loaded (&v)[RUN]) {
+      if (first >= total) return;
       int lo = 0, hi = nb - 1;
       while (lo < hi) {
         const int mid = (lo + hi + 1) / 2;
-        if (pre[mid] <= f) lo = mid; else hi = mid - 1;
+        if (pre[mid] <= first) lo = mid; else hi = mid - 1;
       }
-      return lo;
-    };
-    unsigned first = (unsigned)t * (unsigned)per_thread;
-    int j = first < total ? locate(first) : 0;
-    decltype(load(0u)) cur{};
-    if (first < total) cur = load(base[j] + (first - pre[j]));
-    for (unsigned f0 = 0; f0 < total; f0 += span) {
-      // This thread's first element of the next round: located and loaded ahead.
-      const unsigned next = first + span;
-      const int nj = next < total ? locate(next) : 0;
-      decltype(load(0u)) ahead{};
-      if (next < total) ahead = load(base[nj] + (next - pre[nj]));
-      if (first < total) {
-        const unsigned end = total - first < (unsigned)per_thread ? total : first + per_thread;
-        for (unsigned f = first; f < end; ++f) {
+      int j = lo;
+RQ_UNROLL
+      for (int u = 0; u < RUN; ++u) {
+        const unsigned f = first + (unsigned)u;
+        if (u < per_thread && f < total) {
           while (pre[j + 1] <= f) ++j;  // skips the ranges (empty ones too) before f
-          const unsigned x = base[j] + (f - pre[j]);
-          visit(j0 + j, x, f == first ? cur : load(x));
+          xs[u] = base[j] + (f - pre[j]);
+          v[u] = load(xs[u]);
         }
       }
+    };
+    unsigned first = (unsigned)t * (unsigned)per_thread;
+    unsigned xs[RUN] = {};
+    Loaded v[RUN] = {};
+    fetch(first, xs, v);
+    for (unsigned f0 = 0; f0 < total; f0 += span) {
+      const unsigned next = first + span;
+      unsigned nxs[RUN] = {};
+      Loaded nv[RUN] = {};
+      fetch(next, nxs, nv);
+RQ_UNROLL
+      for (int u = 0; u < RUN; ++u)
+        if (u < per_thread && first + (unsigned)u < total) visit(xs[u], v[u]);
       round_end();
       first = next;
-      j = nj;
-      cur = ahead;
+RQ_UNROLL
+      for (int u = 0; u < RUN; ++u) {
+        xs[u] = nxs[u];
+        v[u] = nv[u];
+      }
     }
     __syncthreads();
   }

@@ -211,6 +211,9 @@ extern "C" __global__ void rq_row_norms(const float* x, int rows, int d, float* 
 /// The global reads of one candidate of rq_fused_topk: its L ≤ MAXL codes (< 65536), two
 /// per word (level l in bits 16·(l % 2) of w[l / 2]; fewer registers to carry a round
 /// ahead) and, under l2, its norm.
+/// Most candidates a thread scores per round of rq_fused_topk (the host's per_thread ≤ it).
+#define RQ_FUSED_RUN 4
+
 template <int MAXL>
 struct RqItemCodes {
   unsigned w[(MAXL + 1) / 2];
@@ -233,14 +236,15 @@ struct RqItemCodes {
 /// cand_start: B i64, cand_count: B i32 — a CSR list or the beam's padded B × W lists).
 /// item_norms: N (||x̂||², read under l2 only); qnorm: B; metric: 0 ip, 1 l2; ids: N caller
 /// ids (i64). per_thread: consecutive candidates each thread scores per round
-/// (rq_for_ranges). out_pos / out_scores: B × k, positions (-1 when empty) and scores
+/// (rq_for_ranges; 1 ≤ per_thread ≤ RQ_FUSED_RUN). out_pos / out_scores: B × k, positions (-1 when empty) and scores
 /// (-inf), best first; out_scanned: B (i64), the candidate items of each query.
-/// grid: B; block: a power of two ≥ 32; 1 ≤ k ≤ 2048;
+/// grid: B; block: a power of two, 32 … 256 (rq_fused_topk_l4's launch bounds (256, 4): at
+/// most 64 registers, four blocks per SM); 1 ≤ k ≤ 2048;
 /// shared: 4·Σ K_l·lut_shared (rounded up to 16) + round16(8·blockDim.x + 8) + 16·cap + 16
 /// bytes, cap = next power of two ≥ k + blockDim.x · per_thread.
 /// Entry points: rq_fused_topk (L ≤ RQ_MAX_LEVELS) and rq_fused_topk_l4 (L ≤ 4: fewer
-/// registers for the per-level loops and the codes carried a round ahead, so more blocks per
-/// SM), the same body and arguments.
+/// registers for the per-level loops and the codes of the next round carried ahead, so more
+/// blocks per SM), the same body and arguments.
 template <int MAXL>
 __device__ inline void rq_fused_topk_body(
     const float* luts, const long long* lut_off, const int* lut_k, int L, int lut_shared,
@@ -284,7 +288,9 @@ RQ_UNROLL
   const int m = cand_count[b];
   const unsigned short* codes16 = reinterpret_cast<const unsigned short*>(codes);
   const int round = (int)blockDim.x * per_thread;
-  rq_for_ranges(
+  // The current k-th score, re-read after each round's merge.
+  float ts = q.s[q.k - 1];
+  rq_for_ranges<RQ_FUSED_RUN>(
       m, per_thread, pre, base,
       [&](int j, unsigned& begin, unsigned& len) {
         const unsigned node = cand_nodes[c0 + j];
@@ -305,7 +311,7 @@ RQ_UNROLL
         v.norm = metric == RQ_METRIC_L2 ? item_norms[i] : 0.0f;
         return v;
       },
-      [&](int, unsigned i, const RqItemCodes<MAXL>& v) {
+      [&](unsigned i, const RqItemCodes<MAXL>& v) {
         float ip = 0.0f;
 RQ_UNROLL
         for (int l = 0; l < MAXL; ++l) {
@@ -315,9 +321,12 @@ RQ_UNROLL
           }
         }
         const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, v.norm) : ip;
-        rq_select_offer(q, s, [&] { return ids[i]; }, i);
+        rq_select_offer_at(q, ts, s, [&] { return ids[i]; }, i);
       },
-      [&] { rq_select_round_end(q, round); });
+      [&] {
+        rq_select_round_end(q, round);
+        ts = q.s[q.k - 1];
+      });
   rq_select_finish(q);  // synchronises: the counter is complete
   if (threadIdx.x == 0) out_scanned[b] = *scanned;
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
@@ -340,7 +349,7 @@ extern "C" __global__ void rq_fused_topk(
                                     out_scores);
 }
 
-extern "C" __global__ void rq_fused_topk_l4(
+extern "C" __global__ void __launch_bounds__(256, 4) rq_fused_topk_l4(
     const float* luts, const long long* lut_off, const int* lut_k, int L, int lut_shared,
     const unsigned char* codes, int code_bytes, int N, const unsigned* item_start,
     const long long* cand_start, const int* cand_count, const unsigned* cand_nodes,

@@ -50,7 +50,8 @@ pub(crate) fn select_cap(k: usize, threads: u32) -> usize {
 }
 
 /// Candidates each thread scores per round in the kernels that walk CSR ranges
-/// (`rq_fused_topk`, `rq_beam_step`; common.cuh `rq_for_ranges`) when keeping the best `k`:
+/// (`rq_fused_topk`; common.cuh `rq_for_ranges`, at most `RQ_FUSED_RUN` = 4) when keeping the
+/// best `k`:
 /// 4 for `k ≤ 512`, so that a round (two barriers) covers 4 · 256 candidates while the
 /// selector (cap = next power of two ≥ k + 1024) keeps ≥ 512 free buffer slots; 1 above,
 /// where 4 would leave the buffer so little room that nearly every round would merge.
