@@ -9,7 +9,7 @@
 #include <mma.h>
 
 /// One level of assignment. grid: n (one row per block); block: a power of two ≥ 32;
-/// shared: 4·d (rounded up to 16) + 8·blockDim.x + 16·cap + 16 bytes,
+/// shared: 4·d (rounded up to 16) + 8·blockDim.x + 16·cap + 1104 bytes,
 /// cap = next power of two ≥ top_m + blockDim.x.
 ///
 /// x: n × d residuals; cb: K × d codewords; cnorm: K squared norms ||C[k]||².
@@ -79,7 +79,7 @@ extern "C" __global__ void rq_assign(const float* x, int d, const float* cb, con
 /// Encoding over all L levels keeping the `E` best partial paths by squared reconstruction
 /// error (E = 1: greedy). Ties → the earlier parent path, then the lower code (the
 /// reference's order). grid: n; block: a power of two ≥ 32;
-/// shared: 8·E·d + 8·E·L (each rounded up to 16) + 16·cap + 16 bytes,
+/// shared: 8·E·d + 8·E·L (each rounded up to 16) + 16·cap + 1104 bytes,
 /// cap = next power of two ≥ E + blockDim.x. 1 ≤ E ≤ 2048.
 ///
 /// x: n × d items; cbs: the L codebooks stacked (Σ K_l rows × d); cb_rows: L + 1 row offsets

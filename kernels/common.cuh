@@ -225,15 +225,71 @@ __device__ inline double rq_block_sum_f64(double v, double* scratch) {
   return r;
 }
 
+/// Order-preserving key of a score: a larger key is a larger float; -0 and +0 share a key
+/// (they tie, and ties go to the lower id).
+__device__ inline unsigned rq_radix_key(float v) {
+  if (v == 0.0f) v = 0.0f;
+  unsigned u;
+  __builtin_memcpy(&u, &v, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Radix select (rq_topk_radix, rq_beam_step).
+//
+// Every element of a row gets a unique 64-bit entry: its score's radix key (rq_radix_key) in
+// the high word, ~column in the low word. A larger entry ranks first (higher score, then the
+// lower column; -0 ties +0), and no two columns share one, so selecting by entry never has
+// to cut ties. No real entry is 0 (the radix key of -inf is 0x007fffff): 0 marks an empty
+// slot.
+// ---------------------------------------------------------------------------------------
+
+/// One radix-select step: given the 256 digit counters `hist` (digit 255 ranks first) and
+/// 1 ≤ need ≤ their sum, finds the digit d holding the need-th best: ctrl[0] = d,
+/// ctrl[1] = need minus the count above d, ctrl[3] = hist[d]. Warp 0 computes it in
+/// parallel (lane l sums digits 255 - 8l - u, u < 8, then a warp scan of the lane sums).
+/// Every thread of the block must call it, after a barrier that follows the last update of
+/// `hist`; it ends with a barrier.
+__device__ inline void rq_radix_digit(const int* hist, int need, int* ctrl) {
+  if (threadIdx.x < RQ_WARP) {
+    const int lane = (int)threadIdx.x;
+    int c[8];
+    int tot = 0;
+RQ_UNROLL
+    for (int u = 0; u < 8; ++u) {
+      c[u] = hist[255 - 8 * lane - u];
+      tot += c[u];
+    }
+    int incl = tot;  // inclusive scan of the lane sums, lane 0 (digits 255..248) first
+    for (int o = 1; o < RQ_WARP; o <<= 1) {
+      const int y = __shfl_sync(RQ_FULL_MASK, incl, (lane - o) & (RQ_WARP - 1));
+      if (lane >= o) incl += y;
+    }
+    int before = incl - tot;  // elements in better digits than this lane's first
+RQ_UNROLL
+    for (int u = 0; u < 8; ++u) {
+      if (before < need && before + c[u] >= need) {  // exactly one (lane, u)
+        ctrl[0] = 255 - 8 * lane - u;
+        ctrl[1] = need - before;
+        ctrl[3] = c[u];
+      }
+      before += c[u];
+    }
+  }
+  __syncthreads();
+}
+
 // ---------------------------------------------------------------------------------------
 // Block-wide top-k selector (k ≤ 2048).
 //
 // Shared layout (carved by rq_select_carve from `cap` entries; the host sizes it with
-// `rq_select_bytes`): rank ids r[cap] (i64), scores s[cap], payloads p[cap], one counter.
-// Slots [0, k) hold the best entries seen so far, sorted best first (after a merge);
-// slots [k, k + count) are a buffer of candidates that beat the current k-th entry.
-// `cap` is a power of two with cap ≥ k + blockDim.x, so a round never overflows the buffer.
-// When the buffer might overflow on the next round, a bitonic sort merges it into [0, k).
+// `rq_select_bytes`): rank ids r[cap] (i64), scores s[cap], payloads p[cap], one counter,
+// the merge's 256 histogram counters and 16 control words.
+// Slots [0, k) hold the best entries seen so far (after a merge: unsorted, the k-th best in
+// slot k - 1); slots [k, k + count) are a buffer of candidates that beat the current k-th
+// entry. `cap` is a power of two with cap ≥ k + blockDim.x, so a round never overflows the
+// buffer. When the buffer might overflow on the next round, a radix selection merges it
+// into [0, k) (rq_select_merge); rq_select_finish sorts [0, k) best first.
 // Entries order by (score desc, rank asc); the payload rides along (an item position, a
 // parent slot, …). Empty slots are (-inf, RQ_MAX_RANK, RQ_NO_PAYLOAD).
 // Every function below must be called by every thread of the block (they synchronise).
@@ -244,12 +300,15 @@ struct RqSelect {
   float* s;
   unsigned* p;
   int* count;
+  int* hist;  // 256 counters of the merge's radix passes
+  int* ctrl;  // 16 control words of the merge
   int k;
   int cap;
 };
 
-/// Bytes of shared memory a selector of `cap` entries takes (mirrors the host's formula).
-__device__ inline unsigned rq_select_bytes(int cap) { return 16u * (unsigned)cap + 16u; }
+/// Bytes of shared memory a selector of `cap` entries takes (mirrors the host's formula):
+/// the entries, the counter (16 bytes) and the merge's histogram and control words.
+__device__ inline unsigned rq_select_bytes(int cap) { return 16u * (unsigned)cap + 16u + 1088u; }
 
 /// Lays a selector over `base` (16-byte aligned, rq_select_bytes(cap) bytes).
 __device__ inline RqSelect rq_select_carve(unsigned char* base, int k, int cap) {
@@ -258,6 +317,8 @@ __device__ inline RqSelect rq_select_carve(unsigned char* base, int k, int cap) 
   q.s = reinterpret_cast<float*>(base + 8u * (unsigned)cap);
   q.p = reinterpret_cast<unsigned*>(base + 12u * (unsigned)cap);
   q.count = reinterpret_cast<int*>(base + 16u * (unsigned)cap);
+  q.hist = reinterpret_cast<int*>(base + 16u * (unsigned)cap + 16u);
+  q.ctrl = q.hist + 256;
   q.k = k;
   q.cap = cap;
   return q;
@@ -301,18 +362,151 @@ __device__ inline void rq_select_sort(const RqSelect& q, unsigned n) {
   }
 }
 
-/// Merges `c` buffered candidates into the sorted best-k region and empties the buffer.
+/// Order-preserving key of a rank for the merge's radix passes: a larger key is a lower
+/// rank (ranks before).
+__device__ inline unsigned long long rq_rank_key(long long r) {
+  return ~((unsigned long long)r ^ 0x8000000000000000ull);
+}
+
+/// Keeps the best k of the k + c entries in slots [0, k + c) in [0, k) and empties the
+/// buffer. [0, k) is left unsorted except that slot k - 1 holds the k-th best (what offers
+/// compare with); rq_select_finish sorts. Radix selection in shared memory, O(k + c) per
+/// pass: 8-bit digits of the scores' radix keys from the top (rq_radix_digit) narrow down
+/// the k-th best score until every entry under the prefix wins (usually one or two passes);
+/// only when the k-th score is tied beyond the slots left do the ranks of the tied entries
+/// go through the same passes (lowest rank first). An in-place compaction moves the winners
+/// to [0, k) (slots handed out up to a chunk lie below the chunk's end, so no entry is
+/// overwritten before it is read), and a block reduction puts the worst winner in slot
+/// k - 1. Of the entries tied in both score and rank at the boundary (empty slots, a
+/// caller's duplicate ids) the first admitted are kept.
 __device__ inline void rq_select_merge(const RqSelect& q, int c) {
   if (c == 0) return;
-  unsigned n = 1;
-  while (n < (unsigned)(q.k + c)) n <<= 1;
-  rq_select_sort(q, n);
-  for (unsigned i = (unsigned)q.k + threadIdx.x; i < n; i += blockDim.x) {
-    q.r[i] = RQ_MAX_RANK;
-    q.s[i] = rq_neg_inf();
-    q.p[i] = RQ_NO_PAYLOAD;
+  const int n = q.k + c;
+  const int T = (int)blockDim.x, tid = (int)threadIdx.x;
+  int* hist = q.hist;
+  int* ctrl = q.ctrl;
+  unsigned prefix = 0, mask = 0;
+  int need = q.k;
+  bool cut = true;  // whether the entries scoring exactly `prefix` are cut by rank
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < 256; i += T) hist[i] = 0;
+    __syncthreads();
+    for (int i = tid; i < n; i += T) {
+      const unsigned key = rq_radix_key(q.s[i]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1);
+    }
+    __syncthreads();
+    rq_radix_digit(hist, need, ctrl);
+    prefix |= (unsigned)ctrl[0] << shift;
+    mask |= 0xffu << shift;
+    need = ctrl[1];
+    const int m = ctrl[3];
+    __syncthreads();
+    if (m == need) {  // the same on every thread
+      cut = false;
+      break;
+    }
   }
-  if (threadIdx.x == 0) *q.count = 0;
+  unsigned long long rprefix = 0, rmask = 0;
+  if (cut) {
+    for (int shift = 56; shift >= 0; shift -= 8) {
+      for (int i = tid; i < 256; i += T) hist[i] = 0;
+      __syncthreads();
+      for (int i = tid; i < n; i += T) {
+        const unsigned long long e = rq_rank_key(q.r[i]);
+        if (rq_radix_key(q.s[i]) == prefix && (e & rmask) == rprefix)
+          atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
+      }
+      __syncthreads();
+      rq_radix_digit(hist, need, ctrl);
+      rprefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
+      rmask |= 0xffull << shift;
+      need = ctrl[1];
+      const int m = ctrl[3];
+      __syncthreads();
+      if (m == need) break;
+    }
+  }
+  // 1: ranks strictly before the boundary (a winner), 0: on it (`need` of those win), -1: after.
+  const auto side = [&](float s, long long r) {
+    const unsigned key = rq_radix_key(s) & mask;
+    if (key != prefix) return key > prefix ? 1 : -1;
+    if (!cut) return 0;
+    const unsigned long long e = rq_rank_key(r) & rmask;
+    return e == rprefix ? 0 : (e > rprefix ? 1 : -1);
+  };
+  if (tid == 0) {
+    ctrl[6] = 0;
+    ctrl[7] = 0;
+  }
+  __syncthreads();
+  for (int i0 = 0; i0 < n; i0 += T) {
+    const int i = i0 + tid;
+    long long r = RQ_MAX_RANK;
+    float s = rq_neg_inf();
+    unsigned p = RQ_NO_PAYLOAD;
+    if (i < n) {
+      r = q.r[i];
+      s = q.s[i];
+      p = q.p[i];
+    }
+    const int at_side = i < n ? side(s, r) : -1;
+    // Exactly `need` boundary entries are admitted (all of them unless score and rank are
+    // both tied), so exactly k entries are kept and take the slots [0, k).
+    const bool keep = at_side > 0 || (at_side == 0 && atomicAdd(&ctrl[7], 1) < need);
+    __syncthreads();
+    if (keep) {
+      const int at = atomicAdd(&ctrl[6], 1);
+      q.r[at] = r;
+      q.s[at] = s;
+      q.p[at] = p;
+    }
+  }
+  __syncthreads();
+  // The worst winner to slot k - 1: per thread, per warp, then thread 0 over the warps.
+  float ws = __builtin_huge_valf();
+  long long wr = RQ_MAX_RANK;
+  int wi = -1;
+  for (int i = tid; i < q.k; i += T) {
+    if (wi < 0 || rq_better(ws, wr, q.s[i], q.r[i])) {
+      ws = q.s[i];
+      wr = q.r[i];
+      wi = i;
+    }
+  }
+  for (int o = RQ_WARP / 2; o > 0; o >>= 1) {
+    const float os = __shfl_xor_sync(RQ_FULL_MASK, ws, o);
+    const long long orr = __shfl_xor_sync(RQ_FULL_MASK, wr, o);
+    const int oi = __shfl_xor_sync(RQ_FULL_MASK, wi, o);
+    if (oi >= 0 && (wi < 0 || rq_better(ws, wr, os, orr))) {
+      ws = os;
+      wr = orr;
+      wi = oi;
+    }
+  }
+  // Per-warp worst slots in hist (no longer needed); thread 0 picks and swaps.
+  if (tid % RQ_WARP == 0) hist[tid / RQ_WARP] = wi;
+  __syncthreads();
+  if (tid == 0) {
+    int w = -1;
+    for (int j = 0; j < T / RQ_WARP; ++j) {
+      const int i = hist[j];
+      if (i >= 0 && (w < 0 || rq_better(q.s[w], q.r[w], q.s[i], q.r[i]))) w = i;
+    }
+    const int last = q.k - 1;
+    if (w >= 0 && w != last) {
+      const long long tr = q.r[w];
+      const float ts = q.s[w];
+      const unsigned tp = q.p[w];
+      q.r[w] = q.r[last];
+      q.s[w] = q.s[last];
+      q.p[w] = q.p[last];
+      q.r[last] = tr;
+      q.s[last] = ts;
+      q.p[last] = tp;
+    }
+    *q.count = 0;
+  }
   __syncthreads();
 }
 
@@ -357,12 +551,22 @@ __device__ inline void rq_select_push(const RqSelect& q, bool valid, float s, lo
   rq_select_round_end(q, (int)blockDim.x);
 }
 
-/// Final merge: afterwards slots [0, k) hold the best k entries, best first.
+/// Final merge: afterwards slots [0, k) hold the best k entries, best first (a bitonic sort
+/// of the next power of two ≥ k slots, those past k emptied first).
 __device__ inline void rq_select_finish(const RqSelect& q) {
   __syncthreads();
   const int c = *q.count;
   __syncthreads();
   rq_select_merge(q, c);
+  unsigned n = 1;
+  while (n < (unsigned)q.k) n <<= 1;
+  for (unsigned i = (unsigned)q.k + threadIdx.x; i < n; i += blockDim.x) {
+    q.r[i] = RQ_MAX_RANK;
+    q.s[i] = rq_neg_inf();
+    q.p[i] = RQ_NO_PAYLOAD;
+  }
+  __syncthreads();
+  rq_select_sort(q, n);
 }
 
 /// Block-wide inclusive prefix sum of v[0..n) in place (n ≤ blockDim.x, shared memory).

@@ -238,9 +238,9 @@ struct RqItemCodes {
 /// ids (i64). per_thread: consecutive candidates each thread scores per round
 /// (rq_for_ranges; 1 ≤ per_thread ≤ RQ_FUSED_RUN). out_pos / out_scores: B × k, positions (-1 when empty) and scores
 /// (-inf), best first; out_scanned: B (i64), the candidate items of each query.
-/// grid: B; block: a power of two, 32 … 256 (rq_fused_topk_l4's launch bounds (256, 4): at
-/// most 64 registers, four blocks per SM); 1 ≤ k ≤ 2048;
-/// shared: 4·Σ K_l·lut_shared (rounded up to 16) + round16(8·blockDim.x + 8) + 16·cap + 16
+/// grid: B; block: a power of two, 32 … 256 (rq_fused_topk_l4's launch bounds (256, 3): at
+/// most 80 registers, three blocks per SM); 1 ≤ k ≤ 2048;
+/// shared: 4·Σ K_l·lut_shared (rounded up to 16) + round16(8·blockDim.x + 8) + 16·cap + 1104
 /// bytes, cap = next power of two ≥ k + blockDim.x · per_thread.
 /// Entry points: rq_fused_topk (L ≤ RQ_MAX_LEVELS) and rq_fused_topk_l4 (L ≤ 4: fewer
 /// registers for the per-level loops and the codes of the next round carried ahead, so more
@@ -349,7 +349,7 @@ extern "C" __global__ void rq_fused_topk(
                                     out_scores);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 4) rq_fused_topk_l4(
+extern "C" __global__ void __launch_bounds__(256, 3) rq_fused_topk_l4(
     const float* luts, const long long* lut_off, const int* lut_k, int L, int lut_shared,
     const unsigned char* codes, int code_bytes, int N, const unsigned* item_start,
     const long long* cand_start, const int* cand_count, const unsigned* cand_nodes,
@@ -382,7 +382,7 @@ __device__ inline float rq_exact_score(int metric, const float* qs, const unsign
 /// -||q - x||²) and keeps the best k, ranked by (score, ids[pos]); payload = position.
 /// q: B × d; emb: N × d stored as emb_dtype: 0 f32, 1 f16 bits, 2 bf16 bits;
 /// shortlist: B × S (i64); ids: N (i64); out_pos / out_scores: B × k. grid: B; block: a
-/// power of two ≥ 32; shared: 4·d (rounded up to 16) + 16·cap + 16 bytes, cap = next pow2
+/// power of two ≥ 32; shared: 4·d (rounded up to 16) + 16·cap + 1104 bytes, cap = next pow2
 /// ≥ k + blockDim.x.
 extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char* emb,
                                      int emb_dtype, const long long* shortlist, int S,

@@ -4,25 +4,6 @@
 #pragma once
 #include "common.cuh"
 
-/// Order-preserving key of a score: a larger key is a larger float; -0 and +0 share a key
-/// (they tie, and ties go to the lower id).
-__device__ inline unsigned rq_radix_key(float v) {
-  if (v == 0.0f) v = 0.0f;
-  unsigned u;
-  __builtin_memcpy(&u, &v, 4);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-// ---------------------------------------------------------------------------------------
-// Radix select (rq_topk_radix, rq_beam_step).
-//
-// Every element of a row gets a unique 64-bit entry: its score's radix key (rq_radix_key) in
-// the high word, ~column in the low word. A larger entry ranks first (higher score, then the
-// lower column; -0 ties +0), and no two columns share one, so selecting by entry never has
-// to cut ties. No real entry is 0 (the radix key of -inf is 0x007fffff): 0 marks an empty
-// slot.
-// ---------------------------------------------------------------------------------------
-
 /// Bytes of the 256 histogram counters and 16 control words that head the shared memory of
 /// the radix kernels (rq_topk_radix's block-scan flags follow them).
 #define RQ_RADIX_HEAD 1088
@@ -38,41 +19,6 @@ __device__ inline float rq_radix_score(unsigned key) {
   float f;
   __builtin_memcpy(&f, &u, 4);
   return f;
-}
-
-/// One radix-select step: given the 256 digit counters `hist` (digit 255 ranks first) and
-/// 1 ≤ need ≤ their sum, finds the digit d holding the need-th best: ctrl[0] = d,
-/// ctrl[1] = need minus the count above d, ctrl[3] = hist[d]. Warp 0 computes it in
-/// parallel (lane l sums digits 255 - 8l - u, u < 8, then a warp scan of the lane sums).
-/// Every thread of the block must call it, after a barrier that follows the last update of
-/// `hist`; it ends with a barrier.
-__device__ inline void rq_radix_digit(const int* hist, int need, int* ctrl) {
-  if (threadIdx.x < RQ_WARP) {
-    const int lane = (int)threadIdx.x;
-    int c[8];
-    int tot = 0;
-RQ_UNROLL
-    for (int u = 0; u < 8; ++u) {
-      c[u] = hist[255 - 8 * lane - u];
-      tot += c[u];
-    }
-    int incl = tot;  // inclusive scan of the lane sums, lane 0 (digits 255..248) first
-    for (int o = 1; o < RQ_WARP; o <<= 1) {
-      const int y = __shfl_sync(RQ_FULL_MASK, incl, (lane - o) & (RQ_WARP - 1));
-      if (lane >= o) incl += y;
-    }
-    int before = incl - tot;  // elements in better digits than this lane's first
-RQ_UNROLL
-    for (int u = 0; u < 8; ++u) {
-      if (before < need && before + c[u] >= need) {  // exactly one (lane, u)
-        ctrl[0] = 255 - 8 * lane - u;
-        ctrl[1] = need - before;
-        ctrl[3] = c[u];
-      }
-      before += c[u];
-    }
-  }
-  __syncthreads();
 }
 
 /// Bitonic sort of the entries a[0, n) in shared memory, largest first; n a power of two.

@@ -282,7 +282,7 @@ __device__ inline void rq_topk_range(const float* values, long long begin, long 
 }
 
 /// Segmented top-k, 1 ≤ k ≤ 2048: segment s is values[offsets[s], offsets[s+1]).
-/// grid: segments; block: a power of two ≥ 32; shared: 16·cap + 16 bytes, cap = next power
+/// grid: segments; block: a power of two ≥ 32; shared: 16·cap + 1104 bytes, cap = next power
 /// of two ≥ k + blockDim.x.
 /// offsets: segments + 1 (i64, non-decreasing); out_ids/out_scores: segments × k.
 extern "C" __global__ void rq_segmented_topk(const float* values, const long long* offsets,
@@ -491,7 +491,7 @@ extern "C" __global__ void rq_topk_merge(const long long* a_ids, const float* a_
 /// best first with column ids local to segment s (-1 missing). Entry (s, local) is column
 /// s·w + local of the row and is kept when below n (columns ≥ n are padding). Output: row
 /// r's best k by (score desc, column asc), columns as ids, missing slots (-1, -inf).
-/// grid: rows; block: a power of two ≥ 32; shared: 16·cap + 16 bytes, cap = next power of
+/// grid: rows; block: a power of two ≥ 32; shared: 16·cap + 1104 bytes, cap = next power of
 /// two ≥ k + blockDim.x; 1 ≤ k ≤ 2048.
 extern "C" __global__ void rq_topk_lists(const long long* ids, const float* scores, int m,
                                          int kin, int w, int n, int k, int cap,

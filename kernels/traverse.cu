@@ -7,7 +7,7 @@
 /// lut: the B × K level-1 table at element lut_at of `lut`; code / cnorm: the depth-1 nodes' last code and ||centroid||²;
 /// qnorm: B; metric: 0 ip, 1 l2. out_nodes / out_ip: B × W; out_count: B (= min(W, nodes)).
 /// grid: B; block: a power of two ≥ 32; 1 ≤ W ≤ 2048;
-/// shared: 16·cap + 16 bytes, cap = next power of two ≥ W + blockDim.x.
+/// shared: 16·cap + 1104 bytes, cap = next power of two ≥ W + blockDim.x.
 extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int K,
                                          const unsigned* code,
                                          int nodes, const float* cnorm, const float* qnorm,

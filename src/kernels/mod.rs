@@ -63,9 +63,10 @@ pub(crate) fn range_per_thread(k: usize) -> usize {
     }
 }
 
-/// Shared bytes of a selector of `cap` entries (common.cuh `rq_select_bytes`).
+/// Shared bytes of a selector of `cap` entries (common.cuh `rq_select_bytes`): 16 per entry,
+/// the counter, the merge's histogram and control words.
 pub(crate) fn select_bytes(cap: usize) -> usize {
-    16 * cap + 16
+    16 * cap + 16 + 1088
 }
 
 /// `bytes` rounded up to a multiple of 16 (the kernels' shared-memory carving).
