@@ -43,6 +43,28 @@
 /// Most levels of an index (the host's MAX_LEVELS).
 #define RQ_MAX_LEVELS 8
 
+/// Block-wide min of `lo` and max of `hi` through `scratch` (2 floats per warp of shared
+/// memory); every thread gets both. Every thread of the block must call it; it starts and
+/// ends with a barrier.
+__device__ inline void rq_block_min_max(float& lo, float& hi, float* scratch) {
+  for (int o = RQ_WARP / 2; o > 0; o >>= 1) {
+    lo = fminf(lo, __shfl_xor_sync(RQ_FULL_MASK, lo, o));
+    hi = fmaxf(hi, __shfl_xor_sync(RQ_FULL_MASK, hi, o));
+  }
+  __syncthreads();
+  const int warp = (int)threadIdx.x / RQ_WARP;
+  if ((int)threadIdx.x % RQ_WARP == 0) {
+    scratch[2 * warp] = lo;
+    scratch[2 * warp + 1] = hi;
+  }
+  __syncthreads();
+  for (int w = 0; w < (int)blockDim.x / RQ_WARP; ++w) {
+    lo = fminf(lo, scratch[2 * w]);
+    hi = fmaxf(hi, scratch[2 * w + 1]);
+  }
+  __syncthreads();
+}
+
 /// -inf as a float.
 __device__ inline float rq_neg_inf() { return -__builtin_huge_valf(); }
 

@@ -43,7 +43,8 @@ __device__ inline void rq_radix_sort(unsigned long long* a, unsigned n) {
 
 /// Shared-memory part of a radix select: the m entries b[0, m) (all with (e & mask) ==
 /// prefix, mask covering the bits above `shift + 8`) hold `need` ≥ 1 winners. 8-bit radix
-/// passes over b (digit at `shift`, `shift` - 8, …) narrow prefix/mask until every entry
+/// passes over b (digit at `shift`, `shift` - 8, …, the last clamped to bits 0..7) narrow
+/// prefix/mask until every entry
 /// left under the prefix is a winner (entries are unique, so at the latest when the mask is
 /// complete); the winners are then those with (e & mask) ≥ prefix, moved to b[0, need) by
 /// an in-place compaction (see below). Every thread of the block must call it; `hist` and
@@ -52,17 +53,19 @@ __device__ inline void rq_radix_select_smem(unsigned long long* b, int m, int ne
                                             unsigned long long prefix,
                                             unsigned long long mask, int shift, int* hist,
                                             int* ctrl) {
-  for (; shift >= 0; shift -= 8) {
+  for (; shift > -8; shift -= 8) {
+    // A digit below bit 0 is clamped to bits 0..7 (its upper bits are already in the mask).
+    const int sh = shift < 0 ? 0 : shift;
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < m; i += blockDim.x) {
       const unsigned long long e = b[i];
-      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
+      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> sh) & 0xffu)], 1);
     }
     __syncthreads();
     rq_radix_digit(hist, need, ctrl);
-    prefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
-    mask |= 0xffull << shift;
+    prefix |= (unsigned long long)(unsigned)ctrl[0] << sh;
+    mask |= 0xffull << sh;
     need = ctrl[1];
     const int left = ctrl[3];
     __syncthreads();
@@ -94,18 +97,23 @@ __device__ inline void rq_radix_select_smem(unsigned long long* b, int m, int ne
 /// it, fit the `slots` entries of `a`; one more sweep places them (the certain winners by a
 /// shared atomic, the undecided ones after them, finished by rq_radix_select_smem). With
 /// distinct-ish scores that is two or three sweeps; never more than nine, as entries are
-/// unique. Result: a[0, min(k, n)) the winners, largest first, then zeros up to the next
+/// unique. A caller that knows the entries share the bits of `mask` (= `prefix` there) may
+/// start the passes at digit `shift` (bits shift .. shift + 7, below the mask) instead of
+/// the top byte, so that the first histogram spreads over the entries' actual range. Result: a[0, min(k, n)) the winners, largest first, then zeros up to the next
 /// power of two ≥ min(k, n); returns min(k, n). Requires slots ≥ that power of two;
 /// `hist` (256 ints) and `ctrl` (16 ints) are scratch in shared memory (RQ_RADIX_HEAD
 /// bytes). Every thread of the block must call it; it ends with a barrier.
 template <class Sweep>
 __device__ inline int rq_radix_block_select(Sweep sweep, long long n, int k, int slots,
-                                            unsigned long long* a, int* hist, int* ctrl) {
+                                            unsigned long long* a, int* hist, int* ctrl,
+                                            unsigned long long prefix = 0,
+                                            unsigned long long mask = 0, int shift = 56) {
   const int kk = n < (long long)k ? (int)n : k;
-  unsigned long long prefix = 0, mask = 0;
-  int need = kk, m = 0, shift = 56;
+  int need = kk, m = 0;
   bool all = true;
   for (; kk > 0; shift -= 8) {
+    // A digit below bit 0 is clamped to bits 0..7 (its upper bits are already in the mask).
+    if (shift < 0) shift = 0;
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
     sweep([&](unsigned long long e) {

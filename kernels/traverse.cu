@@ -142,7 +142,38 @@ RQ_UNROLL
       }
     }
   };
-  const int kept = rq_radix_block_select(sweep, (long long)total, W, slots, a, hist, ctrl);
+  // Under ip every child scores pj[j] + t[code] with both in known ranges, and rounding is
+  // monotone, so every key lies in [key(min + min), key(max + max)]: the first radix digit
+  // then starts just below the bits those bounds share (one histogram spread over the
+  // scores' actual range, usually saving a sweep). l2 starts at the top byte.
+  unsigned long long prefix0 = 0, mask0 = 0;
+  int shift0 = 56;
+  if (metric != RQ_METRIC_L2 && total > 0) {
+    float lo = __builtin_huge_valf(), hi = -__builtin_huge_valf();
+    for (int c = tid; c < K; c += T) {
+      lo = fminf(lo, t[c]);
+      hi = fmaxf(hi, t[c]);
+    }
+    float plo = __builtin_huge_valf(), phi = -__builtin_huge_valf();
+    for (int j = tid; j < cnt; j += T) {
+      plo = fminf(plo, pj[j]);
+      phi = fmaxf(phi, pj[j]);
+    }
+    float* scratch = reinterpret_cast<float*>(hist);
+    rq_block_min_max(lo, hi, scratch);
+    rq_block_min_max(plo, phi, scratch);
+    const unsigned klo = rq_radix_key(plo + lo), khi = rq_radix_key(phi + hi);
+    const unsigned diff = klo ^ khi;
+    // Bits above the highest differing one are common to every key in [klo, khi].
+    const int top = diff == 0 ? -1 : 31 - __clz((int)diff);
+    const unsigned m32 = top < 0 ? ~0u : (top == 31 ? 0u : ~((2u << top) - 1u));
+    prefix0 = (unsigned long long)(klo & m32) << 32;
+    mask0 = (unsigned long long)m32 << 32;
+    // One score: the positions decide, from their top byte.
+    shift0 = top < 0 ? 24 : 32 + (top < 7 ? 0 : top - 7);
+  }
+  const int kept = rq_radix_block_select(sweep, (long long)total, W, slots, a, hist, ctrl,
+                                         prefix0, mask0, shift0);
   // 3. Winners back to nodes and path ips.
   for (int i = tid; i < kept; i += T) {
     const unsigned x = ~(unsigned)a[i];

@@ -614,6 +614,13 @@ fn arguments_are_checked_and_passed() {
     let mut small = d.alloc(4).unwrap();
     assert!(d.upload(&mut small, &[0u8; 5]).is_err());
     assert!(d.download(&small, &mut [0u8; 5]).is_err());
+    // upload_at places bytes at an offset and refuses to run past the end.
+    d.upload_at(&mut small, 1, &[7, 8]).unwrap();
+    let mut back = [9u8; 4];
+    d.download(&small, &mut back).unwrap();
+    assert_eq!(back, [0, 7, 8, 0]);
+    assert!(d.upload_at(&mut small, 3, &[1, 2]).is_err());
+    assert!(d.upload_at(&mut small, usize::MAX, &[1]).is_err());
     assert_eq!(small.as_ptr() as usize % 256, 0);
 }
 

@@ -376,19 +376,19 @@ impl Device for CudaDevice {
         })
     }
 
-    fn upload(&self, dst: &mut CudaBuffer, src: &[u8]) -> Result<()> {
-        if src.len() > dst.len {
+    fn upload_at(&self, dst: &mut CudaBuffer, at: usize, src: &[u8]) -> Result<()> {
+        let Some(end) = at.checked_add(src.len()).filter(|&end| end <= dst.len) else {
             return Err(Error::Device(format!(
-                "upload of {} bytes into a {}-byte buffer",
+                "upload of {} bytes at byte {at} into a {}-byte buffer",
                 src.len(),
                 dst.len
             )));
-        }
+        };
         if src.is_empty() {
             return Ok(());
         }
         self.traced("upload", || {
-            let mut view = dst.slice.slice_mut(0..src.len());
+            let mut view = dst.slice.slice_mut(at..end);
             self.stream
                 .memcpy_htod(src, &mut view)
                 .map_err(|e| dev_err("upload", e))?;
@@ -544,6 +544,13 @@ mod tests {
         dev.download(&buf, bytemuck::cast_slice_mut(&mut back))
             .expect("download");
         assert_eq!(back, data);
+        // An upload at an offset lands there; one past the end is refused.
+        let mut part = dev.alloc(8).expect("alloc");
+        dev.upload_at(&mut part, 3, &[5, 6]).expect("upload_at");
+        let mut bytes = [1u8; 8];
+        dev.download(&part, &mut bytes).expect("download");
+        assert_eq!(bytes, [0, 0, 0, 5, 6, 0, 0, 0]);
+        assert!(dev.upload_at(&mut part, 7, &[1, 2]).is_err());
         let ids = dev.alloc(3 * 8).expect("alloc");
         let scores = dev.alloc(3 * 4).expect("alloc");
         let cfg = LaunchConfig {

@@ -303,16 +303,16 @@ impl Device for EmuDevice {
         Ok(EmuBuffer { ptr, bytes })
     }
 
-    fn upload(&self, dst: &mut EmuBuffer, src: &[u8]) -> Result<()> {
-        if src.len() > dst.bytes {
+    fn upload_at(&self, dst: &mut EmuBuffer, at: usize, src: &[u8]) -> Result<()> {
+        if at.checked_add(src.len()).is_none_or(|end| end > dst.bytes) {
             return Err(Error::Device(format!(
-                "emu: upload of {} bytes into a {}-byte buffer",
+                "emu: upload of {} bytes at byte {at} into a {}-byte buffer",
                 src.len(),
                 dst.bytes
             )));
         }
-        // SAFETY: `dst` holds at least `src.len()` bytes and is exclusively borrowed.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.ptr.as_ptr(), src.len()) };
+        // SAFETY: `dst` holds at least `at + src.len()` bytes and is exclusively borrowed.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.ptr.as_ptr().add(at), src.len()) };
         Ok(())
     }
 

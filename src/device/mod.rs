@@ -78,8 +78,12 @@ pub trait Device: Send + Sync {
     fn name(&self) -> &'static str;
     /// Zero-filled device buffer of `bytes` bytes (aligned to at least 256 bytes).
     fn alloc(&self, bytes: usize) -> crate::Result<Self::Buffer>;
+    /// Copies `src` into `dst` from byte `at` on (`at + src.len()` must not exceed `dst`).
+    fn upload_at(&self, dst: &mut Self::Buffer, at: usize, src: &[u8]) -> crate::Result<()>;
     /// Copies `src` to the start of `dst` (`src` must not be longer than `dst`).
-    fn upload(&self, dst: &mut Self::Buffer, src: &[u8]) -> crate::Result<()>;
+    fn upload(&self, dst: &mut Self::Buffer, src: &[u8]) -> crate::Result<()> {
+        self.upload_at(dst, 0, src)
+    }
     /// Copies the first `dst.len()` bytes of `src` to `dst` (which must not be longer).
     fn download(&self, src: &Self::Buffer, dst: &mut [u8]) -> crate::Result<()>;
     /// Launches `kernel` (its `extern "C"` name in kernels/*.cu) and checks the launch's error.

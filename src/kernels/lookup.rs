@@ -145,15 +145,17 @@ pub(crate) fn upload_tables<D: Device>(
 ) -> Result<DeviceTables<D::Buffer>> {
     let b = tables.queries();
     let ks: Vec<usize> = tables.levels.iter().map(Matrix::cols).collect();
-    let mut luts = Vec::with_capacity(b * ks.iter().sum::<usize>());
-    for m in &tables.levels {
-        luts.extend_from_slice(m.data());
+    let at = stacked_offsets(b, &ks);
+    // Each level straight into its place in the stacked buffer (no host copy).
+    let mut luts = alloc::<D, f32>(dev, b * ks.iter().sum::<usize>())?;
+    for (m, &off) in tables.levels.iter().zip(&at) {
+        dev.upload_at(&mut luts, 4 * off, bytemuck::cast_slice(m.data()))?;
     }
     Ok(DeviceTables {
         metric: tables.metric,
         queries: b,
-        luts: upload(dev, &luts)?,
-        at: stacked_offsets(b, &ks),
+        luts,
+        at,
         ks,
         qnorm: upload(dev, &tables.qnorm)?,
     })
