@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice,
+};
+use rayon::prelude::*;
 
 use crate::device::{Clock, Device, KernelArg, KernelTime, LaunchConfig, Timing};
 use crate::error::{Error, Result};
@@ -15,6 +18,14 @@ use crate::error::{Error, Result};
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
+
+/// Downloads of at least this many bytes go through page-locked staging memory.
+const STAGED_BYTES: usize = 256 << 10;
+/// Bytes of each of the two halves of the staging memory (a download moves in chunks of at
+/// most this size, the copy of one chunk to the caller overlapping the next one's transfer).
+const STAGING_HALF: usize = 8 << 20;
+/// Bytes per task of the parallel copy out of the staging memory.
+const COPY_TASK: usize = 1 << 20;
 
 /// Dynamic shared memory a launch may use without opting in (bytes).
 const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
@@ -67,6 +78,11 @@ pub struct CudaDevice {
     /// While [`Device::time`] runs: the kernel's name and a (start, end) event pair recorded
     /// around each launch.
     kernel_events: Mutex<Option<Vec<KernelEvents>>>,
+    /// Page-locked memory large downloads are staged through (two halves of at most
+    /// `STAGING_HALF` bytes), allocated on first use and kept: the driver's own copy to
+    /// pageable memory runs at a fraction of the bus speed and maps the caller's fresh pages
+    /// one by one.
+    staging: Mutex<Option<PinnedHostSlice<u8>>>,
     /// Host time spent in each kind of driver call inside [`Device::time`], printed per
     /// timed region when `RQTREE_TRACE=1` (`None`: not tracing).
     trace: Option<Mutex<HostTrace>>,
@@ -157,6 +173,7 @@ impl CudaDevice {
             modules,
             functions: Mutex::new(HashMap::new()),
             kernel_events: Mutex::new(None),
+            staging: Mutex::new(None),
             trace: std::env::var("RQTREE_TRACE")
                 .is_ok_and(|v| v == "1")
                 .then(|| Mutex::new(HostTrace::default())),
@@ -186,6 +203,68 @@ impl CudaDevice {
             t.add(what, t0.elapsed().as_secs_f64());
         }
         r
+    }
+
+    /// A download through the staging memory: chunk i + 1 is copied from the device into one
+    /// half while chunk i is copied out of the other to `dst` (in parallel, which also maps
+    /// a fresh destination's pages from all cores). `dst.len() ≤ src.len`.
+    fn download_staged(&self, src: &CudaBuffer, dst: &mut [u8]) -> Result<()> {
+        let err = |e| dev_err("download", e);
+        let mut staging = self
+            .staging
+            .lock()
+            .map_err(|_| Error::Device("staging lock poisoned".into()))?;
+        let half = dst.len().min(STAGING_HALF);
+        if staging.as_ref().is_none_or(|p| p.len() < 2 * half) {
+            *staging = None;
+            // SAFETY: the memory is only read after a copy from the device has filled it;
+            // flags 0: cached (not write-combined), as the host reads it.
+            *staging = Some(
+                unsafe { self.ctx.alloc_pinned_with_flags::<u8>(2 * STAGING_HALF, 0) }
+                    .map_err(err)?,
+            );
+        }
+        let Some(pinned) = staging.as_mut() else {
+            return Err(Error::Device("download: no staging memory".into()));
+        };
+        let host = pinned.as_mut_slice().map_err(err)?;
+        let (base, _guard) = src.slice.device_ptr(&self.stream);
+        let total = dst.len();
+        let chunks = total.div_ceil(STAGING_HALF);
+        let len_of = |i: usize| STAGING_HALF.min(total - i * STAGING_HALF);
+        // Chunk i goes to half i % 2.
+        let issue = |half: &mut [u8], i: usize| {
+            // SAFETY: the device range [base + i·HALF, + len) lies inside `src` (dst.len() ≤
+            // src.len); the host range is a half of the staging memory that nothing reads
+            // until the stream is synchronised.
+            unsafe {
+                result::memcpy_dtoh_async(
+                    &mut half[..len_of(i)],
+                    base + (i * STAGING_HALF) as u64,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(err)
+        };
+        let (even, odd) = host.split_at_mut(STAGING_HALF);
+        issue(even, 0)?;
+        for (i, out) in dst.chunks_mut(STAGING_HALF).enumerate() {
+            self.stream.synchronize().map_err(err)?;
+            let (ready, next) = if i % 2 == 0 {
+                (&*even, &mut *odd)
+            } else {
+                (&*odd, &mut *even)
+            };
+            if i + 1 < chunks {
+                // The other half's chunk (i - 1) was copied out in the previous step.
+                issue(next, i + 1)?;
+            }
+            let n = out.len();
+            out.par_chunks_mut(COPY_TASK)
+                .zip(ready[..n].par_chunks(COPY_TASK))
+                .for_each(|(o, r)| o.copy_from_slice(r));
+        }
+        Ok(())
     }
 
     /// [`Device::launch`] (untraced).
@@ -408,6 +487,9 @@ impl Device for CudaDevice {
             return Ok(());
         }
         self.traced("download", || {
+            if dst.len() >= STAGED_BYTES {
+                return self.download_staged(src, dst);
+            }
             let view = src.slice.slice(0..dst.len());
             self.stream
                 .memcpy_dtoh(&view, dst)
@@ -575,6 +657,22 @@ mod tests {
         dev.download(&ids, bytemuck::cast_slice_mut(&mut got))
             .expect("download");
         assert_eq!(got, vec![1, 1, 0]);
+    }
+
+    /// Downloads through the staging memory: one chunk, several chunks of both halves with a
+    /// short last one, and a prefix of a larger buffer, byte for byte.
+    #[test]
+    fn staged_downloads_round_trip() {
+        let Some(dev) = device_or_skip() else { return };
+        let big = 2 * STAGING_HALF + STAGING_HALF / 2 + 3;
+        let data: Vec<u8> = (0..big).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let mut buf = dev.alloc(big).expect("alloc");
+        dev.upload(&mut buf, &data).expect("upload");
+        for n in [STAGED_BYTES, STAGING_HALF + 1, big - 5, big] {
+            let mut back = vec![0u8; n];
+            dev.download(&buf, &mut back).expect("download");
+            assert!(back == data[..n], "download of {n} bytes");
+        }
     }
 
     #[test]

@@ -149,29 +149,8 @@ pub(crate) fn download<D: Device, T: bytemuck::Pod>(
     n: usize,
 ) -> Result<Vec<T>> {
     let mut out = vec![T::zeroed(); n];
-    prefault(bytemuck::cast_slice_mut(&mut out));
     dev.download(buf, bytemuck::cast_slice_mut(&mut out))?;
     Ok(out)
-}
-
-/// Host bytes from which a download destination is touched in parallel first.
-const PREFAULT_BYTES: usize = 1 << 20;
-
-/// Writes one byte per 4 KiB page of a large, freshly allocated (not yet mapped)
-/// destination from all cores, so that the pages are mapped in parallel instead of one by
-/// one as the driver's copy first touches them.
-fn prefault(bytes: &mut [u8]) {
-    use rayon::prelude::*;
-    if bytes.len() < PREFAULT_BYTES {
-        return;
-    }
-    bytes.par_chunks_mut(1 << 16).for_each(|chunk| {
-        for page in chunk.chunks_mut(4096) {
-            // SAFETY: `page` is a non-empty, exclusively borrowed slice; the volatile write
-            // of the zero it already holds is not folded away with the allocation.
-            unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
-        }
-    });
 }
 
 /// Launches a selecting kernel whose arguments are `(head…, k, cap, out ids, out scores)`
