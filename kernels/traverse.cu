@@ -117,16 +117,25 @@ extern "C" __global__ void __launch_bounds__(256, 4)
   const auto sweep = [&](auto f) {
     for (unsigned f0 = (unsigned)tid * RQ_STEP_RUN; f0 < total;
          f0 += (unsigned)T * RQ_STEP_RUN) {
+      // The current range in registers: its end position, base - start (so that child =
+      // off + x, modulo 2^32) and parent ip; reloaded only when x passes the end.
       int j = locate(f0);
+      unsigned end = pre[j + 1], off = base[j] - pre[j];
+      float pp = pj[j];
       unsigned c[RQ_STEP_RUN], cd[RQ_STEP_RUN];
       float pi[RQ_STEP_RUN], nm[RQ_STEP_RUN];
 RQ_UNROLL
       for (int u = 0; u < RQ_STEP_RUN; ++u) {
         const unsigned x = f0 + u;
         if (x < total) {
-          while (pre[j + 1] <= x) ++j;
-          c[u] = base[j] + (x - pre[j]);
-          pi[u] = pj[j];
+          while (x >= end) {
+            ++j;
+            end = pre[j + 1];
+            off = base[j] - pre[j];
+            pp = pj[j];
+          }
+          c[u] = off + x;
+          pi[u] = pp;
           cd[u] = code[c[u]];
           nm[u] = metric == RQ_METRIC_L2 ? cnorm[c[u]] : 0.0f;
         }

@@ -45,6 +45,6 @@ for pair in $KERNELS; do
     --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "$BIN" bench --backend cuda --targets --only "$group" >"$OUT/ncu-$kernel.txt" 2>&1
   echo "== ncu $kernel (exit $?)"
-  grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Issue Slots Busy|L1/TEX Hit|L2 Hit|ERR_NVGPUCTRPERM|==ERROR==" \
-    "$OUT/ncu-$kernel.txt" | head -20
+  grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|Executed Ipc Active|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit|stall|Stall|bank|ERR_NVGPUCTRPERM|==ERROR==" \
+    "$OUT/ncu-$kernel.txt" | head -30
 done
