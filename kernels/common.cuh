@@ -301,6 +301,30 @@ RQ_UNROLL
   __syncthreads();
 }
 
+/// One radix pass over keys of type K (unsigned or unsigned long long): `count(f)`, called by
+/// every thread, calls f(key) for its share of the keys (the same keys on every pass); the
+/// 8-bit digit at `shift` of the keys under (prefix, mask) is counted in `hist`, and the
+/// digit holding the need-th largest joins prefix/mask (rq_radix_digit). Updates `need` to
+/// the count still wanted under the longer prefix and returns how many keys are under it.
+/// Every thread of the block must call it; it starts after and ends with a barrier.
+template <class K, class Count>
+__device__ inline int rq_radix_pass(Count count, int shift, K& prefix, K& mask, int& need,
+                                    int* hist, int* ctrl) {
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+  __syncthreads();
+  count([&](K key) {
+    if ((key & mask) == prefix) atomicAdd(&hist[(int)((key >> shift) & 0xffu)], 1);
+  });
+  __syncthreads();
+  rq_radix_digit(hist, need, ctrl);
+  prefix |= (K)(unsigned)ctrl[0] << shift;
+  mask |= (K)0xffu << shift;
+  need = ctrl[1];
+  const int under = ctrl[3];
+  __syncthreads();
+  return under;
+}
+
 // ---------------------------------------------------------------------------------------
 // Block-wide top-k selector (k ≤ 2048).
 //
@@ -357,6 +381,19 @@ __device__ inline void rq_select_init(const RqSelect& q) {
   __syncthreads();
 }
 
+/// Exchanges slots a and b (rank, score, payload).
+__device__ inline void rq_select_swap(const RqSelect& q, unsigned a, unsigned b) {
+  const long long tr = q.r[a];
+  const float ts = q.s[a];
+  const unsigned tp = q.p[a];
+  q.r[a] = q.r[b];
+  q.s[a] = q.s[b];
+  q.p[a] = q.p[b];
+  q.r[b] = tr;
+  q.s[b] = ts;
+  q.p[b] = tp;
+}
+
 /// Bitonic sort of slots [0, n) best first; n is a power of two ≤ cap.
 __device__ inline void rq_select_sort(const RqSelect& q, unsigned n) {
   for (unsigned size = 2; size <= n; size <<= 1) {
@@ -367,17 +404,7 @@ __device__ inline void rq_select_sort(const RqSelect& q, unsigned n) {
         const bool best_first = (lo & size) == 0;
         const bool hi_better = rq_better(q.s[hi], q.r[hi], q.s[lo], q.r[lo]);
         const bool lo_better = rq_better(q.s[lo], q.r[lo], q.s[hi], q.r[hi]);
-        if (best_first ? hi_better : lo_better) {
-          const long long tr = q.r[lo];
-          const float ts = q.s[lo];
-          const unsigned tp = q.p[lo];
-          q.r[lo] = q.r[hi];
-          q.s[lo] = q.s[hi];
-          q.p[lo] = q.p[hi];
-          q.r[hi] = tr;
-          q.s[hi] = ts;
-          q.p[hi] = tp;
-        }
+        if (best_first ? hi_better : lo_better) rq_select_swap(q, lo, hi);
       }
       __syncthreads();
     }
@@ -410,44 +437,24 @@ __device__ inline void rq_select_merge(const RqSelect& q, int c) {
   unsigned prefix = 0, mask = 0;
   int need = q.k;
   bool cut = true;  // whether the entries scoring exactly `prefix` are cut by rank
+  const auto scores = [&](auto f) {
+    for (int i = tid; i < n; i += T) f(rq_radix_key(q.s[i]));
+  };
   for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += T) hist[i] = 0;
-    __syncthreads();
-    for (int i = tid; i < n; i += T) {
-      const unsigned key = rq_radix_key(q.s[i]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1);
-    }
-    __syncthreads();
-    rq_radix_digit(hist, need, ctrl);
-    prefix |= (unsigned)ctrl[0] << shift;
-    mask |= 0xffu << shift;
-    need = ctrl[1];
-    const int m = ctrl[3];
-    __syncthreads();
-    if (m == need) {  // the same on every thread
-      cut = false;
+    if (rq_radix_pass(scores, shift, prefix, mask, need, hist, ctrl) == need) {
+      cut = false;  // the same on every thread
       break;
     }
   }
   unsigned long long rprefix = 0, rmask = 0;
   if (cut) {
-    for (int shift = 56; shift >= 0; shift -= 8) {
-      for (int i = tid; i < 256; i += T) hist[i] = 0;
-      __syncthreads();
-      for (int i = tid; i < n; i += T) {
-        const unsigned long long e = rq_rank_key(q.r[i]);
-        if (rq_radix_key(q.s[i]) == prefix && (e & rmask) == rprefix)
-          atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
-      }
-      __syncthreads();
-      rq_radix_digit(hist, need, ctrl);
-      rprefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
-      rmask |= 0xffull << shift;
-      need = ctrl[1];
-      const int m = ctrl[3];
-      __syncthreads();
-      if (m == need) break;
-    }
+    // The ranks of the entries scoring exactly `prefix`.
+    const auto ranks = [&](auto f) {
+      for (int i = tid; i < n; i += T)
+        if (rq_radix_key(q.s[i]) == prefix) f(rq_rank_key(q.r[i]));
+    };
+    for (int shift = 56; shift >= 0; shift -= 8)
+      if (rq_radix_pass(ranks, shift, rprefix, rmask, need, hist, ctrl) == need) break;
   }
   // 1: ranks strictly before the boundary (a winner), 0: on it (`need` of those win), -1: after.
   const auto side = [&](float s, long long r) {
@@ -516,17 +523,7 @@ __device__ inline void rq_select_merge(const RqSelect& q, int c) {
       if (i >= 0 && (w < 0 || rq_better(q.s[w], q.r[w], q.s[i], q.r[i]))) w = i;
     }
     const int last = q.k - 1;
-    if (w >= 0 && w != last) {
-      const long long tr = q.r[w];
-      const float ts = q.s[w];
-      const unsigned tp = q.p[w];
-      q.r[w] = q.r[last];
-      q.s[w] = q.s[last];
-      q.p[w] = q.p[last];
-      q.r[last] = tr;
-      q.s[last] = ts;
-      q.p[last] = tp;
-    }
+    if (w >= 0 && w != last) rq_select_swap(q, w, last);
     *q.count = 0;
   }
   __syncthreads();

@@ -53,23 +53,13 @@ __device__ inline void rq_radix_select_smem(unsigned long long* b, int m, int ne
                                             unsigned long long prefix,
                                             unsigned long long mask, int shift, int* hist,
                                             int* ctrl) {
+  const auto entries = [&](auto f) {
+    for (int i = threadIdx.x; i < m; i += blockDim.x) f(b[i]);
+  };
   for (; shift > -8; shift -= 8) {
     // A digit below bit 0 is clamped to bits 0..7 (its upper bits are already in the mask).
     const int sh = shift < 0 ? 0 : shift;
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (int i = threadIdx.x; i < m; i += blockDim.x) {
-      const unsigned long long e = b[i];
-      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> sh) & 0xffu)], 1);
-    }
-    __syncthreads();
-    rq_radix_digit(hist, need, ctrl);
-    prefix |= (unsigned long long)(unsigned)ctrl[0] << sh;
-    mask |= 0xffull << sh;
-    need = ctrl[1];
-    const int left = ctrl[3];
-    __syncthreads();
-    if (left == need) break;  // the same on every thread
+    if (rq_radix_pass(entries, sh, prefix, mask, need, hist, ctrl) == need) break;
   }
   // Compaction in chunks of blockDim.x: a chunk is read into registers, a barrier, then its
   // winners take slots by a shared atomic. Slots handed out up to chunk c lie below the end
@@ -114,18 +104,7 @@ __device__ inline int rq_radix_block_select(Sweep sweep, long long n, int k, int
   for (; kk > 0; shift -= 8) {
     // A digit below bit 0 is clamped to bits 0..7 (its upper bits are already in the mask).
     if (shift < 0) shift = 0;
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    sweep([&](unsigned long long e) {
-      if ((e & mask) == prefix) atomicAdd(&hist[(int)((e >> shift) & 0xffu)], 1);
-    });
-    __syncthreads();
-    rq_radix_digit(hist, need, ctrl);
-    prefix |= (unsigned long long)(unsigned)ctrl[0] << shift;
-    mask |= 0xffull << shift;
-    need = ctrl[1];
-    m = ctrl[3];
-    __syncthreads();
+    m = rq_radix_pass(sweep, shift, prefix, mask, need, hist, ctrl);
     // The same on every thread. With the mask complete (shift 0) m == 1 == need.
     if (m == need || shift == 0) break;
     if (kk - need + m <= slots) {
