@@ -1,6 +1,9 @@
-// Radix selection shared by rq_topk_radix (topk.cu) and rq_beam_step (traverse.cu): the
-// order-preserving key of a score, unique 64-bit entries, the digit search, the bitonic sort
-// of entries and a block-wide exact top-k of entries produced by a caller's sweep.
+// Radix selection over unique 64-bit entries, shared by rq_topk_radix (topk.cu) and
+// rq_beam_step (traverse.cu): an entry is (a score's radix key, ~id), so a larger entry ranks
+// first and no two tie; the bitonic sort of entries, a selection inside a shared buffer and
+// a block-wide exact top-k of entries produced by a caller's sweep. The key itself, the
+// digit search and one histogram pass (rq_radix_key, rq_radix_digit, rq_radix_pass) are in
+// common.cuh, where the block selector's merge uses them too.
 #pragma once
 #include "common.cuh"
 
@@ -8,7 +11,7 @@
 /// the radix kernels (rq_topk_radix's block-scan flags follow them).
 #define RQ_RADIX_HEAD 1088
 
-/// Entry of (radix key, column); see above.
+/// Entry of (radix key, column): see the file's head.
 __device__ inline unsigned long long rq_radix_entry(unsigned key, int col) {
   return ((unsigned long long)key << 32) | (unsigned long long)(unsigned)~col;
 }

@@ -214,9 +214,7 @@ impl CudaDevice {
             .staging
             .lock()
             .map_err(|_| Error::Device("staging lock poisoned".into()))?;
-        let half = dst.len().min(STAGING_HALF);
-        if staging.as_ref().is_none_or(|p| p.len() < 2 * half) {
-            *staging = None;
+        if staging.is_none() {
             // SAFETY: the memory is only read after a copy from the device has filled it;
             // flags 0: cached (not write-combined), as the host reads it.
             *staging = Some(
