@@ -12,7 +12,7 @@ use crate::tables::QueryTables;
 use crate::topk::TopK;
 
 use super::backend::Storage;
-use super::resident::{Residency, Reuse};
+use super::resident::{Held, Residency, Reuse};
 use super::topk::{lists_into, merge_into, topk_into};
 use super::{
     alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, grid_dim_yz, launch_1d,
@@ -208,12 +208,14 @@ pub(crate) struct DeviceCandidates<'a, B> {
     pub count: &'a B,
 }
 
-/// Device outputs of the fused lookup: `B × k` positions (i64, `-1` empty) and scores, and
-/// the candidate items of each query (i64).
+/// Device outputs of the fused lookup: `B × k` positions (i64, `-1` empty) and scores, the
+/// candidate items of each query (i64), and the device copy of the index's caller ids the
+/// kernel ranked by (for the steps after it: one residency lookup per call).
 pub(crate) struct FusedOut<B> {
     pub pos: B,
     pub scores: B,
     pub scanned: B,
+    pub ids: Held<B>,
 }
 
 /// Launches the fused residual lookup + top-k (`1 ≤ k ≤ 2048`) over device tables and
@@ -304,6 +306,7 @@ pub(crate) fn fused_on_device<D: Device>(
         pos,
         scores,
         scanned,
+        ids: d_ids,
     })
 }
 
@@ -390,12 +393,13 @@ pub fn rerank<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     let sl = upload(dev, &shortlist.ids)?;
+    let d_ids = res.input(dev, ids, Reuse::Content)?;
     let (pos, scores) = rerank_shortlist(
         dev,
         res,
         queries,
         embeddings,
-        ids,
+        &d_ids,
         metric,
         (&sl, shortlist.k),
         k,
@@ -405,15 +409,15 @@ pub fn rerank<D: Device>(
 
 /// Exact re-rank of a device shortlist: `shortlist.0` holds `B × S` item positions (i64,
 /// `-1` empty: the layout of the fused lookup's output), `S = shortlist.1`; the best `k`
-/// (`1 ≤ k ≤ 2048`) by (score, `ids[pos]`): `B × k` positions (i64, `-1` empty) and scores
-/// on the device (not synchronised).
+/// (`1 ≤ k ≤ 2048`) by (score, `ids[pos]`, `ids` the device copy of the caller ids): `B × k`
+/// positions (i64, `-1` empty) and scores on the device (not synchronised).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rerank_shortlist<D: Device>(
     dev: &D,
     res: &Residency<D>,
     queries: &Matrix,
     embeddings: &Embeddings,
-    ids: &[i64],
+    ids: &D::Buffer,
     metric: Metric,
     shortlist: (&D::Buffer, usize),
     k: usize,
@@ -424,7 +428,6 @@ pub(crate) fn rerank_shortlist<D: Device>(
         Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::F16),
         Embeddings::Bf16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::Bf16),
     };
-    let d_ids = res.input(dev, ids, Reuse::Content)?;
     // One block per query: the query row (`4·d` bytes) and a `k` selector in shared memory.
     let (b, d) = (queries.rows(), embeddings.cols());
     let cap = select_cap(k, SELECT_THREADS);
@@ -442,7 +445,7 @@ pub(crate) fn rerank_shortlist<D: Device>(
         KernelArg::I32(dtype.dtype_arg()),
         KernelArg::Buf(shortlist.0),
         KernelArg::I32(arg_i32(shortlist.1, "rerank: shortlist length")?),
-        KernelArg::Buf(&*d_ids),
+        KernelArg::Buf(ids),
         KernelArg::I32(metric_arg(metric)),
     ];
     launch_select_on_device(dev, "rq_rerank", cfg, (b, k, cap), head)

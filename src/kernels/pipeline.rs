@@ -14,7 +14,7 @@ use super::backend::Storage;
 use super::lookup::{
     fused_on_device, rerank_shortlist, tables_on_device, DeviceCandidates, FusedOut,
 };
-use super::resident::{Residency, Reuse};
+use super::resident::Residency;
 use super::traverse::traverse_on_device;
 use super::{alloc, check_k, download, download_topk, launch_1d, upload};
 
@@ -55,6 +55,7 @@ pub(crate) fn search<D: Device>(
         pos,
         scores,
         scanned,
+        ids,
     } = fused_on_device(dev, res, &tables, index, &cand, shortlist)?;
     // The best k positions and scores, on the device.
     let (pos, scores) = match (params.rerank, &index.embeddings) {
@@ -63,14 +64,13 @@ pub(crate) fn search<D: Device>(
             res,
             queries,
             e,
-            &index.ids,
+            &ids,
             index.metric,
             (&pos, shortlist),
             params.k,
         )?,
         _ => (pos, scores),
     };
-    let ids = res.input(dev, &index.ids, Reuse::Content)?;
     let n = b * params.k;
     let caller = alloc::<D, i64>(dev, n)?;
     dev.launch(
