@@ -236,8 +236,8 @@ struct RqItemCodes {
 /// cand_start: B i64, cand_count: B i32 — a CSR list or the beam's padded B × W lists).
 /// item_norms: N (||x̂||², read under l2 only); qnorm: B; metric: 0 ip, 1 l2; ids: N caller
 /// ids (i64). per_thread: consecutive candidates each thread scores per round
-/// (rq_for_ranges; 1 ≤ per_thread ≤ RQ_FUSED_RUN). out_pos / out_scores: B × k, positions (-1 when empty) and scores
-/// (-inf), best first; out_scanned: B (i64), the candidate items of each query.
+/// (rq_for_ranges; 1 ≤ per_thread ≤ RQ_FUSED_RUN). out_pos / out_scores: B × k, positions
+/// (-1 when empty) and scores (-inf), best first; out_scanned: B (i64), the candidate items of each query.
 /// grid: B; block: a power of two, 32 … 256 (rq_fused_topk_l4's launch bounds (256, 3): at
 /// most 80 registers, three blocks per SM); 1 ≤ k ≤ 2048;
 /// shared: 4·Σ K_l·lut_shared (rounded up to 16) + round16(8·blockDim.x + 8) + 16·cap + 1104

@@ -92,8 +92,9 @@ __device__ inline void rq_radix_select_smem(unsigned long long* b, int m, int ne
 /// distinct-ish scores that is two or three sweeps; never more than nine, as entries are
 /// unique. A caller that knows the entries share the bits of `mask` (= `prefix` there) may
 /// start the passes at digit `shift` (bits shift .. shift + 7, below the mask) instead of
-/// the top byte, so that the first histogram spreads over the entries' actual range. Result: a[0, min(k, n)) the winners, largest first, then zeros up to the next
-/// power of two ≥ min(k, n); returns min(k, n). Requires slots ≥ that power of two;
+/// the top byte, so that the first histogram spreads over the entries' actual range.
+/// Result: a[0, min(k, n)) the winners, largest first, then zeros up to the next power of
+/// two ≥ min(k, n); returns min(k, n). Requires slots ≥ that power of two;
 /// `hist` (256 ints) and `ctrl` (16 ints) are scratch in shared memory (RQ_RADIX_HEAD
 /// bytes). Every thread of the block must call it; it ends with a barrier.
 template <class Sweep>

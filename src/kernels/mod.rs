@@ -28,8 +28,8 @@ pub const MAX_K: usize = 2048;
 /// Most dynamic shared memory a wrapper asks for (bytes): below every sm_80+ opt-in limit.
 pub const MAX_SHARED_BYTES: usize = 96 * 1024;
 
-/// 64-bit entry slots of the radix kernels' shared memory (`rq_topk_radix`, `rq_beam_step`): the certain winners, then the
-/// undecided bucket it selects from in shared memory (two reads of the row) while both fit;
+/// 64-bit entry slots of the radix kernels' shared memory (`rq_topk_radix`, `rq_beam_step`):
+/// the certain winners, then the undecided bucket selected from in shared memory while both fit;
 /// larger buckets take more global histogram passes first. 3 072 holds the bucket of normal
 /// rows of 100 000 for every k ≤ 2048 (the top byte of the k-th best's key covers [2, 8):
 /// ~2 275 ± 47 values, 74 % of the slots; nothing above it), and keeps the block at 26 688
@@ -51,8 +51,7 @@ pub(crate) fn select_cap(k: usize, threads: u32) -> usize {
 
 /// Candidates each thread scores per round in the kernels that walk CSR ranges
 /// (`rq_fused_topk`; common.cuh `rq_for_ranges`, at most `RQ_FUSED_RUN` = 4) when keeping the
-/// best `k`:
-/// 4 for `k ≤ 512`, so that a round (two barriers) covers 4 · 256 candidates while the
+/// best `k`: 4 for `k ≤ 512`, so that a round (two barriers) covers 4 · 256 candidates while the
 /// selector (cap = next power of two ≥ k + 1024) keeps ≥ 512 free buffer slots; 1 above,
 /// where 4 would leave the buffer so little room that nearly every round would merge.
 pub(crate) fn range_per_thread(k: usize) -> usize {
@@ -64,9 +63,9 @@ pub(crate) fn range_per_thread(k: usize) -> usize {
 }
 
 /// Shared bytes of a selector of `cap` entries (common.cuh `rq_select_bytes`): 16 per entry,
-/// the counter, the merge's histogram and control words.
+/// the counter, the merge's histogram and control words (`RADIX_HEAD`).
 pub(crate) fn select_bytes(cap: usize) -> usize {
-    16 * cap + 16 + 1088
+    16 * cap + 16 + RADIX_HEAD
 }
 
 /// `bytes` rounded up to a multiple of 16 (the kernels' shared-memory carving).
