@@ -44,6 +44,16 @@ __device__ inline void rq_radix_sort(unsigned long long* a, unsigned n) {
   }
 }
 
+/// Zeros a[kk, P), P the next power of two ≥ kk, and sorts a[0, P) largest first: the
+/// winners of a selection, in order. Every thread of the block must call it.
+__device__ inline void rq_radix_sort_winners(unsigned long long* a, int kk) {
+  unsigned sorted = 1;
+  while (sorted < (unsigned)kk) sorted <<= 1;
+  for (unsigned i = (unsigned)kk + threadIdx.x; i < sorted; i += blockDim.x) a[i] = 0ull;
+  __syncthreads();
+  rq_radix_sort(a, sorted);
+}
+
 /// Shared-memory part of a radix select: the m entries b[0, m) (all with (e & mask) ==
 /// prefix, mask covering the bits above `shift + 8`) hold `need` ≥ 1 winners. 8-bit radix
 /// passes over b (digit at `shift`, `shift` - 8, …, the last clamped to bits 0..7) narrow
@@ -135,10 +145,61 @@ __device__ inline int rq_radix_block_select(Sweep sweep, long long n, int k, int
     __syncthreads();
     if (!all) rq_radix_select_smem(a + greater, m, need, prefix, mask, shift - 8, hist, ctrl);
   }
-  unsigned sorted = 1;
-  while (sorted < (unsigned)kk) sorted <<= 1;
-  for (unsigned i = (unsigned)kk + threadIdx.x; i < sorted; i += blockDim.x) a[i] = 0ull;
-  __syncthreads();
-  rq_radix_sort(a, sorted);
+  rq_radix_sort_winners(a, kk);
   return kk;
+}
+
+/// A selection like rq_radix_block_select by a single sweep against a sampled threshold.
+/// `sample(f)` calls f(e) once per entry of a fixed subset of `ns` of the sweep's entries,
+/// meant as a uniform 1-in-s sample. Its r-th largest entry τ (rq_radix_block_select over
+/// the sample) has about r·s entries of the sweep at or above it; one sweep gathers them
+/// into `a`. When their number m lies in [k, slots], the k largest of them are the k largest
+/// of all (every entry left out is below τ, every gathered one at or above it), and a
+/// shared-memory selection over a[0, m) finishes, starting below the key bits every
+/// gathered entry shares with τ: a sample sweep plus one sweep, instead of rq_radix_block_
+/// select's two or three. Otherwise (a sample unlike the whole: τ too high or too low; or
+/// ns < r, r < 1, n ≤ k) it returns -1 and the caller runs rq_radix_block_select, so the
+/// result never depends on the sample, only the time does. (rq_beam_step runs that in a
+/// second launch: inlined next to this one, its sweep makes the kernel spill registers.)
+/// Result (unless -1), requirements and the other arguments as rq_radix_block_select;
+/// prefix/mask/shift hold for the sample, a subset of the entries.
+template <class Sweep, class Sample>
+__device__ inline int rq_radix_block_select_sampled(Sweep sweep, Sample sample, long long ns,
+                                                    int r, long long n, int k, int slots,
+                                                    unsigned long long* a, int* hist,
+                                                    int* ctrl, unsigned long long prefix,
+                                                    unsigned long long mask, int shift) {
+  if (r >= 1 && ns >= r && n > k) {
+    const int got = rq_radix_block_select(sample, ns, r, slots, a, hist, ctrl, prefix, mask, shift);
+    const unsigned long long tau = a[got - 1];
+    const unsigned tkey = (unsigned)(tau >> 32);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      ctrl[4] = 0;
+      ctrl[7] = 0;
+    }
+    __syncthreads();
+    sweep([&](unsigned long long e) {
+      if (e >= tau) {
+        const int at = atomicAdd(&ctrl[4], 1);
+        if (at < slots) a[at] = e;
+        atomicOr(&ctrl[7], (int)((unsigned)(e >> 32) ^ tkey));
+      }
+    });
+    __syncthreads();
+    const int m = ctrl[4];
+    const unsigned diff = (unsigned)ctrl[7];
+    __syncthreads();
+    if (m >= k && m <= slots) {
+      // Key bits above the highest one any gathered key differs from τ's in are shared.
+      const int top = diff == 0 ? -1 : 31 - __clz((int)diff);
+      const unsigned m32 = top < 0 ? ~0u : (top == 31 ? 0u : ~((2u << top) - 1u));
+      rq_radix_select_smem(a, m, k, (unsigned long long)(tkey & m32) << 32,
+                           (unsigned long long)m32 << 32,
+                           top < 0 ? 24 : 32 + (top < 7 ? 0 : top - 7), hist, ctrl);
+      rq_radix_sort_winners(a, k);
+      return k;
+    }
+  }
+  return -1;
 }

@@ -37,14 +37,21 @@ extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int
   if (threadIdx.x == 0) out_count[b] = cnt;
 }
 
+/// Largest table (codes of the level) that rq_beam_step stages in shared memory.
+#define RQ_STEP_LUT_MAX 4096
+
 /// Consecutive children each thread scores per step of a rq_beam_step sweep (their loads are
 /// issued together; a warp's 32 · RQ_STEP_RUN children are contiguous when the ranges are).
 #define RQ_STEP_RUN 8
 
-/// Depth l+1: expand the children of query b's kept depth-l nodes, score child c as
+/// Depth l+1, two launches on the same arguments (rq_beam_step, then rq_beam_step_rest):
+/// expand the children of query b's kept depth-l nodes, score child c as
 /// parent_ip + LUT_l[code[c]] (+ norms for l2), keep the best W (ties → lower node id), by
-/// radix selection over sweeps that recompute the scores (rq_radix_block_select; no score
-/// is written to memory, and the work is linear in the children whatever W).
+/// radix selection over sweeps that recompute the scores (no score is written to memory,
+/// and the work is linear in the children whatever W): a 1-in-s sample of the children
+/// gives a threshold, one sweep gathers the children at or above it, and a selection in
+/// shared memory finishes (rq_radix_block_select_sampled); rq_beam_step_rest runs the full
+/// radix selection for the queries whose sample misjudged the threshold.
 /// 1. The kept parents are sorted by node id (bitonic sort of (node, slot)), so that the
 ///    concatenation of their child ranges (CSR: children of lower nodes have lower ids)
 ///    lists the children in id order: a child's position f in it orders ties like its id,
@@ -58,15 +65,18 @@ extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int
 /// best first). grid: B; block: a power of two, 32 … 256 (launch bounds (256, 4): at most 64
 /// registers, so four blocks share an SM); 1 ≤ W ≤ 2048, 1 ≤ Wp ≤ 2048; fewer
 /// than 2^31 children per query; shared: RQ_RADIX_HEAD + 8 · slots + 8 · P + 12 · Wp + 4
-/// bytes (rounded up to 16), P = next power of two ≥ Wp, slots ≥ next power of two ≥ W
-/// (the host passes 3 072).
-extern "C" __global__ void __launch_bounds__(256, 4)
-    rq_beam_step(const float* lut, long long lut_at, int K, const unsigned* child_start,
-                 const unsigned* code, const float* cnorm, const unsigned* prev_nodes,
-                 const float* prev_ip, const int* prev_count, int Wp, const float* qnorm,
-                 int metric, int W, int slots, unsigned* out_nodes, float* out_ip,
-                 int* out_count) {
-  RQ_SHARED_BASE(smem);
+/// (+ 4 · K when K ≤ RQ_STEP_LUT_MAX) bytes, rounded up to 16, P = next power of two ≥ Wp,
+/// slots ≥ next power of two ≥ W (the host passes 3 072).
+/// SAMPLED: rq_beam_step (the sampled threshold; out_count[b] = -1 when it misjudged),
+/// otherwise rq_beam_step_rest (the full radix selection for the queries it left at -1).
+template <bool SAMPLED>
+__device__ inline void rq_beam_step_body(unsigned char* smem, const float* lut,
+                                         long long lut_at, int K, const unsigned* child_start,
+                                         const unsigned* code, const float* cnorm,
+                                         const unsigned* prev_nodes, const float* prev_ip,
+                                         const int* prev_count, int Wp, const float* qnorm,
+                                         int metric, int W, int slots, unsigned* out_nodes,
+                                         float* out_ip, int* out_count) {
   int* hist = reinterpret_cast<int*>(smem);
   int* ctrl = hist + 256;
   unsigned long long* a = reinterpret_cast<unsigned long long*>(smem + RQ_RADIX_HEAD);
@@ -77,7 +87,11 @@ extern "C" __global__ void __launch_bounds__(256, 4)
   unsigned* base = pre + Wp + 1;                          // Wp first children
   float* pj = reinterpret_cast<float*>(base + Wp);        // Wp parent ips
   const long long b = blockIdx.x;
-  const float* t = lut + lut_at + b * K;
+  // The table in shared memory when it fits (a warp's 32 random reads of it then cost a
+  // few bank conflicts instead of a cache line each); read from global memory otherwise.
+  float* staged = pj + Wp;
+  const bool stage = K <= RQ_STEP_LUT_MAX;
+  const float* t = stage ? staged : lut + lut_at + b * K;
   const float qn = qnorm[b];
   const int T = (int)blockDim.x;
   const int tid = (int)threadIdx.x;
@@ -97,6 +111,8 @@ extern "C" __global__ void __launch_bounds__(256, 4)
     pre[j + 1] = child_start[node + 1] - base[j];
     pj[j] = prev_ip[b * Wp + (unsigned)v];
   }
+  if (stage)
+    for (int c = tid; c < K; c += T) staged[c] = lut[lut_at + b * K + c];
   __syncthreads();
   for (int j0 = 0; j0 < cnt; j0 += T) {
     const int nb = cnt - j0 < T ? cnt - j0 : T;
@@ -113,6 +129,12 @@ extern "C" __global__ void __launch_bounds__(256, 4)
       if (pre[mid] <= f) lo = mid; else hi = mid - 1;
     }
     return lo;
+  };
+  // The entry of the child at position x: parent ip pp, code cd, centroid norm nm (l2).
+  const auto entry = [&](unsigned x, float pp, unsigned cd, float nm) {
+    const float ip = pp + t[cd];
+    const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, nm) : ip;
+    return rq_radix_entry(rq_radix_key(s), (int)x);
   };
   const auto sweep = [&](auto f) {
     for (unsigned f0 = (unsigned)tid * RQ_STEP_RUN; f0 < total;
@@ -143,12 +165,24 @@ RQ_UNROLL
 RQ_UNROLL
       for (int u = 0; u < RQ_STEP_RUN; ++u) {
         const unsigned x = f0 + u;
-        if (x < total) {
-          const float ip = pi[u] + t[cd[u]];
-          const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, nm[u]) : ip;
-          f(rq_radix_entry(rq_radix_key(s), (int)x));
-        }
+        if (x < total) f(entry(x, pi[u], cd[u], nm[u]));
       }
+    }
+  };
+  // The sample: every `stride`-th position (odd, so that it does not stay in step with
+  // power-of-two child ranges), r of them expected above the gathered threshold, aiming at
+  // about (W + slots) / 2 gathered children. Only worth it when the sample is small beside
+  // the children.
+  const int target = (W + slots) / 2;
+  const unsigned stride = (unsigned)(target / 64) | 1u;
+  const int r = target / (int)stride;
+  const unsigned ns = total >= 4u * (unsigned)target ? (total - 1) / stride + 1 : 0u;
+  const auto sample = [&](auto f) {
+    for (unsigned i = (unsigned)tid; i < ns; i += (unsigned)T) {
+      const unsigned x = i * stride;
+      const int j = locate(x);
+      const unsigned c = base[j] - pre[j] + x;
+      f(entry(x, pj[j], code[c], metric == RQ_METRIC_L2 ? cnorm[c] : 0.0f));
     }
   };
   // Under ip every child scores pj[j] + t[code] with both in known ranges, and rounding is
@@ -181,8 +215,18 @@ RQ_UNROLL
     // One score: the positions decide, from their top byte.
     shift0 = top < 0 ? 24 : 32 + (top < 7 ? 0 : top - 7);
   }
-  const int kept = rq_radix_block_select(sweep, (long long)total, W, slots, a, hist, ctrl,
-                                         prefix0, mask0, shift0);
+  int kept;
+  if constexpr (SAMPLED) {
+    kept = rq_radix_block_select_sampled(sweep, sample, (long long)ns, r, (long long)total, W,
+                                         slots, a, hist, ctrl, prefix0, mask0, shift0);
+    if (kept < 0) {  // the same on every thread
+      if (tid == 0) out_count[b] = -1;
+      return;
+    }
+  } else {
+    kept = rq_radix_block_select(sweep, (long long)total, W, slots, a, hist, ctrl, prefix0,
+                                 mask0, shift0);
+  }
   // 3. Winners back to nodes and path ips.
   for (int i = tid; i < kept; i += T) {
     const unsigned x = ~(unsigned)a[i];
@@ -192,4 +236,31 @@ RQ_UNROLL
     out_ip[b * W + i] = pj[j] + t[code[node]];
   }
   if (tid == 0) out_count[b] = kept;
+}
+
+extern "C" __global__ void __launch_bounds__(256, 4)
+    rq_beam_step(const float* lut, long long lut_at, int K, const unsigned* child_start,
+                 const unsigned* code, const float* cnorm, const unsigned* prev_nodes,
+                 const float* prev_ip, const int* prev_count, int Wp, const float* qnorm,
+                 int metric, int W, int slots, unsigned* out_nodes, float* out_ip,
+                 int* out_count) {
+  RQ_SHARED_BASE(smem);
+  rq_beam_step_body<true>(smem, lut, lut_at, K, child_start, code, cnorm, prev_nodes, prev_ip,
+                          prev_count, Wp, qnorm, metric, W, slots, out_nodes, out_ip,
+                          out_count);
+}
+
+/// Second launch of a beam step, same arguments: the queries rq_beam_step left at
+/// out_count = -1 get the full radix selection; the others return at once.
+extern "C" __global__ void __launch_bounds__(256, 4)
+    rq_beam_step_rest(const float* lut, long long lut_at, int K, const unsigned* child_start,
+                      const unsigned* code, const float* cnorm, const unsigned* prev_nodes,
+                      const float* prev_ip, const int* prev_count, int Wp, const float* qnorm,
+                      int metric, int W, int slots, unsigned* out_nodes, float* out_ip,
+                      int* out_count) {
+  if (out_count[blockIdx.x] >= 0) return;
+  RQ_SHARED_BASE(smem);
+  rq_beam_step_body<false>(smem, lut, lut_at, K, child_start, code, cnorm, prev_nodes,
+                           prev_ip, prev_count, Wp, qnorm, metric, W, slots, out_nodes,
+                           out_ip, out_count);
 }

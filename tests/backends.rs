@@ -11,6 +11,7 @@ use rand::Rng;
 use std::sync::Arc;
 
 use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Encoding, Resident};
+use rqtree::index::build::{build, BuildOptions};
 use rqtree::index::{Codebook, Codebooks, EmbeddingKind, Embeddings, Index};
 #[cfg(any(feature = "emu", feature = "cuda"))]
 use rqtree::kernels::{KernelBackend, Storage};
@@ -492,6 +493,77 @@ fn traversal_wide_beams_and_ties(be: &dyn Backend) {
     }
 }
 
+/// A beam step from one parent with 10 400 children into beams of 1 … 2 048, tables shaped so
+/// that each outcome of the kernels' sampled threshold (one child in s sampled, s =
+/// ((W + 3072) / 2 / 64) | 1 as rq_beam_step picks it) happens: a sample like the whole
+/// (random and tied tables; the gathered children are then selected in shared memory), a
+/// sample far above the rest (too few gathered: the full selection runs) and far below it
+/// (too many gathered: the full selection runs). Every backend must give the reference's
+/// nodes whatever the sample did.
+fn traversal_sampled_threshold(be: &dyn Backend) {
+    let mut rng = rng("traversal_sampled_threshold");
+    let (d, wide) = (8, 10_400);
+    let mut top = Matrix::zeros(2, d);
+    top.row_mut(0)[0] = 50.0;
+    top.row_mut(1)[0] = -50.0;
+    let cbs = Codebooks::from_matrices(vec![top, rand_matrix(&mut rng, wide, d)]).unwrap();
+    let items = Matrix::new(
+        wide + 40,
+        d,
+        (0..wide + 40)
+            .flat_map(|i| cbs.reconstruct(&[(i >= wide) as u32, (i % wide) as u32]))
+            .collect(),
+    )
+    .unwrap();
+    for metric in [Metric::Ip, Metric::L2] {
+        let opts = BuildOptions {
+            metric,
+            ..BuildOptions::default()
+        };
+        let index = build(&Reference, &items, None, Some(cbs.clone()), &opts).unwrap();
+        let tree = &index.tree;
+        let big = (0..tree.depths[0].len())
+            .max_by_key(|&j| tree.depths[0].children(j).len())
+            .unwrap();
+        let children = tree.depths[0].children(big);
+        assert!(children.len() >= wide - 10, "{} children", children.len());
+        let q = rand_matrix(&mut rng, 5, d);
+        for w in [1, 100, 1024, 2048] {
+            let s = ((w + 3072) / 2 / 64) | 1;
+            let mut tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+            let l1 = &mut tr.levels[0];
+            for b in 0..q.rows() {
+                l1.row_mut(b).fill(0.0);
+                l1.row_mut(b)[tree.depths[0].code[big] as usize] = 1.0;
+            }
+            let l2 = &mut tr.levels[1];
+            l2.row_mut(1).fill(0.0);
+            for v in l2.row_mut(2) {
+                *v = (*v * 2.0).round() / 2.0;
+            }
+            for (x, node) in children.clone().enumerate() {
+                let code = tree.depths[1].code[node] as usize;
+                let sampled = x % s == 0;
+                l2.row_mut(3)[code] = if sampled {
+                    1000.0
+                } else {
+                    rng.random_range(-1.0..1.0)
+                };
+                l2.row_mut(4)[code] = if sampled {
+                    -1000.0
+                } else {
+                    rng.random_range(-1.0..1.0)
+                };
+            }
+            for beams in [vec![1, w], vec![2, w]] {
+                let c = ops::traverse(be, &tr, tree, &beams).unwrap();
+                let cr = ops::traverse(&Reference, &tr, tree, &beams).unwrap();
+                assert_eq!(c, cr, "traverse {beams:?} ({metric:?})");
+            }
+        }
+    }
+}
+
 /// Exact brute-force top-k equals the reference's, score bits included: tied and random
 /// values, d below, across and not a multiple of the kernels' 8-element groups and 32-element
 /// staging steps, sizes that are not multiples of 32, k = 1 … N + 5 (warp queues and radix
@@ -827,6 +899,7 @@ macro_rules! backend_suite {
             tables_traversal_fused_and_rerank,
             fused_and_traversal_many_rounds,
             traversal_wide_beams_and_ties,
+            traversal_sampled_threshold,
             exact_topk_both_metrics,
             resident_copies_follow_changes,
             search_pipeline,

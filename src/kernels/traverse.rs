@@ -13,6 +13,10 @@ use super::{
     RADIX_SLOTS, SELECT_THREADS,
 };
 
+/// Largest `K` whose lookup table `rq_beam_step` stages in shared memory (the kernel's
+/// `RQ_STEP_LUT_MAX`).
+const STEP_LUT_MAX: usize = 4096;
+
 /// Beam traversal: keeps `beams[l]` nodes per query at depth `l + 1`
 /// (`1 ≤ beams.len() ≤ L`, every width in `1..=2048`); returns the nodes kept at the last
 /// searched depth, best first, per query.
@@ -107,32 +111,34 @@ pub(crate) fn traverse_on_device<D: Device>(
         let cn = res.input(dev, &dep.centroid_norm, Reuse::Content)?;
         let slots = RADIX_SLOTS.max(w.next_power_of_two());
         let wp = prev.w;
-        let shared = round16(RADIX_HEAD + 8 * slots + 8 * wp.next_power_of_two() + 12 * wp + 4);
+        let k = tables.ks[l];
+        let lut = if k <= STEP_LUT_MAX { 4 * k } else { 0 };
+        let shared =
+            round16(RADIX_HEAD + 8 * slots + 8 * wp.next_power_of_two() + 12 * wp + 4 + lut);
         let cfg = launch_1d(b, SELECT_THREADS, shared, "traverse")?;
         let next = Kept::alloc(dev, b, w)?;
-        dev.launch(
-            "rq_beam_step",
-            cfg,
-            &[
-                KernelArg::Buf(&tables.luts),
-                KernelArg::I64(tables.at[l] as i64),
-                KernelArg::I32(arg_i32(tables.ks[l], "traverse: K")?),
-                KernelArg::Buf(&*cs),
-                KernelArg::Buf(&*code),
-                KernelArg::Buf(&*cn),
-                KernelArg::Buf(&prev.nodes),
-                KernelArg::Buf(&prev.ip),
-                KernelArg::Buf(&prev.count),
-                KernelArg::I32(wp as i32),
-                KernelArg::Buf(&tables.qnorm),
-                KernelArg::I32(metric),
-                KernelArg::I32(w as i32),
-                KernelArg::I32(slots as i32),
-                KernelArg::Buf(&next.nodes),
-                KernelArg::Buf(&next.ip),
-                KernelArg::Buf(&next.count),
-            ],
-        )?;
+        let args = [
+            KernelArg::Buf(&tables.luts),
+            KernelArg::I64(tables.at[l] as i64),
+            KernelArg::I32(arg_i32(tables.ks[l], "traverse: K")?),
+            KernelArg::Buf(&*cs),
+            KernelArg::Buf(&*code),
+            KernelArg::Buf(&*cn),
+            KernelArg::Buf(&prev.nodes),
+            KernelArg::Buf(&prev.ip),
+            KernelArg::Buf(&prev.count),
+            KernelArg::I32(wp as i32),
+            KernelArg::Buf(&tables.qnorm),
+            KernelArg::I32(metric),
+            KernelArg::I32(w as i32),
+            KernelArg::I32(slots as i32),
+            KernelArg::Buf(&next.nodes),
+            KernelArg::Buf(&next.ip),
+            KernelArg::Buf(&next.count),
+        ];
+        // The sampled threshold, then the full selection for the queries it left at -1.
+        dev.launch("rq_beam_step", cfg, &args)?;
+        dev.launch("rq_beam_step_rest", cfg, &args)?;
         // The previous depth's lists are read by this launch; dropping them is safe without a
         // wait: the cuda device frees stream-ordered (after the launch), emu launches return
         // when done.
