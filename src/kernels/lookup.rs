@@ -46,6 +46,9 @@ pub(crate) struct DeviceTables<B> {
     pub luts: B,
     pub at: Vec<usize>,
     pub ks: Vec<usize>,
+    /// `at` (i64) and `ks` (i32) on the device, for the kernels that read every level.
+    pub at_dev: B,
+    pub ks_dev: B,
     pub qnorm: B,
 }
 
@@ -64,15 +67,28 @@ fn tile_launch(x: (usize, &str), y: (usize, &str), shared: usize) -> Result<Laun
     })
 }
 
-/// Element offsets of `B × K_l` tables stacked level after level.
-fn stacked_offsets(b: usize, ks: &[usize]) -> Vec<usize> {
-    ks.iter()
+/// The layout of `B × K_l` tables stacked level after level: each level's element offset,
+/// and the offsets (i64) and sizes (i32) uploaded. Called before a call's first launch (an
+/// upload waits for the stream, so one between launches would stall it).
+fn stacked_layout<D: Device>(
+    dev: &D,
+    b: usize,
+    ks: &[usize],
+) -> Result<(Vec<usize>, D::Buffer, D::Buffer)> {
+    let at: Vec<usize> = ks
+        .iter()
         .scan(0, |acc, &k| {
             let at = *acc;
             *acc += b * k;
             Some(at)
         })
-        .collect()
+        .collect();
+    let at64: Vec<i64> = at.iter().map(|&a| a as i64).collect();
+    let ks32 = ks
+        .iter()
+        .map(|&k| arg_i32(k, "lookup tables: K"))
+        .collect::<Result<Vec<i32>>>()?;
+    Ok((at, upload(dev, &at64)?, upload(dev, &ks32)?))
 }
 
 /// Computes the lookup tables of `queries` (`B ≥ 1` rows × d) on the device (launched, not
@@ -91,7 +107,7 @@ pub(crate) fn tables_on_device<D: Device>(
     let b32 = arg_i32(b, "lookup_tables: queries")?;
     let d32 = arg_i32(d, "lookup_tables: d")?;
     let ks = codebooks.sizes();
-    let at = stacked_offsets(b, &ks);
+    let (at, at_dev, ks_dev) = stacked_layout(dev, b, &ks)?;
     let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let luts = alloc::<D, f32>(dev, b * ks.iter().sum::<usize>())?;
     for (cb, &off) in codebooks.iter().zip(&at) {
@@ -134,6 +150,8 @@ pub(crate) fn tables_on_device<D: Device>(
         luts,
         at,
         ks,
+        at_dev,
+        ks_dev,
         qnorm,
     })
 }
@@ -145,7 +163,7 @@ pub(crate) fn upload_tables<D: Device>(
 ) -> Result<DeviceTables<D::Buffer>> {
     let b = tables.queries();
     let ks: Vec<usize> = tables.levels.iter().map(Matrix::cols).collect();
-    let at = stacked_offsets(b, &ks);
+    let (at, at_dev, ks_dev) = stacked_layout(dev, b, &ks)?;
     // Each level straight into its place in the stacked buffer (no host copy).
     let mut luts = alloc::<D, f32>(dev, b * ks.iter().sum::<usize>())?;
     for (m, &off) in tables.levels.iter().zip(&at) {
@@ -157,6 +175,8 @@ pub(crate) fn upload_tables<D: Device>(
         luts,
         at,
         ks,
+        at_dev,
+        ks_dev,
         qnorm: upload(dev, &tables.qnorm)?,
     })
 }
@@ -251,14 +271,6 @@ pub(crate) fn fused_on_device<D: Device>(
     let lut_shared = ksum <= FUSED_SHARED_TABLES && round16(4 * ksum) + rest <= MAX_SHARED_BYTES;
     let shared = if lut_shared { round16(4 * ksum) } else { 0 } + rest;
     let cfg = launch_1d(b, SELECT_THREADS, shared, "fused_topk")?;
-    let lut_off: Vec<i64> = tables.at.iter().map(|&a| a as i64).collect();
-    let lut_k = tables
-        .ks
-        .iter()
-        .map(|&kk| arg_i32(kk, "fused_topk: K"))
-        .collect::<Result<Vec<i32>>>()?;
-    let d_off = upload(dev, &lut_off)?;
-    let d_k = upload(dev, &lut_k)?;
     let d_items = res.input(
         dev,
         &index.tree.depths[depth - 1].item_start,
@@ -279,8 +291,8 @@ pub(crate) fn fused_on_device<D: Device>(
         cfg,
         &[
             KernelArg::Buf(&tables.luts),
-            KernelArg::Buf(&d_off),
-            KernelArg::Buf(&d_k),
+            KernelArg::Buf(&tables.at_dev),
+            KernelArg::Buf(&tables.ks_dev),
             KernelArg::I32(levels as i32),
             KernelArg::I32(lut_shared as i32),
             KernelArg::Buf(&*codes),

@@ -41,10 +41,14 @@ pub(crate) fn search<D: Device>(
     if b == 0 {
         return Ok(Some((TopK::empty(0, params.k), Vec::new())));
     }
+    // Query q's candidate nodes start at q · w in the last depth's kept lists. Uploaded
+    // before the first launch: an upload waits for the stream.
+    let w = params.beams.last().copied().unwrap_or(0);
+    let start: Vec<i64> = (0..b).map(|q| (q * w) as i64).collect();
+    let start = upload(dev, &start)?;
     let tables = tables_on_device(dev, res, queries, codebooks, index.metric, storage)?;
     let kept = traverse_on_device(dev, res, &tables, &index.tree, &params.beams)?;
-    let start: Vec<i64> = (0..b).map(|q| (q * kept.w) as i64).collect();
-    let start = upload(dev, &start)?;
+    debug_assert_eq!(kept.w, w);
     let cand = DeviceCandidates {
         depth: params.beams.len(),
         nodes: &kept.nodes,
