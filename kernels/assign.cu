@@ -163,8 +163,8 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
 // not finite, sends the row to the exact scan of all K codewords (correct, slow, rare).
 // ---------------------------------------------------------------------------------------
 
-/// Codewords per screening tile and dimensions per staged chunk.
-#define RQ_GR_TK 64
+/// Dimensions per staged chunk of a screening tile (a tile holds 16·CN codewords, CN the
+/// codewords a thread screens per tile).
 #define RQ_GR_DC 32
 /// Row stride (floats) of a staged chunk, one row per codeword: DC + 4, so rows are 16-byte
 /// aligned and the 16-byte loads of a half-warp (threads cg read codewords cg + 16·j) fall
@@ -236,10 +236,11 @@ __device__ inline float rq_exact_key(int mode, const float* r, const unsigned ch
 /// dimensions ≥ dc and codewords ≥ K are zero. Consecutive threads read consecutive
 /// dimensions of a codeword (coalesced). Every thread of the block must call it; it
 /// synchronises before (the previous chunk is consumed) and after.
+template <int TK>
 __device__ inline void rq_greedy_stage(float* tile, const unsigned char* cbs, int cb_dtype,
                                        long long c0, int t0, int K, int d, int e0, int dc) {
   __syncthreads();
-  for (int i = threadIdx.x; i < RQ_GR_TK * RQ_GR_DC; i += (int)blockDim.x) {
+  for (int i = threadIdx.x; i < TK * RQ_GR_DC; i += (int)blockDim.x) {
     const int c = i / RQ_GR_DC, e = i % RQ_GR_DC;
     tile[c * RQ_GR_DCS + e] = e < dc && t0 + c < K
                                   ? rq_load_widened(cbs, cb_dtype, (c0 + t0 + c) * d + e0 + e)
@@ -268,7 +269,7 @@ __device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile
   wmma::fill_fragment(acc[1], 0.0f);
   for (int e0 = 0; e0 < d; e0 += RQ_GR_DC) {
     const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
-    rq_greedy_stage(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
+    rq_greedy_stage<64>(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
     for (int kk = 0; kk < dc; kk += 8) {
       wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> ab, as;
       wmma::load_matrix_sync(ab, res + 16 * rt * rs + e0 + kk, (unsigned)rs);
@@ -298,27 +299,35 @@ __device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile
   __syncthreads();
 }
 
-/// Body of rq_greedy_rows16 / rq_greedy_rows64 (`smem`: the launch's dynamic shared memory):
-/// a block of 256 threads holds R = 16·RM rows.
-/// Thread t = 16·rg + cg screens rows rg + 16·i (i < RM) against codewords cg + 16·j (j < 4)
-/// of each 64-codeword tile, so the 16 threads of a row are one half-warp.
-template <int RM, bool TC>
+/// Body of the rq_greedy_rows* kernels (`smem`: the launch's dynamic shared memory): a
+/// block of 256 threads holds R = 16·RM rows and screens them against tiles of TK = 16·CN
+/// codewords. Thread t = 16·rg + cg screens rows rg + 16·i (i < RM) against codewords
+/// cg + 16·j (j < CN) of each tile, so the 16 threads of a row are one half-warp. Per four
+/// dimensions a thread loads CN + RM 16-byte words for 4·RM·CN fused multiply-adds (a
+/// row's word is the same for its half-warp). Shared memory (rq_greedy_shared_bytes):
+/// residuals R × rs; then the staged chunk (TK × DCS, with TC the 64 × SLD accumulators),
+/// which the decision reuses for its candidate keys and codes (CAND × R each); then R
+/// screening norms, candidate counts and scan flags.
+template <int RM, int CN, bool TC>
 __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, int n, int d,
                                            int L,
                                            const unsigned char* cbs, int cb_dtype,
                                            const long long* cb_rows, const float* cnorms,
                                            const float* cmax, int mode, unsigned* codes,
                                            float* err, int want_residual, float* residual) {
-  const int R = 16 * RM;
+  static_assert(!TC || (RM == 4 && CN == 4), "the tensor-core screening is 64 x 64");
+  constexpr int R = 16 * RM, TK = 16 * CN;
+  constexpr int TILE = TK * RQ_GR_DCS + (TC ? 64 * RQ_GR_SLD : 0);
+  constexpr int DECIDE = 2 * RQ_GR_CAND * R;
   const int rs = rq_greedy_stride(d);
   const unsigned res_bytes = (unsigned)R * (unsigned)rs * 4u;
   float* res = reinterpret_cast<float*>(smem);  // R × rs, row-major
   float* tile = reinterpret_cast<float*>(smem + res_bytes);  // TK × DCS, codeword-major
-  float* sacc = tile + RQ_GR_TK * RQ_GR_DCS;                  // TC: 64 × SLD dot products
-  float* rn = sacc + (TC ? 64 * RQ_GR_SLD : 0);               // R: screening ||r||²
-  float* cval = rn + R;                                       // CAND × R exact keys
+  float* sacc = tile + TK * RQ_GR_DCS;                        // TC: 64 × SLD dot products
+  float* cval = tile;                                         // CAND × R exact keys
   int* cand = reinterpret_cast<int*>(cval + RQ_GR_CAND * R);  // CAND × R candidate codes
-  int* cand_n = cand + RQ_GR_CAND * R;                        // R
+  float* rn = tile + (TILE > DECIDE ? TILE : DECIDE);         // R: screening ||r||²
+  int* cand_n = reinterpret_cast<int*>(rn + R);               // R
   int* over = cand_n + R;                                     // R: 1 = scan all K exactly
   const int tid = (int)threadIdx.x;
   const int rg = tid / 16, cg = tid % 16;
@@ -354,28 +363,29 @@ RQ_UNROLL
       v2[i] = rq_neg_inf();
       k1[i] = 0;
     }
-    for (int t0 = 0; t0 < K; t0 += RQ_GR_TK) {
-      float acc[RM][4];
+    for (int t0 = 0; t0 < K; t0 += TK) {
+      float acc[RM][CN];
 RQ_UNROLL
       for (int i = 0; i < RM; ++i)
 RQ_UNROLL
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+        for (int j = 0; j < CN; ++j) acc[i][j] = 0.0f;
       if constexpr (TC) {
         rq_greedy_screen_tc(res, rs, tile, sacc, cbs, cb_dtype, c0, t0, K, d);
 RQ_UNROLL
         for (int i = 0; i < RM; ++i)
 RQ_UNROLL
-          for (int j = 0; j < 4; ++j) acc[i][j] = sacc[(rg + 16 * i) * RQ_GR_SLD + cg + 16 * j];
+          for (int j = 0; j < CN; ++j) acc[i][j] = sacc[(rg + 16 * i) * RQ_GR_SLD + cg + 16 * j];
       }
       for (int e0 = 0; e0 < (TC ? 0 : d); e0 += RQ_GR_DC) {
         const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
-        rq_greedy_stage(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
+        rq_greedy_stage<TK>(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
         // Four dimensions per step: one 16-byte load per codeword and per row.
         int e = 0;
+RQ_NO_UNROLL
         for (; e + 4 <= dc; e += 4) {
-          RqFloat4 w[4];
+          RqFloat4 w[CN];
 RQ_UNROLL
-          for (int j = 0; j < 4; ++j)
+          for (int j = 0; j < CN; ++j)
             w[j] = *reinterpret_cast<const RqFloat4*>(tile + (cg + 16 * j) * RQ_GR_DCS + e);
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
@@ -383,23 +393,23 @@ RQ_UNROLL
 RQ_UNROLL
             for (int h = 0; h < 4; ++h)
 RQ_UNROLL
-              for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv.v[h], w[j].v[h], acc[i][j]);
+              for (int j = 0; j < CN; ++j) acc[i][j] = __fmaf_rn(rv.v[h], w[j].v[h], acc[i][j]);
           }
         }
         for (; e < dc; ++e) {
-          float w[4];
+          float w[CN];
 RQ_UNROLL
-          for (int j = 0; j < 4; ++j) w[j] = tile[(cg + 16 * j) * RQ_GR_DCS + e];
+          for (int j = 0; j < CN; ++j) w[j] = tile[(cg + 16 * j) * RQ_GR_DCS + e];
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
             const float rv = res[(rg + 16 * i) * rs + e0 + e];
 RQ_UNROLL
-            for (int j = 0; j < 4; ++j) acc[i][j] = __fmaf_rn(rv, w[j], acc[i][j]);
+            for (int j = 0; j < CN; ++j) acc[i][j] = __fmaf_rn(rv, w[j], acc[i][j]);
           }
         }
       }
 RQ_UNROLL
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < CN; ++j) {
         const int k = t0 + cg + 16 * j;
         if (k < K) {
           const float cn = cnorms[c0 + k];
@@ -417,7 +427,9 @@ RQ_UNROLL
         }
       }
     }
-    // (2a) Candidates: within the margin of the row's largest ĝ (over its half-warp).
+    // (2a) Candidates: within the margin of the row's largest ĝ (over its half-warp). The
+    // candidate arrays reuse the staged chunk: every thread must be done reading it.
+    __syncthreads();
     const float cm = cmax[l];
 RQ_UNROLL
     for (int i = 0; i < RM; ++i) {
@@ -484,8 +496,10 @@ RQ_UNROLL
 }
 
 /// Greedy hard assignment over all L levels, the residual kept in shared memory, each
-/// level's code certified exact (see above): rq_greedy_rows64 holds 64 rows per block,
-/// rq_greedy_rows16 16 (for large d).
+/// level's code certified exact (see above): rq_greedy_rows128 holds 128 rows per block
+/// (each thread 8 rows × 8 codewords per tile of 128), rq_greedy_rows128n 128 rows against
+/// tiles of 64 codewords, rq_greedy_rows64 64 rows (4 × 4 per thread), rq_greedy_rows16 16
+/// (for large d).
 ///
 /// mode 0 (encoding, the reference's `encode` with beam 1): key = -||r - C[k]||² (f64 inside);
 ///   err[row] = ||x - x̂||² after the last level.
@@ -496,16 +510,36 @@ RQ_UNROLL
 /// cnorms: their squared norms ||C[k]||² (f32 of the f64 sum) stacked the same way;
 /// cmax: L, an upper bound of each level's largest codeword norm ||C[k]||.
 /// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
-/// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·(TK·DCS + R) + 8·CAND·R + 8·R
-/// bytes (rs = rq_greedy_stride(d), DC = 32, TK = 64, CAND = 16).
+/// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·max(TK·DCS, 2·CAND·R) + 12·R
+/// bytes (rs = rq_greedy_stride(d), DCS = 36, CAND = 16, R and TK as above).
+extern "C" __global__ void __launch_bounds__(256, 1)
+    rq_greedy_rows128(const float* x, int n, int d, int L, const unsigned char* cbs,
+                      int cb_dtype, const long long* cb_rows, const float* cnorms,
+                      const float* cmax, int mode, unsigned* codes, float* err,
+                      int want_residual, float* residual) {
+  RQ_SHARED_BASE(smem);
+  rq_greedy_rows_body<8, 8, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+                                   mode, codes, err, want_residual, residual);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    rq_greedy_rows128n(const float* x, int n, int d, int L, const unsigned char* cbs,
+                       int cb_dtype, const long long* cb_rows, const float* cnorms,
+                       const float* cmax, int mode, unsigned* codes, float* err,
+                       int want_residual, float* residual) {
+  RQ_SHARED_BASE(smem);
+  rq_greedy_rows_body<8, 4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+                                   mode, codes, err, want_residual, residual);
+}
+
 extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             const unsigned char* cbs, int cb_dtype,
                                             const long long* cb_rows, const float* cnorms,
                                             const float* cmax, int mode, unsigned* codes,
                                             float* err, int want_residual, float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode,
-                                codes, err, want_residual, residual);
+  rq_greedy_rows_body<4, 4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+                                   mode, codes, err, want_residual, residual);
 }
 
 extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
@@ -514,8 +548,8 @@ extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
                                             const float* cmax, int mode, unsigned* codes,
                                             float* err, int want_residual, float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<1, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode,
-                                codes, err, want_residual, residual);
+  rq_greedy_rows_body<1, 4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+                                   mode, codes, err, want_residual, residual);
 }
 
 /// rq_greedy_rows64 with the screening on the tensor cores (3xTF32, rq_greedy_screen_tc;
@@ -528,6 +562,6 @@ extern "C" __global__ void rq_greedy_rows64_tc(const float* x, int n, int d, int
                                                float* err, int want_residual,
                                                float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<4, true>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode,
-                               codes, err, want_residual, residual);
+  rq_greedy_rows_body<4, 4, true>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+                                  mode, codes, err, want_residual, residual);
 }

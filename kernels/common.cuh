@@ -27,8 +27,11 @@
 /// warn about an unknown pragma, leaves the loop to its own optimiser.
 #ifdef RQ_EMU
 #define RQ_UNROLL
+#define RQ_NO_UNROLL
 #else
 #define RQ_UNROLL _Pragma("unroll")
+/// A loop kept rolled (its body is already wide; unrolling would only cost registers).
+#define RQ_NO_UNROLL _Pragma("unroll 1")
 #endif
 
 #define RQ_FULL_MASK 0xffffffffu
