@@ -163,8 +163,7 @@ extern "C" __global__ void rq_encode(const float* x, int d, int L, const float* 
 // not finite, sends the row to the exact scan of all K codewords (correct, slow, rare).
 // ---------------------------------------------------------------------------------------
 
-/// Dimensions per staged chunk of a screening tile (a tile holds 16·CN codewords, CN the
-/// codewords a thread screens per tile).
+/// Dimensions per staged chunk of a screening tile.
 #define RQ_GR_DC 32
 /// Row stride (floats) of a staged chunk, one row per codeword: DC + 4, so rows are 16-byte
 /// aligned and the 16-byte loads of a half-warp (threads cg read codewords cg + 16·j) fall
@@ -300,23 +299,25 @@ __device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile
 }
 
 /// Body of the rq_greedy_rows* kernels (`smem`: the launch's dynamic shared memory): a
-/// block of 256 threads holds R = 16·RM rows and screens them against tiles of TK = 16·CN
+/// block of 256 threads holds R = 16·RM rows and screens them against tiles of TK = 64
 /// codewords. Thread t = 16·rg + cg screens rows rg + 16·i (i < RM) against codewords
-/// cg + 16·j (j < CN) of each tile, so the 16 threads of a row are one half-warp. Per four
-/// dimensions a thread loads CN + RM 16-byte words for 4·RM·CN fused multiply-adds (a
-/// row's word is the same for its half-warp). Shared memory (rq_greedy_shared_bytes):
+/// cg + 16·j (j < CN = 4) of each tile, so the 16 threads of a row are one half-warp. Per
+/// four dimensions a thread loads CN + RM 16-byte words for 4·RM·CN fused multiply-adds (a
+/// row's word is the same for its half-warp). (Tiles of 8 rows × 8 or × 4 codewords per
+/// thread, 128 rows per block, measured slower on the H200: 67.3 and 70.3 ms against 63.1
+/// for the 4M × 128 encode of the bench; benches/results/h200-2026-11-28/runs/12-9ac956c.txt.) Shared memory (rq_greedy_shared_bytes):
 /// residuals R × rs; then the staged chunk (TK × DCS, with TC the 64 × SLD accumulators),
 /// which the decision reuses for its candidate keys and codes (CAND × R each); then R
 /// screening norms, candidate counts and scan flags.
-template <int RM, int CN, bool TC>
+template <int RM, bool TC>
 __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, int n, int d,
                                            int L,
                                            const unsigned char* cbs, int cb_dtype,
                                            const long long* cb_rows, const float* cnorms,
                                            const float* cmax, int mode, unsigned* codes,
                                            float* err, int want_residual, float* residual) {
-  static_assert(!TC || (RM == 4 && CN == 4), "the tensor-core screening is 64 x 64");
-  constexpr int R = 16 * RM, TK = 16 * CN;
+  static_assert(!TC || RM == 4, "the tensor-core screening is 64 x 64");
+  constexpr int CN = 4, R = 16 * RM, TK = 16 * CN;
   constexpr int TILE = TK * RQ_GR_DCS + (TC ? 64 * RQ_GR_SLD : 0);
   constexpr int DECIDE = 2 * RQ_GR_CAND * R;
   const int rs = rq_greedy_stride(d);
@@ -496,10 +497,8 @@ RQ_UNROLL
 }
 
 /// Greedy hard assignment over all L levels, the residual kept in shared memory, each
-/// level's code certified exact (see above): rq_greedy_rows128 holds 128 rows per block
-/// (each thread 8 rows × 8 codewords per tile of 128), rq_greedy_rows128n 128 rows against
-/// tiles of 64 codewords, rq_greedy_rows64 64 rows (4 × 4 per thread), rq_greedy_rows16 16
-/// (for large d).
+/// level's code certified exact (see above): rq_greedy_rows64 holds 64 rows per block,
+/// rq_greedy_rows16 16 (for large d).
 ///
 /// mode 0 (encoding, the reference's `encode` with beam 1): key = -||r - C[k]||² (f64 inside);
 ///   err[row] = ||x - x̂||² after the last level.
@@ -511,34 +510,14 @@ RQ_UNROLL
 /// cmax: L, an upper bound of each level's largest codeword norm ||C[k]||.
 /// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
 /// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·max(TK·DCS, 2·CAND·R) + 12·R
-/// bytes (rs = rq_greedy_stride(d), DCS = 36, CAND = 16, R and TK as above).
-extern "C" __global__ void __launch_bounds__(256, 1)
-    rq_greedy_rows128(const float* x, int n, int d, int L, const unsigned char* cbs,
-                      int cb_dtype, const long long* cb_rows, const float* cnorms,
-                      const float* cmax, int mode, unsigned* codes, float* err,
-                      int want_residual, float* residual) {
-  RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<8, 8, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
-                                   mode, codes, err, want_residual, residual);
-}
-
-extern "C" __global__ void __launch_bounds__(256, 1)
-    rq_greedy_rows128n(const float* x, int n, int d, int L, const unsigned char* cbs,
-                       int cb_dtype, const long long* cb_rows, const float* cnorms,
-                       const float* cmax, int mode, unsigned* codes, float* err,
-                       int want_residual, float* residual) {
-  RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<8, 4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
-                                   mode, codes, err, want_residual, residual);
-}
-
+/// bytes (rs = rq_greedy_stride(d), TK = 64, DCS = 36, CAND = 16).
 extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             const unsigned char* cbs, int cb_dtype,
                                             const long long* cb_rows, const float* cnorms,
                                             const float* cmax, int mode, unsigned* codes,
                                             float* err, int want_residual, float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<4, 4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+  rq_greedy_rows_body<4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
                                    mode, codes, err, want_residual, residual);
 }
 
@@ -548,7 +527,7 @@ extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
                                             const float* cmax, int mode, unsigned* codes,
                                             float* err, int want_residual, float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<1, 4, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+  rq_greedy_rows_body<1, false>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
                                    mode, codes, err, want_residual, residual);
 }
 
@@ -562,6 +541,6 @@ extern "C" __global__ void rq_greedy_rows64_tc(const float* x, int n, int d, int
                                                float* err, int want_residual,
                                                float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<4, 4, true>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
+  rq_greedy_rows_body<4, true>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
                                   mode, codes, err, want_residual, residual);
 }

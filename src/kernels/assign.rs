@@ -25,24 +25,23 @@ struct Greedy {
     residual: Option<Vec<f32>>,
 }
 
-/// Shared bytes of a `rq_greedy_rows*` block of `rows` rows of dimension `d` screened
-/// against tiles of `tile` codewords (the kernel's carving: residuals; one chunk of 32
-/// dimensions of the tile's codewords (rows of 36 floats), with `tensor_cores` plus the
-/// 64 × 68 accumulator tile, reused for 16 candidate keys and codes per row; per-row norms,
-/// candidate counts and scan flags).
-fn greedy_shared(rows: usize, tile: usize, d: usize, tensor_cores: bool) -> usize {
+/// Shared bytes of a `rq_greedy_rows*` block of `rows` rows of dimension `d` (the kernel's
+/// carving: residuals; one chunk of 32 dimensions of 64 codewords (rows of 36 floats), with
+/// `tensor_cores` plus the 64 × 68 accumulator tile, the area the decision then reuses for
+/// 16 candidate keys and codes per row; per-row norms, candidate counts and scan flags).
+fn greedy_shared(rows: usize, d: usize, tensor_cores: bool) -> usize {
     // assign.cu `rq_greedy_stride`: 16-byte rows, two rows of a warp in different banks.
     let stride = d.div_ceil(4) * 4 + 4;
     let stride = if stride % 32 == 0 { stride + 4 } else { stride };
     let acc = if tensor_cores { 64 * 68 } else { 0 };
-    4 * rows * stride + 4 * (tile * 36 + acc).max(2 * 16 * rows) + 12 * rows
+    4 * rows * stride + 4 * (64 * 36 + acc).max(2 * 16 * rows) + 12 * rows
 }
 
 /// Whether the certified greedy kernel takes rows of dimension `d` (16 of them must fit the
 /// shared-memory budget: d ≤ 1368); larger d run the per-row kernels (`rq_assign` with
 /// `top_m = 1`, `rq_encode` with beam 1), which compute the same exact keys.
 fn greedy_fits(d: usize) -> bool {
-    greedy_shared(16, 64, d, false) <= MAX_SHARED_BYTES
+    greedy_shared(16, d, false) <= MAX_SHARED_BYTES
 }
 
 /// Launches the certified greedy kernel over `levels` (codebooks, values already rounded to
@@ -62,27 +61,17 @@ fn greedy_rows<D: Device>(
     tensor_cores: bool,
 ) -> Result<Greedy> {
     let (n, d, l) = (x.rows(), x.cols(), levels.len());
-    let wanted = std::env::var("RQTREE_GREEDY_KERNEL").unwrap_or_default();
-    let (kernel, rows, tile, tc) = [
-        ("rq_greedy_rows64_tc", 64, 64, true),
-        ("rq_greedy_rows128", 128, 128, false),
-        ("rq_greedy_rows128n", 128, 64, false),
-        ("rq_greedy_rows64", 64, 64, false),
-    ]
-    .into_iter()
-    .filter(|&(k, _, _, t)| {
-        if t {
-            tensor_cores
-        } else {
-            k == wanted || k == "rq_greedy_rows64"
-        }
-    })
-    .find(|&(_, r, t, c)| greedy_shared(r, t, d, c) <= MAX_SHARED_BYTES)
-    .unwrap_or(("rq_greedy_rows16", 16, 64, false));
+    let (kernel, rows, tc) = if tensor_cores && greedy_shared(64, d, true) <= MAX_SHARED_BYTES {
+        ("rq_greedy_rows64_tc", 64, true)
+    } else if greedy_shared(64, d, false) <= MAX_SHARED_BYTES {
+        ("rq_greedy_rows64", 64, false)
+    } else {
+        ("rq_greedy_rows16", 16, false)
+    };
     let cfg = launch_1d(
         n.div_ceil(rows),
         GREEDY_THREADS,
-        greedy_shared(rows, tile, d, tc),
+        greedy_shared(rows, d, tc),
         "greedy assignment",
     )?;
     let mut stacked = Vec::new();
