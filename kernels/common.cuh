@@ -604,9 +604,10 @@ __device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
 }
 
 /// Visits the concatenation of `m` ranges in rounds of blockDim.x · `per_thread` elements
-/// (1 ≤ per_thread ≤ RUN), so that tiny and empty ranges cost nothing: in a round, thread t
-/// visits the `per_thread` consecutive elements from t · per_thread on (one binary search,
-/// then a forward walk). `range(j, begin, len)` gives range j (called by one thread);
+/// (1 ≤ per_thread ≤ RUN), so that tiny and empty ranges cost nothing: in a round, lane l of
+/// warp w visits the `per_thread` elements 32·per_thread·w + l + 32·u, u < per_thread (one
+/// binary search, then a forward walk; each load instruction of a warp reads 32 consecutive
+/// elements). `range(j, begin, len)` gives range j (called by one thread);
 /// `load(x)` issues the global reads element x needs and returns them (a small struct);
 /// `visit(x, loaded)` is called for each element x = begin_j + offset of a range with
 /// `load(x)`'s result and must not synchronise; `round_end()` is called by every thread once
@@ -636,7 +637,7 @@ __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsig
     __syncthreads();
     rq_block_inclusive_scan(pre + 1, nb);
     const unsigned total = pre[nb];
-    // The elements first .. first + per_thread (below total) of this thread's round: their
+    // The elements first + 32·u, u < per_thread (below total), of this thread's round: their
     // positions and loads. The range holding element f is the largest j with pre[j] <= f
     // (pre[j + 1] > f, so range j is not empty).
     const auto fetch = [&](unsigned first, unsigned (&xs)[RUN], Loaded (&v)[RUN]) {
@@ -649,7 +650,7 @@ __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsig
       int j = lo;
 RQ_UNROLL
       for (int u = 0; u < RUN; ++u) {
-        const unsigned f = first + (unsigned)u;
+        const unsigned f = first + RQ_WARP * (unsigned)u;
         if (u < per_thread && f < total) {
           while (pre[j + 1] <= f) ++j;  // skips the ranges (empty ones too) before f
           xs[u] = base[j] + (f - pre[j]);
@@ -657,7 +658,8 @@ RQ_UNROLL
         }
       }
     };
-    unsigned first = (unsigned)t * (unsigned)per_thread;
+    const unsigned lane = (unsigned)t % RQ_WARP;
+    unsigned first = ((unsigned)t - lane) * (unsigned)per_thread + lane;
     unsigned xs[RUN] = {};
     Loaded v[RUN] = {};
     fetch(first, xs, v);
@@ -668,7 +670,7 @@ RQ_UNROLL
       fetch(next, nxs, nv);
 RQ_UNROLL
       for (int u = 0; u < RUN; ++u)
-        if (u < per_thread && first + (unsigned)u < total) visit(xs[u], v[u]);
+        if (u < per_thread && first + RQ_WARP * (unsigned)u < total) visit(xs[u], v[u]);
       round_end();
       first = next;
 RQ_UNROLL
