@@ -6,6 +6,7 @@
 // best codes, so ties go to the lowest code exactly as in the reference.
 #include "common.cuh"
 
+#include <cuda_pipeline_primitives.h>
 #include <mma.h>
 
 /// One level of assignment. grid: n (one row per block); block: a power of two ≥ 32;
@@ -230,22 +231,50 @@ __device__ inline float rq_exact_key(int mode, const float* r, const unsigned ch
                                     : rq_dist_sq_w<RqWidenF16>(r, h, d));
 }
 
-/// Stages dimensions e0 .. e0 + dc (dc ≤ DC) of codewords t0 .. t0 + TK of a level (rows
+/// Writes dimensions e0 .. e0 + dc (dc ≤ DC) of codewords t0 .. t0 + TK of a level (rows
 /// c0 + t0 + c of `cbs`, widened to f32) into `tile`, codeword-major (row c at c · DCS);
 /// dimensions ≥ dc and codewords ≥ K are zero. Consecutive threads read consecutive
-/// dimensions of a codeword (coalesced). Every thread of the block must call it; it
-/// synchronises before (the previous chunk is consumed) and after.
+/// dimensions of a codeword (coalesced). No barriers.
 template <int TK>
-__device__ inline void rq_greedy_stage(float* tile, const unsigned char* cbs, int cb_dtype,
-                                       long long c0, int t0, int K, int d, int e0, int dc) {
-  __syncthreads();
+__device__ inline void rq_greedy_fill(float* tile, const unsigned char* cbs, int cb_dtype,
+                                      long long c0, int t0, int K, int d, int e0, int dc) {
   for (int i = threadIdx.x; i < TK * RQ_GR_DC; i += (int)blockDim.x) {
     const int c = i / RQ_GR_DC, e = i % RQ_GR_DC;
     tile[c * RQ_GR_DCS + e] = e < dc && t0 + c < K
                                   ? rq_load_widened(cbs, cb_dtype, (c0 + t0 + c) * d + e0 + e)
                                   : 0.0f;
   }
+}
+
+/// rq_greedy_fill between two barriers (the previous chunk is consumed; this one is
+/// complete): the tensor-core screening's staging. Every thread of the block must call it.
+template <int TK>
+__device__ inline void rq_greedy_stage(float* tile, const unsigned char* cbs, int cb_dtype,
+                                       long long c0, int t0, int K, int d, int e0, int dc) {
   __syncthreads();
+  rq_greedy_fill<TK>(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
+  __syncthreads();
+}
+
+/// Starts staging a chunk as rq_greedy_stage lays it out, into `tile`, without barriers:
+/// when the chunk is whole (TK codewords, DC dimensions), f32 and d a multiple of 4, as
+/// asynchronous 16-byte copies (cp.async, one commit group; the caller waits with
+/// __pipeline_wait_prior and a barrier before reading, so the copies run while it screens
+/// the previous chunk); otherwise by rq_greedy_fill (plain loads and stores, visible after
+/// the caller's barrier). The caller must not let another thread still read `tile`.
+template <int TK>
+__device__ inline void rq_greedy_issue(float* tile, const unsigned char* cbs, int cb_dtype,
+                                       long long c0, int t0, int K, int d, int e0, int dc) {
+  if (cb_dtype == RQ_DTYPE_F32 && d % 4 == 0 && dc == RQ_GR_DC && t0 + TK <= K) {
+    const float* src = reinterpret_cast<const float*>(cbs) + (c0 + t0) * d + e0;
+    for (int q = threadIdx.x; q < TK * RQ_GR_DC / 4; q += (int)blockDim.x) {
+      const int c = q / (RQ_GR_DC / 4), e = 4 * (q % (RQ_GR_DC / 4));
+      __pipeline_memcpy_async(tile + c * RQ_GR_DCS + e, src + (long long)c * d + e, 16);
+    }
+  } else {
+    rq_greedy_fill<TK>(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
+  }
+  __pipeline_commit();
 }
 
 /// Row stride (floats) of the tensor-core screening's accumulator tile (64 × 64 logits).
@@ -305,10 +334,13 @@ __device__ inline void rq_greedy_screen_tc(const float* res, int rs, float* tile
 /// four dimensions a thread loads CN + RM 16-byte words for 4·RM·CN fused multiply-adds (a
 /// row's word is the same for its half-warp). (Tiles of 8 rows × 8 or × 4 codewords per
 /// thread, 128 rows per block, measured slower on the H200: 67.3 and 70.3 ms against 63.1
-/// for the 4M × 128 encode of the bench; benches/results/h200-2026-11-28/runs/12-9ac956c.txt.) Shared memory (rq_greedy_shared_bytes):
-/// residuals R × rs; then the staged chunk (TK × DCS, with TC the 64 × SLD accumulators),
-/// which the decision reuses for its candidate keys and codes (CAND × R each); then R
-/// screening norms, candidate counts and scan flags.
+/// for the 4M × 128 encode of the bench; benches/results/h200-2026-11-28/runs/12-9ac956c.txt.)
+/// The FMA screening walks the chunks (tile, then dimensions) through two buffers: chunk
+/// i + 1 is copied in (rq_greedy_issue) while chunk i is screened, one barrier per chunk.
+/// Shared memory (greedy_shared in src/kernels/assign.rs): residuals R × rs; then the two
+/// chunk buffers (TK × DCS each; TC: one chunk and the 64 × SLD accumulators), which the
+/// decision reuses for its candidate keys and codes (CAND × R each); then R screening norms,
+/// candidate counts and scan flags.
 template <int RM, bool TC>
 __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, int n, int d,
                                            int L,
@@ -318,13 +350,15 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
                                            float* err, int want_residual, float* residual) {
   static_assert(!TC || RM == 4, "the tensor-core screening is 64 x 64");
   constexpr int CN = 4, R = 16 * RM, TK = 16 * CN;
-  constexpr int TILE = TK * RQ_GR_DCS + (TC ? 64 * RQ_GR_SLD : 0);
+  // FMA screening: two chunk buffers (one screened while the next is copied in); TC: one
+  // chunk and the accumulators.
+  constexpr int TILE = TK * RQ_GR_DCS + (TC ? 64 * RQ_GR_SLD : TK * RQ_GR_DCS);
   constexpr int DECIDE = 2 * RQ_GR_CAND * R;
   const int rs = rq_greedy_stride(d);
   const unsigned res_bytes = (unsigned)R * (unsigned)rs * 4u;
   float* res = reinterpret_cast<float*>(smem);  // R × rs, row-major
   float* tile = reinterpret_cast<float*>(smem + res_bytes);  // TK × DCS, codeword-major
-  float* sacc = tile + TK * RQ_GR_DCS;                        // TC: 64 × SLD dot products
+  float* sacc = tile + TK * RQ_GR_DCS;  // TC: 64 × SLD dot products; FMA: the second buffer
   float* cval = tile;                                         // CAND × R exact keys
   int* cand = reinterpret_cast<int*>(cval + RQ_GR_CAND * R);  // CAND × R candidate codes
   float* rn = tile + (TILE > DECIDE ? TILE : DECIDE);         // R: screening ||r||²
@@ -345,6 +379,10 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
     const long long c0 = cb_rows[l];
     const int K = (int)(cb_rows[l + 1] - c0);
     __syncthreads();  // the residuals of the previous level are complete
+    // The FMA screening's first chunk starts copying (the decision of the previous level,
+    // which reused this space, is over).
+    if constexpr (!TC) rq_greedy_issue<TK>(tile, cbs, cb_dtype, c0, 0, K, d, 0, d < RQ_GR_DC ? d : RQ_GR_DC);
+    int chunk = 0;  // chunks screened so far: chunk i is in buffer i % 2
     for (int r = warp; r < R; r += warps) {
       float s = 0.0f;
       for (int e = lane; e < d; e += RQ_WARP) s = __fmaf_rn(res[r * rs + e], res[r * rs + e], s);
@@ -379,7 +417,19 @@ RQ_UNROLL
       }
       for (int e0 = 0; e0 < (TC ? 0 : d); e0 += RQ_GR_DC) {
         const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
-        rq_greedy_stage<TK>(tile, cbs, cb_dtype, c0, t0, K, d, e0, dc);
+        // This chunk's copies have landed (this thread's, then everyone's); every thread is
+        // done screening the previous chunk, so its buffer takes the next one.
+        __pipeline_wait_prior(0);
+        __syncthreads();
+        {
+          const bool last_e = e0 + RQ_GR_DC >= d;
+          const int nt = last_e ? t0 + TK : t0, ne = last_e ? 0 : e0 + RQ_GR_DC;
+          if (nt < K)
+            rq_greedy_issue<TK>(chunk % 2 ? tile : sacc, cbs, cb_dtype, c0, nt, K, d, ne,
+                                d - ne < RQ_GR_DC ? d - ne : RQ_GR_DC);
+        }
+        const float* cur = chunk % 2 ? sacc : tile;
+        ++chunk;
         // Four dimensions per step: one 16-byte load per codeword and per row.
         int e = 0;
 RQ_NO_UNROLL
@@ -387,7 +437,7 @@ RQ_NO_UNROLL
           RqFloat4 w[CN];
 RQ_UNROLL
           for (int j = 0; j < CN; ++j)
-            w[j] = *reinterpret_cast<const RqFloat4*>(tile + (cg + 16 * j) * RQ_GR_DCS + e);
+            w[j] = *reinterpret_cast<const RqFloat4*>(cur + (cg + 16 * j) * RQ_GR_DCS + e);
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
             const RqFloat4 rv = *reinterpret_cast<const RqFloat4*>(res + (rg + 16 * i) * rs + e0 + e);
@@ -400,7 +450,7 @@ RQ_UNROLL
         for (; e < dc; ++e) {
           float w[CN];
 RQ_UNROLL
-          for (int j = 0; j < CN; ++j) w[j] = tile[(cg + 16 * j) * RQ_GR_DCS + e];
+          for (int j = 0; j < CN; ++j) w[j] = cur[(cg + 16 * j) * RQ_GR_DCS + e];
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
             const float rv = res[(rg + 16 * i) * rs + e0 + e];
@@ -509,7 +559,7 @@ RQ_UNROLL
 /// cnorms: their squared norms ||C[k]||² (f32 of the f64 sum) stacked the same way;
 /// cmax: L, an upper bound of each level's largest codeword norm ||C[k]||.
 /// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
-/// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·max(TK·DCS, 2·CAND·R) + 12·R
+/// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·max(2·TK·DCS, 2·CAND·R) + 12·R
 /// bytes (rs = rq_greedy_stride(d), TK = 64, DCS = 36, CAND = 16).
 extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             const unsigned char* cbs, int cb_dtype,

@@ -315,6 +315,19 @@ fn greedy_is_exact(be: &dyn Backend) {
             vec![near_pairs(&mut rng, 64, 33), near_pairs(&mut rng, 9, 33)],
         ),
         (
+            "whole chunks, copied asynchronously (f32, d a multiple of 4, tiles of 64)",
+            rand_matrix(&mut rng, 150, 72),
+            [130, 64, 200]
+                .iter()
+                .map(|&k| rand_matrix(&mut rng, k, 72))
+                .collect(),
+        ),
+        (
+            "the bench's shape, scaled down",
+            rand_matrix(&mut rng, 129, 128),
+            (0..2).map(|_| rand_matrix(&mut rng, 256, 128)).collect(),
+        ),
+        (
             "large d",
             rand_matrix(&mut rng, 40, 333),
             (0..2).map(|_| rand_matrix(&mut rng, 70, 333)).collect(),

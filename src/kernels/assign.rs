@@ -26,14 +26,15 @@ struct Greedy {
 }
 
 /// Shared bytes of a `rq_greedy_rows*` block of `rows` rows of dimension `d` (the kernel's
-/// carving: residuals; one chunk of 32 dimensions of 64 codewords (rows of 36 floats), with
-/// `tensor_cores` plus the 64 × 68 accumulator tile, the area the decision then reuses for
-/// 16 candidate keys and codes per row; per-row norms, candidate counts and scan flags).
+/// carving: residuals; two chunks of 32 dimensions of 64 codewords (rows of 36 floats), or
+/// with `tensor_cores` one chunk and the 64 × 68 accumulator tile, the area the decision
+/// then reuses for 16 candidate keys and codes per row; per-row norms, candidate counts and
+/// scan flags).
 fn greedy_shared(rows: usize, d: usize, tensor_cores: bool) -> usize {
     // assign.cu `rq_greedy_stride`: 16-byte rows, two rows of a warp in different banks.
     let stride = d.div_ceil(4) * 4 + 4;
     let stride = if stride % 32 == 0 { stride + 4 } else { stride };
-    let acc = if tensor_cores { 64 * 68 } else { 0 };
+    let acc = if tensor_cores { 64 * 68 } else { 64 * 36 };
     4 * rows * stride + 4 * (64 * 36 + acc).max(2 * 16 * rows) + 12 * rows
 }
 
