@@ -408,6 +408,13 @@ RQ_UNROLL
       for (int i = 0; i < RM; ++i)
 RQ_UNROLL
         for (int j = 0; j < CN; ++j) acc[i][j] = 0.0f;
+      // This thread's codeword norms of the tile, loaded before the screening needs them.
+      float cn[CN];
+RQ_UNROLL
+      for (int j = 0; j < CN; ++j) {
+        const int k = t0 + cg + 16 * j;
+        cn[j] = k < K ? cnorms[c0 + k] : 0.0f;
+      }
       if constexpr (TC) {
         rq_greedy_screen_tc(res, rs, tile, sacc, cbs, cb_dtype, c0, t0, K, d);
 RQ_UNROLL
@@ -463,10 +470,9 @@ RQ_UNROLL
       for (int j = 0; j < CN; ++j) {
         const int k = t0 + cg + 16 * j;
         if (k < K) {
-          const float cn = cnorms[c0 + k];
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
-            const float g = 2.0f * acc[i][j] - cn;
+            const float g = 2.0f * acc[i][j] - cn[j];
             if (g > v1[i]) {
               v2[i] = v1[i];
               v1[i] = g;
