@@ -6,8 +6,13 @@
 #   2. Nsight Compute (`ncu`, when present and allowed) on one launch of each main kernel:
 #      speed of light, occupancy, warp stall reasons (ncu-<kernel>.txt).
 #
+#   3. with SOURCE=1, per kernel also the SASS source page (every instruction's executed
+#      count and warp-stall samples, CSV, gzipped: ncu-<kernel>-sass.csv.gz): where the
+#      instructions and stalls of a kernel actually are.
+#
 #   OUT=dir rqtree-gpu/profile.sh        # logs in $OUT (default ./out)
 #   KERNELS="rq_beam_step:search ..."    # kernel:bench-group pairs to profile
+#   SOURCE=1                             # add the SASS source pages
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${OUT:-./out}"
@@ -45,6 +50,15 @@ for pair in $KERNELS; do
     --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     "$BIN" bench --backend cuda --targets --only "$group" >"$OUT/ncu-$kernel.txt" 2>&1
   echo "== ncu $kernel (exit $?)"
+  if [[ "${SOURCE:-0}" == 1 ]]; then
+    timeout "$LIMIT" "$NCU" --kernel-name "$kernel" --launch-skip 2 --launch-count 1 \
+      --section SourceCounters --section WarpStateStats --import-source no \
+      -o "$OUT/ncu-$kernel" -f "$BIN" bench --backend cuda --targets --only "$group" >/dev/null 2>&1 &&
+      "$NCU" -i "$OUT/ncu-$kernel.ncu-rep" --page source --csv --print-source sass \
+        | gzip >"$OUT/ncu-$kernel-sass.csv.gz"
+    echo "== ncu $kernel SASS source page (exit $?)"
+    rm -f "$OUT/ncu-$kernel.ncu-rep"
+  fi
   grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|Executed Ipc Active|Warp Cycles Per Issued|L1/TEX Hit|L2 Hit|stall|Stall|bank|ERR_NVGPUCTRPERM|==ERROR==" \
     "$OUT/ncu-$kernel.txt" | head -30
 done
