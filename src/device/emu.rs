@@ -85,6 +85,7 @@ pub struct EmuDevice {
     order: FiberOrder,
     pool: Mutex<Vec<Worker>>,
     switches: AtomicU64,
+    uploads: AtomicU64,
 }
 
 impl Default for EmuDevice {
@@ -127,6 +128,7 @@ impl EmuDevice {
             order: FiberOrder::Forward,
             pool: Mutex::new(Vec::new()),
             switches: AtomicU64::new(0),
+            uploads: AtomicU64::new(0),
         }
     }
 
@@ -162,6 +164,11 @@ impl EmuDevice {
     pub fn bounds_checks() -> bool {
         // SAFETY: a pure function without arguments.
         unsafe { ffi::rq_emu_checks_enabled() != 0 }
+    }
+
+    /// Host-to-device copies (non-empty uploads) made so far.
+    pub fn uploads(&self) -> u64 {
+        self.uploads.load(Ordering::Relaxed)
     }
 
     /// Fiber context switches performed by this device's launches so far.
@@ -310,6 +317,9 @@ impl Device for EmuDevice {
                 src.len(),
                 dst.bytes
             )));
+        }
+        if !src.is_empty() {
+            self.uploads.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: `dst` holds at least `at + src.len()` bytes and is exclusively borrowed.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.ptr.as_ptr().add(at), src.len()) };

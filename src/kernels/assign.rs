@@ -9,7 +9,7 @@ use crate::matrix::Matrix;
 use super::backend::Storage;
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, upload,
+    alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap,
     MAX_SHARED_BYTES,
 };
 
@@ -90,9 +90,9 @@ fn greedy_rows<D: Device>(
     }
     let d_x = res.input(dev, x.data(), Reuse::PinnedOnly)?;
     let d_cb = storage.input(dev, res, &stacked)?;
-    let d_rows = upload(dev, &cb_rows)?;
+    let d_rows = res.input(dev, &cb_rows, Reuse::Content)?;
     let d_norms = res.input(dev, &norms, Reuse::Content)?;
-    let d_cmax = upload(dev, &cmax)?;
+    let d_cmax = res.input(dev, &cmax, Reuse::Content)?;
     let codes = alloc::<D, u32>(dev, n * l)?;
     let err = alloc::<D, f32>(dev, n)?;
     let d_res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
@@ -286,7 +286,7 @@ pub fn encode<D: Device>(
     }
     let x = res.input(dev, items.data(), Reuse::PinnedOnly)?;
     let cb = res.input(dev, &stacked, Reuse::Content)?;
-    let cb_rows = upload(dev, &rows)?;
+    let cb_rows = res.input(dev, &rows, Reuse::Content)?;
     let codes = alloc::<D, u32>(dev, n * levels)?;
     let err = alloc::<D, f32>(dev, n)?;
     dev.launch(

@@ -46,9 +46,10 @@ pub(crate) struct DeviceTables<B> {
     pub luts: B,
     pub at: Vec<usize>,
     pub ks: Vec<usize>,
-    /// `at` (i64) and `ks` (i32) on the device, for the kernels that read every level.
-    pub at_dev: B,
-    pub ks_dev: B,
+    /// `at` (i64) and `ks` (i32) on the device, for the kernels that read every level
+    /// (through the residency's content cache: the same shapes reuse one copy).
+    pub at_dev: Held<B>,
+    pub ks_dev: Held<B>,
     pub qnorm: B,
 }
 
@@ -68,13 +69,16 @@ fn tile_launch(x: (usize, &str), y: (usize, &str), shared: usize) -> Result<Laun
 }
 
 /// The layout of `B × K_l` tables stacked level after level: each level's element offset,
-/// and the offsets (i64) and sizes (i32) uploaded. Called before a call's first launch (an
-/// upload waits for the stream, so one between launches would stall it).
+/// and the offsets (i64) and sizes (i32) on the device (content-cached, so repeated calls of
+/// one shape upload nothing). Called before a call's first launch (an upload waits for the
+/// stream, so one between launches would stall it).
+#[allow(clippy::type_complexity)]
 fn stacked_layout<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     b: usize,
     ks: &[usize],
-) -> Result<(Vec<usize>, D::Buffer, D::Buffer)> {
+) -> Result<(Vec<usize>, Held<D::Buffer>, Held<D::Buffer>)> {
     let at: Vec<usize> = ks
         .iter()
         .scan(0, |acc, &k| {
@@ -88,7 +92,11 @@ fn stacked_layout<D: Device>(
         .iter()
         .map(|&k| arg_i32(k, "lookup tables: K"))
         .collect::<Result<Vec<i32>>>()?;
-    Ok((at, upload(dev, &at64)?, upload(dev, &ks32)?))
+    Ok((
+        at,
+        res.input(dev, &at64, Reuse::Content)?,
+        res.input(dev, &ks32, Reuse::Content)?,
+    ))
 }
 
 /// Computes the lookup tables of `queries` (`B ≥ 1` rows × d) on the device (launched, not
@@ -107,7 +115,7 @@ pub(crate) fn tables_on_device<D: Device>(
     let b32 = arg_i32(b, "lookup_tables: queries")?;
     let d32 = arg_i32(d, "lookup_tables: d")?;
     let ks = codebooks.sizes();
-    let (at, at_dev, ks_dev) = stacked_layout(dev, b, &ks)?;
+    let (at, at_dev, ks_dev) = stacked_layout(dev, res, b, &ks)?;
     let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
     let luts = alloc::<D, f32>(dev, b * ks.iter().sum::<usize>())?;
     for (cb, &off) in codebooks.iter().zip(&at) {
@@ -159,11 +167,12 @@ pub(crate) fn tables_on_device<D: Device>(
 /// Host tables uploaded in the device layout of [`DeviceTables`].
 pub(crate) fn upload_tables<D: Device>(
     dev: &D,
+    res: &Residency<D>,
     tables: &QueryTables,
 ) -> Result<DeviceTables<D::Buffer>> {
     let b = tables.queries();
     let ks: Vec<usize> = tables.levels.iter().map(Matrix::cols).collect();
-    let (at, at_dev, ks_dev) = stacked_layout(dev, b, &ks)?;
+    let (at, at_dev, ks_dev) = stacked_layout(dev, res, b, &ks)?;
     // Each level straight into its place in the stacked buffer (no host copy).
     let mut luts = alloc::<D, f32>(dev, b * ks.iter().sum::<usize>())?;
     for (m, &off) in tables.levels.iter().zip(&at) {
@@ -291,8 +300,8 @@ pub(crate) fn fused_on_device<D: Device>(
         cfg,
         &[
             KernelArg::Buf(&tables.luts),
-            KernelArg::Buf(&tables.at_dev),
-            KernelArg::Buf(&tables.ks_dev),
+            KernelArg::Buf(&*tables.at_dev),
+            KernelArg::Buf(&*tables.ks_dev),
             KernelArg::I32(levels as i32),
             KernelArg::I32(lut_shared as i32),
             KernelArg::Buf(&*codes),
@@ -343,7 +352,7 @@ pub fn fused_topk<D: Device>(
             tables.queries()
         )));
     }
-    let t = upload_tables(dev, tables)?;
+    let t = upload_tables(dev, res, tables)?;
     let start: Vec<i64> = candidates.offsets[..b].iter().map(|&o| o as i64).collect();
     let count = candidates
         .offsets

@@ -36,7 +36,7 @@ pub fn traverse<D: Device>(
             nodes: Vec::new(),
         });
     }
-    let t = upload_tables(dev, tables)?;
+    let t = upload_tables(dev, res, tables)?;
     let kept = traverse_on_device(dev, res, &t, tree, beams)?;
     dev.synchronize()?;
     let w = kept.w;
