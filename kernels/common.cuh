@@ -604,10 +604,11 @@ __device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
 }
 
 /// Visits the concatenation of `m` ranges in rounds of blockDim.x · `per_thread` elements
-/// (1 ≤ per_thread ≤ RUN), so that tiny and empty ranges cost nothing: in a round, lane l of
-/// warp w visits the `per_thread` elements 32·per_thread·w + l + 32·u, u < per_thread (one
-/// binary search, then a forward walk; each load instruction of a warp reads 32 consecutive
-/// elements). `range(j, begin, len)` gives range j (called by one thread);
+/// (1 ≤ per_thread ≤ RUN), so that tiny and empty ranges cost nothing: in a round, a warp
+/// visits 32·per_thread consecutive elements, one binary search per thread, then a forward
+/// walk. When the ranges of a batch average 32·per_thread elements or more, lane l takes the
+/// warp's elements l + 32·u (each load instruction of a warp reads 32 consecutive elements);
+/// otherwise per_thread consecutive ones (a lane's walk then crosses few ranges). `range(j, begin, len)` gives range j (called by one thread);
 /// `load(x)` issues the global reads element x needs and returns them (a small struct);
 /// `visit(x, loaded)` is called for each element x = begin_j + offset of a range with
 /// `load(x)`'s result and must not synchronise; `round_end()` is called by every thread once
@@ -637,9 +638,15 @@ __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsig
     __syncthreads();
     rq_block_inclusive_scan(pre + 1, nb);
     const unsigned total = pre[nb];
-    // The elements first + 32·u, u < per_thread (below total), of this thread's round: their
-    // positions and loads. The range holding element f is the largest j with pre[j] <= f
-    // (pre[j + 1] > f, so range j is not empty).
+    // Long ranges (at least 32·per_thread elements on average): lane l of warp w takes the
+    // elements 32·per_thread·w + l + 32·u of a round, so each load instruction reads 32
+    // consecutive elements. Short ones: it takes per_thread consecutive elements (32 apart,
+    // a lane's forward walk would step over up to 32 ranges per element). Uniform over the
+    // block (total and nb are shared).
+    const unsigned step = total >= RQ_WARP * (unsigned)per_thread * (unsigned)nb ? RQ_WARP : 1u;
+    // The elements first + step·u, u < per_thread (below total), of this thread's round:
+    // their positions and loads. The range holding element f is the largest j with
+    // pre[j] <= f (pre[j + 1] > f, so range j is not empty).
     const auto fetch = [&](unsigned first, unsigned (&xs)[RUN], Loaded (&v)[RUN]) {
       if (first >= total) return;
       int lo = 0, hi = nb - 1;
@@ -650,7 +657,7 @@ __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsig
       int j = lo;
 RQ_UNROLL
       for (int u = 0; u < RUN; ++u) {
-        const unsigned f = first + RQ_WARP * (unsigned)u;
+        const unsigned f = first + step * (unsigned)u;
         if (u < per_thread && f < total) {
           while (pre[j + 1] <= f) ++j;  // skips the ranges (empty ones too) before f
           xs[u] = base[j] + (f - pre[j]);
@@ -659,7 +666,8 @@ RQ_UNROLL
       }
     };
     const unsigned lane = (unsigned)t % RQ_WARP;
-    unsigned first = ((unsigned)t - lane) * (unsigned)per_thread + lane;
+    unsigned first = ((unsigned)t - lane) * (unsigned)per_thread +
+                     (step == 1 ? lane * (unsigned)per_thread : lane);
     unsigned xs[RUN] = {};
     Loaded v[RUN] = {};
     fetch(first, xs, v);
@@ -670,7 +678,7 @@ RQ_UNROLL
       fetch(next, nxs, nv);
 RQ_UNROLL
       for (int u = 0; u < RUN; ++u)
-        if (u < per_thread && first + RQ_WARP * (unsigned)u < total) visit(xs[u], v[u]);
+        if (u < per_thread && first + step * (unsigned)u < total) visit(xs[u], v[u]);
       round_end();
       first = next;
 RQ_UNROLL

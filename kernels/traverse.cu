@@ -41,8 +41,7 @@ extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int
 #define RQ_STEP_LUT_MAX 4096
 
 /// Children each thread scores per step of a rq_beam_step sweep (their loads are issued
-/// together; a warp's 32 · RQ_STEP_RUN children are contiguous, and so are the 32 of each
-/// load instruction).
+/// together; a warp's 32 · RQ_STEP_RUN children are contiguous).
 #define RQ_STEP_RUN 8
 
 /// Depth l+1, two launches on the same arguments (rq_beam_step, then rq_beam_step_rest):
@@ -57,8 +56,9 @@ extern "C" __global__ void rq_beam_first(const float* lut, long long lut_at, int
 ///    concatenation of their child ranges (CSR: children of lower nodes have lower ids)
 ///    lists the children in id order: a child's position f in it orders ties like its id,
 ///    and its entry is (score's radix key, ~f).
-/// 2. Prefix sums of the range lengths; a sweep gives each thread RQ_STEP_RUN positions 32
-///    apart per step (one binary search, then a forward walk over the ranges).
+/// 2. Prefix sums of the range lengths; a sweep gives each warp 32 · RQ_STEP_RUN positions per
+///    step, to each thread RQ_STEP_RUN of them 32 apart (long ranges: coalesced loads) or
+///    consecutive (short ranges), one binary search, then a forward walk over the ranges.
 /// 3. The winners' positions give back their node and parent (same binary search).
 /// lut: this level's B × K table at element lut_at of `lut`; child_start: the parent
 /// depth's child CSR (u32); code / cnorm: this depth's nodes (cnorm read under l2 only);
@@ -138,22 +138,26 @@ __device__ inline void rq_beam_step_body(unsigned char* smem, const float* lut,
     return rq_radix_entry(rq_radix_key(s), (int)x);
   };
   const auto sweep = [&](auto f) {
-    // Lane l of warp w takes positions f0 + l + 32·u, f0 = 32·RQ_STEP_RUN·w (+ T·RQ_STEP_RUN
-    // per step): increasing per thread (the forward walk), consecutive across a warp per u
-    // (each load instruction reads 32 consecutive codes).
+    // Warp w takes positions f0 .. f0 + 32·RQ_STEP_RUN, f0 = 32·RQ_STEP_RUN·w (+ T·RQ_STEP_RUN
+    // per step). With long child ranges (RQ_STEP_RUN·32 or more on average) lane l takes
+    // f0 + l + 32·u, so each load instruction reads 32 consecutive codes; with short ones it
+    // takes RQ_STEP_RUN consecutive positions (32 apart, its forward walk would step over up
+    // to 32 ranges per child). Increasing per thread either way (the forward walk).
     const unsigned lane = (unsigned)tid % RQ_WARP;
+    const bool spread = cnt > 0 && total >= RQ_WARP * RQ_STEP_RUN * (unsigned)cnt;
+    const unsigned step = spread ? RQ_WARP : 1u, first = spread ? lane : lane * RQ_STEP_RUN;
     for (unsigned f0 = ((unsigned)tid - lane) * RQ_STEP_RUN; f0 < total;
          f0 += (unsigned)T * RQ_STEP_RUN) {
       // The current range in registers: its end position, base - start (so that child =
       // off + x, modulo 2^32) and parent ip; reloaded only when x passes the end.
-      int j = locate(f0 + lane);
+      int j = locate(f0 + first);
       unsigned end = pre[j + 1], off = base[j] - pre[j];
       float pp = pj[j];
       unsigned c[RQ_STEP_RUN], cd[RQ_STEP_RUN];
       float pi[RQ_STEP_RUN], nm[RQ_STEP_RUN];
 RQ_UNROLL
       for (int u = 0; u < RQ_STEP_RUN; ++u) {
-        const unsigned x = f0 + lane + RQ_WARP * u;
+        const unsigned x = f0 + first + step * u;
         if (x < total) {
           while (x >= end) {
             ++j;
@@ -169,7 +173,7 @@ RQ_UNROLL
       }
 RQ_UNROLL
       for (int u = 0; u < RQ_STEP_RUN; ++u) {
-        const unsigned x = f0 + lane + RQ_WARP * u;
+        const unsigned x = f0 + first + step * u;
         if (x < total) f(entry(x, pi[u], cd[u], nm[u]));
       }
     }

@@ -452,9 +452,25 @@ fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
 /// Traversal and fused lookup over more candidates than one round of the range-walking
 /// kernels scores (256 threads × 4 per thread for k ≤ 512, × 1 above), with many tied
 /// scores (items sharing a code path), so that rounds, merges and the lazily read ids of
-/// tied candidates are all exercised.
+/// tied candidates are all exercised; candidates in short ranges (leaves of a few items:
+/// each thread walks consecutive items) and in long ones (depth-1 nodes of hundreds of
+/// items: a warp's lanes take items 32 apart).
 fn fused_and_traversal_many_rounds(be: &dyn Backend) {
     let mut rng = rng("fused_and_traversal_many_rounds");
+    for metric in [Metric::Ip, Metric::L2] {
+        let n = rng.random_range(2500..3500);
+        let (index, _, _) = rand_index(&mut rng, n, 8, 2, 4, metric, EmbeddingKind::None);
+        let q = rand_matrix(&mut rng, 5, 8);
+        let tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+        for beams in [vec![4], vec![2], vec![1]] {
+            let c = ops::traverse(&Reference, &tr, &index.tree, &beams).unwrap();
+            for k in [1, 100, 512, 513] {
+                let f = be.fused_topk(&tr, &index, &c, k).unwrap();
+                let fr = Reference.fused_topk(&tr, &index, &c, k).unwrap();
+                assert_topk_close(&f, &fr, 1e-5, "fused top-k over long ranges");
+            }
+        }
+    }
     for metric in [Metric::Ip, Metric::L2] {
         let n = rng.random_range(2500..3500);
         let (index, _, _) = rand_index(&mut rng, n, 8, 2, 40, metric, EmbeddingKind::None);
@@ -511,7 +527,8 @@ fn traversal_wide_beams_and_ties(be: &dyn Backend) {
 /// ((W + 3072) / 2 / 64) | 1 as rq_beam_step picks it) happens: a sample like the whole
 /// (random and tied tables; the gathered children are then selected in shared memory), a
 /// sample far above the rest (too few gathered: the full selection runs) and far below it
-/// (too many gathered: the full selection runs). Every backend must give the reference's
+/// (too many gathered: the full selection runs); then four parents of 3 000 children, whose
+/// level table the kernel stages in shared memory. Every backend must give the reference's
 /// nodes whatever the sample did.
 fn traversal_sampled_threshold(be: &dyn Backend) {
     let mut rng = rng("traversal_sampled_threshold");
@@ -573,6 +590,41 @@ fn traversal_sampled_threshold(be: &dyn Backend) {
                 let cr = ops::traverse(&Reference, &tr, tree, &beams).unwrap();
                 assert_eq!(c, cr, "traverse {beams:?} ({metric:?})");
             }
+        }
+    }
+    // Four parents of 3 000 children each: a level table small enough for the beam step to
+    // stage in shared memory (K ≤ 4096), children enough for the sample (≥ 4·(W + 3072)/2).
+    let (parents, codes) = (4, 3000);
+    let mut top = Matrix::zeros(parents, d);
+    for p in 0..parents {
+        top.row_mut(p)[p] = 50.0;
+    }
+    let cbs = Codebooks::from_matrices(vec![top, rand_matrix(&mut rng, codes, d)]).unwrap();
+    let items = Matrix::new(
+        parents * codes,
+        d,
+        (0..parents * codes)
+            .flat_map(|i| cbs.reconstruct(&[(i / codes) as u32, (i % codes) as u32]))
+            .collect(),
+    )
+    .unwrap();
+    for metric in [Metric::Ip, Metric::L2] {
+        let opts = BuildOptions {
+            metric,
+            ..BuildOptions::default()
+        };
+        let index = build(&Reference, &items, None, Some(cbs.clone()), &opts).unwrap();
+        let q = rand_matrix(&mut rng, 3, d);
+        let mut tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+        tr.levels[1].row_mut(1).fill(0.0);
+        for v in tr.levels[1].row_mut(2) {
+            *v = (*v * 2.0).round() / 2.0;
+        }
+        for w in [1, 100, 1024, 2048] {
+            let beams = vec![parents, w];
+            let c = ops::traverse(be, &tr, &index.tree, &beams).unwrap();
+            let cr = ops::traverse(&Reference, &tr, &index.tree, &beams).unwrap();
+            assert_eq!(c, cr, "traverse {beams:?} over staged tables ({metric:?})");
         }
     }
 }

@@ -39,7 +39,7 @@ fn greedy_shared(rows: usize, d: usize, tensor_cores: bool) -> usize {
 }
 
 /// Whether the certified greedy kernel takes rows of dimension `d` (16 of them must fit the
-/// shared-memory budget: d ≤ 1368); larger d run the per-row kernels (`rq_assign` with
+/// shared-memory budget: d ≤ 1240); larger d run the per-row kernels (`rq_assign` with
 /// `top_m = 1`, `rq_encode` with beam 1), which compute the same exact keys.
 fn greedy_fits(d: usize) -> bool {
     greedy_shared(16, d, false) <= MAX_SHARED_BYTES
@@ -132,7 +132,7 @@ fn greedy_rows<D: Device>(
 /// `top_m` best codes (`1 ≤ top_m ≤ min(K, 2048)`) with their logits
 /// `2<r, C[k]> - ||C[k]||²`, optionally the soft weights `softmax(α·logit)` (`n × K`) and the
 /// hard residual `r - C[code]` (`n × d`). Ties → lowest code. The hard-code-only case
-/// (`top_m = 1`, no soft weights, `d ≤ 1368`) runs the certified row-tiled kernel (its
+/// (`top_m = 1`, no soft weights, `d ≤ 1240`) runs the certified row-tiled kernel (its
 /// screening on the tensor cores with `tensor_cores`), which reads the codebook as `storage`
 /// (its values rounded to it already); the general kernel reads the f32 values.
 pub fn assign<D: Device>(
@@ -235,7 +235,7 @@ pub fn assign<D: Device>(
 /// Encodes `items` (`n × d`) over all levels keeping the `beam` best partial paths by
 /// squared reconstruction error (`1 ≤ beam ≤ 2048`; 1 = greedy): `n × L` codes and
 /// `||x - x̂||²` per item. The residuals stay in shared memory across levels; `beam = 1`
-/// (with `d ≤ 1368`) runs the certified row-tiled greedy kernel (codebooks read as
+/// (with `d ≤ 1240`) runs the certified row-tiled greedy kernel (codebooks read as
 /// `storage`, values rounded to it already; screening on the tensor cores with
 /// `tensor_cores`), wider beams and larger d the per-row beam kernel (f32 values).
 pub fn encode<D: Device>(
@@ -310,4 +310,17 @@ pub fn encode<D: Device>(
         codes: download(dev, &codes, n * levels)?,
         error: download(dev, &err, n)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::greedy_fits;
+
+    /// The documented limit of the certified greedy kernel (d ≤ 1240: 16 rows and two chunk
+    /// buffers within the shared-memory budget) is the one the wrapper applies.
+    #[test]
+    fn greedy_dimension_limit() {
+        assert!(greedy_fits(1240));
+        assert!(!greedy_fits(1241));
+    }
 }
