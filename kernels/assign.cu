@@ -256,15 +256,16 @@ __device__ inline void rq_greedy_stage(float* tile, const unsigned char* cbs, in
   __syncthreads();
 }
 
-/// Starts staging a chunk as rq_greedy_stage lays it out, into `tile`, without barriers:
-/// when the chunk is whole (TK codewords, DC dimensions), f32 and d a multiple of 4, as
+/// Starts staging chunk (t0, e0) as rq_greedy_stage lays it out (dc = min(d - e0, DC)),
+/// into `tile`, without barriers: when the chunk is whole (TK codewords, DC dimensions), f32 and d a multiple of 4, as
 /// asynchronous 16-byte copies (cp.async, one commit group; the caller waits with
 /// __pipeline_wait_prior and a barrier before reading, so the copies run while it screens
 /// the previous chunk); otherwise by rq_greedy_fill (plain loads and stores, visible after
 /// the caller's barrier). The caller must not let another thread still read `tile`.
 template <int TK>
 __device__ inline void rq_greedy_issue(float* tile, const unsigned char* cbs, int cb_dtype,
-                                       long long c0, int t0, int K, int d, int e0, int dc) {
+                                       long long c0, int t0, int K, int d, int e0) {
+  const int dc = d - e0 < RQ_GR_DC ? d - e0 : RQ_GR_DC;
   if (cb_dtype == RQ_DTYPE_F32 && d % 4 == 0 && dc == RQ_GR_DC && t0 + TK <= K) {
     const float* src = reinterpret_cast<const float*>(cbs) + (c0 + t0) * d + e0;
     for (int q = threadIdx.x; q < TK * RQ_GR_DC / 4; q += (int)blockDim.x) {
@@ -381,7 +382,7 @@ __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, 
     __syncthreads();  // the residuals of the previous level are complete
     // The FMA screening's first chunk starts copying (the decision of the previous level,
     // which reused this space, is over).
-    if constexpr (!TC) rq_greedy_issue<TK>(tile, cbs, cb_dtype, c0, 0, K, d, 0, d < RQ_GR_DC ? d : RQ_GR_DC);
+    if constexpr (!TC) rq_greedy_issue<TK>(tile, cbs, cb_dtype, c0, 0, K, d, 0);
     int chunk = 0;  // chunks screened so far: chunk i is in buffer i % 2
     for (int r = warp; r < R; r += warps) {
       float s = 0.0f;
@@ -431,9 +432,7 @@ RQ_UNROLL
         {
           const bool last_e = e0 + RQ_GR_DC >= d;
           const int nt = last_e ? t0 + TK : t0, ne = last_e ? 0 : e0 + RQ_GR_DC;
-          if (nt < K)
-            rq_greedy_issue<TK>(chunk % 2 ? tile : sacc, cbs, cb_dtype, c0, nt, K, d, ne,
-                                d - ne < RQ_GR_DC ? d - ne : RQ_GR_DC);
+          if (nt < K) rq_greedy_issue<TK>(chunk % 2 ? tile : sacc, cbs, cb_dtype, c0, nt, K, d, ne);
         }
         const float* cur = chunk % 2 ? sacc : tile;
         ++chunk;

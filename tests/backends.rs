@@ -522,6 +522,29 @@ fn traversal_wide_beams_and_ties(be: &dyn Backend) {
     }
 }
 
+/// Two levels of codebooks: `parents` level-1 words 50 apart on distinct axes, `children`
+/// random level-2 words (of norm ~1), so that greedy encoding gives every reconstruction of
+/// a code path that path back.
+fn two_level_codebooks(rng: &mut TestRng, parents: usize, children: usize, d: usize) -> Codebooks {
+    let mut top = Matrix::zeros(parents, d);
+    for p in 0..parents {
+        top.row_mut(p)[p] = 50.0;
+    }
+    Codebooks::from_matrices(vec![top, rand_matrix(rng, children, d)]).unwrap()
+}
+
+/// An index (reference-built, `metric`) over the reconstructions of `paths` under `cbs`:
+/// one item per path, the tree's nodes exactly the paths' prefixes.
+fn path_index(cbs: &Codebooks, paths: &[[u32; 2]], metric: Metric) -> Index {
+    let data = paths.iter().flat_map(|p| cbs.reconstruct(p)).collect();
+    let items = Matrix::new(paths.len(), cbs.dim(), data).unwrap();
+    let opts = BuildOptions {
+        metric,
+        ..BuildOptions::default()
+    };
+    build(&Reference, &items, None, Some(cbs.clone()), &opts).unwrap()
+}
+
 /// A beam step from one parent with 10 400 children into beams of 1 … 2 048, tables shaped so
 /// that each outcome of the kernels' sampled threshold (one child in s sampled, s =
 /// ((W + 3072) / 2 / 64) | 1 as rq_beam_step picks it) happens: a sample like the whole
@@ -533,24 +556,12 @@ fn traversal_wide_beams_and_ties(be: &dyn Backend) {
 fn traversal_sampled_threshold(be: &dyn Backend) {
     let mut rng = rng("traversal_sampled_threshold");
     let (d, wide) = (8, 10_400);
-    let mut top = Matrix::zeros(2, d);
-    top.row_mut(0)[0] = 50.0;
-    top.row_mut(1)[0] = -50.0;
-    let cbs = Codebooks::from_matrices(vec![top, rand_matrix(&mut rng, wide, d)]).unwrap();
-    let items = Matrix::new(
-        wide + 40,
-        d,
-        (0..wide + 40)
-            .flat_map(|i| cbs.reconstruct(&[(i >= wide) as u32, (i % wide) as u32]))
-            .collect(),
-    )
-    .unwrap();
+    let cbs = two_level_codebooks(&mut rng, 2, wide, d);
+    let paths: Vec<[u32; 2]> = (0..wide + 40)
+        .map(|i| [(i >= wide) as u32, (i % wide) as u32])
+        .collect();
     for metric in [Metric::Ip, Metric::L2] {
-        let opts = BuildOptions {
-            metric,
-            ..BuildOptions::default()
-        };
-        let index = build(&Reference, &items, None, Some(cbs.clone()), &opts).unwrap();
+        let index = path_index(&cbs, &paths, metric);
         let tree = &index.tree;
         let big = (0..tree.depths[0].len())
             .max_by_key(|&j| tree.depths[0].children(j).len())
@@ -595,25 +606,12 @@ fn traversal_sampled_threshold(be: &dyn Backend) {
     // Four parents of 3 000 children each: a level table small enough for the beam step to
     // stage in shared memory (K ≤ 4096), children enough for the sample (≥ 4·(W + 3072)/2).
     let (parents, codes) = (4, 3000);
-    let mut top = Matrix::zeros(parents, d);
-    for p in 0..parents {
-        top.row_mut(p)[p] = 50.0;
-    }
-    let cbs = Codebooks::from_matrices(vec![top, rand_matrix(&mut rng, codes, d)]).unwrap();
-    let items = Matrix::new(
-        parents * codes,
-        d,
-        (0..parents * codes)
-            .flat_map(|i| cbs.reconstruct(&[(i / codes) as u32, (i % codes) as u32]))
-            .collect(),
-    )
-    .unwrap();
+    let cbs = two_level_codebooks(&mut rng, parents, codes, d);
+    let paths: Vec<[u32; 2]> = (0..parents * codes)
+        .map(|i| [(i / codes) as u32, (i % codes) as u32])
+        .collect();
     for metric in [Metric::Ip, Metric::L2] {
-        let opts = BuildOptions {
-            metric,
-            ..BuildOptions::default()
-        };
-        let index = build(&Reference, &items, None, Some(cbs.clone()), &opts).unwrap();
+        let index = path_index(&cbs, &paths, metric);
         let q = rand_matrix(&mut rng, 3, d);
         let mut tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
         tr.levels[1].row_mut(1).fill(0.0);
