@@ -286,7 +286,8 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
 /// dimension chunks of 32), exact ties (duplicated codewords), near-ties one thread sees
 /// together (codeword pairs 1e-7 apart: the exact scan of all codewords), 16-row blocks for
 /// a large d, the per-row kernels beyond the tiled kernel's shared memory (d = 1536), residual norms whose square overflows f32 and logits that overflow (a
-/// non-finite window: the exact scan).
+/// non-finite window: the exact scan), and a best codeword that only a screening finer than
+/// TF32 keeps in the window.
 fn greedy_is_exact(be: &dyn Backend) {
     let mut rng = rng("greedy_is_exact");
     let near_pairs = |rng: &mut TestRng, k: usize, d: usize| {
@@ -354,6 +355,20 @@ fn greedy_is_exact(be: &dyn Backend) {
             Matrix::new(3, 8, vec![3e38; 24]).unwrap(),
             vec![rand_matrix(&mut rng, 20, 8)],
         ),
+        {
+            // Rows of 1 + 2^-11 (below TF32's resolution) and a codebook with that row itself
+            // (the best, by 16·2^-22) after a row of ones: a screening accurate only to TF32
+            // ranks the ones 2^-6 ahead, far outside the window, and would miss the best.
+            let fine = 1.0 + 2f32.powi(-11);
+            let mut words = rand_matrix(&mut rng, 6, 16);
+            words.data_mut()[16..32].fill(1.0);
+            words.data_mut()[48..64].fill(fine);
+            (
+                "below TF32 resolution",
+                Matrix::new(3, 16, vec![fine; 48]).unwrap(),
+                vec![words],
+            )
+        },
     ];
     for (what, x, words) in cases {
         let cbs = Codebooks::from_matrices(words).unwrap();

@@ -1,4 +1,5 @@
-//! Wrappers of `kernels/assign.cu`: one level of code assignment and the all-level encoding.
+//! Wrappers of `kernels/assign.cu`, `kernels/greedy.cu` and `kernels/greedy_tc.cu`: one level
+//! of code assignment and the all-level encoding.
 
 use crate::backend::{AssignOptions, Assignment, Encoding};
 use crate::device::{Device, KernelArg};
@@ -25,31 +26,85 @@ struct Greedy {
     residual: Option<Vec<f32>>,
 }
 
-/// Shared bytes of a `rq_greedy_rows*` block of `rows` rows of dimension `d` (the kernel's
-/// carving: residuals; two chunks of 32 dimensions of 64 codewords (rows of 36 floats), or
-/// with `tensor_cores` one chunk and the 64 × 68 accumulator tile, the area the decision
-/// then reuses for 16 candidate keys and codes per row; per-row norms, candidate counts and
-/// scan flags).
-fn greedy_shared(rows: usize, d: usize, tensor_cores: bool) -> usize {
-    // assign.cu `rq_greedy_stride`: 16-byte rows, two rows of a warp in different banks.
+/// Row stride (floats) of a greedy block's residuals in shared memory (greedy.cuh
+/// `rq_greedy_stride`): 16-byte rows, two rows of a warp in different banks.
+fn greedy_stride(d: usize) -> usize {
     let stride = d.div_ceil(4) * 4 + 4;
-    let stride = if stride % 32 == 0 { stride + 4 } else { stride };
-    let acc = if tensor_cores { 64 * 68 } else { 64 * 36 };
-    4 * rows * stride + 4 * (64 * 36 + acc).max(2 * 16 * rows) + 12 * rows
+    if stride % 32 == 0 {
+        stride + 4
+    } else {
+        stride
+    }
+}
+
+/// Shared bytes of a `rq_greedy_rows64` / `rq_greedy_rows16` block of `rows` rows of
+/// dimension `d` (greedy.cu's carving: residuals; two chunks of 32 dimensions of 64
+/// codewords (rows of 36 floats), the area the decision then reuses for 16 candidate keys and
+/// codes per row; per-row norms, candidate counts and scan flags).
+fn greedy_shared(rows: usize, d: usize) -> usize {
+    4 * rows * greedy_stride(d) + 4 * (2 * 64 * 36).max(2 * 16 * rows) + 12 * rows
+}
+
+/// Shared bytes of a `rq_greedy_rows64_tc` block (greedy_tc.cu's carving: 64 residual rows;
+/// the 64 × 136 dot products of a group of 128 codewords and their norms; 16 candidate
+/// values and codes per row; per-row norms, largest ĝ, candidate counts and scan flags).
+fn greedy_tc_shared(d: usize) -> usize {
+    4 * (64 * greedy_stride(d) + 64 * 136 + 128 + 2 * 16 * 64 + 4 * 64)
+}
+
+/// The tensor-core screening's codebooks (`rq_greedy_rows64_tc`'s `cbt`): the levels'
+/// words (`stacked`, `d` floats each; level l has `sizes[l]` words) in the tensor cores'
+/// B-fragment order, pre-split into TF32 parts. Per level, tile T of 8 words, step s of 8
+/// dimensions and lane 4g + t, four floats: big(w[8s + t]), big(w[8s + t + 4]) and the two
+/// small parts, for word w = 8T + g (big = tf32(v), small = tf32(v - big), truncations;
+/// zero past d and past the level's words). Returns the buffer and the steps per word,
+/// ceil(d / 8).
+fn tc_words(stacked: &[f32], d: usize, sizes: &[usize]) -> (Vec<f32>, usize) {
+    let steps = d.div_ceil(8);
+    let tiles: usize = sizes.iter().map(|k| k.div_ceil(8)).sum();
+    let mut out = vec![0f32; tiles * steps * 32 * 4];
+    let (mut first, mut at) = (0, 0);
+    for &k in sizes {
+        for tile in 0..k.div_ceil(8) {
+            for s in 0..steps {
+                for lane in 0..32 {
+                    let (w, t) = (8 * tile + lane / 4, lane % 4);
+                    for (h, e) in [8 * s + t, 8 * s + t + 4].into_iter().enumerate() {
+                        if w < k && e < d {
+                            let v = stacked[(first + w) * d + e];
+                            let big = tf32(v);
+                            out[at + h] = big;
+                            out[at + 2 + h] = tf32(v - big);
+                        }
+                    }
+                    at += 4;
+                }
+            }
+        }
+        first += k;
+    }
+    (out, steps)
+}
+
+/// `v` truncated to TF32 (10 explicit mantissa bits: the low 13 bits cleared), as
+/// mma_tf32.cuh `rq_tf32_bits`.
+fn tf32(v: f32) -> f32 {
+    f32::from_bits(v.to_bits() & 0xffff_e000)
 }
 
 /// Whether the certified greedy kernel takes rows of dimension `d` (16 of them must fit the
 /// shared-memory budget: d ≤ 1240); larger d run the per-row kernels (`rq_assign` with
 /// `top_m = 1`, `rq_encode` with beam 1), which compute the same exact keys.
 fn greedy_fits(d: usize) -> bool {
-    greedy_shared(16, d, false) <= MAX_SHARED_BYTES
+    greedy_shared(16, d) <= MAX_SHARED_BYTES
 }
 
 /// Launches the certified greedy kernel over `levels` (codebooks, values already rounded to
 /// `storage`, which is how they are uploaded), `mode` 0 (encode) or 1 (assign): 64 rows
-/// per block, screened on the tensor cores (`rq_greedy_rows64_tc`) when `tensor_cores` is
-/// set, else with FMAs (`rq_greedy_rows64`); 16 rows with FMAs (`rq_greedy_rows16`) when 64
-/// rows of dimension `d` exceed the shared-memory budget.
+/// per block, screened on the tensor cores (`rq_greedy_rows64_tc`, with the codebooks also
+/// uploaded in fragment order, [`tc_words`]) when `tensor_cores` is set and d ≤ 204, else
+/// with FMAs (`rq_greedy_rows64`); 16 rows with FMAs (`rq_greedy_rows16`) when 64 rows of
+/// dimension `d` exceed the shared-memory budget.
 #[allow(clippy::too_many_arguments)]
 fn greedy_rows<D: Device>(
     dev: &D,
@@ -62,17 +117,18 @@ fn greedy_rows<D: Device>(
     tensor_cores: bool,
 ) -> Result<Greedy> {
     let (n, d, l) = (x.rows(), x.cols(), levels.len());
-    let (kernel, rows, tc) = if tensor_cores && greedy_shared(64, d, true) <= MAX_SHARED_BYTES {
-        ("rq_greedy_rows64_tc", 64, true)
-    } else if greedy_shared(64, d, false) <= MAX_SHARED_BYTES {
-        ("rq_greedy_rows64", 64, false)
+    let (kernel, rows, shared) = if tensor_cores && greedy_tc_shared(d) <= MAX_SHARED_BYTES {
+        ("rq_greedy_rows64_tc", 64, greedy_tc_shared(d))
+    } else if greedy_shared(64, d) <= MAX_SHARED_BYTES {
+        ("rq_greedy_rows64", 64, greedy_shared(64, d))
     } else {
-        ("rq_greedy_rows16", 16, false)
+        ("rq_greedy_rows16", 16, greedy_shared(16, d))
     };
+    let tc = kernel == "rq_greedy_rows64_tc";
     let cfg = launch_1d(
         n.div_ceil(rows),
         GREEDY_THREADS,
-        greedy_shared(rows, d, tc),
+        shared,
         "greedy assignment",
     )?;
     let mut stacked = Vec::new();
@@ -96,26 +152,34 @@ fn greedy_rows<D: Device>(
     let codes = alloc::<D, u32>(dev, n * l)?;
     let err = alloc::<D, f32>(dev, n)?;
     let d_res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
-    dev.launch(
-        kernel,
-        cfg,
-        &[
-            KernelArg::Buf(&*d_x),
-            KernelArg::I32(arg_i32(n, "greedy assignment: rows")?),
-            KernelArg::I32(arg_i32(d, "greedy assignment: d")?),
-            KernelArg::I32(l as i32),
-            KernelArg::Buf(&*d_cb),
-            KernelArg::I32(storage.dtype_arg()),
-            KernelArg::Buf(&d_rows),
-            KernelArg::Buf(&*d_norms),
-            KernelArg::Buf(&d_cmax),
-            KernelArg::I32(mode),
-            KernelArg::Buf(&codes),
-            KernelArg::Buf(&err),
-            KernelArg::I32(want_residual as i32),
-            KernelArg::Buf(&d_res),
-        ],
-    )?;
+    let tc_in = if tc {
+        let sizes: Vec<usize> = levels.iter().map(|cb| cb.len()).collect();
+        let (words, steps) = tc_words(&stacked, d, &sizes);
+        Some((res.input(dev, &words, Reuse::Content)?, steps))
+    } else {
+        None
+    };
+    let mut args = vec![
+        KernelArg::Buf(&*d_x),
+        KernelArg::I32(arg_i32(n, "greedy assignment: rows")?),
+        KernelArg::I32(arg_i32(d, "greedy assignment: d")?),
+        KernelArg::I32(l as i32),
+        KernelArg::Buf(&*d_cb),
+        KernelArg::I32(storage.dtype_arg()),
+        KernelArg::Buf(&d_rows),
+        KernelArg::Buf(&*d_norms),
+        KernelArg::Buf(&d_cmax),
+        KernelArg::I32(mode),
+        KernelArg::Buf(&codes),
+        KernelArg::Buf(&err),
+        KernelArg::I32(want_residual as i32),
+        KernelArg::Buf(&d_res),
+    ];
+    if let Some((words, steps)) = &tc_in {
+        args.push(KernelArg::Buf(words));
+        args.push(KernelArg::I32(arg_i32(*steps, "greedy assignment: steps")?));
+    }
+    dev.launch(kernel, cfg, &args)?;
     dev.synchronize()?;
     Ok(Greedy {
         codes: download(dev, &codes, n * l)?,
@@ -314,7 +378,7 @@ pub fn encode<D: Device>(
 
 #[cfg(test)]
 mod tests {
-    use super::greedy_fits;
+    use super::{greedy_fits, greedy_tc_shared, tc_words, MAX_SHARED_BYTES};
 
     /// The documented limit of the certified greedy kernel (d ≤ 1240: 16 rows and two chunk
     /// buffers within the shared-memory budget) is the one the wrapper applies.
@@ -322,5 +386,46 @@ mod tests {
     fn greedy_dimension_limit() {
         assert!(greedy_fits(1240));
         assert!(!greedy_fits(1241));
+    }
+
+    /// The tensor-core screening takes d ≤ 204 (64 rows and the group's dot products within
+    /// the budget), as documented; larger d fall back to the FMA screening.
+    #[test]
+    fn tensor_core_dimension_limit() {
+        assert!(greedy_tc_shared(204) <= MAX_SHARED_BYTES);
+        assert!(greedy_tc_shared(205) > MAX_SHARED_BYTES);
+    }
+
+    /// The fragment order of the tensor-core codebooks: lane 4g + t of tile T, step s holds
+    /// word 8T + g's dimensions 8s + t and 8s + t + 4, big parts then small parts (v = big +
+    /// small when v has at most 20 significant bits), zero past d and past the level's words;
+    /// each level starts on a fresh tile.
+    #[test]
+    fn tensor_core_words_in_fragment_order() {
+        let (d, sizes) = (11, [3usize, 9]);
+        let total: usize = sizes.iter().sum();
+        // Value of word w, dimension e: 1 + w + e / 16 + 2^-12 (a small part survives).
+        let value = |w: usize, e: usize| 1.0 + w as f32 + e as f32 / 16.0 + 2f32.powi(-12);
+        let stacked: Vec<f32> = (0..total * d).map(|i| value(i / d, i % d)).collect();
+        let (out, steps) = tc_words(&stacked, d, &sizes);
+        assert_eq!(steps, 2);
+        assert_eq!(out.len(), (1 + 2) * steps * 32 * 4);
+        let at = |tile: usize, s: usize, lane: usize| ((tile * steps + s) * 32 + lane) * 4;
+        // Level 1 (words 3..), tile 1 (its words 8..), step 1, lane 4·0 + 2: word 3 + 8,
+        // dimensions 10 and 14 (past d: zero).
+        let q = at(1 + 1, 1, 2);
+        let v = value(3 + 8, 10);
+        assert_eq!(out[q] + out[q + 2], v);
+        assert_eq!(out[q].to_bits() & 0x1fff, 0);
+        assert!(out[q + 2] != 0.0);
+        assert_eq!((out[q + 1], out[q + 3]), (0.0, 0.0));
+        // Level 0, tile 0, lane 4·3 + 1 (word 3: past the level's 3 words): zero.
+        assert!(out[at(0, 0, 13)..at(0, 0, 13) + 4]
+            .iter()
+            .all(|&x| x == 0.0));
+        // Level 0, word 2, step 0, t = 1: dimensions 1 and 5.
+        let q = at(0, 0, 4 * 2 + 1);
+        assert_eq!(out[q] + out[q + 2], value(2, 1));
+        assert_eq!(out[q + 1] + out[q + 3], value(2, 5));
     }
 }

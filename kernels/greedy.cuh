@@ -1,0 +1,170 @@
+// Greedy hard assignment of a row tile over all L levels, certified: what the FMA screening
+// (greedy.cu) and the tensor-core screening (greedy_tc.cu) share.
+//
+// Every level has two phases. (1) Screening: an f32 GEMM (fused multiply-adds, or 3xTF32 on
+// the tensor cores) gives every (row, codeword) an approximate logit
+// ĝ_k = 2<r, C[k]> - ||C[k]||². (2) Decision: a codeword is a candidate when its ĝ is within
+// `rq_certify_margin` of the row's largest ĝ; the candidates, and only they, are scored with
+// the reference's exact arithmetic (rq_dot / rq_dist_sq), and the best exact key wins, ties
+// → lowest code. The margin bounds the error of the screening's ĝ plus the error of the
+// reference's own key, so the reference's choice is always a candidate: the codes, keys and
+// residuals equal the reference's bit for bit, at GEMM speed. A row with more candidates
+// than the screening can hold (see each screening), or a margin that is not finite, goes to
+// the exact scan of all K codewords (correct, slow, rare).
+//
+// Per-row decision state in shared memory (R rows of a block): rn (the screening's
+// ||r||²), cand_n (candidates), over (1 = scan all K exactly), and the candidates slot-major
+// (slot s of row r at s·R + r): cand (codes) and cval (their exact keys once decided).
+#pragma once
+
+#include "common.cuh"
+
+/// Candidate slots per row.
+#define RQ_GR_CAND 16
+
+/// Row stride (floats) of the residuals in shared memory: d rounded up to a multiple of 4
+/// (16-byte aligned rows for 4-dimension loads) plus 4, plus 4 more when that is a multiple
+/// of 32 (the two rows a warp reads at once then fall in different banks).
+__device__ inline int rq_greedy_stride(int d) {
+  const int s = (d + 3) / 4 * 4 + 4;
+  return s % 32 == 0 ? s + 4 : s;
+}
+
+/// Width of the candidate window below a row's largest screening logit, for a residual of
+/// norm `rnorm`, codewords of norm ≤ `cmax` and dimension d (u = 2^-24, S = rnorm·cmax ≥
+/// Σ|r_e·c_e|, Q = cmax² ≥ ||c||², T = (rnorm + cmax)² ≥ ||r - c||²):
+///   screening (any order, FMA or not): |ĝ - g| ≤ E1 = (2.02d + 2.02)uS + 1.01uQ;
+///   reference key, logit mode (8 f32 partial sums of d/8 rounded products, f32 result,
+///   minus the stored norm): (0.26d + 6.4)uS + 1.01uQ; distance mode (f64 rounded to f32,
+///   against g - ||r||² with the stored norm): 1.01u(T + Q);
+///   E2 = their sum. The reference's best code k* then has ĝ_k* ≥ max ĝ - 2(E1 + E2): for
+///   j = argmax ĝ, key_k* ≥ key_j and |key - g| ≤ E2 give g_k* ≥ g_j - 2·E2, and
+///   |ĝ - g| ≤ E1 at k* and at j give ĝ_k* ≥ ĝ_j - 2·E1 - 2·E2 (ties included);
+/// the window is twice that (slack for the approximate rnorm and the margin's own rounding),
+/// plus an absolute d·1e-38 for underflow. (When every codeword norm of a level is below
+/// ~1e-19, the host's cmax, the square root of an f32 squared norm, may fall short of them;
+/// the terms in T and the absolute floor then dominate the window.)
+/// With `tc` the screening is the tensor cores' 3xTF32 product (greedy_tc.cu): each product
+/// a·b is taken as a_big·b_big + a_big·b_small + a_small·b_big of TF32 parts by truncation
+/// (|v - tf32(v)| < 2^-10·|v|, so |a - a_big - a_small| < 2^-20·|a|, and |a_big| ≤ |a|):
+/// |error| ≤ 3·2^-20·|a·b|·1.01 = 48.5u|a·b|, the TF32 products themselves exact; summed by
+/// the tensor cores in an unspecified order and rounding (allowed 4u per term and addition:
+/// 12.2d·u·S); the logit doubles both and adds the f32 rounding of 2·dot - ||c||²:
+/// E1 = (24.4d + 99.1)uS + 1.01uQ.
+__device__ inline float rq_certify_margin(int d, float rnorm, float cmax, bool tc) {
+  const float u = 5.9604645e-8f;
+  const float df = (float)d;
+  const float S = rnorm * cmax, Q = cmax * cmax, T = (rnorm + cmax) * (rnorm + cmax);
+  const float e1 = (tc ? 24.4f * df + 99.1f : 2.02f * df + 2.02f) * u * S + 1.01f * u * Q;
+  const float e2 = (0.26f * df + 6.4f) * u * S + 1.01f * u * Q + 1.01f * u * (T + Q);
+  return 4.0f * (e1 + e2) + df * 1e-38f;
+}
+
+/// The reference's key of codeword `k` (row k of `cb`, stored as `dtype`) for residual `r`:
+/// mode 1 the logit 2<r, C[k]> - cnorm, mode 0 the negated squared distance -||r - C[k]||².
+__device__ inline float rq_exact_key(int mode, const float* r, const unsigned char* cb,
+                                     int dtype, long long k, int d, float cnorm) {
+  const unsigned short* h = reinterpret_cast<const unsigned short*>(cb) + k * d;
+  const float* f = reinterpret_cast<const float*>(cb) + k * d;
+  if (mode == 1) {
+    const float dot = dtype == RQ_DTYPE_F32    ? rq_dot(r, f, d)
+                      : dtype == RQ_DTYPE_BF16 ? rq_dot_w<RqWidenBf16>(r, h, d)
+                                               : rq_dot_w<RqWidenF16>(r, h, d);
+    return 2.0f * dot - cnorm;
+  }
+  return -(dtype == RQ_DTYPE_F32    ? rq_dist_sq(r, f, d)
+           : dtype == RQ_DTYPE_BF16 ? rq_dist_sq_w<RqWidenBf16>(r, h, d)
+                                    : rq_dist_sq_w<RqWidenF16>(r, h, d));
+}
+
+
+/// Loads rows row0 .. row0 + R of x (n × d) into `res` (R × rs, zeros past d and past n: the
+/// tensor-core screening reads the padding in steps of 8). No barrier.
+__device__ inline void rq_greedy_load_rows(float* res, int rs, int R, const float* x, int n,
+                                           int d, long long row0) {
+  for (int i = threadIdx.x; i < R * rs; i += (int)blockDim.x) {
+    const int r = i / rs, e = i % rs;
+    res[i] = row0 + r < n && e < d ? x[(row0 + r) * d + e] : 0.0f;
+  }
+}
+
+/// Start of a level: each residual row's screening norm rn[r] = ||r||² (f32, any order: it
+/// only sizes the window) and its decision state cleared (cand_n = 0, over = 0). One warp
+/// per row; no barrier (the caller synchronises before reading the state).
+__device__ inline void rq_greedy_level_start(const float* res, int rs, int R, int d, float* rn,
+                                             int* cand_n, int* over) {
+  const int lane = (int)threadIdx.x % RQ_WARP;
+  const int warps = (int)blockDim.x / RQ_WARP;
+  for (int r = (int)threadIdx.x / RQ_WARP; r < R; r += warps) {
+    float s = 0.0f;
+    for (int e = lane; e < d; e += RQ_WARP) s = __fmaf_rn(res[r * rs + e], res[r * rs + e], s);
+    s = rq_warp_sum(s);
+    if (lane == 0) {
+      rn[r] = s;
+      cand_n[r] = 0;
+      over[r] = 0;
+    }
+  }
+}
+
+/// The decision of level l (codebook rows c0 .. c0 + K of `cbs`, stored as cb_dtype), once
+/// the screening has filled cand_n, over and cand: (2b) the exact keys of the candidates into
+/// cval, slot-major so that slot 0 of every row runs at once; (2c) one warp per row: the best
+/// exact key (or the exact scan of all K when over), its code to codes[row·L + l], the
+/// residual update r -= C[code], and err[row] (mode 1: the logit; mode 0 after the last
+/// level: the squared error). Every thread of the block calls it (barriers); it begins with
+/// one, so the screening's last writes are visible.
+__device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int l, int mode,
+                                        float* res, int rs, const unsigned char* cbs,
+                                        int cb_dtype, long long c0, int K, int d,
+                                        const float* cnorms, const int* cand_n, const int* over,
+                                        const int* cand, float* cval, unsigned* codes,
+                                        float* err) {
+  const int tid = (int)threadIdx.x, lane = tid % RQ_WARP;
+  const int warps = (int)blockDim.x / RQ_WARP;
+  __syncthreads();
+  for (int p = tid; p < RQ_GR_CAND * R; p += (int)blockDim.x) {
+    const int slot = p / R, r = p % R;
+    if (row0 + r < n && !over[r] && slot < cand_n[r]) {
+      const long long k = cand[p];
+      cval[p] = rq_exact_key(mode, res + r * rs, cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
+    }
+  }
+  __syncthreads();
+  for (int r = tid / RQ_WARP; r < R; r += warps) {
+    const long long row = row0 + r;
+    if (row >= n) continue;  // the whole warp: r is the warp's
+    float* rr = res + r * rs;
+    float bs = rq_neg_inf();
+    long long bk = RQ_MAX_RANK;
+    if (over[r]) {
+      for (int k = lane; k < K; k += RQ_WARP) {
+        const float s = rq_exact_key(mode, rr, cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
+        if (rq_better(s, k, bs, bk)) {
+          bs = s;
+          bk = k;
+        }
+      }
+    } else if (lane < cand_n[r]) {
+      bs = cval[lane * R + r];
+      bk = cand[lane * R + r];
+    }
+    rq_warp_argmax(bs, bk);
+    if (lane == 0) codes[row * L + l] = (unsigned)bk;
+    const long long c = (c0 + bk) * d;
+    for (int e = lane; e < d; e += RQ_WARP)
+      rr[e] = rr[e] - rq_load_widened(cbs, cb_dtype, c + e);
+    if (lane == 0 && (mode == 1 || l == L - 1)) err[row] = mode == 1 ? bs : -bs;
+  }
+}
+
+/// The final residuals of rows row0 .. row0 + R (below n) to residual (n × d). Every thread
+/// calls it (it begins with a barrier).
+__device__ inline void rq_greedy_store_residual(const float* res, int rs, int R, int n, int d,
+                                                long long row0, float* residual) {
+  __syncthreads();
+  for (int i = threadIdx.x; i < R * d; i += (int)blockDim.x) {
+    const int r = i / d, e = i % d;
+    if (row0 + r < n) residual[(row0 + r) * d + e] = res[r * rs + e];
+  }
+}

@@ -1,0 +1,220 @@
+// Certified greedy assignment with the screening on the tensor cores (greedy.cuh has the
+// scheme; `mma.sync` TF32, sm_80+). The host lays the codebooks out in the tensor cores'
+// fragment order, pre-split into TF32 parts (`cbt`), so the screening reads its B operand
+// straight from global memory (one coalesced 16-byte load per lane per 8 × 8 tile; a
+// level's words are shared by every block, so they stay in L1/L2) with no staging and no
+// barrier; the residuals stay in shared memory in f32 (the decision's exact keys need them)
+// and are split as loaded.
+#include "greedy.cuh"
+#include "mma_tf32.cuh"
+
+/// Rows per block.
+#define RQ_GT_ROWS 64
+/// Codewords per screening group: the block screens its rows against this many codewords at
+/// a time, into a tile of dot products in shared memory, then folds the tile into each row's
+/// candidates.
+#define RQ_GT_GROUP 128
+/// Row stride (floats) of the group's dot-product tile: GROUP + 8 (the 8-byte stores of a
+/// half-warp, rows g and columns 2t, fall in distinct banks).
+#define RQ_GT_SCS 136
+
+/// Four floats loaded together (a 16-byte load on the GPU).
+struct alignas(16) RqTcWord4 {
+  float v[4];
+};
+
+/// Dot products of the block's 64 residual rows with one group's codewords (3xTF32): warp w
+/// multiplies rows 32·(w % 2) .. + 32 (two m16 tiles) by the group's 8-codeword tiles
+/// 4·(w / 2) + j (j < 4; tiles at or past `tiles` skipped) over `steps` steps of 8
+/// dimensions, into sc[row · SCS + codeword]. A: `res` (64 × rs, f32, zero past d), each
+/// value v split as loaded into big = tf32(v) and small = tf32(v - big) (truncations); B:
+/// `bt`, the group's first tile in the fragment order of greedy_rows64_tc's `cbt`. Each
+/// product a·b is taken as a_small·b_big + a_big·b_small + a_big·b_big (rq_certify_margin's
+/// `tc` bound). Block: 256 threads; no barrier.
+__device__ inline void rq_greedy_tc_group(const float* res, int rs, const RqTcWord4* bt,
+                                          int steps, int tiles, float* sc) {
+  const int warp = (int)threadIdx.x / RQ_WARP, lane = (int)threadIdx.x % RQ_WARP;
+  const int g = lane / 4, t = lane % 4;
+  const int r0 = 32 * (warp % 2), j0 = 4 * (warp / 2);
+  if (j0 >= tiles) return;  // the whole warp
+  const int nt = tiles - j0 < 4 ? tiles - j0 : 4;
+  float acc[2][4][4];
+RQ_UNROLL
+  for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+    for (int j = 0; j < 4; ++j)
+RQ_UNROLL
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  // This lane's elements of the step (A: rows +16·i + 8·(r % 2), dimensions +4·(r / 2);
+  // B: tile j's word j·tile_stride), both pointers advanced by one step per iteration.
+  const float* a = res + (r0 + g) * rs + t;
+  const RqTcWord4* b = bt + j0 * steps * RQ_WARP + lane;
+  const int tile_stride = steps * RQ_WARP;
+  for (int s = 0; s < steps; ++s, a += 8, b += RQ_WARP) {
+    unsigned ab[2][4], as[2][4];
+RQ_UNROLL
+    for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+      for (int r = 0; r < 4; ++r) {
+        const float v = a[(16 * i + 8 * (r % 2)) * rs + 4 * (r / 2)];
+        ab[i][r] = rq_tf32_bits(v);
+        as[i][r] = rq_tf32_bits(v - __uint_as_float(ab[i][r]));
+      }
+RQ_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      if (j >= nt) break;
+      const RqTcWord4 w = b[j * tile_stride];
+      const unsigned bb[2] = {__float_as_uint(w.v[0]), __float_as_uint(w.v[1])};
+      const unsigned bs[2] = {__float_as_uint(w.v[2]), __float_as_uint(w.v[3])};
+RQ_UNROLL
+      for (int i = 0; i < 2; ++i) {
+        rq_mma_tf32(acc[i][j], as[i], bb);
+        rq_mma_tf32(acc[i][j], ab[i], bs);
+        rq_mma_tf32(acc[i][j], ab[i], bb);
+      }
+    }
+  }
+RQ_UNROLL
+  for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      if (j >= nt) break;
+RQ_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        float* o = sc + (r0 + 16 * i + g + 8 * h) * RQ_GT_SCS + 8 * (j0 + j) + 2 * t;
+        o[0] = acc[i][j][2 * h];
+        o[1] = acc[i][j][2 * h + 1];
+      }
+    }
+}
+
+/// Folds one group's dot products into the rows' candidates (one warp per row below n and
+/// not yet sent to the exact scan): ĝ = 2·dot - cns[c] for the group's codewords
+/// g0 + c (c < cnt); m = max(best[r], the group's largest ĝ); thr = m - the row's window
+/// (rq_certify_margin, tc); the row's candidates below thr are dropped and the group's
+/// codewords at or above it appended; more than CAND, or a thr that is not finite, → over.
+/// A candidate's ĝ rides in cval until the decision replaces it by the exact key. Anything
+/// dropped is below the final max's window (m only grows), so every codeword within the
+/// final window stays a candidate. No barrier.
+__device__ inline void rq_greedy_tc_fold(const float* sc, const float* cns, int g0, int cnt,
+                                         long long row0, int n, int d, float cm,
+                                         const float* rn, float* best, int* cand_n, int* over,
+                                         int* cand, float* cval) {
+  constexpr int R = RQ_GT_ROWS, PER = RQ_GT_GROUP / RQ_WARP;
+  const int lane = (int)threadIdx.x % RQ_WARP;
+  const int warps = (int)blockDim.x / RQ_WARP;
+  const unsigned below = (1u << lane) - 1u;
+  for (int r = (int)threadIdx.x / RQ_WARP; r < R; r += warps) {
+    if (row0 + r >= n || over[r]) continue;  // the whole warp: r is the warp's
+    float g[PER];
+    float m = best[r];
+RQ_UNROLL
+    for (int j = 0; j < PER; ++j) {
+      const int c = lane + RQ_WARP * j;
+      g[j] = c < cnt ? 2.0f * sc[r * RQ_GT_SCS + c] - cns[c] : rq_neg_inf();
+      m = g[j] > m ? g[j] : m;
+    }
+    for (int o = RQ_WARP / 2; o > 0; o >>= 1) {
+      const float om = __shfl_xor_sync(RQ_FULL_MASK, m, o);
+      m = om > m ? om : m;
+    }
+    const float thr = m - rq_certify_margin(d, sqrtf(rn[r]), cm, true);
+    if (!(thr - thr == 0.0f)) {
+      if (lane == 0) over[r] = 1;
+      continue;
+    }
+    const int had = cand_n[r];
+    const bool keep = lane < had && cval[lane * R + r] >= thr;
+    const float kv = keep ? cval[lane * R + r] : 0.0f;
+    const int kc = keep ? cand[lane * R + r] : 0;
+    const unsigned km = __ballot_sync(RQ_FULL_MASK, keep);
+    unsigned tm[PER];
+    int total = __popc(km);
+RQ_UNROLL
+    for (int j = 0; j < PER; ++j) {
+      tm[j] = __ballot_sync(RQ_FULL_MASK, g[j] >= thr);
+      total += __popc(tm[j]);
+    }
+    if (total > RQ_GR_CAND) {
+      if (lane == 0) over[r] = 1;
+      continue;
+    }
+    __syncwarp();  // every lane has read its old slot before any is rewritten
+    if (keep) {
+      const int at = __popc(km & below);
+      cval[at * R + r] = kv;
+      cand[at * R + r] = kc;
+    }
+    int at0 = __popc(km);
+RQ_UNROLL
+    for (int j = 0; j < PER; ++j) {
+      if (g[j] >= thr) {
+        const int at = at0 + __popc(tm[j] & below);
+        cval[at * R + r] = g[j];
+        cand[at * R + r] = g0 + lane + RQ_WARP * j;
+      }
+      at0 += __popc(tm[j]);
+    }
+    if (lane == 0) {
+      best[r] = m;
+      cand_n[r] = total;
+    }
+  }
+}
+
+/// Greedy hard assignment over all L levels with the tensor-core screening: the arguments,
+/// results and modes of rq_greedy_rows64 (greedy.cu), plus the codebooks in fragment order:
+/// cbt: per level l, T_l = ceil(K_l / 8) tiles of 8 codewords × `steps` steps of 8
+/// dimensions (steps = ceil(d / 8)), 32 lanes, 4 floats: float4 ((T·steps + s)·32 + lane) of
+/// level l (which starts after the previous levels' T_j·steps·32 float4s) holds, for lane
+/// 4g + t and codeword w = 8·T + g, big(w[8s + t]), big(w[8s + t + 4]), small(w[8s + t]),
+/// small(w[8s + t + 4]), where big(v) = tf32(v) and small(v) = tf32(v - big(v))
+/// (truncations, rq_tf32_bits); zero past d and past K_l: each lane's B fragments of a tile
+/// and step, big and small, in one 16-byte word.
+/// grid: ceil(n / 64); block: 256 threads (two blocks per SM: ≤ 128 registers); shared:
+/// 4·(64·rs + 64·SCS + GROUP + 2·CAND·64 + 4·64) bytes (rs = rq_greedy_stride(d), SCS = 136,
+/// GROUP = 128, CAND = 16).
+extern "C" __global__ void __launch_bounds__(256, 2) rq_greedy_rows64_tc(
+    const float* x, int n, int d, int L, const unsigned char* cbs, int cb_dtype,
+    const long long* cb_rows, const float* cnorms, const float* cmax, int mode,
+    unsigned* codes, float* err, int want_residual, float* residual, const float* cbt,
+    int steps) {
+  RQ_SHARED_BASE(smem);
+  constexpr int R = RQ_GT_ROWS;
+  const int rs = rq_greedy_stride(d);
+  float* res = reinterpret_cast<float*>(smem);               // R × rs residuals
+  float* sc = res + R * rs;                                   // R × SCS dot products
+  float* cns = sc + R * RQ_GT_SCS;                            // GROUP codeword norms
+  float* cval = cns + RQ_GT_GROUP;                            // CAND × R: ĝ, then exact keys
+  int* cand = reinterpret_cast<int*>(cval + RQ_GR_CAND * R);  // CAND × R candidate codes
+  float* rn = reinterpret_cast<float*>(cand + RQ_GR_CAND * R);  // R: screening ||r||²
+  float* best = rn + R;                                         // R: largest ĝ so far
+  int* cand_n = reinterpret_cast<int*>(best + R);               // R
+  int* over = cand_n + R;                                       // R: 1 = scan all K exactly
+  const int tid = (int)threadIdx.x;
+  const long long row0 = (long long)blockIdx.x * R;
+  const RqTcWord4* words = reinterpret_cast<const RqTcWord4*>(cbt);
+
+  rq_greedy_load_rows(res, rs, R, x, n, d, row0);
+  for (int l = 0; l < L; ++l) {
+    const long long c0 = cb_rows[l];
+    const int K = (int)(cb_rows[l + 1] - c0);
+    const float cm = cmax[l];
+    __syncthreads();  // the residuals of the previous level are complete
+    rq_greedy_level_start(res, rs, R, d, rn, cand_n, over);
+    for (int r = tid; r < R; r += (int)blockDim.x) best[r] = rq_neg_inf();
+    for (int g0 = 0; g0 < K; g0 += RQ_GT_GROUP) {
+      const int cnt = K - g0 < RQ_GT_GROUP ? K - g0 : RQ_GT_GROUP;
+      for (int c = tid; c < cnt; c += (int)blockDim.x) cns[c] = cnorms[c0 + g0 + c];
+      rq_greedy_tc_group(res, rs, words + (long long)(g0 / 8) * steps * RQ_WARP, steps,
+                         (cnt + 7) / 8, sc);
+      __syncthreads();  // the tile, the norms and the rows' state are complete
+      rq_greedy_tc_fold(sc, cns, g0, cnt, row0, n, d, cm, rn, best, cand_n, over, cand, cval);
+      if (g0 + RQ_GT_GROUP < K) __syncthreads();  // the next group reuses sc and cns
+    }
+    rq_greedy_decide(R, row0, n, L, l, mode, res, rs, cbs, cb_dtype, c0, K, d, cnorms, cand_n,
+                     over, cand, cval, codes, err);
+    words += (long long)(K + 7) / 8 * steps * RQ_WARP;
+  }
+  if (want_residual) rq_greedy_store_residual(res, rs, R, n, d, row0, residual);
+}

@@ -1,0 +1,59 @@
+// One warp-wide TF32 tensor-core tile product, D += A·B, m16n8k8 (`mma.sync`, sm_80+), with
+// the PTX ISA's documented fragment layouts, so a kernel can load its fragments straight
+// from memory it lays out itself. Lane l = 4g + t (g = l / 4, t = l % 4) holds:
+//   a[r]: A (16 × 8, row-major) element (g + 8·(r % 2), t + 4·(r / 2)), r < 4;
+//   b[r]: B (8 × 8, K × N)      element (t + 4·r, g),                   r < 2;
+//   d[r]: D (16 × 8)            element (g + 8·(r / 2), 2t + r % 2),     r < 4.
+// A and B are the bit patterns of TF32 values (f32 with the low 13 mantissa bits clear:
+// rq_tf32_bits). The products of TF32 values are exact in f32; their accumulation order
+// and rounding are the hardware's (kernels only use these sums through error bounds).
+#pragma once
+
+#include "common.cuh"
+
+/// The bits of v truncated to TF32 (10 explicit mantissa bits; |v - tf32(v)| < 2^-10·|v|
+/// for finite v).
+__device__ inline unsigned rq_tf32_bits(float v) { return __float_as_uint(v) & 0xffffe000u; }
+
+#ifdef RQ_EMU
+/// The emulator's tile product: the lanes publish their fragments in a per-warp scratch
+/// (block-private: the fibers of a block share their worker thread), each computes its own
+/// four outputs in f32, in k order, and the warp synchronises again before the scratch is
+/// reused. Every lane of the warp must call it.
+__device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
+                                   const unsigned (&b)[2]) {
+  struct Frags {
+    unsigned a[RQ_WARP][4];
+    unsigned b[RQ_WARP][2];
+  };
+  static thread_local Frags scratch[1024 / RQ_WARP];
+  const int lane = (int)threadIdx.x % RQ_WARP;
+  Frags& f = scratch[threadIdx.x / RQ_WARP];
+  for (int r = 0; r < 4; ++r) f.a[lane][r] = a[r];
+  for (int r = 0; r < 2; ++r) f.b[lane][r] = b[r];
+  __syncwarp();
+  const int g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float s = d[r];
+    for (int k = 0; k < 8; ++k) {
+      const float av = __uint_as_float(f.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)] & 0xffffe000u);
+      const float bv = __uint_as_float(f.b[4 * col + k % 4][k / 4] & 0xffffe000u);
+      s += av * bv;
+    }
+    d[r] = s;
+  }
+  __syncwarp();
+}
+#else
+/// D += A·B on the tensor cores (one `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`).
+/// Every lane of the warp must call it.
+__device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
+                                   const unsigned (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
