@@ -60,19 +60,29 @@ RQ_UNROLL
         ab[i][r] = rq_tf32_bits(v);
         as[i][r] = rq_tf32_bits(v - __uint_as_float(ab[i][r]));
       }
+    // B of the four tiles (big parts in bb, small parts in bs); tiles past nt stay zero.
+    unsigned bb[4][2] = {}, bs[4][2] = {};
 RQ_UNROLL
     for (int j = 0; j < 4; ++j) {
-      if (j >= nt) break;
-      const RqTcWord4 w = b[j * tile_stride];
-      const unsigned bb[2] = {__float_as_uint(w.v[0]), __float_as_uint(w.v[1])};
-      const unsigned bs[2] = {__float_as_uint(w.v[2]), __float_as_uint(w.v[3])};
-RQ_UNROLL
-      for (int i = 0; i < 2; ++i) {
-        rq_mma_tf32(acc[i][j], as[i], bb);
-        rq_mma_tf32(acc[i][j], ab[i], bs);
-        rq_mma_tf32(acc[i][j], ab[i], bb);
+      if (j < nt) {
+        const RqTcWord4 w = b[j * tile_stride];
+        bb[j][0] = __float_as_uint(w.v[0]);
+        bb[j][1] = __float_as_uint(w.v[1]);
+        bs[j][0] = __float_as_uint(w.v[2]);
+        bs[j][1] = __float_as_uint(w.v[3]);
       }
     }
+    // The three products, each over all eight tiles before the next, so consecutive
+    // tensor-core instructions are independent (tiles past nt multiply zeros: no branch).
+    const auto products = [&](const unsigned (&pa)[2][4], const unsigned (&pb)[4][2]) {
+RQ_UNROLL
+      for (int j = 0; j < 4; ++j)
+RQ_UNROLL
+        for (int i = 0; i < 2; ++i) rq_mma_tf32(acc[i][j], pa[i], pb[j]);
+    };
+    products(as, bb);
+    products(ab, bs);
+    products(ab, bb);
   }
 RQ_UNROLL
   for (int i = 0; i < 2; ++i)
