@@ -610,19 +610,25 @@ __device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
 /// warp's elements l + 32·u (each load instruction of a warp reads 32 consecutive elements);
 /// otherwise per_thread consecutive ones (a lane's walk then crosses few ranges). `range(j, begin, len)` gives range j (called by one thread);
 /// `load(x)` issues the global reads element x needs and returns them (a small struct);
-/// `visit(x, loaded)` is called for each element x = begin_j + offset of a range with
-/// `load(x)`'s result and must not synchronise; `round_end()` is called by every thread once
-/// per round, the same number of times (it may synchronise, e.g. rq_select_round_end).
+/// `score(x, loaded)` computes what element x = begin_j + offset of a range needs from them
+/// (a value; it must not write memory, and must be safe on x = 0 with `Loaded{}`, which it
+/// gets for the unused slots of a round's last elements), and `visit(x, scored)` acts on it
+/// (it must not synchronise): a thread scores all its elements of a round before visiting the first, so
+/// their reads (e.g. table lookups) are in flight together and none waits behind another
+/// element's writes; `round_end()` is called by every thread once per round, the same number
+/// of times (it may synchronise, e.g. rq_select_round_end).
 /// Scratch: `pre` (blockDim.x + 1 unsigned) and `base` (blockDim.x unsigned) in shared
 /// memory. The concatenation holds fewer than 2^31 elements.
 ///
 /// Software pipelining: before visiting its elements of a round, a thread locates all its
 /// elements of the next round (same batch of ranges) and issues their loads, so up to
 /// 2 · RUN elements' reads are in flight during this round's visits and barriers.
-template <int RUN, class Range, class Load, class Visit, class RoundEnd>
+template <int RUN, class Range, class Load, class Score, class Visit, class RoundEnd>
 __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsigned* base,
-                                     Range range, Load load, Visit visit, RoundEnd round_end) {
+                                     Range range, Load load, Score score, Visit visit,
+                                     RoundEnd round_end) {
   using Loaded = decltype(load(0u));
+  using Scored = decltype(score(0u, Loaded{}));
   const int T = (int)blockDim.x;
   const int t = (int)threadIdx.x;
   const unsigned span = (unsigned)T * (unsigned)per_thread;
@@ -654,13 +660,20 @@ __device__ inline void rq_for_ranges(int m, int per_thread, unsigned* pre, unsig
         const int mid = (lo + hi + 1) / 2;
         if (pre[mid] <= first) lo = mid; else hi = mid - 1;
       }
+      // The current range's end and offset (element f is at f + off) in registers: a
+      // lane's elements of a round mostly lie in one range.
       int j = lo;
+      unsigned end = pre[j + 1], off = base[j] - pre[j];
 RQ_UNROLL
       for (int u = 0; u < RUN; ++u) {
         const unsigned f = first + step * (unsigned)u;
         if (u < per_thread && f < total) {
-          while (pre[j + 1] <= f) ++j;  // skips the ranges (empty ones too) before f
-          xs[u] = base[j] + (f - pre[j]);
+          while (end <= f) {  // skips the ranges (empty ones too) before f
+            ++j;
+            end = pre[j + 1];
+            off = base[j] - pre[j];
+          }
+          xs[u] = f + off;
           v[u] = load(xs[u]);
         }
       }
@@ -676,9 +689,26 @@ RQ_UNROLL
       unsigned nxs[RUN] = {};
       Loaded nv[RUN] = {};
       fetch(next, nxs, nv);
+      // With RUN elements per thread, no branch per element: the reads of two elements at a
+      // time issue together (a slot past `total` scores its zero-initialised loads; unused).
+      // The __syncwarp between the pairs fences the compiler's scheduling: all RUN at once
+      // would need more registers than rq_fused_topk_l4's three blocks per SM allow.
+      Scored sc[RUN] = {};
+      if (per_thread == RUN) {
+RQ_UNROLL
+        for (int h = 0; h < RUN; h += 2) {
+RQ_UNROLL
+          for (int u = h; u < h + 2 && u < RUN; ++u) sc[u] = score(xs[u], v[u]);
+          __syncwarp();
+        }
+      } else {
+RQ_UNROLL
+        for (int u = 0; u < RUN; ++u)
+          if (u < per_thread) sc[u] = score(xs[u], v[u]);
+      }
 RQ_UNROLL
       for (int u = 0; u < RUN; ++u)
-        if (u < per_thread && first + step * (unsigned)u < total) visit(xs[u], v[u]);
+        if (u < per_thread && first + step * (unsigned)u < total) visit(xs[u], sc[u]);
       round_end();
       first = next;
 RQ_UNROLL

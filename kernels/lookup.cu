@@ -311,7 +311,7 @@ RQ_UNROLL
         v.norm = metric == RQ_METRIC_L2 ? item_norms[i] : 0.0f;
         return v;
       },
-      [&](unsigned i, const RqItemCodes<MAXL>& v) {
+      [&](unsigned, const RqItemCodes<MAXL>& v) {
         float ip = 0.0f;
 RQ_UNROLL
         for (int l = 0; l < MAXL; ++l) {
@@ -320,9 +320,9 @@ RQ_UNROLL
             ip += lut_shared ? tab[toff[l] + c] : luts[lut_off[l] + b * lut_k[l] + c];
           }
         }
-        const float s = metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, v.norm) : ip;
-        rq_select_offer_at(q, ts, s, [&] { return ids[i]; }, i);
+        return metric == RQ_METRIC_L2 ? rq_metric_score(metric, ip, qn, v.norm) : ip;
       },
+      [&](unsigned i, float s) { rq_select_offer_at(q, ts, s, [&] { return ids[i]; }, i); },
       [&] {
         rq_select_round_end(q, round);
         ts = q.s[q.k - 1];
