@@ -14,9 +14,9 @@
 /// a time, into a tile of dot products in shared memory, then folds the tile into each row's
 /// candidates.
 #define RQ_GT_GROUP 128
-/// Row stride (floats) of the group's dot-product tile: GROUP + 8 (the 8-byte stores of a
-/// half-warp, rows g and columns 2t, fall in distinct banks).
-#define RQ_GT_SCS 136
+/// Row stride (floats) of the group's dot-product tile: GROUP + 4 (the fold's loads, rows
+/// r and columns q + 4·i of a warp's 32 threads, fall in distinct banks).
+#define RQ_GT_SCS 132
 
 /// Four floats loaded together (a 16-byte load on the GPU).
 struct alignas(16) RqTcWord4 {
@@ -98,77 +98,91 @@ RQ_UNROLL
     }
 }
 
-/// Folds one group's dot products into the rows' candidates (one warp per row below n and
-/// not yet sent to the exact scan): ĝ = 2·dot - cns[c] for the group's codewords
+/// Folds one group's dot products into the rows' candidates, four threads per row (thread
+/// t: row t / 4, the group's columns t % 4 + 4·i; a warp holds 8 rows, all at once): for a
+/// row below n not yet sent to the exact scan, ĝ = 2·dot - cns[c] for the group's codewords
 /// g0 + c (c < cnt); m = max(best[r], the group's largest ĝ); thr = m - the row's window
 /// (rq_certify_margin, tc); the row's candidates below thr are dropped and the group's
 /// codewords at or above it appended; more than CAND, or a thr that is not finite, → over.
 /// A candidate's ĝ rides in cval until the decision replaces it by the exact key. Anything
 /// dropped is below the final max's window (m only grows), so every codeword within the
-/// final window stays a candidate. No barrier.
+/// final window stays a candidate. Block: 256 threads; no barrier.
 __device__ inline void rq_greedy_tc_fold(const float* sc, const float* cns, int g0, int cnt,
                                          long long row0, int n, int d, float cm,
                                          const float* rn, float* best, int* cand_n, int* over,
                                          int* cand, float* cval) {
-  constexpr int R = RQ_GT_ROWS, PER = RQ_GT_GROUP / RQ_WARP;
-  const int lane = (int)threadIdx.x % RQ_WARP;
-  const int warps = (int)blockDim.x / RQ_WARP;
-  const unsigned below = (1u << lane) - 1u;
-  for (int r = (int)threadIdx.x / RQ_WARP; r < R; r += warps) {
-    if (row0 + r >= n || over[r]) continue;  // the whole warp: r is the warp's
-    float g[PER];
-    float m = best[r];
+  constexpr int R = RQ_GT_ROWS, PER = RQ_GT_GROUP / 4;
+  const int tid = (int)threadIdx.x, lane = tid % RQ_WARP;
+  const int r = tid / 4, q = tid % 4, lead = lane & ~3;  // lead: the row's first lane
+  const bool live = row0 + r < n && !over[r];  // the same on the row's four threads
+  float g[PER];
+  float m = best[r];
 RQ_UNROLL
-    for (int j = 0; j < PER; ++j) {
-      const int c = lane + RQ_WARP * j;
-      g[j] = c < cnt ? 2.0f * sc[r * RQ_GT_SCS + c] - cns[c] : rq_neg_inf();
-      m = g[j] > m ? g[j] : m;
-    }
-    for (int o = RQ_WARP / 2; o > 0; o >>= 1) {
-      const float om = __shfl_xor_sync(RQ_FULL_MASK, m, o);
-      m = om > m ? om : m;
-    }
-    const float thr = m - rq_certify_margin(d, sqrtf(rn[r]), cm, true);
-    if (!(thr - thr == 0.0f)) {
-      if (lane == 0) over[r] = 1;
-      continue;
-    }
-    const int had = cand_n[r];
-    const bool keep = lane < had && cval[lane * R + r] >= thr;
-    const float kv = keep ? cval[lane * R + r] : 0.0f;
-    const int kc = keep ? cand[lane * R + r] : 0;
-    const unsigned km = __ballot_sync(RQ_FULL_MASK, keep);
-    unsigned tm[PER];
-    int total = __popc(km);
+  for (int i = 0; i < PER; ++i) {
+    const int c = q + 4 * i;
+    g[i] = c < cnt ? 2.0f * sc[r * RQ_GT_SCS + c] - cns[c] : rq_neg_inf();
+    m = g[i] > m ? g[i] : m;
+  }
 RQ_UNROLL
-    for (int j = 0; j < PER; ++j) {
-      tm[j] = __ballot_sync(RQ_FULL_MASK, g[j] >= thr);
-      total += __popc(tm[j]);
-    }
-    if (total > RQ_GR_CAND) {
-      if (lane == 0) over[r] = 1;
-      continue;
-    }
-    __syncwarp();  // every lane has read its old slot before any is rewritten
-    if (keep) {
-      const int at = __popc(km & below);
-      cval[at * R + r] = kv;
-      cand[at * R + r] = kc;
-    }
-    int at0 = __popc(km);
+  for (int o = 1; o < 4; o <<= 1) {
+    const float om = __shfl_xor_sync(RQ_FULL_MASK, m, o);
+    m = om > m ? om : m;
+  }
+  const float thr = m - rq_certify_margin(d, sqrtf(rn[r]), cm, true);
+  const bool finite = thr - thr == 0.0f;
+  // This thread's old slots q, q + 4, … that stay, and its new codewords at or above thr.
+  const int had = live ? cand_n[r] : 0;
+  float kv[RQ_GR_CAND / 4];
+  int kc[RQ_GR_CAND / 4];
+  int kept = 0, fresh = 0;
 RQ_UNROLL
-    for (int j = 0; j < PER; ++j) {
-      if (g[j] >= thr) {
-        const int at = at0 + __popc(tm[j] & below);
-        cval[at * R + r] = g[j];
-        cand[at * R + r] = g0 + lane + RQ_WARP * j;
-      }
-      at0 += __popc(tm[j]);
+  for (int u = 0; u < RQ_GR_CAND / 4; ++u) {
+    const int slot = q + 4 * u;
+    kv[u] = slot < had ? cval[slot * R + r] : rq_neg_inf();
+    kc[u] = slot < had ? cand[slot * R + r] : 0;
+    kept += slot < had && kv[u] >= thr;
+  }
+RQ_UNROLL
+  for (int i = 0; i < PER; ++i) fresh += g[i] >= thr;
+  // The row's counts: its four threads' kept and fresh, and where this thread's go.
+  int total = 0, kept_before = 0, kept_all = 0, fresh_before = 0;
+RQ_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    const int ok = __shfl_sync(RQ_FULL_MASK, kept, lead + k);
+    const int of = __shfl_sync(RQ_FULL_MASK, fresh, lead + k);
+    total += ok + of;
+    kept_all += ok;
+    kept_before += k < q ? ok : 0;
+    fresh_before += k < q ? of : 0;
+  }
+  const bool fits = finite && total <= RQ_GR_CAND;
+  __syncwarp();  // every thread has read its old slots before any is rewritten
+  if (!live) return;
+  if (!fits) {
+    if (q == 0) over[r] = 1;
+    return;
+  }
+  int at = kept_before;
+RQ_UNROLL
+  for (int u = 0; u < RQ_GR_CAND / 4; ++u) {
+    if (q + 4 * u < had && kv[u] >= thr) {
+      cval[at * R + r] = kv[u];
+      cand[at * R + r] = kc[u];
+      ++at;
     }
-    if (lane == 0) {
-      best[r] = m;
-      cand_n[r] = total;
+  }
+  at = kept_all + fresh_before;
+RQ_UNROLL
+  for (int i = 0; i < PER; ++i) {
+    if (g[i] >= thr) {
+      cval[at * R + r] = g[i];
+      cand[at * R + r] = g0 + q + 4 * i;
+      ++at;
     }
+  }
+  if (q == 0) {
+    best[r] = m;
+    cand_n[r] = total;
   }
 }
 
@@ -182,7 +196,7 @@ RQ_UNROLL
 /// (truncations, rq_tf32_bits); zero past d and past K_l: each lane's B fragments of a tile
 /// and step, big and small, in one 16-byte word.
 /// grid: ceil(n / 64); block: 256 threads (two blocks per SM: ≤ 128 registers); shared:
-/// 4·(64·rs + 64·SCS + GROUP + 2·CAND·64 + 4·64) bytes (rs = rq_greedy_stride(d), SCS = 136,
+/// 4·(64·rs + 64·SCS + GROUP + 2·CAND·64 + 4·64) bytes (rs = rq_greedy_stride(d), SCS = 132,
 /// GROUP = 128, CAND = 16).
 extern "C" __global__ void __launch_bounds__(256, 2) rq_greedy_rows64_tc(
     const float* x, int n, int d, int L, const unsigned char* cbs, int cb_dtype,

@@ -46,10 +46,10 @@ fn greedy_shared(rows: usize, d: usize) -> usize {
 }
 
 /// Shared bytes of a `rq_greedy_rows64_tc` block (greedy_tc.cu's carving: 64 residual rows;
-/// the 64 × 136 dot products of a group of 128 codewords and their norms; 16 candidate
+/// the 64 × 132 dot products of a group of 128 codewords and their norms; 16 candidate
 /// values and codes per row; per-row norms, largest ĝ, candidate counts and scan flags).
 fn greedy_tc_shared(d: usize) -> usize {
-    4 * (64 * greedy_stride(d) + 64 * 136 + 128 + 2 * 16 * 64 + 4 * 64)
+    4 * (64 * greedy_stride(d) + 64 * 132 + 128 + 2 * 16 * 64 + 4 * 64)
 }
 
 /// The tensor-core screening's codebooks (`rq_greedy_rows64_tc`'s `cbt`): the levels'
@@ -102,7 +102,7 @@ fn greedy_fits(d: usize) -> bool {
 /// Launches the certified greedy kernel over `levels` (codebooks, values already rounded to
 /// `storage`, which is how they are uploaded), `mode` 0 (encode) or 1 (assign): 64 rows
 /// per block, screened on the tensor cores (`rq_greedy_rows64_tc`, with the codebooks also
-/// uploaded in fragment order, [`tc_words`]) when `tensor_cores` is set and d ≤ 204, else
+/// uploaded in fragment order, [`tc_words`]) when `tensor_cores` is set and d ≤ 208, else
 /// with FMAs (`rq_greedy_rows64`); 16 rows with FMAs (`rq_greedy_rows16`) when 64 rows of
 /// dimension `d` exceed the shared-memory budget.
 #[allow(clippy::too_many_arguments)]
@@ -388,12 +388,12 @@ mod tests {
         assert!(!greedy_fits(1241));
     }
 
-    /// The tensor-core screening takes d ≤ 204 (64 rows and the group's dot products within
+    /// The tensor-core screening takes d ≤ 208 (64 rows and the group's dot products within
     /// the budget), as documented; larger d fall back to the FMA screening.
     #[test]
     fn tensor_core_dimension_limit() {
-        assert!(greedy_tc_shared(204) <= MAX_SHARED_BYTES);
-        assert!(greedy_tc_shared(205) > MAX_SHARED_BYTES);
+        assert!(greedy_tc_shared(208) <= MAX_SHARED_BYTES);
+        assert!(greedy_tc_shared(209) > MAX_SHARED_BYTES);
     }
 
     /// The fragment order of the tensor-core codebooks: lane 4g + t of tile T, step s holds
