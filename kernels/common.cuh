@@ -209,10 +209,11 @@ __device__ inline float rq_warp_sum(float v) {
   return v;
 }
 
-/// Best (score, id) over the warp under the rank order; every lane gets the result.
-/// Every lane of the warp must call it.
-__device__ inline void rq_warp_argmax(float& s, long long& r) {
-  for (int o = RQ_WARP / 2; o > 0; o >>= 1) {
+/// Best (score, id) under the rank order over each aligned group of `width` lanes (a power
+/// of two ≤ 32; default the whole warp); every lane gets its group's result. Every lane of
+/// the warp must call it.
+__device__ inline void rq_warp_argmax(float& s, long long& r, int width = RQ_WARP) {
+  for (int o = width / 2; o > 0; o >>= 1) {
     const float os = __shfl_xor_sync(RQ_FULL_MASK, s, o);
     const long long orr = __shfl_xor_sync(RQ_FULL_MASK, r, o);
     if (rq_better(os, orr, s, r)) {

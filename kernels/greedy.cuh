@@ -107,13 +107,30 @@ __device__ inline void rq_greedy_level_start(const float* res, int rs, int R, in
   }
 }
 
+/// Row r's result of level l: its code bk to codes[row·L + l], err[row] (mode 1: the logit
+/// bs; mode 0 after the last level: the squared error -bs), and the residual update
+/// r -= C[bk] by the `width` threads of the row (thread q: dimensions q + width·i; thread 0
+/// writes code and error).
+__device__ inline void rq_greedy_commit(long long row, int L, int l, int mode, float* rr,
+                                        const unsigned char* cbs, int cb_dtype, long long c0,
+                                        int d, float bs, long long bk, int q, int width,
+                                        unsigned* codes, float* err) {
+  if (q == 0) {
+    codes[row * L + l] = (unsigned)bk;
+    if (mode == 1 || l == L - 1) err[row] = mode == 1 ? bs : -bs;
+  }
+  const long long c = (c0 + bk) * d;
+  for (int e = q; e < d; e += width) rr[e] = rr[e] - rq_load_widened(cbs, cb_dtype, c + e);
+}
+
 /// The decision of level l (codebook rows c0 .. c0 + K of `cbs`, stored as cb_dtype), once
 /// the screening has filled cand_n, over and cand: (2b) the exact keys of the candidates into
-/// cval, slot-major so that slot 0 of every row runs at once; (2c) one warp per row: the best
-/// exact key (or the exact scan of all K when over), its code to codes[row·L + l], the
-/// residual update r -= C[code], and err[row] (mode 1: the logit; mode 0 after the last
-/// level: the squared error). Every thread of the block calls it (barriers); it begins with
-/// one, so the screening's last writes are visible.
+/// cval, slot-major so that slot 0 of every row runs at once; (2c) the blockDim.x / R threads
+/// of each row (a power of two ≤ 32: 4 for 64 rows of 256 threads; a warp holds several
+/// rows, all at once) take the best exact key of its candidates, commit it
+/// (rq_greedy_commit) and update the residual; (2d) one warp per row sent to the exact scan
+/// of all K (rare) does the same. Every thread of the block calls it (barriers); it begins
+/// with one, so the screening's last writes are visible.
 __device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int l, int mode,
                                         float* res, int rs, const unsigned char* cbs,
                                         int cb_dtype, long long c0, int K, int d,
@@ -131,30 +148,42 @@ __device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int
     }
   }
   __syncthreads();
+  {
+    const int width = (int)blockDim.x / R;
+    const int r = tid / width, q = tid % width;
+    const bool mine = row0 + r < n && !over[r];  // the same on the row's threads
+    float bs = rq_neg_inf();
+    long long bk = RQ_MAX_RANK;
+    if (mine) {
+      for (int slot = q; slot < cand_n[r]; slot += width) {
+        const float sv = cval[slot * R + r];
+        const long long kv = cand[slot * R + r];
+        if (rq_better(sv, kv, bs, bk)) {
+          bs = sv;
+          bk = kv;
+        }
+      }
+    }
+    rq_warp_argmax(bs, bk, width);  // the best of the row's threads
+    if (mine)
+      rq_greedy_commit(row0 + r, L, l, mode, res + r * rs, cbs, cb_dtype, c0, d, bs, bk, q,
+                       width, codes, err);
+  }
   for (int r = tid / RQ_WARP; r < R; r += warps) {
-    const long long row = row0 + r;
-    if (row >= n) continue;  // the whole warp: r is the warp's
+    if (row0 + r >= n || !over[r]) continue;  // the whole warp: r is the warp's
     float* rr = res + r * rs;
     float bs = rq_neg_inf();
     long long bk = RQ_MAX_RANK;
-    if (over[r]) {
-      for (int k = lane; k < K; k += RQ_WARP) {
-        const float s = rq_exact_key(mode, rr, cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
-        if (rq_better(s, k, bs, bk)) {
-          bs = s;
-          bk = k;
-        }
+    for (int k = lane; k < K; k += RQ_WARP) {
+      const float sv = rq_exact_key(mode, rr, cbs, cb_dtype, c0 + k, d, cnorms[c0 + k]);
+      if (rq_better(sv, k, bs, bk)) {
+        bs = sv;
+        bk = k;
       }
-    } else if (lane < cand_n[r]) {
-      bs = cval[lane * R + r];
-      bk = cand[lane * R + r];
     }
     rq_warp_argmax(bs, bk);
-    if (lane == 0) codes[row * L + l] = (unsigned)bk;
-    const long long c = (c0 + bk) * d;
-    for (int e = lane; e < d; e += RQ_WARP)
-      rr[e] = rr[e] - rq_load_widened(cbs, cb_dtype, c + e);
-    if (lane == 0 && (mode == 1 || l == L - 1)) err[row] = mode == 1 ? bs : -bs;
+    rq_greedy_commit(row0 + r, L, l, mode, rr, cbs, cb_dtype, c0, d, bs, bk, lane, RQ_WARP,
+                     codes, err);
   }
 }
 
