@@ -609,15 +609,16 @@ __device__ inline void rq_block_inclusive_scan(unsigned* v, int n) {
 /// visits 32·per_thread consecutive elements, one binary search per thread, then a forward
 /// walk. When the ranges of a batch average 32·per_thread elements or more, lane l takes the
 /// warp's elements l + 32·u (each load instruction of a warp reads 32 consecutive elements);
-/// otherwise per_thread consecutive ones (a lane's walk then crosses few ranges). `range(j, begin, len)` gives range j (called by one thread);
-/// `load(x)` issues the global reads element x needs and returns them (a small struct);
-/// `score(x, loaded)` computes what element x = begin_j + offset of a range needs from them
-/// (a value; it must not write memory, and must be safe on x = 0 with `Loaded{}`, which it
-/// gets for the unused slots of a round's last elements), and `visit(x, scored)` acts on it
-/// (it must not synchronise): a thread scores all its elements of a round before visiting the first, so
-/// their reads (e.g. table lookups) are in flight together and none waits behind another
-/// element's writes; `round_end()` is called by every thread once per round, the same number
-/// of times (it may synchronise, e.g. rq_select_round_end).
+/// otherwise per_thread consecutive ones (a lane's walk then crosses few ranges).
+/// `range(j, begin, len)` gives range j (called by one thread); `load(x)` issues the global
+/// reads element x needs and returns them (a small struct); `score(x, loaded)` computes what
+/// element x = begin_j + offset of a range needs from them (a value; it must not write
+/// memory, and must be safe on x = 0 with `Loaded{}`, which it gets for the unused slots of a
+/// round's last elements), and `visit(x, scored)` acts on it (it must not synchronise): a
+/// thread scores its elements of a round before visiting the first, so their reads (e.g.
+/// table lookups) are in flight together and none waits behind another element's writes;
+/// `round_end()` is called by every thread once per round, the same number of times (it may
+/// synchronise, e.g. rq_select_round_end).
 /// Scratch: `pre` (blockDim.x + 1 unsigned) and `base` (blockDim.x unsigned) in shared
 /// memory. The concatenation holds fewer than 2^31 elements.
 ///

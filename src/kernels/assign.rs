@@ -117,14 +117,14 @@ fn greedy_rows<D: Device>(
     tensor_cores: bool,
 ) -> Result<Greedy> {
     let (n, d, l) = (x.rows(), x.cols(), levels.len());
-    let (kernel, rows, shared) = if tensor_cores && greedy_tc_shared(d) <= MAX_SHARED_BYTES {
+    let tc = tensor_cores && greedy_tc_shared(d) <= MAX_SHARED_BYTES;
+    let (kernel, rows, shared) = if tc {
         ("rq_greedy_rows64_tc", 64, greedy_tc_shared(d))
     } else if greedy_shared(64, d) <= MAX_SHARED_BYTES {
         ("rq_greedy_rows64", 64, greedy_shared(64, d))
     } else {
         ("rq_greedy_rows16", 16, greedy_shared(16, d))
     };
-    let tc = kernel == "rq_greedy_rows64_tc";
     let cfg = launch_1d(
         n.div_ceil(rows),
         GREEDY_THREADS,
