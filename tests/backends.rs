@@ -324,6 +324,20 @@ fn greedy_is_exact(be: &dyn Backend) {
                 .collect(),
         ),
         (
+            "edge shapes: one codeword, a single tile, a group and one more; d of 1 and 9; \
+             a row over a block",
+            rand_matrix(&mut rng, 65, 9),
+            [1, 8, 129]
+                .iter()
+                .map(|&k| rand_matrix(&mut rng, k, 9))
+                .collect(),
+        ),
+        (
+            "d = 1, four levels",
+            rand_matrix(&mut rng, 7, 1),
+            (0..4).map(|_| rand_matrix(&mut rng, 3, 1)).collect(),
+        ),
+        (
             "the bench's shape, scaled down",
             rand_matrix(&mut rng, 129, 128),
             (0..2).map(|_| rand_matrix(&mut rng, 256, 128)).collect(),
