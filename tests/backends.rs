@@ -283,7 +283,8 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
 /// kernels screen codewords approximately and decide among the candidates the screening
 /// cannot rule out with the reference's arithmetic (kernels/README.md, "Certified greedy
 /// assignment"). Cases: sizes off the kernel's tiles (rows of 64, codeword tiles of 64,
-/// dimension chunks of 32), exact ties (duplicated codewords), near-ties one thread sees
+/// dimension chunks of 32; the tensor-core screening's tiles of 8 and groups of 128: K = 1,
+/// 8, 129, d = 1, 9, four levels), exact ties (duplicated codewords), near-ties one thread sees
 /// together (codeword pairs 1e-7 apart: the exact scan of all codewords), 16-row blocks for
 /// a large d, the per-row kernels beyond the tiled kernel's shared memory (d = 1536), residual norms whose square overflows f32 and logits that overflow (a
 /// non-finite window: the exact scan), and a best codeword that only a screening finer than
