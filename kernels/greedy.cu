@@ -74,8 +74,9 @@ template <int RM>
 __device__ inline void rq_greedy_rows_body(unsigned char* smem, const float* x, int n, int d,
                                            int L, const unsigned char* cbs, int cb_dtype,
                                            const long long* cb_rows, const float* cnorms,
-                                           const float* cmax, int mode, unsigned* codes,
-                                           float* err, int want_residual, float* residual) {
+                                           const float* cmax, int mode, unsigned char* codes,
+                                           int code_bytes, float* err, int want_residual,
+                                           float* residual) {
   constexpr int CN = 4, R = 16 * RM, TK = 16 * CN;
   constexpr int TILE = 2 * TK * RQ_GR_DCS;
   constexpr int DECIDE = 2 * RQ_GR_CAND * R;
@@ -207,7 +208,7 @@ RQ_UNROLL
       }
     }
     rq_greedy_decide(R, row0, n, L, l, mode, res, rs, cbs, cb_dtype, c0, K, d, cnorms, cand_n,
-                     over, cand, cval, codes, err);
+                     over, cand, cval, codes, code_bytes, err);
   }
   if (want_residual) rq_greedy_store_residual(res, rs, R, n, d, row0, residual);
 }
@@ -224,25 +225,28 @@ RQ_UNROLL
 /// stored as cb_dtype (0 f32, 1 f16 bits, 2 bf16 bits; widened to f32 on load);
 /// cnorms: their squared norms ||C[k]||² (f32 of the f64 sum) stacked the same way;
 /// cmax: L, an upper bound of each level's largest codeword norm ||C[k]||.
-/// codes: n × L (u32); err: n; residual (when want_residual): n × d final residuals.
+/// codes: n × L, code_bytes (1 or 2) each, item-major; err: n; residual (when
+/// want_residual): n × d final residuals.
 /// grid: ceil(n / R); block: 256 threads; shared: 4·R·rs + 4·max(2·TK·DCS, 2·CAND·R) + 12·R
 /// bytes (rs = rq_greedy_stride(d), TK = 64, DCS = 36, CAND = 16).
 extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             const unsigned char* cbs, int cb_dtype,
                                             const long long* cb_rows, const float* cnorms,
-                                            const float* cmax, int mode, unsigned* codes,
-                                            float* err, int want_residual, float* residual) {
+                                            const float* cmax, int mode, unsigned char* codes,
+                                            int code_bytes, float* err, int want_residual,
+                                            float* residual) {
   RQ_SHARED_BASE(smem);
   rq_greedy_rows_body<4>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
-                                   mode, codes, err, want_residual, residual);
+                                   mode, codes, code_bytes, err, want_residual, residual);
 }
 
 extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
                                             const unsigned char* cbs, int cb_dtype,
                                             const long long* cb_rows, const float* cnorms,
-                                            const float* cmax, int mode, unsigned* codes,
-                                            float* err, int want_residual, float* residual) {
+                                            const float* cmax, int mode, unsigned char* codes,
+                                            int code_bytes, float* err, int want_residual,
+                                            float* residual) {
   RQ_SHARED_BASE(smem);
   rq_greedy_rows_body<1>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
-                                   mode, codes, err, want_residual, residual);
+                                   mode, codes, code_bytes, err, want_residual, residual);
 }

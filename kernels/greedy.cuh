@@ -107,16 +107,20 @@ __device__ inline void rq_greedy_level_start(const float* res, int rs, int R, in
   }
 }
 
-/// Row r's result of level l: its code bk to codes[row·L + l], err[row] (mode 1: the logit
-/// bs; mode 0 after the last level: the squared error -bs), and the residual update
-/// r -= C[bk] by the `width` threads of the row (thread q: dimensions q + width·i; thread 0
-/// writes code and error).
+/// Row r's result of level l: its code bk to codes[row·L + l] (code_bytes wide: 1 when
+/// every K ≤ 256, else 2; K ≤ 65536), err[row] (mode 1: the logit bs; mode 0 after the
+/// last level: the squared error -bs), and the residual update r -= C[bk] by the `width`
+/// threads of the row (thread q: dimensions q + width·i; thread 0 writes code and error).
 __device__ inline void rq_greedy_commit(long long row, int L, int l, int mode, float* rr,
                                         const unsigned char* cbs, int cb_dtype, long long c0,
                                         int d, float bs, long long bk, int q, int width,
-                                        unsigned* codes, float* err) {
+                                        unsigned char* codes, int code_bytes, float* err) {
   if (q == 0) {
-    codes[row * L + l] = (unsigned)bk;
+    const long long at = row * L + l;
+    if (code_bytes == 1)
+      codes[at] = (unsigned char)bk;
+    else
+      reinterpret_cast<unsigned short*>(codes)[at] = (unsigned short)bk;
     if (mode == 1 || l == L - 1) err[row] = mode == 1 ? bs : -bs;
   }
   const long long c = (c0 + bk) * d;
@@ -128,15 +132,15 @@ __device__ inline void rq_greedy_commit(long long row, int L, int l, int mode, f
 /// cval, slot-major so that slot 0 of every row runs at once; (2c) the blockDim.x / R threads
 /// of each row (a power of two ≤ 32: 4 for 64 rows of 256 threads; a warp holds several
 /// rows, all at once) take the best exact key of its candidates, commit it
-/// (rq_greedy_commit) and update the residual; (2d) one warp per row sent to the exact scan
+/// (rq_greedy_commit: codes code_bytes wide) and update the residual; (2d) one warp per row sent to the exact scan
 /// of all K (rare) does the same. Every thread of the block calls it (barriers); it begins
 /// with one, so the screening's last writes are visible.
 __device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int l, int mode,
                                         float* res, int rs, const unsigned char* cbs,
                                         int cb_dtype, long long c0, int K, int d,
                                         const float* cnorms, const int* cand_n, const int* over,
-                                        const int* cand, float* cval, unsigned* codes,
-                                        float* err) {
+                                        const int* cand, float* cval, unsigned char* codes,
+                                        int code_bytes, float* err) {
   const int tid = (int)threadIdx.x, lane = tid % RQ_WARP;
   const int warps = (int)blockDim.x / RQ_WARP;
   __syncthreads();
@@ -167,7 +171,7 @@ __device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int
     rq_warp_argmax(bs, bk, width);  // the best of the row's threads
     if (mine)
       rq_greedy_commit(row0 + r, L, l, mode, res + r * rs, cbs, cb_dtype, c0, d, bs, bk, q,
-                       width, codes, err);
+                       width, codes, code_bytes, err);
   }
   for (int r = tid / RQ_WARP; r < R; r += warps) {
     if (row0 + r >= n || !over[r]) continue;  // the whole warp: r is the warp's
@@ -183,7 +187,7 @@ __device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int
     }
     rq_warp_argmax(bs, bk);
     rq_greedy_commit(row0 + r, L, l, mode, rr, cbs, cb_dtype, c0, d, bs, bk, lane, RQ_WARP,
-                     codes, err);
+                     codes, code_bytes, err);
   }
 }
 

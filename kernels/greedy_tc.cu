@@ -201,7 +201,8 @@ RQ_UNROLL
 extern "C" __global__ void __launch_bounds__(256, 2) rq_greedy_rows64_tc(
     const float* x, int n, int d, int L, const unsigned char* cbs, int cb_dtype,
     const long long* cb_rows, const float* cnorms, const float* cmax, int mode,
-    unsigned* codes, float* err, int want_residual, float* residual, const float* cbt,
+    unsigned char* codes, int code_bytes, float* err, int want_residual, float* residual,
+    const float* cbt,
     int steps) {
   RQ_SHARED_BASE(smem);
   constexpr int R = RQ_GT_ROWS;
@@ -237,7 +238,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) rq_greedy_rows64_tc(
       if (g0 + RQ_GT_GROUP < K) __syncthreads();  // the next group reuses sc and cns
     }
     rq_greedy_decide(R, row0, n, L, l, mode, res, rs, cbs, cb_dtype, c0, K, d, cnorms, cand_n,
-                     over, cand, cval, codes, err);
+                     over, cand, cval, codes, code_bytes, err);
     words += (long long)(K + 7) / 8 * steps * RQ_WARP;
   }
   if (want_residual) rq_greedy_store_residual(res, rs, R, n, d, row0, residual);

@@ -334,6 +334,19 @@ fn greedy_is_exact(be: &dyn Backend) {
                 .collect(),
         ),
         (
+            "two-byte codes (K = 300)",
+            rand_matrix(&mut rng, 20, 3),
+            [300, 40]
+                .iter()
+                .map(|&k| rand_matrix(&mut rng, k, 3))
+                .collect(),
+        ),
+        (
+            "the largest code (K = 65536)",
+            rand_matrix(&mut rng, 3, 1),
+            vec![rand_matrix(&mut rng, 65536, 1)],
+        ),
+        (
             "d = 1, four levels",
             rand_matrix(&mut rng, 7, 1),
             (0..4).map(|_| rand_matrix(&mut rng, 3, 1)).collect(),

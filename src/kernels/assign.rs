@@ -92,6 +92,27 @@ fn tf32(v: f32) -> f32 {
     f32::from_bits(v.to_bits() & 0xffff_e000)
 }
 
+/// The first `count` codes of `buf`, stored `code_bytes` (1 or 2) wide, widened to u32.
+fn download_codes<D: Device>(
+    dev: &D,
+    buf: &D::Buffer,
+    count: usize,
+    code_bytes: usize,
+) -> Result<Vec<u32>> {
+    use rayon::prelude::*;
+    Ok(if code_bytes == 1 {
+        download::<D, u8>(dev, buf, count)?
+            .par_iter()
+            .map(|&c| u32::from(c))
+            .collect()
+    } else {
+        download::<D, u16>(dev, buf, count)?
+            .par_iter()
+            .map(|&c| u32::from(c))
+            .collect()
+    })
+}
+
 /// Whether the certified greedy kernel takes rows of dimension `d` (16 of them must fit the
 /// shared-memory budget: d ≤ 1240); larger d run the per-row kernels (`rq_assign` with
 /// `top_m = 1`, `rq_encode` with beam 1), which compute the same exact keys.
@@ -149,7 +170,11 @@ fn greedy_rows<D: Device>(
     let d_rows = res.input(dev, &cb_rows, Reuse::Content)?;
     let d_norms = res.input(dev, &norms, Reuse::Content)?;
     let d_cmax = res.input(dev, &cmax, Reuse::Content)?;
-    let codes = alloc::<D, u32>(dev, n * l)?;
+    // Codes as narrow as the largest level allows (K ≤ 65536): a quarter of the download
+    // when K ≤ 256, half otherwise.
+    let widest = levels.iter().map(|cb| cb.len()).max().unwrap_or(0);
+    let code_bytes: usize = if widest <= 256 { 1 } else { 2 };
+    let codes = alloc::<D, u8>(dev, n * l * code_bytes)?;
     let err = alloc::<D, f32>(dev, n)?;
     let d_res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
     let tc_in = if tc {
@@ -171,6 +196,7 @@ fn greedy_rows<D: Device>(
         KernelArg::Buf(&d_cmax),
         KernelArg::I32(mode),
         KernelArg::Buf(&codes),
+        KernelArg::I32(code_bytes as i32),
         KernelArg::Buf(&err),
         KernelArg::I32(want_residual as i32),
         KernelArg::Buf(&d_res),
@@ -182,7 +208,7 @@ fn greedy_rows<D: Device>(
     dev.launch(kernel, cfg, &args)?;
     dev.synchronize()?;
     Ok(Greedy {
-        codes: download(dev, &codes, n * l)?,
+        codes: download_codes(dev, &codes, n * l, code_bytes)?,
         err: download(dev, &err, n)?,
         residual: if want_residual {
             Some(download(dev, &d_res, n * d)?)
