@@ -236,8 +236,8 @@ extern "C" __global__ void rq_greedy_rows64(const float* x, int n, int d, int L,
                                             int code_bytes, float* err, int want_residual,
                                             float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<4>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
-                                   mode, codes, code_bytes, err, want_residual, residual);
+  rq_greedy_rows_body<4>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode, codes,
+                         code_bytes, err, want_residual, residual);
 }
 
 extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
@@ -247,6 +247,6 @@ extern "C" __global__ void rq_greedy_rows16(const float* x, int n, int d, int L,
                                             int code_bytes, float* err, int want_residual,
                                             float* residual) {
   RQ_SHARED_BASE(smem);
-  rq_greedy_rows_body<1>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax,
-                                   mode, codes, code_bytes, err, want_residual, residual);
+  rq_greedy_rows_body<1>(smem, x, n, d, L, cbs, cb_dtype, cb_rows, cnorms, cmax, mode, codes,
+                         code_bytes, err, want_residual, residual);
 }
