@@ -60,20 +60,20 @@ RQ_UNROLL
         ab[i][r] = rq_tf32_bits(v);
         as[i][r] = rq_tf32_bits(v - __uint_as_float(ab[i][r]));
       }
-    // B of the four tiles (big parts in bb, small parts in bs); tiles past nt stay zero.
-    unsigned bb[4][2] = {}, bs[4][2] = {};
+    // B of the four tiles (big parts in bb, small parts in bs). Tiles past nt read the next
+    // level's words or the buffer's padding (cbt ends with three zero tiles): products that
+    // are never stored, so no branch.
+    unsigned bb[4][2], bs[4][2];
 RQ_UNROLL
     for (int j = 0; j < 4; ++j) {
-      if (j < nt) {
-        const RqTcWord4 w = b[j * tile_stride];
-        bb[j][0] = __float_as_uint(w.v[0]);
-        bb[j][1] = __float_as_uint(w.v[1]);
-        bs[j][0] = __float_as_uint(w.v[2]);
-        bs[j][1] = __float_as_uint(w.v[3]);
-      }
+      const RqTcWord4 w = b[j * tile_stride];
+      bb[j][0] = __float_as_uint(w.v[0]);
+      bb[j][1] = __float_as_uint(w.v[1]);
+      bs[j][0] = __float_as_uint(w.v[2]);
+      bs[j][1] = __float_as_uint(w.v[3]);
     }
     // The three products, each over all eight tiles before the next, so consecutive
-    // tensor-core instructions are independent (tiles past nt multiply zeros: no branch).
+    // tensor-core instructions are independent.
     const auto products = [&](const unsigned (&pa)[2][4], const unsigned (&pb)[4][2]) {
 RQ_UNROLL
       for (int j = 0; j < 4; ++j)
@@ -194,7 +194,8 @@ RQ_UNROLL
 /// 4g + t and codeword w = 8·T + g, big(w[8s + t]), big(w[8s + t + 4]), small(w[8s + t]),
 /// small(w[8s + t + 4]), where big(v) = tf32(v) and small(v) = tf32(v - big(v))
 /// (truncations, rq_tf32_bits); zero past d and past K_l: each lane's B fragments of a tile
-/// and step, big and small, in one 16-byte word.
+/// and step, big and small, in one 16-byte word; then three zero tiles (the screening reads
+/// four tiles a warp, used or not).
 /// grid: ceil(n / 64); block: 256 threads (two blocks per SM: ≤ 128 registers); shared:
 /// 4·(64·rs + 64·SCS + GROUP + 2·CAND·64 + 4·64) bytes (rs = rq_greedy_stride(d), SCS = 132,
 /// GROUP = 128, CAND = 16).

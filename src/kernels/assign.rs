@@ -57,11 +57,12 @@ fn greedy_tc_shared(d: usize) -> usize {
 /// B-fragment order, pre-split into TF32 parts. Per level, tile T of 8 words, step s of 8
 /// dimensions and lane 4g + t, four floats: big(w[8s + t]), big(w[8s + t + 4]) and the two
 /// small parts, for word w = 8T + g (big = tf32(v), small = tf32(v - big), truncations;
-/// zero past d and past the level's words). Returns the buffer and the steps per word,
-/// ceil(d / 8).
+/// zero past d and past the level's words); then three zero tiles. Returns the buffer and
+/// the steps per word, ceil(d / 8).
 fn tc_words(stacked: &[f32], d: usize, sizes: &[usize]) -> (Vec<f32>, usize) {
     let steps = d.div_ceil(8);
-    let tiles: usize = sizes.iter().map(|k| k.div_ceil(8)).sum();
+    // Three zero tiles after the last level: a warp reads four tiles, used or not.
+    let tiles: usize = sizes.iter().map(|k| k.div_ceil(8)).sum::<usize>() + 3;
     let mut out = vec![0f32; tiles * steps * 32 * 4];
     let (mut first, mut at) = (0, 0);
     for &k in sizes {
@@ -435,7 +436,7 @@ mod tests {
         let stacked: Vec<f32> = (0..total * d).map(|i| value(i / d, i % d)).collect();
         let (out, steps) = tc_words(&stacked, d, &sizes);
         assert_eq!(steps, 2);
-        assert_eq!(out.len(), (1 + 2) * steps * 32 * 4);
+        assert_eq!(out.len(), (1 + 2 + 3) * steps * 32 * 4);
         let at = |tile: usize, s: usize, lane: usize| ((tile * steps + s) * 32 + lane) * 4;
         // Level 1 (words 3..), tile 1 (its words 8..), step 1, lane 4·0 + 2: word 3 + 8,
         // dimensions 10 and 14 (past d: zero).
