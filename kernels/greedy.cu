@@ -135,7 +135,8 @@ RQ_UNROLL
         {
           const bool last_e = e0 + RQ_GR_DC >= d;
           const int nt = last_e ? t0 + TK : t0, ne = last_e ? 0 : e0 + RQ_GR_DC;
-          if (nt < K) rq_greedy_issue<TK>(chunk % 2 ? tile : tile2, cbs, cb_dtype, c0, nt, K, d, ne);
+          if (nt < K)
+            rq_greedy_issue<TK>(chunk % 2 ? tile : tile2, cbs, cb_dtype, c0, nt, K, d, ne);
         }
         const float* cur = chunk % 2 ? tile2 : tile;
         ++chunk;
@@ -149,7 +150,8 @@ RQ_UNROLL
             w[j] = *reinterpret_cast<const RqFloat4*>(cur + (cg + 16 * j) * RQ_GR_DCS + e);
 RQ_UNROLL
           for (int i = 0; i < RM; ++i) {
-            const RqFloat4 rv = *reinterpret_cast<const RqFloat4*>(res + (rg + 16 * i) * rs + e0 + e);
+            const RqFloat4 rv =
+                *reinterpret_cast<const RqFloat4*>(res + (rg + 16 * i) * rs + e0 + e);
 RQ_UNROLL
             for (int h = 0; h < 4; ++h)
 RQ_UNROLL

@@ -77,7 +77,6 @@ __device__ inline float rq_exact_key(int mode, const float* r, const unsigned ch
                                     : rq_dist_sq_w<RqWidenF16>(r, h, d));
 }
 
-
 /// Loads rows row0 .. row0 + R of x (n × d) into `res` (R × rs, zeros past d and past n: the
 /// tensor-core screening reads the padding in steps of 8). No barrier.
 __device__ inline void rq_greedy_load_rows(float* res, int rs, int R, const float* x, int n,
@@ -132,9 +131,9 @@ __device__ inline void rq_greedy_commit(long long row, int L, int l, int mode, f
 /// cval, slot-major so that slot 0 of every row runs at once; (2c) the blockDim.x / R threads
 /// of each row (a power of two ≤ 32: 4 for 64 rows of 256 threads; a warp holds several
 /// rows, all at once) take the best exact key of its candidates, commit it
-/// (rq_greedy_commit: codes code_bytes wide) and update the residual; (2d) one warp per row sent to the exact scan
-/// of all K (rare) does the same. Every thread of the block calls it (barriers); it begins
-/// with one, so the screening's last writes are visible.
+/// (rq_greedy_commit: codes code_bytes wide) and update the residual; (2d) one warp per row
+/// sent to the exact scan of all K (rare) does the same. Every thread of the block calls it
+/// (barriers); it begins with one, so the screening's last writes are visible.
 __device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int l, int mode,
                                         float* res, int rs, const unsigned char* cbs,
                                         int cb_dtype, long long c0, int K, int d,

@@ -33,14 +33,13 @@ __device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
   for (int r = 0; r < 2; ++r) f.b[lane][r] = b[r];
   __syncwarp();
   const int g = lane / 4, t = lane % 4;
+  const auto tf32 = [](unsigned bits) { return __uint_as_float(bits & 0xffffe000u); };
   for (int r = 0; r < 4; ++r) {
     const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
     float s = d[r];
-    for (int k = 0; k < 8; ++k) {
-      const float av = __uint_as_float(f.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)] & 0xffffe000u);
-      const float bv = __uint_as_float(f.b[4 * col + k % 4][k / 4] & 0xffffe000u);
-      s += av * bv;
-    }
+    for (int k = 0; k < 8; ++k)
+      s += tf32(f.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]) *
+           tf32(f.b[4 * col + k % 4][k / 4]);
     d[r] = s;
   }
   __syncwarp();
