@@ -312,7 +312,8 @@ RQ_UNROLL
         return v;
       },
       [&](unsigned, const RqItemCodes<MAXL>& v) {
-        float ip = 0.0f;
+        // The reference's f32 sum starts at -0.0 (x + -0 = x; a sum of -0 entries is -0).
+        float ip = -0.0f;
 RQ_UNROLL
         for (int l = 0; l < MAXL; ++l) {
           if (l < L) {

@@ -216,6 +216,10 @@ pub struct OpenOptions {
     /// ([`crate::kernels::KernelBackend::with_tensor_cores`]; same results, other speed).
     /// Ignored by `reference`.
     pub tensor_cores: bool,
+    /// The kernel backends' fused lookup + top-k kernel
+    /// ([`crate::kernels::KernelBackend::with_fused_kernel`]; same results, other speed).
+    /// Ignored by `reference`.
+    pub fused_kernel: crate::kernels::FusedKernel,
 }
 
 /// Opens the cuda backend, or says why it cannot run here.
@@ -223,7 +227,9 @@ pub struct OpenOptions {
 fn open_cuda(o: OpenOptions) -> Result<Box<dyn Backend>> {
     let dev = crate::device::cuda::CudaDevice::open()?;
     Ok(Box::new(
-        crate::kernels::KernelBackend::new(dev).with_tensor_cores(o.tensor_cores),
+        crate::kernels::KernelBackend::new(dev)
+            .with_tensor_cores(o.tensor_cores)
+            .with_fused_kernel(o.fused_kernel),
     ))
 }
 
@@ -240,7 +246,9 @@ fn open_cuda(_: OpenOptions) -> Result<Box<dyn Backend>> {
 fn open_emu(o: OpenOptions) -> Result<Box<dyn Backend>> {
     let dev = crate::device::emu::EmuDevice::new();
     Ok(Box::new(
-        crate::kernels::KernelBackend::new(dev).with_tensor_cores(o.tensor_cores),
+        crate::kernels::KernelBackend::new(dev)
+            .with_tensor_cores(o.tensor_cores)
+            .with_fused_kernel(o.fused_kernel),
     ))
 }
 

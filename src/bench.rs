@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::index::build::{build, BuildOptions};
 use crate::index::kmeans::KMeansOptions;
 use crate::index::{CodeData, Codebooks, EmbeddingKind, Index};
+use crate::kernels::FusedKernel;
 use crate::matrix::Matrix;
 use crate::metric::Metric;
 use crate::ops;
@@ -54,6 +55,10 @@ pub struct BenchOptions {
     /// it does not and it is a kernel backend, the bench adds an `assign_tc` row from a second
     /// backend of the same kind that does.
     pub tensor_cores: bool,
+    /// The backend's fused lookup + top-k kernel (`--fused-kernel`); when it is `auto` and a
+    /// kernel backend, the bench adds a `fused_topk_walk` row from a second backend of the
+    /// same kind that always walks the ranges (the `fused_topk` row then scans).
+    pub fused_kernel: FusedKernel,
     /// The groups of operations to run (`--only`; default all).
     pub only: Groups,
 }
@@ -424,7 +429,13 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         )?);
         if kernels && !opts.tensor_cores {
             let kind = be.name().parse::<BackendKind>()?;
-            let (tc, _) = backend::open_with(kind, OpenOptions { tensor_cores: true })?;
+            let (tc, _) = backend::open_with(
+                kind,
+                OpenOptions {
+                    tensor_cores: true,
+                    ..OpenOptions::default()
+                },
+            )?;
             for m in &items {
                 tc.keep_resident(Resident::Matrix(Arc::clone(m)))?;
             }
@@ -476,8 +487,33 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
             bytes,
             |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
         )?);
-        drop(fused_ix);
         be.release_resident()?;
+        let kernels = matches!(be.name(), "emu" | "cuda");
+        if kernels && opts.fused_kernel == FusedKernel::Auto {
+            let kind = be.name().parse::<BackendKind>()?;
+            let o = OpenOptions {
+                fused_kernel: FusedKernel::Walk,
+                ..OpenOptions::default()
+            };
+            let (walk, _) = backend::open_with(kind, o)?;
+            for ix in &fused_ix {
+                walk.keep_resident(Resident::Index(Arc::clone(ix)))?;
+            }
+            let walk_timer = Timer {
+                be: walk.as_ref(),
+                ..timer
+            };
+            rows.push(walk_timer.row(
+                "fused_topk_walk",
+                format!("fused lookup + top-{k} B={b}, the range-walking kernel"),
+                copies,
+                (scanned * flevels) as f64,
+                bytes,
+                |c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
+            )?);
+            walk.release_resident()?;
+        }
+        drop(fused_ix);
     }
 
     if opts.only.topk {

@@ -14,7 +14,7 @@ use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Encoding, Resid
 use rqtree::index::build::{build, BuildOptions};
 use rqtree::index::{Codebook, Codebooks, EmbeddingKind, Embeddings, Index};
 #[cfg(any(feature = "emu", feature = "cuda"))]
-use rqtree::kernels::{KernelBackend, Storage};
+use rqtree::kernels::{FusedKernel, KernelBackend, Storage};
 use rqtree::matrix::Matrix;
 use rqtree::metric::Metric;
 use rqtree::ops;
@@ -533,6 +533,64 @@ fn fused_and_traversal_many_rounds(be: &dyn Backend) {
     }
 }
 
+/// The fused lookup + top-k over what the scan kernel (`rq_fused_scan`, 16-item groups) must
+/// get right, compared bit for bit with the reference: 1 to 4 levels; item counts that are not
+/// multiples of 16 (ranges that start and end inside a group; the device pads each level's
+/// row of codes); ranges of one item; more candidate nodes than a block has threads (chunks of
+/// ranges); heavy ties (one query's tables all zero, so the rank decides; one's on a coarse
+/// grid), under which offers find the selector's buffer full and must be offered again after
+/// its merge; k = 1, 100, 513 and 2048, beyond the candidates of one leaf.
+fn fused_long_ranges(be: &dyn Backend) {
+    let mut rng = rng("fused_long_ranges");
+    for (levels, k_codes, metric) in [
+        (1, 3, Metric::Ip),
+        (2, 4, Metric::L2),
+        (3, 5, Metric::Ip),
+        (4, 3, Metric::L2),
+        (2, 30, Metric::Ip),
+    ] {
+        let n = rng.random_range(4000..6000) | 1;
+        let (index, _, _) =
+            rand_index(&mut rng, n, 6, levels, k_codes, metric, EmbeddingKind::None);
+        let q = rand_matrix(&mut rng, 4, 6);
+        let mut tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+        for t in tr.levels.iter_mut() {
+            t.row_mut(0).fill(0.0);
+            for v in t.row_mut(1) {
+                *v = (*v * 2.0).round() / 2.0;
+            }
+        }
+        let full: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
+        let mut beam_sets = vec![vec![full[0]], vec![2]];
+        if levels > 1 {
+            beam_sets.push(full.clone());
+            beam_sets.push(vec![1; levels]);
+        }
+        for beams in beam_sets {
+            let c = ops::traverse(&Reference, &tr, &index.tree, &beams).unwrap();
+            for k in [1, 100, 513, 2048] {
+                let f = be.fused_topk(&tr, &index, &c, k).unwrap();
+                let fr = Reference.fused_topk(&tr, &index, &c, k).unwrap();
+                let same = |j: usize| {
+                    f.ids[j] == fr.ids[j] && f.scores[j].to_bits() == fr.scores[j].to_bits()
+                };
+                if let Some(j) = (0..f.ids.len()).find(|&j| !same(j)) {
+                    panic!(
+                        "{levels} levels of {k_codes}, beams {beams:?} of {full:?}, k {k}: query \
+                         {} slot {}: ({}, {}) instead of ({}, {})",
+                        j / k,
+                        j % k,
+                        f.ids[j],
+                        f.scores[j],
+                        fr.ids[j],
+                        fr.scores[j]
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Beam steps from many parents (more kept nodes than a block has threads, so the step's
 /// range scan spans several chunks) into wide beams, with heavy ties: one query's tables are
 /// all zero (every node ties, so the order is the node ids') and one's are rounded to a
@@ -915,60 +973,102 @@ fn codebook_storage(be: &dyn Backend, storage: Storage) {
     }
 }
 
-/// A kernel backend on `kind`'s device storing codebooks as `storage`, or why it is skipped.
+/// Options of a kernel backend under test.
 #[cfg(any(feature = "emu", feature = "cuda"))]
-fn kernel_backend(
-    kind: BackendKind,
+#[derive(Clone, Copy)]
+struct KernelOpts {
     storage: Storage,
     tensor_cores: bool,
-) -> Option<Box<dyn Backend>> {
+    fused: FusedKernel,
+}
+
+#[cfg(any(feature = "emu", feature = "cuda"))]
+impl KernelOpts {
+    const DEFAULT: KernelOpts = KernelOpts {
+        storage: Storage::F32,
+        tensor_cores: false,
+        fused: FusedKernel::Auto,
+    };
+    fn configure<D: rqtree::device::Device>(self, b: KernelBackend<D>) -> KernelBackend<D> {
+        b.with_codebook_storage(self.storage)
+            .with_tensor_cores(self.tensor_cores)
+            .with_fused_kernel(self.fused)
+    }
+}
+
+/// A kernel backend on `kind`'s device with options `o`, or why it is skipped.
+#[cfg(any(feature = "emu", feature = "cuda"))]
+fn kernel_backend(kind: BackendKind, o: KernelOpts) -> Option<Box<dyn Backend>> {
     // Opening through `backend::open` first gives the uniform SKIP/REQUIRE_GPU behaviour.
     open(kind)?;
     match kind {
         #[cfg(feature = "emu")]
         BackendKind::Emu => Some(Box::new(
-            KernelBackend::new(rqtree::device::emu::EmuDevice::new())
-                .with_codebook_storage(storage)
-                .with_tensor_cores(tensor_cores),
+            o.configure(KernelBackend::new(rqtree::device::emu::EmuDevice::new())),
         )),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => Some(Box::new(
-            KernelBackend::new(rqtree::device::cuda::CudaDevice::open().unwrap())
-                .with_codebook_storage(storage)
-                .with_tensor_cores(tensor_cores),
-        )),
-        _ => unreachable!("codebook storage is an option of the kernel backends"),
+        BackendKind::Cuda => Some(Box::new(o.configure(KernelBackend::new(
+            rqtree::device::cuda::CudaDevice::open().unwrap(),
+        )))),
+        _ => unreachable!("these are options of the kernel backends"),
     }
 }
 
-/// The kernel backends' options: codebook storage, and the greedy screening on the tensor
-/// cores (its results must equal the reference's bit for bit, as the FMA screening's).
+/// The kernel backends' options: codebook storage, the greedy screening on the tensor cores
+/// (its results must equal the reference's bit for bit, as the FMA screening's), and each
+/// fused lookup + top-k kernel forced over every fused test body.
 macro_rules! options_suite {
     ($name:ident, $kind:expr) => {
         mod $name {
             use super::*;
 
+            fn with(o: impl FnOnce(&mut KernelOpts)) -> Option<Box<dyn Backend>> {
+                let mut opts = KernelOpts::DEFAULT;
+                o(&mut opts);
+                kernel_backend($kind, opts)
+            }
+
             #[test]
             fn codebook_storage_f16() {
-                if let Some(b) = kernel_backend($kind, Storage::F16, false) {
+                if let Some(b) = with(|o| o.storage = Storage::F16) {
                     super::codebook_storage(b.as_ref(), Storage::F16);
                 }
             }
             #[test]
             fn codebook_storage_bf16() {
-                if let Some(b) = kernel_backend($kind, Storage::Bf16, false) {
+                if let Some(b) = with(|o| o.storage = Storage::Bf16) {
                     super::codebook_storage(b.as_ref(), Storage::Bf16);
                 }
             }
             #[test]
             fn tensor_core_screening() {
-                if let Some(b) = kernel_backend($kind, Storage::F32, true) {
+                if let Some(b) = with(|o| o.tensor_cores = true) {
                     super::greedy_is_exact(b.as_ref());
                     super::assign_levels(b.as_ref());
                     super::encode_greedy_and_beam(b.as_ref());
                 }
-                if let Some(b) = kernel_backend($kind, Storage::Bf16, true) {
+                let bf16_tc = |o: &mut KernelOpts| {
+                    o.storage = Storage::Bf16;
+                    o.tensor_cores = true;
+                };
+                if let Some(b) = with(bf16_tc) {
                     super::codebook_storage(b.as_ref(), Storage::Bf16);
+                }
+            }
+            #[test]
+            fn fused_scan_kernel() {
+                if let Some(b) = with(|o| o.fused = FusedKernel::Scan) {
+                    super::fused_long_ranges(b.as_ref());
+                    super::fused_and_traversal_many_rounds(b.as_ref());
+                    super::tables_traversal_fused_and_rerank(b.as_ref());
+                    super::search_pipeline(b.as_ref());
+                }
+            }
+            #[test]
+            fn fused_walk_kernel() {
+                if let Some(b) = with(|o| o.fused = FusedKernel::Walk) {
+                    super::fused_long_ranges(b.as_ref());
+                    super::search_pipeline(b.as_ref());
                 }
             }
         }
@@ -1004,6 +1104,7 @@ macro_rules! backend_suite {
             lookup_tables_exact,
             tables_traversal_fused_and_rerank,
             fused_and_traversal_many_rounds,
+            fused_long_ranges,
             traversal_wide_beams_and_ties,
             traversal_sampled_threshold,
             exact_topk_both_metrics,

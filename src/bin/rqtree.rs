@@ -35,6 +35,10 @@ struct Cli {
     /// (3xTF32; the same results, exact, at another speed).
     #[arg(long, global = true)]
     tensor_cores: bool,
+    /// emu/cuda: the fused lookup + top-k kernel: auto (the scan over long candidate ranges,
+    /// else the range walk), walk or scan (the same results at another speed).
+    #[arg(long, global = true, default_value = "auto")]
+    fused_kernel: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -785,6 +789,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     let o = OpenOptions {
         tensor_cores: cli.tensor_cores,
+        fused_kernel: cli.fused_kernel.parse()?,
     };
     match &cli.cmd {
         Cmd::Build(a) => cmd_build(a, o),
@@ -811,6 +816,7 @@ fn run(cli: Cli) -> Result<()> {
                 targets: *targets,
                 json: *json,
                 tensor_cores: o.tensor_cores,
+                fused_kernel: o.fused_kernel,
                 only: *only,
             };
             bench::run(be.as_ref(), &opts)

@@ -15,6 +15,7 @@ use crate::search::SearchParams;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
+use super::fused_scan::FusedKernel;
 use super::resident::{Held, Residency, ResidencyStats, Reuse, DEFAULT_CACHE_BYTES};
 
 /// How codebook values are stored on the device (accumulation is always f32).
@@ -97,6 +98,7 @@ pub struct KernelBackend<D: Device> {
     res: Residency<D>,
     storage: Storage,
     tensor_cores: bool,
+    fused: FusedKernel,
 }
 
 impl<D: Device> KernelBackend<D> {
@@ -112,6 +114,7 @@ impl<D: Device> KernelBackend<D> {
             res: Residency::new(bytes),
             storage: Storage::F32,
             tensor_cores: false,
+            fused: FusedKernel::Auto,
         }
     }
     /// Screens codewords for the greedy assignment and encoding on the tensor cores (3xTF32
@@ -125,6 +128,17 @@ impl<D: Device> KernelBackend<D> {
     /// Whether the greedy screening runs on the tensor cores.
     pub fn tensor_cores(&self) -> bool {
         self.tensor_cores
+    }
+    /// Chooses the fused lookup + top-k kernel (default [`FusedKernel::Auto`]: the scan
+    /// kernel over long candidate ranges, the range walk otherwise). Results are the same
+    /// either way; only the speed differs.
+    pub fn with_fused_kernel(mut self, kernel: FusedKernel) -> Self {
+        self.fused = kernel;
+        self
+    }
+    /// The fused lookup + top-k kernel choice.
+    pub fn fused_kernel(&self) -> FusedKernel {
+        self.fused
     }
     /// Stores codebooks on the device as `storage` (default [`Storage::F32`]).
     pub fn with_codebook_storage(mut self, storage: Storage) -> Self {
@@ -186,7 +200,7 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
 
     fn fused_topk(&self, t: &QueryTables, ix: &Index, c: &Candidates, k: usize) -> Result<TopK> {
-        super::lookup::fused_topk(&self.dev, &self.res, t, ix, c, k)
+        super::lookup::fused_topk(&self.dev, &self.res, t, ix, c, k, self.fused)
     }
 
     fn search_on_device(
@@ -196,7 +210,8 @@ impl<D: Device> Backend for KernelBackend<D> {
         p: &SearchParams,
     ) -> Result<Option<(TopK, Vec<usize>)>> {
         let cbs = self.rounded(&ix.codebooks)?;
-        super::pipeline::search(&self.dev, &self.res, self.storage, &cbs, ix, q, p)
+        let (st, fk) = (self.storage, self.fused);
+        super::pipeline::search(&self.dev, &self.res, st, fk, &cbs, ix, q, p)
     }
 
     fn rerank(

@@ -12,6 +12,7 @@ use crate::tables::QueryTables;
 use crate::topk::TopK;
 
 use super::backend::Storage;
+use super::fused_scan::{launch_scan, scan_plan, FusedKernel};
 use super::resident::{Held, Residency, Reuse};
 use super::topk::{lists_into, merge_into, topk_into};
 use super::{
@@ -248,7 +249,8 @@ pub(crate) struct FusedOut<B> {
 }
 
 /// Launches the fused residual lookup + top-k (`1 ≤ k ≤ 2048`) over device tables and
-/// candidates (not synchronised).
+/// candidates (not synchronised): the scan kernel when `kernel` chooses it for these inputs
+/// (`fused_scan.rs`), else the range walk.
 pub(crate) fn fused_on_device<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -256,6 +258,7 @@ pub(crate) fn fused_on_device<D: Device>(
     index: &Index,
     cand: &DeviceCandidates<'_, D::Buffer>,
     k: usize,
+    kernel: FusedKernel,
 ) -> Result<FusedOut<D::Buffer>> {
     let b = tables.queries;
     check_k(k, "fused_topk: k")?;
@@ -269,6 +272,9 @@ pub(crate) fn fused_on_device<D: Device>(
         )));
     }
     let ksum: usize = tables.ks.iter().sum();
+    if let Some(plan) = scan_plan(kernel, index, depth, ksum, k) {
+        return launch_scan(dev, res, tables, index, cand, k, plan);
+    }
     let (codes, code_bytes) = match index.codes.data() {
         CodeData::U8(v) => (res.input(dev, v, Reuse::Content)?, 1),
         CodeData::U16(v) => (res.input(dev, v, Reuse::Content)?, 2),
@@ -333,7 +339,8 @@ pub(crate) fn fused_on_device<D: Device>(
 
 /// Fused residual lookup + top-k over each query's candidates (the items of its kept nodes
 /// at depth `candidates.depth`): `B × k` item positions (ranked by score, then the caller's
-/// id `index.ids[pos]`) and scores; missing slots `-1` / `-inf`. `1 ≤ k ≤ 2048`.
+/// id `index.ids[pos]`) and scores; missing slots `-1` / `-inf`. `1 ≤ k ≤ 2048`. `kernel`
+/// chooses the kernel (the results do not depend on it).
 pub fn fused_topk<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -341,6 +348,7 @@ pub fn fused_topk<D: Device>(
     index: &Index,
     candidates: &Candidates,
     k: usize,
+    kernel: FusedKernel,
 ) -> Result<TopK> {
     let b = candidates.queries();
     if b == 0 || k == 0 {
@@ -367,7 +375,7 @@ pub fn fused_topk<D: Device>(
         start: &d_start,
         count: &d_count,
     };
-    let out = fused_on_device(dev, res, &t, index, &cand, k)?;
+    let out = fused_on_device(dev, res, &t, index, &cand, k, kernel)?;
     dev.synchronize()?;
     download_topk(dev, &out.pos, &out.scores, b, k)
 }

@@ -8,6 +8,7 @@
 
 pub mod assign;
 pub mod backend;
+mod fused_scan;
 pub mod learn;
 pub mod lookup;
 mod pipeline;
@@ -16,6 +17,7 @@ pub mod topk;
 pub mod traverse;
 
 pub use backend::{KernelBackend, Storage};
+pub use fused_scan::FusedKernel;
 pub use resident::{Residency, ResidencyStats};
 
 use crate::device::{Device, KernelArg, LaunchConfig};

@@ -11,6 +11,7 @@ use crate::search::{Rerank, SearchParams};
 use crate::topk::TopK;
 
 use super::backend::Storage;
+use super::fused_scan::FusedKernel;
 use super::lookup::{
     fused_on_device, rerank_shortlist, tables_on_device, DeviceCandidates, FusedOut,
 };
@@ -24,10 +25,12 @@ use super::{alloc, check_k, download, download_topk, launch_1d};
 /// `None` when every candidate is to be re-ranked (`rerank_k` unset), whose shortlist is not
 /// a fixed-length list: the caller composes that case. Bad parameters (re-rank without
 /// embeddings, `rerank_k < k`, beams, `k`) are errors.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn search<D: Device>(
     dev: &D,
     res: &Residency<D>,
     storage: Storage,
+    fused: FusedKernel,
     codebooks: &Codebooks,
     index: &Index,
     queries: &Matrix,
@@ -61,7 +64,7 @@ pub(crate) fn search<D: Device>(
         scores,
         scanned,
         ids,
-    } = fused_on_device(dev, res, &tables, index, &cand, shortlist)?;
+    } = fused_on_device(dev, res, &tables, index, &cand, shortlist, fused)?;
     // The best k positions and scores, on the device.
     let (pos, scores) = match (params.rerank, &index.embeddings) {
         (Rerank::Exact { .. }, Some(e)) => rerank_shortlist(

@@ -16,6 +16,7 @@
 //! Per-query inputs (queries, tables, candidate lists) are uploaded every call unless pinned.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -37,6 +38,42 @@ pub(crate) enum Reuse {
     /// Large per-call data: pinned copy, else a fresh upload (hashing would cost as much as
     /// it saves when the data changes every call).
     PinnedOnly,
+}
+
+/// How a device copy lays out the host bytes it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Layout {
+    /// Byte for byte.
+    AsIs,
+    /// The host bytes are `rows` rows of equal length; the device copy starts each row at a
+    /// multiple of `ld` bytes (`ld` ≥ the row length), zero-filled past the row's end, so a
+    /// kernel can read a row in aligned 16-byte pieces (`rq_fused_scan`'s codes).
+    PaddedRows { rows: usize, ld: usize },
+}
+
+impl Layout {
+    /// `bytes` laid out for the device.
+    fn apply<'a>(self, bytes: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        match self {
+            Layout::AsIs => Ok(Cow::Borrowed(bytes)),
+            Layout::PaddedRows { rows, ld } => {
+                let cols = bytes.len().checked_div(rows).unwrap_or(0);
+                if cols * rows != bytes.len() || cols > ld {
+                    return Err(Error::shape(format!(
+                        "residency: {} bytes as {rows} rows padded to {ld} bytes",
+                        bytes.len()
+                    )));
+                }
+                let mut out = vec![0u8; rows * ld];
+                if cols > 0 {
+                    for (dst, src) in out.chunks_exact_mut(ld).zip(bytes.chunks_exact(cols)) {
+                        dst[..cols].copy_from_slice(src);
+                    }
+                }
+                Ok(Cow::Owned(out))
+            }
+        }
+    }
 }
 
 /// A device buffer owned by one call or shared with the residency.
@@ -77,8 +114,8 @@ struct Cached<B> {
 struct Inner<B> {
     owners: Vec<Arc<dyn Any + Send + Sync>>,
     trusted: HashSet<(usize, usize)>,
-    pinned: HashMap<(usize, usize), Arc<B>>,
-    cached: HashMap<(usize, u128), Cached<B>>,
+    pinned: HashMap<((usize, usize), Layout), Arc<B>>,
+    cached: HashMap<(usize, u128, Layout), Cached<B>>,
     cached_bytes: usize,
     tick: u64,
     stats: ResidencyStats,
@@ -197,23 +234,35 @@ impl<D: Device> Residency<D> {
         data: &[T],
         reuse: Reuse,
     ) -> Result<Held<D::Buffer>> {
+        self.input_laid(dev, data, reuse, Layout::AsIs)
+    }
+
+    /// [`Residency::input`] with the device copy laid out as `layout` (resident copies of
+    /// one host slice in different layouts are distinct entries).
+    pub(crate) fn input_laid<T: bytemuck::Pod>(
+        &self,
+        dev: &D,
+        data: &[T],
+        reuse: Reuse,
+        layout: Layout,
+    ) -> Result<Held<D::Buffer>> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let mut g = self.lock()?;
         let key = key_of(bytes);
         if !bytes.is_empty() && g.trusted.contains(&key) {
-            if let Some(b) = g.pinned.get(&key) {
+            if let Some(b) = g.pinned.get(&(key, layout)) {
                 let b = Arc::clone(b);
                 g.stats.hits += 1;
                 return Ok(Held::Shared(b));
             }
-            let b = Arc::new(Self::copy(dev, &mut g, bytes)?);
-            g.pinned.insert(key, Arc::clone(&b));
+            let b = Arc::new(Self::copy(dev, &mut g, &layout.apply(bytes)?)?);
+            g.pinned.insert((key, layout), Arc::clone(&b));
             return Ok(Held::Shared(b));
         }
         if reuse == Reuse::PinnedOnly || bytes.is_empty() {
-            return Ok(Held::Owned(Self::copy(dev, &mut g, bytes)?));
+            return Ok(Held::Owned(Self::copy(dev, &mut g, &layout.apply(bytes)?)?));
         }
-        let ckey = (bytes.len(), xxh3_128(bytes));
+        let ckey = (bytes.len(), xxh3_128(bytes), layout);
         g.tick += 1;
         let tick = g.tick;
         if let Some(c) = g.cached.get_mut(&ckey) {
@@ -222,14 +271,15 @@ impl<D: Device> Residency<D> {
             g.stats.hits += 1;
             return Ok(Held::Shared(b));
         }
-        let b = Arc::new(Self::copy(dev, &mut g, bytes)?);
-        if bytes.len() <= self.budget {
-            g.cached_bytes += bytes.len();
+        let laid = layout.apply(bytes)?;
+        let b = Arc::new(Self::copy(dev, &mut g, &laid)?);
+        if laid.len() <= self.budget {
+            g.cached_bytes += laid.len();
             g.cached.insert(
                 ckey,
                 Cached {
                     buf: Arc::clone(&b),
-                    bytes: bytes.len(),
+                    bytes: laid.len(),
                     last_use: tick,
                 },
             );
@@ -254,5 +304,48 @@ impl<D: Device> Residency<D> {
         g.stats.uploads += 1;
         g.stats.uploaded_bytes += bytes.len() as u64;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_rows_start_at_multiples_of_the_stride() {
+        let bytes: Vec<u8> = (1..=6).collect();
+        let laid = Layout::PaddedRows { rows: 2, ld: 4 }.apply(&bytes).unwrap();
+        assert_eq!(&*laid, &[1, 2, 3, 0, 4, 5, 6, 0]);
+        let empty = Layout::PaddedRows { rows: 3, ld: 16 }.apply(&[]).unwrap();
+        assert_eq!(&*empty, &[0u8; 48][..]);
+        assert!(Layout::PaddedRows { rows: 4, ld: 4 }.apply(&bytes).is_err());
+        assert!(Layout::PaddedRows { rows: 1, ld: 4 }.apply(&bytes).is_err());
+        assert_eq!(&*Layout::AsIs.apply(&bytes).unwrap(), &bytes[..]);
+    }
+
+    #[cfg(feature = "emu")]
+    #[test]
+    fn a_layout_is_its_own_resident_copy() {
+        let dev = crate::device::emu::EmuDevice::new();
+        let res = Residency::<crate::device::emu::EmuDevice>::default();
+        let bytes: Vec<u8> = (0..10).collect();
+        let padded = Layout::PaddedRows { rows: 2, ld: 16 };
+        let a = res.input(&dev, &bytes, Reuse::Content).unwrap();
+        let p = res
+            .input_laid(&dev, &bytes, Reuse::Content, padded)
+            .unwrap();
+        let p2 = res
+            .input_laid(&dev, &bytes, Reuse::Content, padded)
+            .unwrap();
+        assert_eq!(a.len(), 10);
+        assert_eq!(p.len(), 32);
+        let s = res.stats().unwrap();
+        assert_eq!((s.uploads, s.uploaded_bytes, s.hits), (2, 42, 1));
+        drop((a, p2));
+        let mut back = vec![0u8; 32];
+        dev.download(&p, &mut back).unwrap();
+        assert_eq!(&back[..5], &bytes[..5]);
+        assert_eq!(&back[16..21], &bytes[5..]);
+        assert!(back[5..16].iter().chain(&back[21..]).all(|&v| v == 0));
     }
 }

@@ -1,0 +1,201 @@
+//! Wrapper of `kernels/fused_scan.cu`: the scan variant of the fused residual lookup + top-k
+//! (u8 codes, at most 4 levels, long candidate ranges), and the choice between it and the
+//! range-walking `rq_fused_topk` (`lookup.rs`). Both rank exactly as the reference.
+
+use crate::device::{Device, KernelArg};
+use crate::error::Result;
+use crate::index::{CodeData, Index};
+
+use super::lookup::{metric_arg, DeviceCandidates, DeviceTables, FusedOut};
+use super::resident::{Layout, Residency, Reuse};
+use super::{alloc, alloc_topk, launch_1d, round16, select_bytes, select_cap, MAX_SHARED_BYTES};
+
+/// Threads of a scan block (the kernel's launch bounds: 256 threads, two blocks per SM).
+const SCAN_THREADS: u32 = 256;
+/// Items per group: a level's codes of a group are one aligned 16-byte load, so each level's
+/// row of codes is padded to a multiple of this on the device.
+const SCAN_GROUP: usize = 16;
+/// Most levels the scan kernel handles.
+const SCAN_LEVELS: usize = 4;
+/// Most copies of the query's table rows in shared memory (32: one per bank, so a warp's
+/// lookups never collide), as a shift.
+const MAX_REP_SHIFT: u32 = 5;
+/// Items per node at the candidates' depth (the index's average) from which
+/// [`FusedKernel::Auto`] scans: 16 groups, so the partly used groups at a range's ends
+/// waste at most ~6 % of the loads. Chosen by that count, not yet by a GPU timing.
+const SCAN_MIN_ITEMS_PER_NODE: usize = 256;
+
+/// Which kernel serves the fused residual lookup + top-k. The results are the same (both
+/// are checked against the reference); only the speed differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FusedKernel {
+    /// The scan kernel when the index's nodes at the candidates' depth average
+    /// ≥ 256 items and the scan can serve the inputs, else the range walk.
+    #[default]
+    Auto,
+    /// Always the range-walking `rq_fused_topk` / `rq_fused_topk_l4`.
+    Walk,
+    /// `rq_fused_scan` whenever it can serve the inputs (u8 codes, at most 4 levels, the
+    /// tables and the selector within shared memory), whatever the range lengths.
+    Scan,
+}
+
+impl std::str::FromStr for FusedKernel {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(FusedKernel::Auto),
+            "walk" => Ok(FusedKernel::Walk),
+            "scan" => Ok(FusedKernel::Scan),
+            _ => Err(crate::error::Error::param(format!(
+                "fused kernel '{s}': expected auto, walk or scan"
+            ))),
+        }
+    }
+}
+
+/// How the scan kernel is launched: copies of the tables (as a shift), selector entries,
+/// shared bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ScanPlan {
+    rep_shift: u32,
+    cap: usize,
+    shared: usize,
+}
+
+/// The scan kernel's launch for `levels` levels of u8 codes (`code_bytes` = 1), tables of
+/// Σ K_l = `ksum` entries and `k` best, with as many table copies (≤ 32) as fit in
+/// shared memory beside the selector; `None` when it cannot serve them.
+fn scan_fit(code_bytes: usize, levels: usize, ksum: usize, k: usize) -> Option<ScanPlan> {
+    if code_bytes != 1 || levels == 0 || levels > SCAN_LEVELS {
+        return None;
+    }
+    let cap = select_cap(k, SCAN_THREADS);
+    let rest = round16(12 * SCAN_THREADS as usize + 8) + select_bytes(cap);
+    (0..=MAX_REP_SHIFT).rev().find_map(|rep_shift| {
+        let shared = round16((4 * ksum) << rep_shift) + rest;
+        (shared <= MAX_SHARED_BYTES).then_some(ScanPlan {
+            rep_shift,
+            cap,
+            shared,
+        })
+    })
+}
+
+/// The scan kernel's launch when `kernel` chooses it for these inputs, else `None` (the
+/// range walk serves them).
+pub(crate) fn scan_plan(
+    kernel: FusedKernel,
+    index: &Index,
+    depth: usize,
+    ksum: usize,
+    k: usize,
+) -> Option<ScanPlan> {
+    let code_bytes = match index.codes.data() {
+        CodeData::U8(_) => 1,
+        CodeData::U16(_) => 2,
+    };
+    let nodes = index.tree.depths[depth - 1].len().max(1);
+    let long = index.len() / nodes >= SCAN_MIN_ITEMS_PER_NODE;
+    match kernel {
+        FusedKernel::Walk => None,
+        FusedKernel::Auto if !long => None,
+        _ => scan_fit(code_bytes, index.levels(), ksum, k),
+    }
+}
+
+/// Launches `rq_fused_scan` (not synchronised) with `plan` from [`scan_plan`]; outputs as
+/// the range walk's. `index` has u8 codes and at most 4 levels (the plan's conditions).
+pub(crate) fn launch_scan<D: Device>(
+    dev: &D,
+    res: &Residency<D>,
+    tables: &DeviceTables<D::Buffer>,
+    index: &Index,
+    cand: &DeviceCandidates<'_, D::Buffer>,
+    k: usize,
+    plan: ScanPlan,
+) -> Result<FusedOut<D::Buffer>> {
+    let b = tables.queries;
+    let (levels, n) = (index.levels(), index.len());
+    let ld = n.div_ceil(SCAN_GROUP).max(1) * SCAN_GROUP;
+    let CodeData::U8(codes) = index.codes.data() else {
+        unreachable!("scan_plan serves u8 codes only")
+    };
+    let layout = Layout::PaddedRows { rows: levels, ld };
+    let codes = res.input_laid(dev, codes, Reuse::Content, layout)?;
+    let cfg = launch_1d(b, SCAN_THREADS, plan.shared, "fused_topk (scan)")?;
+    let d_items = res.input(
+        dev,
+        &index.tree.depths[cand.depth - 1].item_start,
+        Reuse::Content,
+    )?;
+    let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
+    let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
+    let (pos, scores) = alloc_topk(dev, b, k)?;
+    let scanned = alloc::<D, i64>(dev, b)?;
+    const ENTRIES: [&str; SCAN_LEVELS] = [
+        "rq_fused_scan_l1",
+        "rq_fused_scan_l2",
+        "rq_fused_scan_l3",
+        "rq_fused_scan_l4",
+    ];
+    dev.launch(
+        ENTRIES[levels - 1],
+        cfg,
+        &[
+            KernelArg::Buf(&tables.luts),
+            KernelArg::Buf(&*tables.at_dev),
+            KernelArg::Buf(&*tables.ks_dev),
+            KernelArg::I32(plan.rep_shift as i32),
+            KernelArg::Buf(&*codes),
+            KernelArg::I64(ld as i64),
+            KernelArg::Buf(&*d_items),
+            KernelArg::Buf(cand.start),
+            KernelArg::Buf(cand.count),
+            KernelArg::Buf(cand.nodes),
+            KernelArg::Buf(&*d_norms),
+            KernelArg::Buf(&tables.qnorm),
+            KernelArg::I32(metric_arg(tables.metric)),
+            KernelArg::Buf(&*d_ids),
+            KernelArg::Buf(&scanned),
+            KernelArg::I32(k as i32),
+            KernelArg::I32(plan.cap as i32),
+            KernelArg::Buf(&pos),
+            KernelArg::Buf(&scores),
+        ],
+    )?;
+    Ok(FusedOut {
+        pos,
+        scores,
+        scanned,
+        ids: d_ids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_fit_replicates_the_tables_as_far_as_shared_memory_allows() {
+        // The fused target: 3 × 256 entries, k = 100 → 16 copies (32 would need 96 KiB
+        // for the tables alone).
+        let p = scan_fit(1, 3, 768, 100).expect("fits");
+        assert_eq!(p.rep_shift, 4);
+        assert_eq!(p.cap, 512);
+        assert!(p.shared <= MAX_SHARED_BYTES);
+        assert_eq!(
+            scan_fit(1, 1, 64, 1).expect("fits").rep_shift,
+            MAX_REP_SHIFT
+        );
+        // k = 2048: a 4096-entry selector (64 KiB) leaves room for fewer copies.
+        assert_eq!(scan_fit(1, 3, 768, 2048).expect("fits").rep_shift, 3);
+        assert_eq!(scan_fit(2, 3, 768, 100), None, "u16 codes");
+        assert_eq!(scan_fit(1, 5, 80, 100), None, "5 levels");
+        assert_eq!(
+            scan_fit(1, 2, 40_000, 100),
+            None,
+            "tables beyond shared memory"
+        );
+    }
+}
