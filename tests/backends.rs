@@ -534,7 +534,8 @@ fn fused_and_traversal_many_rounds(be: &dyn Backend) {
 }
 
 /// The fused lookup + top-k over what the scan kernel (`rq_fused_scan`, 16-item groups) must
-/// get right, compared bit for bit with the reference: 1 to 4 levels; item counts that are not
+/// get right, compared bit for bit with the reference: 1 to 4 levels; tables of up to 800
+/// entries (fewer copies of them in shared memory at large k); item counts that are not
 /// multiples of 16 (ranges that start and end inside a group; the device pads each level's
 /// row of codes); ranges of one item; more candidate nodes than a block has threads (chunks of
 /// ranges); heavy ties (one query's tables all zero, so the rank decides; one's on a coarse
@@ -548,6 +549,10 @@ fn fused_long_ranges(be: &dyn Backend) {
         (3, 5, Metric::Ip),
         (4, 3, Metric::L2),
         (2, 30, Metric::Ip),
+        // Tables of 768 and 800 entries: the scan kernel's copies of them no longer fit 32
+        // times beside a larger selector (k = 513: 16 copies, k = 2048: 8).
+        (3, 256, Metric::L2),
+        (4, 200, Metric::Ip),
     ] {
         let n = rng.random_range(4000..6000) | 1;
         let (index, _, _) =

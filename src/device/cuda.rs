@@ -27,6 +27,22 @@ const STAGING_HALF: usize = 8 << 20;
 /// Bytes per task of the parallel copy out of the staging memory.
 const COPY_TASK: usize = 1 << 20;
 
+/// The most dynamic shared memory a block may take with two blocks per multiprocessor:
+/// min(opt-in limit per block, memory per multiprocessor / 2 - memory reserved per block);
+/// the kernels' common budget when the driver does not say.
+fn shared_two_blocks(ctx: &CudaContext) -> usize {
+    use sys::CUdevice_attribute as A;
+    let attr = |a| ctx.attribute(a).ok().and_then(|v| usize::try_from(v).ok());
+    match (
+        attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
+        attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR),
+        attr(A::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK),
+    ) {
+        (Some(block), Some(sm), Some(reserved)) => block.min((sm / 2).saturating_sub(reserved)),
+        _ => crate::kernels::MAX_SHARED_BYTES,
+    }
+}
+
 /// Dynamic shared memory a launch may use without opting in (bytes).
 const DEFAULT_SHARED_LIMIT: u32 = 48 * 1024;
 
@@ -86,6 +102,8 @@ pub struct CudaDevice {
     /// Host time spent in each kind of driver call inside [`Device::time`], printed per
     /// timed region when `RQTREE_TRACE=1` (`None`: not tracing).
     trace: Option<Mutex<HostTrace>>,
+    /// [`Device::shared_bytes_two_blocks`], from the device's attributes at open.
+    shared_two_blocks: usize,
 }
 
 /// Host wall time per kind of driver call (name, calls, seconds) of one timed region.
@@ -167,7 +185,9 @@ impl CudaDevice {
                 .map_err(|e| dev_err(&format!("loading kernels/{name}.cu"), e))?;
             modules.push(Module(m));
         }
+        let shared_two_blocks = shared_two_blocks(&ctx);
         Ok(CudaDevice {
+            shared_two_blocks,
             ctx,
             stream,
             modules,
@@ -440,6 +460,10 @@ impl Device for CudaDevice {
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn shared_bytes_two_blocks(&self) -> usize {
+        self.shared_two_blocks
     }
 
     fn alloc(&self, bytes: usize) -> Result<CudaBuffer> {

@@ -28,6 +28,10 @@ use sched::{LaunchSpec, Worker};
 const BUFFER_ALIGN: usize = 256;
 /// Largest dynamic shared memory per block (an H100/H200 block's opt-in maximum).
 pub const MAX_SHARED_BYTES: u32 = 227 * 1024;
+/// [`Device::shared_bytes_two_blocks`] of the emulator: an H200's (228 KiB per
+/// multiprocessor, 1 KiB reserved per block), so the emulator runs the kernels with the
+/// shared-memory layouts they get on the lent GPU.
+const SHARED_BYTES_TWO_BLOCKS: usize = 228 * 1024 / 2 - 1024;
 /// Largest number of threads per block.
 pub const MAX_THREADS_PER_BLOCK: u64 = 1024;
 
@@ -299,6 +303,10 @@ impl Device for EmuDevice {
 
     fn name(&self) -> &'static str {
         "emu"
+    }
+
+    fn shared_bytes_two_blocks(&self) -> usize {
+        SHARED_BYTES_TWO_BLOCKS
     }
 
     fn alloc(&self, bytes: usize) -> Result<EmuBuffer> {

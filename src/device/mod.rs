@@ -95,6 +95,14 @@ pub trait Device: Send + Sync {
     ) -> crate::Result<()>;
     /// Waits for all launched work to finish and reports its errors.
     fn synchronize(&self) -> crate::Result<()>;
+    /// The most dynamic shared memory (bytes) one block may take so that two blocks fit on a
+    /// multiprocessor (the per-block opt-in limit, or half the multiprocessor's memory less
+    /// the memory reserved per block, whichever is smaller). Kernels built to run two blocks
+    /// per SM size themselves to it. The default, for a device that cannot say: the kernels'
+    /// common budget.
+    fn shared_bytes_two_blocks(&self) -> usize {
+        crate::kernels::MAX_SHARED_BYTES
+    }
     /// Runs `f` (which launches work on this device) and times it. The default measures the
     /// wall clock from an idle device to the end of `f`'s work and reports no kernel time;
     /// `cuda` records events on its stream around `f` and around every kernel `f` launches.

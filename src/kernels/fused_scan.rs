@@ -8,7 +8,7 @@ use crate::index::{CodeData, Index};
 
 use super::lookup::{metric_arg, DeviceCandidates, DeviceTables, FusedOut};
 use super::resident::{Layout, Residency, Reuse};
-use super::{alloc, alloc_topk, launch_1d, round16, select_bytes, select_cap, MAX_SHARED_BYTES};
+use super::{alloc, alloc_topk, launch_1d_within, round16, select_bytes, select_cap};
 
 /// Threads of a scan block (the kernel's launch bounds: 256 threads, two blocks per SM).
 const SCAN_THREADS: u32 = 256;
@@ -64,9 +64,16 @@ pub(crate) struct ScanPlan {
 }
 
 /// The scan kernel's launch for `levels` levels of u8 codes (`code_bytes` = 1), tables of
-/// Σ K_l = `ksum` entries and `k` best, with as many table copies (≤ 32) as fit in
-/// shared memory beside the selector; `None` when it cannot serve them.
-fn scan_fit(code_bytes: usize, levels: usize, ksum: usize, k: usize) -> Option<ScanPlan> {
+/// Σ K_l = `ksum` entries and `k` best, with as many table copies (≤ 32) as fit beside the
+/// selector in `budget` bytes of shared memory per block (the device's share of two blocks
+/// per SM, [`Device::shared_bytes_two_blocks`]); `None` when it cannot serve them.
+fn scan_fit(
+    code_bytes: usize,
+    levels: usize,
+    ksum: usize,
+    k: usize,
+    budget: usize,
+) -> Option<ScanPlan> {
     if code_bytes != 1 || levels == 0 || levels > SCAN_LEVELS {
         return None;
     }
@@ -74,7 +81,7 @@ fn scan_fit(code_bytes: usize, levels: usize, ksum: usize, k: usize) -> Option<S
     let rest = round16(12 * SCAN_THREADS as usize + 8) + select_bytes(cap);
     (0..=MAX_REP_SHIFT).rev().find_map(|rep_shift| {
         let shared = round16((4 * ksum) << rep_shift) + rest;
-        (shared <= MAX_SHARED_BYTES).then_some(ScanPlan {
+        (shared <= budget).then_some(ScanPlan {
             rep_shift,
             cap,
             shared,
@@ -82,9 +89,10 @@ fn scan_fit(code_bytes: usize, levels: usize, ksum: usize, k: usize) -> Option<S
     })
 }
 
-/// The scan kernel's launch when `kernel` chooses it for these inputs, else `None` (the
-/// range walk serves them).
-pub(crate) fn scan_plan(
+/// The scan kernel's launch on `dev` when `kernel` chooses it for these inputs, else `None`
+/// (the range walk serves them).
+pub(crate) fn scan_plan<D: Device>(
+    dev: &D,
     kernel: FusedKernel,
     index: &Index,
     depth: usize,
@@ -100,8 +108,14 @@ pub(crate) fn scan_plan(
     match kernel {
         FusedKernel::Walk => None,
         FusedKernel::Auto if !long => None,
-        _ => scan_fit(code_bytes, index.levels(), ksum, k),
+        _ => scan_fit(code_bytes, index.levels(), ksum, k, budget(dev)),
     }
+}
+
+/// The scan kernel's shared-memory budget per block on `dev`: its share of two blocks per SM
+/// (launch bounds (256, 2)).
+fn budget<D: Device>(dev: &D) -> usize {
+    dev.shared_bytes_two_blocks()
 }
 
 /// Launches `rq_fused_scan` (not synchronised) with `plan` from [`scan_plan`]; outputs as
@@ -123,7 +137,13 @@ pub(crate) fn launch_scan<D: Device>(
     };
     let layout = Layout::PaddedRows { rows: levels, ld };
     let codes = res.input_laid(dev, codes, Reuse::Content, layout)?;
-    let cfg = launch_1d(b, SCAN_THREADS, plan.shared, "fused_topk (scan)")?;
+    let cfg = launch_1d_within(
+        b,
+        SCAN_THREADS,
+        plan.shared,
+        budget(dev),
+        "fused_topk (scan)",
+    )?;
     let d_items = res.input(
         dev,
         &index.tree.depths[cand.depth - 1].item_start,
@@ -178,22 +198,33 @@ mod tests {
 
     #[test]
     fn scan_fit_replicates_the_tables_as_far_as_shared_memory_allows() {
-        // The fused target: 3 × 256 entries, k = 100 → 16 copies (32 would need 96 KiB
-        // for the tables alone).
-        let p = scan_fit(1, 3, 768, 100).expect("fits");
-        assert_eq!(p.rep_shift, 4);
+        use crate::kernels::MAX_SHARED_BYTES;
+        // An H200's share of two blocks per SM (228 KiB / 2 - 1 KiB): the fused target's
+        // 3 × 256 entries at k = 100 get one copy per bank (96 KiB of tables).
+        let h200 = 228 * 1024 / 2 - 1024;
+        let p = scan_fit(1, 3, 768, 100, h200).expect("fits");
+        assert_eq!(p.rep_shift, MAX_REP_SHIFT);
         assert_eq!(p.cap, 512);
-        assert!(p.shared <= MAX_SHARED_BYTES);
+        assert!(p.shared <= h200 && p.shared > MAX_SHARED_BYTES);
+        // Within the kernels' common 96 KiB: 16 copies.
         assert_eq!(
-            scan_fit(1, 1, 64, 1).expect("fits").rep_shift,
-            MAX_REP_SHIFT
+            scan_fit(1, 3, 768, 100, MAX_SHARED_BYTES)
+                .expect("fits")
+                .rep_shift,
+            4
+        );
+        assert_eq!(
+            scan_fit(1, 1, 64, 1, MAX_SHARED_BYTES)
+                .expect("fits")
+                .rep_shift,
+            5
         );
         // k = 2048: a 4096-entry selector (64 KiB) leaves room for fewer copies.
-        assert_eq!(scan_fit(1, 3, 768, 2048).expect("fits").rep_shift, 3);
-        assert_eq!(scan_fit(2, 3, 768, 100), None, "u16 codes");
-        assert_eq!(scan_fit(1, 5, 80, 100), None, "5 levels");
+        assert_eq!(scan_fit(1, 3, 768, 2048, h200).expect("fits").rep_shift, 3);
+        assert_eq!(scan_fit(2, 3, 768, 100, h200), None, "u16 codes");
+        assert_eq!(scan_fit(1, 5, 80, 100, h200), None, "5 levels");
         assert_eq!(
-            scan_fit(1, 2, 40_000, 100),
+            scan_fit(1, 2, 40_000, 100, h200),
             None,
             "tables beyond shared memory"
         );

@@ -272,7 +272,7 @@ pub(crate) fn fused_on_device<D: Device>(
         )));
     }
     let ksum: usize = tables.ks.iter().sum();
-    if let Some(plan) = scan_plan(kernel, index, depth, ksum, k) {
+    if let Some(plan) = scan_plan(dev, kernel, index, depth, ksum, k) {
         return launch_scan(dev, res, tables, index, cand, k, plan);
     }
     let (codes, code_bytes) = match index.codes.data() {

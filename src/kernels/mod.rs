@@ -114,10 +114,22 @@ pub(crate) fn launch_1d(
     shared: usize,
     what: &str,
 ) -> Result<LaunchConfig> {
-    if shared > MAX_SHARED_BYTES {
+    launch_1d_within(blocks, threads, shared, MAX_SHARED_BYTES, what)
+}
+
+/// [`launch_1d`] checked against a kernel's own shared-memory `budget` (a kernel sized to
+/// the device, e.g. by [`Device::shared_bytes_two_blocks`]).
+pub(crate) fn launch_1d_within(
+    blocks: usize,
+    threads: u32,
+    shared: usize,
+    budget: usize,
+    what: &str,
+) -> Result<LaunchConfig> {
+    if shared > budget {
         return Err(Error::param(format!(
-            "{what} needs {shared} bytes of shared memory per block, more than the \
-             kernels' budget of {MAX_SHARED_BYTES}"
+            "{what} needs {shared} bytes of shared memory per block, more than its \
+             budget of {budget}"
         )));
     }
     Ok(LaunchConfig {
