@@ -45,6 +45,9 @@ __device__ inline RqScanGroup<L> rq_scan_fetch(unsigned f, unsigned total, const
                                                const unsigned char* codes, long long ld) {
   RqScanGroup<L> g{};
   if (f >= total) return g;  // lo = hi = 0: no items
+  // A binary search per group (log2 of the ranges in the chunk: 2 steps at the fused
+  // target). Carrying the thread's last range across rounds instead made the compiler stop
+  // folding the tables' shared base into the loads (one more add per lookup).
   int lo = 0, hi = nb - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -86,8 +89,8 @@ struct RqScanTables {
 /// Score of byte u of group g: Σ_l tab[l][code] in level order from -0.0 (the reference's
 /// f32 sum: -0 is the identity, so a sum of -0 entries stays -0), then the metric (l2: the
 /// item's norm, read only when bit u of `valid` is set: the bytes past the range may lie
-/// past the last item). Per level: a byte extract, one multiply-add for the address, a
-/// shared load.
+/// past the last item). Per level: a byte extract (one PRMT), one multiply-add for the
+/// address, a shared load (the shared base folded into it).
 template <int L>
 __device__ inline float rq_scan_score(const RqScanGroup<L>& g, int u, unsigned valid,
                                       const RqScanTables<L>& tb, int metric, float qn,
@@ -95,7 +98,7 @@ __device__ inline float rq_scan_score(const RqScanGroup<L>& g, int u, unsigned v
   float ip = -0.0f;
 RQ_UNROLL
   for (int l = 0; l < L; ++l) {
-    const unsigned c = (g.c[l].w[u / 4] >> (8 * (u % 4))) & 0xffu;
+    const unsigned c = __byte_perm(g.c[l].w[u / 4], 0u, 0x4440u | (unsigned)(u % 4));
     ip += *reinterpret_cast<const float*>(tb.base + (tb.at[l] + c * tb.stride));
   }
   if (metric != RQ_METRIC_L2) return ip;

@@ -19,7 +19,7 @@ OUT="${OUT:-./out}"
 mkdir -p "$OUT"
 BIN="$HERE/bin/rqtree"
 LIMIT="${STEP_TIMEOUT:-120}"
-KERNELS="${KERNELS:-rq_greedy_rows64:assign rq_fused_topk_l4:fused rq_beam_step:search rq_exact_scores:exact}"
+KERNELS="${KERNELS:-rq_greedy_rows64:assign rq_fused_scan_l3:fused rq_beam_step:search rq_exact_scores:exact}"
 
 RQTREE_TRACE=1 timeout "$LIMIT" "$BIN" bench --backend cuda --targets --json \
   >"$OUT/trace.json" 2>"$OUT/trace.log"

@@ -535,7 +535,8 @@ fn fused_and_traversal_many_rounds(be: &dyn Backend) {
 
 /// The fused lookup + top-k over what the scan kernel (`rq_fused_scan`, 16-item groups) must
 /// get right, compared bit for bit with the reference: 1 to 4 levels; tables of up to 800
-/// entries (fewer copies of them in shared memory at large k); item counts that are not
+/// entries (fewer copies of them in shared memory at large k); ranges longer than a round of
+/// the scan (a thread's next group in the same range); item counts that are not
 /// multiples of 16 (ranges that start and end inside a group; the device pads each level's
 /// row of codes); ranges of one item; more candidate nodes than a block has threads (chunks of
 /// ranges); heavy ties (one query's tables all zero, so the rank decides; one's on a coarse
@@ -543,18 +544,20 @@ fn fused_and_traversal_many_rounds(be: &dyn Backend) {
 /// its merge; k = 1, 100, 513 and 2048, beyond the candidates of one leaf.
 fn fused_long_ranges(be: &dyn Backend) {
     let mut rng = rng("fused_long_ranges");
-    for (levels, k_codes, metric) in [
-        (1, 3, Metric::Ip),
-        (2, 4, Metric::L2),
-        (3, 5, Metric::Ip),
-        (4, 3, Metric::L2),
-        (2, 30, Metric::Ip),
+    for (levels, k_codes, metric, n_min) in [
+        // Nodes of ~5000 items: more than a round of the scan (256 groups of 16) per range.
+        (1, 2, Metric::Ip, 9000),
+        (1, 3, Metric::Ip, 4000),
+        (2, 4, Metric::L2, 4000),
+        (3, 5, Metric::Ip, 4000),
+        (4, 3, Metric::L2, 4000),
+        (2, 30, Metric::Ip, 4000),
         // Tables of 768 and 800 entries: the scan kernel's copies of them no longer fit 32
         // times beside a larger selector (k = 513: 16 copies, k = 2048: 8).
-        (3, 256, Metric::L2),
-        (4, 200, Metric::Ip),
+        (3, 256, Metric::L2, 4000),
+        (4, 200, Metric::Ip, 4000),
     ] {
-        let n = rng.random_range(4000..6000) | 1;
+        let n = rng.random_range(n_min..n_min * 3 / 2) | 1;
         let (index, _, _) =
             rand_index(&mut rng, n, 6, levels, k_codes, metric, EmbeddingKind::None);
         let q = rand_matrix(&mut rng, 4, 6);

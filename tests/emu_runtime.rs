@@ -531,16 +531,19 @@ fn bit_and_math_intrinsics() {
     vals.extend(lcg(5, 200));
     let n = vals.len();
     let ib = d.alloc_from(&vals).unwrap();
-    let out = d.alloc_zeroed::<u32>(n * 8).unwrap();
+    let out = d.alloc_zeroed::<u32>(n * 9).unwrap();
     c.ok(
         &d,
         "rq_emu_test_intrinsics",
         LaunchConfig::linear(n.div_ceil(64) as u32, 64),
         &[Buf(&ib), Buf(&out), I32(n as i32)],
     );
-    let got: Vec<u32> = d.download_vec(&out, n * 8).unwrap();
+    let got: Vec<u32> = d.download_vec(&out, n * 9).unwrap();
     for (i, &x) in vals.iter().enumerate() {
         let f = f32::from_bits(x & 0x3fff_ffff);
+        // __byte_perm(x, !x, 0x7340): bytes x0, !x0, x3, !x3 (low to high).
+        let (b, nb) = (x.to_le_bytes(), (!x).to_le_bytes());
+        let perm = u32::from_le_bytes([b[0], nb[0], b[3], nb[3]]);
         let want = [
             x.count_ones(),
             x.leading_zeros(),
@@ -551,12 +554,14 @@ fn bit_and_math_intrinsics() {
             // fmaxf(·, -INFINITY) is the identity on the non-NaN result of fminf.
             f.min(2.0).to_bits(),
             std::f32::consts::E.to_bits(),
+            perm,
         ];
-        let g = &got[i * 8..i * 8 + 8];
+        let g = &got[i * 9..i * 9 + 9];
         assert_eq!(&g[..6], &want[..6], "x = {x:#x}");
         // fminf of a NaN operand returns the other one, as Rust's `min` does.
         assert_eq!(g[6], want[6], "x = {x:#x}");
         assert!((f32::from_bits(g[7]) - std::f32::consts::E).abs() < 1e-6);
+        assert_eq!(g[8], want[8], "__byte_perm, x = {x:#x}");
     }
 }
 

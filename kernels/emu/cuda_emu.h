@@ -502,6 +502,16 @@ inline unsigned int __brev(unsigned int x) {
   }
   return r;
 }
+/// Byte n of the result is byte (s >> 4n) & 7 of the 8 bytes {y, x} (x holds bytes 0-3).
+inline unsigned int __byte_perm(unsigned int x, unsigned int y, unsigned int s) {
+  const unsigned long long v = (static_cast<unsigned long long>(y) << 32) | x;
+  unsigned int r = 0;
+  for (int n = 0; n < 4; ++n) {
+    const unsigned int byte = static_cast<unsigned int>(v >> (8 * ((s >> (4 * n)) & 7u))) & 0xffu;
+    r |= byte << (8 * n);
+  }
+  return r;
+}
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }

@@ -140,12 +140,12 @@ extern "C" __global__ void rq_emu_test_half(const float* in, unsigned short* h, 
   bf[g] = __bfloat162float(y);
 }
 
-// Bit and math intrinsics: 8 results per input.
+// Bit and math intrinsics: 9 results per input.
 extern "C" __global__ void rq_emu_test_intrinsics(const unsigned* in, unsigned* out, int n) {
   const int g = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (g >= n) return;
   const unsigned x = in[g];
-  unsigned* o = out + g * 8;
+  unsigned* o = out + g * 9;
   o[0] = static_cast<unsigned>(__popc(x));
   o[1] = static_cast<unsigned>(__clz(static_cast<int>(x)));
   o[2] = static_cast<unsigned>(__ffs(static_cast<int>(x)));
@@ -154,6 +154,7 @@ extern "C" __global__ void rq_emu_test_intrinsics(const unsigned* in, unsigned* 
   o[5] = max(x, 1000u) - min(x, 1000u);
   o[6] = __float_as_uint(fmaxf(fminf(__uint_as_float(x & 0x3fffffffu), 2.0f), -INFINITY));
   o[7] = __float_as_uint(__fdividef(__expf(1.0f), expf(0.0f)));
+  o[8] = __byte_perm(x, ~x, 0x7340u);
 }
 
 // Scalar argument passing: echoes each argument.
