@@ -536,12 +536,13 @@ fn fused_and_traversal_many_rounds(be: &dyn Backend) {
 /// The fused lookup + top-k over what the scan kernel (`rq_fused_scan`, 16-item groups) must
 /// get right, compared bit for bit with the reference: 1 to 4 levels; tables of up to 800
 /// entries (fewer copies of them in shared memory at large k); ranges longer than a round of
-/// the scan (a thread's next group in the same range); item counts that are not
-/// multiples of 16 (ranges that start and end inside a group; the device pads each level's
-/// row of codes); ranges of one item; more candidate nodes than a block has threads (chunks of
-/// ranges); heavy ties (one query's tables all zero, so the rank decides; one's on a coarse
-/// grid), under which offers find the selector's buffer full and must be offered again after
-/// its merge; k = 1, 100, 513 and 2048, beyond the candidates of one leaf.
+/// the scan (a thread's next group in the same range); item counts that are not multiples
+/// of 16 (ranges that start and end inside a group; the device pads each level's row of
+/// codes); ranges of one item; more candidate nodes than a block has threads (chunks of
+/// ranges); heavy ties (one query's tables all -0, so the rank decides and an inner-product
+/// score is -0 as the reference's f32 sum gives it; one's on a coarse grid), under which
+/// offers find the selector's buffer full and must be offered again after its merge;
+/// k = 1, 100, 513 and 2048, beyond the candidates of one leaf.
 fn fused_long_ranges(be: &dyn Backend) {
     let mut rng = rng("fused_long_ranges");
     for (levels, k_codes, metric, n_min) in [
@@ -563,7 +564,8 @@ fn fused_long_ranges(be: &dyn Backend) {
         let q = rand_matrix(&mut rng, 4, 6);
         let mut tr = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
         for t in tr.levels.iter_mut() {
-            t.row_mut(0).fill(0.0);
+            // -0: every score ties (ip: at -0, the sign of a sum of -0 entries).
+            t.row_mut(0).fill(-0.0);
             for v in t.row_mut(1) {
                 *v = (*v * 2.0).round() / 2.0;
             }
