@@ -213,7 +213,10 @@ RQ_UNROLL
     if (!seeded && total > 0) {
       // Seed the threshold: each thread offers the best item of its first group (at most
       // blockDim.x offers, which the buffer holds), and a merge makes the k-th best of those
-      // maxima the k-th entry, before any other offer.
+      // maxima the k-th entry, before any other offer. For k > blockDim.x the threshold
+      // stays -inf until the first round's merges (once per query: its offers go through
+      // the pending passes). A thread with an empty group reloads the 16 bytes at item 0
+      // (in bounds, unused), so the fence and reload stay uniform.
       float best = rq_neg_inf();
       int bu = -1;
       const unsigned valid = rq_scan_valid<L>(cur);

@@ -8,7 +8,7 @@ use crate::index::{CodeData, Index};
 
 use super::lookup::{metric_arg, DeviceCandidates, DeviceTables, FusedOut};
 use super::resident::{Layout, Residency, Reuse};
-use super::{alloc, alloc_topk, launch_1d_within, round16, select_bytes, select_cap};
+use super::{alloc, alloc_topk, arg_i32, launch_1d_within, round16, select_bytes, select_cap};
 
 /// Threads of a scan block (the kernel's launch bounds: 256 threads, two blocks per SM).
 const SCAN_THREADS: u32 = 256;
@@ -131,6 +131,8 @@ pub(crate) fn launch_scan<D: Device>(
 ) -> Result<FusedOut<D::Buffer>> {
     let b = tables.queries;
     let (levels, n) = (index.levels(), index.len());
+    // Item positions and each query's count of candidate items are 32-bit in the kernel.
+    arg_i32(n, "fused_topk: items")?;
     let ld = n.div_ceil(SCAN_GROUP).max(1) * SCAN_GROUP;
     let CodeData::U8(codes) = index.codes.data() else {
         unreachable!("scan_plan serves u8 codes only")
