@@ -3,7 +3,7 @@
 //! range-walking `rq_fused_topk` (`lookup.rs`). Both rank exactly as the reference.
 
 use crate::device::{Device, KernelArg};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::index::{CodeData, Index};
 
 use super::lookup::{metric_arg, DeviceCandidates, DeviceTables, FusedOut};
@@ -21,8 +21,9 @@ const SCAN_LEVELS: usize = 4;
 /// lookups never collide), as a shift.
 const MAX_REP_SHIFT: u32 = 5;
 /// Items per node at the candidates' depth (the index's average) from which
-/// [`FusedKernel::Auto`] scans: 16 groups, so the partly used groups at a range's ends
-/// waste at most ~6 % of the loads. Chosen by that count, not yet by a GPU timing.
+/// [`FusedKernel::Auto`] scans: 16 groups, of which the partly used ones at a range's ends
+/// waste about one on average (~6 % of the loads). Chosen by that count, not yet by a GPU
+/// timing.
 const SCAN_MIN_ITEMS_PER_NODE: usize = 256;
 
 /// Which kernel serves the fused residual lookup + top-k. The results are the same (both
@@ -41,13 +42,13 @@ pub enum FusedKernel {
 }
 
 impl std::str::FromStr for FusedKernel {
-    type Err = crate::error::Error;
+    type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "auto" => Ok(FusedKernel::Auto),
             "walk" => Ok(FusedKernel::Walk),
             "scan" => Ok(FusedKernel::Scan),
-            _ => Err(crate::error::Error::param(format!(
+            _ => Err(Error::param(format!(
                 "fused kernel '{s}': expected auto, walk or scan"
             ))),
         }
@@ -197,6 +198,18 @@ pub(crate) fn launch_scan<D: Device>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_kernel_names() {
+        assert_eq!("auto".parse::<FusedKernel>().unwrap(), FusedKernel::Auto);
+        assert_eq!("walk".parse::<FusedKernel>().unwrap(), FusedKernel::Walk);
+        assert_eq!("scan".parse::<FusedKernel>().unwrap(), FusedKernel::Scan);
+        let e = "fast".parse::<FusedKernel>().unwrap_err().to_string();
+        assert!(
+            e.contains("'fast'") && e.contains("auto, walk or scan"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn scan_fit_replicates_the_tables_as_far_as_shared_memory_allows() {
