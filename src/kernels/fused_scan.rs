@@ -6,9 +6,9 @@ use crate::device::{Device, KernelArg};
 use crate::error::{Error, Result};
 use crate::index::{CodeData, Index};
 
-use super::lookup::{metric_arg, DeviceCandidates, DeviceTables, FusedOut};
+use super::lookup::{metric_arg, DeviceCandidates, DeviceTables, FusedIo};
 use super::resident::{Layout, Residency, Reuse};
-use super::{alloc, alloc_topk, arg_i32, launch_1d_within, round16, select_bytes, select_cap};
+use super::{launch_1d_within, round16, select_bytes, select_cap};
 
 /// Threads of a scan block (the kernel's launch bounds: 256 threads, two blocks per SM).
 const SCAN_THREADS: u32 = 256;
@@ -55,11 +55,12 @@ impl std::str::FromStr for FusedKernel {
     }
 }
 
-/// How the scan kernel is launched: copies of the tables (as a shift), selector entries,
-/// shared bytes.
+/// How the scan kernel is launched: copies of the tables (as a shift), the best k, selector
+/// entries, shared bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ScanPlan {
     rep_shift: u32,
+    k: usize,
     cap: usize,
     shared: usize,
 }
@@ -84,6 +85,7 @@ fn scan_fit(
         let shared = round16((4 * ksum) << rep_shift) + rest;
         (shared <= budget).then_some(ScanPlan {
             rep_shift,
+            k,
             cap,
             shared,
         })
@@ -119,43 +121,32 @@ fn budget<D: Device>(dev: &D) -> usize {
     dev.shared_bytes_two_blocks()
 }
 
-/// Launches `rq_fused_scan` (not synchronised) with `plan` from [`scan_plan`]; outputs as
-/// the range walk's. `index` has u8 codes and at most 4 levels (the plan's conditions).
+/// Launches `rq_fused_scan` (not synchronised) with `plan` from [`scan_plan`], reading and
+/// writing `io` as the range walk does. `index` has u8 codes, at most 4 levels and fewer
+/// than 2³¹ items (the plan's and the caller's checks).
 pub(crate) fn launch_scan<D: Device>(
     dev: &D,
     res: &Residency<D>,
     tables: &DeviceTables<D::Buffer>,
     index: &Index,
     cand: &DeviceCandidates<'_, D::Buffer>,
-    k: usize,
     plan: ScanPlan,
-) -> Result<FusedOut<D::Buffer>> {
-    let b = tables.queries;
-    let (levels, n) = (index.levels(), index.len());
-    // Item positions and each query's count of candidate items are 32-bit in the kernel.
-    arg_i32(n, "fused_topk: items")?;
-    let ld = n.div_ceil(SCAN_GROUP).max(1) * SCAN_GROUP;
+    io: &FusedIo<D::Buffer>,
+) -> Result<()> {
+    let levels = index.levels();
+    let ld = index.len().div_ceil(SCAN_GROUP).max(1) * SCAN_GROUP;
     let CodeData::U8(codes) = index.codes.data() else {
         unreachable!("scan_plan serves u8 codes only")
     };
     let layout = Layout::PaddedRows { rows: levels, ld };
     let codes = res.input_laid(dev, codes, Reuse::Content, layout)?;
     let cfg = launch_1d_within(
-        b,
+        tables.queries,
         SCAN_THREADS,
         plan.shared,
         budget(dev),
         "fused_topk (scan)",
     )?;
-    let d_items = res.input(
-        dev,
-        &index.tree.depths[cand.depth - 1].item_start,
-        Reuse::Content,
-    )?;
-    let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
-    let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
-    let (pos, scores) = alloc_topk(dev, b, k)?;
-    let scanned = alloc::<D, i64>(dev, b)?;
     const ENTRIES: [&str; SCAN_LEVELS] = [
         "rq_fused_scan_l1",
         "rq_fused_scan_l2",
@@ -172,27 +163,21 @@ pub(crate) fn launch_scan<D: Device>(
             KernelArg::I32(plan.rep_shift as i32),
             KernelArg::Buf(&*codes),
             KernelArg::I64(ld as i64),
-            KernelArg::Buf(&*d_items),
+            KernelArg::Buf(&*io.items),
             KernelArg::Buf(cand.start),
             KernelArg::Buf(cand.count),
             KernelArg::Buf(cand.nodes),
-            KernelArg::Buf(&*d_norms),
+            KernelArg::Buf(&*io.norms),
             KernelArg::Buf(&tables.qnorm),
             KernelArg::I32(metric_arg(tables.metric)),
-            KernelArg::Buf(&*d_ids),
-            KernelArg::Buf(&scanned),
-            KernelArg::I32(k as i32),
+            KernelArg::Buf(&*io.out.ids),
+            KernelArg::Buf(&io.out.scanned),
+            KernelArg::I32(plan.k as i32),
             KernelArg::I32(plan.cap as i32),
-            KernelArg::Buf(&pos),
-            KernelArg::Buf(&scores),
+            KernelArg::Buf(&io.out.pos),
+            KernelArg::Buf(&io.out.scores),
         ],
-    )?;
-    Ok(FusedOut {
-        pos,
-        scores,
-        scanned,
-        ids: d_ids,
-    })
+    )
 }
 
 #[cfg(test)]

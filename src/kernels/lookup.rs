@@ -248,6 +248,14 @@ pub(crate) struct FusedOut<B> {
     pub ids: Held<B>,
 }
 
+/// What both fused kernels read besides the tables, codes and candidates (the depth's item
+/// CSR, the items' norms; the caller ids travel in `out`) and the outputs they write.
+pub(crate) struct FusedIo<B> {
+    pub items: Held<B>,
+    pub norms: Held<B>,
+    pub out: FusedOut<B>,
+}
+
 /// Launches the fused residual lookup + top-k (`1 ≤ k ≤ 2048`) over device tables and
 /// candidates (not synchronised): the scan kernel when `kernel` chooses it for these inputs
 /// (`fused_scan.rs`), else the range walk.
@@ -271,9 +279,27 @@ pub(crate) fn fused_on_device<D: Device>(
             tables.ks.len()
         )));
     }
+    // Item positions and each query's count of candidate items are 32-bit in the kernels.
+    let n = arg_i32(index.len(), "fused_topk: items")?;
+    let (pos, scores) = alloc_topk(dev, b, k)?;
+    let io = FusedIo {
+        items: res.input(
+            dev,
+            &index.tree.depths[depth - 1].item_start,
+            Reuse::Content,
+        )?,
+        norms: res.input(dev, &index.item_norms, Reuse::Content)?,
+        out: FusedOut {
+            pos,
+            scores,
+            scanned: alloc::<D, i64>(dev, b)?,
+            ids: res.input(dev, &index.ids, Reuse::Content)?,
+        },
+    };
     let ksum: usize = tables.ks.iter().sum();
     if let Some(plan) = scan_plan(dev, kernel, index, depth, ksum, k) {
-        return launch_scan(dev, res, tables, index, cand, k, plan);
+        launch_scan(dev, res, tables, index, cand, plan, &io)?;
+        return Ok(io.out);
     }
     let (codes, code_bytes) = match index.codes.data() {
         CodeData::U8(v) => (res.input(dev, v, Reuse::Content)?, 1),
@@ -286,15 +312,6 @@ pub(crate) fn fused_on_device<D: Device>(
     let lut_shared = ksum <= FUSED_SHARED_TABLES && round16(4 * ksum) + rest <= MAX_SHARED_BYTES;
     let shared = if lut_shared { round16(4 * ksum) } else { 0 } + rest;
     let cfg = launch_1d(b, SELECT_THREADS, shared, "fused_topk")?;
-    let d_items = res.input(
-        dev,
-        &index.tree.depths[depth - 1].item_start,
-        Reuse::Content,
-    )?;
-    let d_norms = res.input(dev, &index.item_norms, Reuse::Content)?;
-    let d_ids = res.input(dev, &index.ids, Reuse::Content)?;
-    let (pos, scores) = alloc_topk(dev, b, k)?;
-    let scanned = alloc::<D, i64>(dev, b)?;
     // Up to 4 levels: the entry point with 4-level loops (fewer registers, more blocks/SM).
     let kernel = if levels <= 4 {
         "rq_fused_topk_l4"
@@ -312,29 +329,24 @@ pub(crate) fn fused_on_device<D: Device>(
             KernelArg::I32(lut_shared as i32),
             KernelArg::Buf(&*codes),
             KernelArg::I32(code_bytes),
-            KernelArg::I32(arg_i32(index.len(), "fused_topk: items")?),
-            KernelArg::Buf(&*d_items),
+            KernelArg::I32(n),
+            KernelArg::Buf(&*io.items),
             KernelArg::Buf(cand.start),
             KernelArg::Buf(cand.count),
             KernelArg::Buf(cand.nodes),
-            KernelArg::Buf(&*d_norms),
+            KernelArg::Buf(&*io.norms),
             KernelArg::Buf(&tables.qnorm),
             KernelArg::I32(metric_arg(tables.metric)),
-            KernelArg::Buf(&*d_ids),
+            KernelArg::Buf(&*io.out.ids),
             KernelArg::I32(per_thread as i32),
-            KernelArg::Buf(&scanned),
+            KernelArg::Buf(&io.out.scanned),
             KernelArg::I32(k as i32),
             KernelArg::I32(cap as i32),
-            KernelArg::Buf(&pos),
-            KernelArg::Buf(&scores),
+            KernelArg::Buf(&io.out.pos),
+            KernelArg::Buf(&io.out.scores),
         ],
     )?;
-    Ok(FusedOut {
-        pos,
-        scores,
-        scanned,
-        ids: d_ids,
-    })
+    Ok(io.out)
 }
 
 /// Fused residual lookup + top-k over each query's candidates (the items of its kept nodes
