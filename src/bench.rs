@@ -194,6 +194,21 @@ fn sizes(o: &BenchOptions) -> Sizes {
     }
 }
 
+/// A second backend of `be`'s kind opened with `o`, holding `resident`: the backend of a
+/// variant row of an operation (`assign_tc`, `fused_topk_walk`).
+fn variant_backend(
+    be: &dyn Backend,
+    o: OpenOptions,
+    resident: impl IntoIterator<Item = Resident>,
+) -> Result<Box<dyn Backend>> {
+    let kind = be.name().parse::<BackendKind>()?;
+    let (v, _) = backend::open_with(kind, o)?;
+    for r in resident {
+        v.keep_resident(r)?;
+    }
+    Ok(v)
+}
+
 /// Copies of an input of `bytes` so that the copies exceed twice the L2 (at most 8; at most 2
 /// off the GPU, where they only exercise the rotation).
 fn copies_for(be: &dyn Backend, bytes: usize) -> usize {
@@ -372,6 +387,8 @@ fn depth1_candidates(index: &Index, b: usize, per_query: usize, seed: u64) -> Ca
 pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
     let sz = sizes(opts);
     let cuda = be.name() == "cuda";
+    // A kernel backend: the bench adds rows of its variants (`assign_tc`, `fused_topk_walk`).
+    let kernels = matches!(be.name(), "emu" | "cuda");
     let timer = Timer {
         be,
         warmup: if cuda { WARMUP } else { 1 },
@@ -409,7 +426,6 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         } else {
             "FMA screening"
         };
-        let kernels = matches!(be.name(), "emu" | "cuda");
         let assign_flops = 2.0 * (n * kk * D * levels) as f64;
         let assign_bytes = (n * D * 4 + n * levels * 4 + n * 4) as f64;
         rows.push(timer.row(
@@ -428,17 +444,12 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
             |c| ops::encode(be, &items[c], &cbs, 1).map(|_| ()),
         )?);
         if kernels && !opts.tensor_cores {
-            let kind = be.name().parse::<BackendKind>()?;
-            let (tc, _) = backend::open_with(
-                kind,
-                OpenOptions {
-                    tensor_cores: true,
-                    ..OpenOptions::default()
-                },
-            )?;
-            for m in &items {
-                tc.keep_resident(Resident::Matrix(Arc::clone(m)))?;
-            }
+            let o = OpenOptions {
+                tensor_cores: true,
+                ..OpenOptions::default()
+            };
+            let resident = items.iter().map(|m| Resident::Matrix(Arc::clone(m)));
+            let tc = variant_backend(be, o, resident)?;
             let tc_timer = Timer {
                 be: tc.as_ref(),
                 ..timer
@@ -488,17 +499,13 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
             |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
         )?);
         be.release_resident()?;
-        let kernels = matches!(be.name(), "emu" | "cuda");
         if kernels && opts.fused_kernel == FusedKernel::Auto {
-            let kind = be.name().parse::<BackendKind>()?;
             let o = OpenOptions {
                 fused_kernel: FusedKernel::Walk,
                 ..OpenOptions::default()
             };
-            let (walk, _) = backend::open_with(kind, o)?;
-            for ix in &fused_ix {
-                walk.keep_resident(Resident::Index(Arc::clone(ix)))?;
-            }
+            let resident = fused_ix.iter().map(|ix| Resident::Index(Arc::clone(ix)));
+            let walk = variant_backend(be, o, resident)?;
             let walk_timer = Timer {
                 be: walk.as_ref(),
                 ..timer
