@@ -313,13 +313,13 @@ pub(crate) fn fused_on_device<D: Device>(
     let shared = if lut_shared { round16(4 * ksum) } else { 0 } + rest;
     let cfg = launch_1d(b, SELECT_THREADS, shared, "fused_topk")?;
     // Up to 4 levels: the entry point with 4-level loops (fewer registers, more blocks/SM).
-    let kernel = if levels <= 4 {
+    let entry = if levels <= 4 {
         "rq_fused_topk_l4"
     } else {
         "rq_fused_topk"
     };
     dev.launch(
-        kernel,
+        entry,
         cfg,
         &[
             KernelArg::Buf(&tables.luts),
