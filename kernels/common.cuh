@@ -28,10 +28,14 @@
 #ifdef RQ_EMU
 #define RQ_UNROLL
 #define RQ_NO_UNROLL
+#define RQ_UNROLL_BY(n)
 #else
 #define RQ_UNROLL _Pragma("unroll")
 /// A loop kept rolled (its body is already wide; unrolling would only cost registers).
 #define RQ_NO_UNROLL _Pragma("unroll 1")
+#define RQ_PRAGMA(text) _Pragma(#text)
+/// A loop unrolled n times (n iterations' loads issued together, within a register budget).
+#define RQ_UNROLL_BY(n) RQ_PRAGMA(unroll n)
 #endif
 
 #define RQ_FULL_MASK 0xffffffffu

@@ -200,7 +200,7 @@ RQ_UNROLL
         g = og > g ? og : g;
       }
       const int r = rg + 16 * i;
-      const float thr = g - rq_certify_margin(d, sqrtf(rn[r]), cm, false);
+      const float thr = g - rq_certify_margin(d, sqrtf(rn[r]), cm);
       const bool finite = thr - thr == 0.0f;
       if (!finite || v2[i] >= thr) {
         over[r] = 1;

@@ -1,10 +1,11 @@
 // Greedy hard assignment of a row tile over all L levels, certified: what the FMA screening
 // (greedy.cu) and the tensor-core screening (greedy_tc.cu) share.
 //
-// Every level has two phases. (1) Screening: an f32 GEMM (fused multiply-adds, or 3xTF32 on
-// the tensor cores) gives every (row, codeword) an approximate logit
-// ĝ_k = 2<r, C[k]> - ||C[k]||². (2) Decision: a codeword is a candidate when its ĝ is within
-// `rq_certify_margin` of the row's largest ĝ; the candidates, and only they, are scored with
+// Every level has two phases. (1) Screening: an f32 GEMM (fused multiply-adds, or TF32 on
+// the tensor cores against centred codewords) gives every (row, codeword) an approximate
+// logit ĝ_k = 2<r, C[k]> - ||C[k]||², up to an offset common to the row's codewords.
+// (2) Decision: a codeword is a candidate when its ĝ is within the screening's window
+// (`rq_certify_margin`, `rq_certify_margin_tf32`) of the row's largest ĝ; the candidates, and only they, are scored with
 // the reference's exact arithmetic (rq_dot / rq_dist_sq), and the best exact key wins, ties
 // → lowest code. The margin bounds the error of the screening's ĝ plus the error of the
 // reference's own key, so the reference's choice is always a candidate: the codes, keys and
@@ -30,34 +31,54 @@ __device__ inline int rq_greedy_stride(int d) {
   return s % 32 == 0 ? s + 4 : s;
 }
 
-/// Width of the candidate window below a row's largest screening logit, for a residual of
-/// norm `rnorm`, codewords of norm ≤ `cmax` and dimension d (u = 2^-24, S = rnorm·cmax ≥
-/// Σ|r_e·c_e|, Q = cmax² ≥ ||c||², T = (rnorm + cmax)² ≥ ||r - c||²):
-///   screening (any order, FMA or not): |ĝ - g| ≤ E1 = (2.02d + 2.02)uS + 1.01uQ;
-///   reference key, logit mode (8 f32 partial sums of d/8 rounded products, f32 result,
-///   minus the stored norm): (0.26d + 6.4)uS + 1.01uQ; distance mode (f64 rounded to f32,
-///   against g - ||r||² with the stored norm): 1.01u(T + Q);
-///   E2 = their sum. The reference's best code k* then has ĝ_k* ≥ max ĝ - 2(E1 + E2): for
-///   j = argmax ĝ, key_k* ≥ key_j and |key - g| ≤ E2 give g_k* ≥ g_j - 2·E2, and
-///   |ĝ - g| ≤ E1 at k* and at j give ĝ_k* ≥ ĝ_j - 2·E1 - 2·E2 (ties included);
-/// the window is twice that (slack for the approximate rnorm and the margin's own rounding),
-/// plus an absolute d·1e-38 for underflow. (When every codeword norm of a level is below
-/// ~1e-19, the host's cmax, the square root of an f32 squared norm, may fall short of them;
-/// the terms in T and the absolute floor then dominate the window.)
-/// With `tc` the screening is the tensor cores' 3xTF32 product (greedy_tc.cu): each product
-/// a·b is taken as a_big·b_big + a_big·b_small + a_small·b_big of TF32 parts by truncation
-/// (|v - tf32(v)| < 2^-10·|v|, so |a - a_big - a_small| < 2^-20·|a|, and |a_big| ≤ |a|):
-/// |error| ≤ 3·2^-20·|a·b|·1.01 = 48.5u|a·b|, the TF32 products themselves exact; summed by
-/// the tensor cores in an unspecified order and rounding (allowed 4u per term and addition:
-/// 12.2d·u·S); the logit doubles both and adds the f32 rounding of 2·dot - ||c||²:
-/// E1 = (24.4d + 99.1)uS + 1.01uQ.
-__device__ inline float rq_certify_margin(int d, float rnorm, float cmax, bool tc) {
+/// Error bound E2 of the reference's own key for a residual of norm `rnorm`, codewords of
+/// norm ≤ `cmax` and dimension d (u = 2^-24, S = rnorm·cmax ≥ Σ|r_e·c_e|, Q = cmax² ≥
+/// ||c||², T = (rnorm + cmax)² ≥ ||r - c||²): logit mode (8 f32 partial sums of d/8 rounded
+/// products, f32 result, minus the stored norm) (0.26d + 6.4)uS + 1.01uQ; distance mode (f64
+/// rounded to f32, against g - ||r||² with the stored norm) 1.01u(T + Q); E2 is their sum.
+__device__ inline float rq_reference_key_error(int d, float rnorm, float cmax) {
   const float u = 5.9604645e-8f;
-  const float df = (float)d;
   const float S = rnorm * cmax, Q = cmax * cmax, T = (rnorm + cmax) * (rnorm + cmax);
-  const float e1 = (tc ? 24.4f * df + 99.1f : 2.02f * df + 2.02f) * u * S + 1.01f * u * Q;
-  const float e2 = (0.26f * df + 6.4f) * u * S + 1.01f * u * Q + 1.01f * u * (T + Q);
-  return 4.0f * (e1 + e2) + df * 1e-38f;
+  return (0.26f * (float)d + 6.4f) * u * S + 1.01f * u * Q + 1.01f * u * (T + Q);
+}
+
+/// Width of the candidate window below a row's largest screening logit when the screening's
+/// ĝ is within E1 of the true g - c (c: the same offset for every codeword of the row) and
+/// the reference's key within E2 (rq_reference_key_error) of g. The reference's best code
+/// k* then has ĝ_k* ≥ max ĝ - 2(E1 + E2): for j = argmax ĝ, key_k* ≥ key_j and |key - g| ≤
+/// E2 give g_k* ≥ g_j - 2·E2, and |ĝ - (g - c)| ≤ E1 at k* and at j give ĝ_k* ≥ ĝ_j - 2·E1
+/// - 2·E2 (ties included); the window is twice that (slack for the approximate rnorm and
+/// the margin's own rounding), plus an absolute d·1e-38 for underflow. (When every codeword
+/// norm of a level is below ~1e-19, the host's cmax, the square root of an f32 squared norm,
+/// may fall short of them; the terms in T and the absolute floor then dominate the window.)
+__device__ inline float rq_window(int d, float e1, float e2) {
+  return 4.0f * (e1 + e2) + (float)d * 1e-38f;
+}
+
+/// The window of the FMA screening (greedy.cu; offset c = 0): any order, FMA or not, |ĝ -
+/// g| ≤ E1 = (2.02d + 2.02)uS + 1.01uQ (S, Q of rq_reference_key_error).
+__device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
+  const float u = 5.9604645e-8f;
+  const float S = rnorm * cmax, Q = cmax * cmax;
+  const float e1 = (2.02f * (float)d + 2.02f) * u * S + 1.01f * u * Q;
+  return rq_window(d, e1, rq_reference_key_error(d, rnorm, cmax));
+}
+
+/// The window of the tensor-core screening (greedy_tc.cu): one TF32 product per element of
+/// the residual r and the level's codewords centred on an offset m (e = fl(C[k] - m), the
+/// same m for every codeword of the level, ||C[k] - m|| ≤ `emax`), so ĝ approximates
+/// g - 2<r, m>. Both operands are truncated to TF32 (|v - tf32(v)| < 2^-10·|v|), so with e's
+/// own rounding (u) each product is within (2^-9 + u)·1.01 = 33096u of r_i·(C[k] - m)_i; the
+/// TF32 products are exact and the tensor cores sum them in an unspecified order and
+/// rounding (allowed 4.07u per term: 4.07d·u·S'); the logit doubles both and adds the f32
+/// rounding of 2·dot - ||C[k]||²: E1 = (8.2d + 66195)uS' + 1.01uQ with S' = rnorm·emax, Q =
+/// cmax². Centring keeps S' small when the codewords share a large common part (a window
+/// ~0.016·S' at d = 128; S' ≤ S when m is the mean of well-spread codewords).
+__device__ inline float rq_certify_margin_tf32(int d, float rnorm, float cmax, float emax) {
+  const float u = 5.9604645e-8f;
+  const float S1 = rnorm * emax, Q = cmax * cmax;
+  const float e1 = (8.2f * (float)d + 66195.0f) * u * S1 + 1.01f * u * Q;
+  return rq_window(d, e1, rq_reference_key_error(d, rnorm, cmax));
 }
 
 /// The reference's key of codeword `k` (row k of `cb`, stored as `dtype`) for residual `r`:

@@ -286,9 +286,11 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
 /// dimension chunks of 32; the tensor-core screening's tiles of 8 and groups of 128: K = 1,
 /// 8, 129, d = 1, 9, four levels), exact ties (duplicated codewords), near-ties one thread sees
 /// together (codeword pairs 1e-7 apart: the exact scan of all codewords), 16-row blocks for
-/// a large d, the per-row kernels beyond the tiled kernel's shared memory (d = 1536), residual norms whose square overflows f32 and logits that overflow (a
-/// non-finite window: the exact scan), and a best codeword that only a screening finer than
-/// TF32 keeps in the window.
+/// a large d, the per-row kernels beyond the tiled kernel's shared memory (d = 1536),
+/// residual norms whose square overflows f32 and logits that overflow (a non-finite window:
+/// the exact scan), codewords sharing a large common part (the tensor-core screening's
+/// centring and radius) and a best codeword that only a screening finer than TF32, or a
+/// window sized for TF32, keeps.
 fn greedy_is_exact(be: &dyn Backend) {
     let mut rng = rng("greedy_is_exact");
     let near_pairs = |rng: &mut TestRng, k: usize, d: usize| {
@@ -378,6 +380,21 @@ fn greedy_is_exact(be: &dyn Backend) {
             rand_matrix(&mut rng, 9, 1536),
             (0..2).map(|_| rand_matrix(&mut rng, 12, 1536)).collect(),
         ),
+        {
+            // Codewords 30·c + noise: a TF32 screening of the words as they are errs by ~2^-9
+            // of ||r||·||30·c||, far beyond a window sized by the spread of the noise; the
+            // tensor-core screening centres the words on their mean first.
+            let common: Vec<f32> = rand_matrix(&mut rng, 1, 24).data().to_vec();
+            let mut words = rand_matrix(&mut rng, 150, 24);
+            for w in words.data_mut().chunks_exact_mut(24) {
+                w.iter_mut().zip(&common).for_each(|(v, c)| *v += 30.0 * c);
+            }
+            (
+                "codewords sharing a large common part",
+                rand_matrix(&mut rng, 300, 24),
+                vec![words],
+            )
+        },
         (
             "overflowing logits",
             Matrix::new(3, 8, vec![3e38; 24]).unwrap(),
@@ -385,8 +402,9 @@ fn greedy_is_exact(be: &dyn Backend) {
         ),
         {
             // Rows of 1 + 2^-11 (below TF32's resolution) and a codebook with that row itself
-            // (the best, by 16·2^-22) after a row of ones: a screening accurate only to TF32
-            // ranks the ones 2^-6 ahead, far outside the window, and would miss the best.
+            // (the best, by 16·2^-22) after a row of ones: a TF32 screening ranks the ones
+            // 2^-6 ahead, outside any window sized for a finer screening, and finds the best
+            // only with the window of its own precision.
             let fine = 1.0 + 2f32.powi(-11);
             let mut words = rand_matrix(&mut rng, 6, 16);
             words.data_mut()[16..32].fill(1.0);

@@ -32,7 +32,7 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// emu/cuda: screen codewords for the greedy assignment and encoding on the tensor cores
-    /// (3xTF32; the same results, exact, at another speed).
+    /// (TF32 against centred codewords; the same results, exact, at another speed).
     #[arg(long, global = true)]
     tensor_cores: bool,
     /// emu/cuda: the fused lookup + top-k kernel: auto (the scan over long candidate ranges,

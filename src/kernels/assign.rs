@@ -52,39 +52,70 @@ fn greedy_tc_shared(d: usize) -> usize {
     4 * (64 * greedy_stride(d) + 64 * 132 + 128 + 2 * 16 * 64 + 4 * 64)
 }
 
-/// The tensor-core screening's codebooks (`rq_greedy_rows64_tc`'s `cbt`): the levels'
-/// words (`stacked`, `d` floats each; level l has `sizes[l]` words) in the tensor cores'
-/// B-fragment order, pre-split into TF32 parts. Per level, tile T of 8 words, step s of 8
-/// dimensions and lane 4g + t, four floats: big(w[8s + t]), big(w[8s + t + 4]) and the two
-/// small parts, for word w = 8T + g (big = tf32(v), small = tf32(v - big), truncations;
-/// zero past d and past the level's words); then three zero tiles. Returns the buffer and
-/// the steps per word, ceil(d / 8).
-fn tc_words(stacked: &[f32], d: usize, sizes: &[usize]) -> (Vec<f32>, usize) {
+/// The tensor-core screening's codebooks (`rq_greedy_rows64_tc`'s `cbt` and `emax`): the
+/// levels' words (`stacked`, `d` floats each; level l has `sizes[l]` words) centred on the
+/// level's mean m (f64 mean rounded to f32; e = fl(w - m)), truncated to TF32, in the
+/// tensor cores' B-fragment order. Per level, tile T of 8 words, step s of 8 dimensions and
+/// lane 4g + t, two floats: tf32(e[8s + t]) and tf32(e[8s + t + 4]) of word 8T + g (zero
+/// past d and past the level's words); then three zero tiles. With each level's radius, an
+/// upper bound of max ||w - m|| in exact arithmetic, and the steps per word, ceil(d / 8).
+fn tc_words(stacked: &[f32], d: usize, sizes: &[usize]) -> TcWords {
     let steps = d.div_ceil(8);
     // Three zero tiles after the last level: a warp reads four tiles, used or not.
     let tiles: usize = sizes.iter().map(|k| k.div_ceil(8)).sum::<usize>() + 3;
-    let mut out = vec![0f32; tiles * steps * 32 * 4];
+    let mut words = vec![0f32; tiles * steps * 32 * 2];
+    let mut radius = Vec::with_capacity(sizes.len());
     let (mut first, mut at) = (0, 0);
     for &k in sizes {
+        let level = &stacked[first * d..(first + k) * d];
+        let mut mean = vec![0f64; d];
+        for w in level.chunks_exact(d) {
+            mean.iter_mut()
+                .zip(w)
+                .for_each(|(m, &v)| *m += f64::from(v));
+        }
+        let mean: Vec<f32> = mean.iter().map(|&m| (m / k.max(1) as f64) as f32).collect();
+        let centred: Vec<f32> = level
+            .chunks_exact(d)
+            .flat_map(|w| w.iter().zip(&mean).map(|(&v, &m)| v - m))
+            .collect();
+        // ||w - m|| ≤ ||e|| / (1 - u): 1e-6 above the f64 norm of e covers that and the
+        // rounding to f32.
+        let largest = centred
+            .chunks_exact(d)
+            .map(|e| e.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
+            .fold(0f64, f64::max);
+        radius.push((largest.sqrt() * (1.0 + 1e-6)) as f32);
         for tile in 0..k.div_ceil(8) {
             for s in 0..steps {
                 for lane in 0..32 {
                     let (w, t) = (8 * tile + lane / 4, lane % 4);
                     for (h, e) in [8 * s + t, 8 * s + t + 4].into_iter().enumerate() {
                         if w < k && e < d {
-                            let v = stacked[(first + w) * d + e];
-                            let big = tf32(v);
-                            out[at + h] = big;
-                            out[at + 2 + h] = tf32(v - big);
+                            words[at + h] = tf32(centred[w * d + e]);
                         }
                     }
-                    at += 4;
+                    at += 2;
                 }
             }
         }
         first += k;
     }
-    (out, steps)
+    TcWords {
+        words,
+        radius,
+        steps,
+    }
+}
+
+/// Output of [`tc_words`].
+struct TcWords {
+    /// The centred, truncated words in fragment order.
+    words: Vec<f32>,
+    /// Per level, an upper bound of its words' distance to their centre.
+    radius: Vec<f32>,
+    /// Steps of 8 dimensions per word.
+    steps: usize,
 }
 
 /// `v` truncated to TF32 (10 explicit mantissa bits: the low 13 bits cleared), as
@@ -180,8 +211,16 @@ fn greedy_rows<D: Device>(
     let d_res = alloc::<D, f32>(dev, if want_residual { n * d } else { 0 })?;
     let tc_in = if tc {
         let sizes: Vec<usize> = levels.iter().map(|cb| cb.len()).collect();
-        let (words, steps) = tc_words(&stacked, d, &sizes);
-        Some((res.input(dev, &words, Reuse::Content)?, steps))
+        let TcWords {
+            words,
+            radius,
+            steps,
+        } = tc_words(&stacked, d, &sizes);
+        Some((
+            res.input(dev, &words, Reuse::Content)?,
+            res.input(dev, &radius, Reuse::Content)?,
+            steps,
+        ))
     } else {
         None
     };
@@ -202,8 +241,9 @@ fn greedy_rows<D: Device>(
         KernelArg::I32(want_residual as i32),
         KernelArg::Buf(&d_res),
     ];
-    if let Some((words, steps)) = &tc_in {
+    if let Some((words, radius, steps)) = &tc_in {
         args.push(KernelArg::Buf(words));
+        args.push(KernelArg::Buf(radius));
         args.push(KernelArg::I32(arg_i32(*steps, "greedy assignment: steps")?));
     }
     dev.launch(kernel, cfg, &args)?;
@@ -405,7 +445,7 @@ pub fn encode<D: Device>(
 
 #[cfg(test)]
 mod tests {
-    use super::{greedy_fits, greedy_tc_shared, tc_words, MAX_SHARED_BYTES};
+    use super::{greedy_fits, greedy_tc_shared, tc_words, tf32, TcWords, MAX_SHARED_BYTES};
 
     /// The documented limit of the certified greedy kernel (d ≤ 1240: 16 rows and two chunk
     /// buffers within the shared-memory budget) is the one the wrapper applies.
@@ -424,35 +464,61 @@ mod tests {
     }
 
     /// The fragment order of the tensor-core codebooks: lane 4g + t of tile T, step s holds
-    /// word 8T + g's dimensions 8s + t and 8s + t + 4, big parts then small parts (v = big +
-    /// small when v has at most 20 significant bits), zero past d and past the level's words;
-    /// each level starts on a fresh tile.
+    /// word 8T + g's dimensions 8s + t and 8s + t + 4, centred on the level's mean and
+    /// truncated to TF32, zero past d and past the level's words; each level starts on a
+    /// fresh tile; each level's radius bounds its words' distance to the mean, closely.
     #[test]
     fn tensor_core_words_in_fragment_order() {
         let (d, sizes) = (11, [3usize, 9]);
         let total: usize = sizes.iter().sum();
-        // Value of word w, dimension e: 1 + w + e / 16 + 2^-12 (a small part survives).
-        let value = |w: usize, e: usize| 1.0 + w as f32 + e as f32 / 16.0 + 2f32.powi(-12);
+        // Word w, dimension e: w·(1 + 2^-12) + e / 16. Centred, level 0's words are
+        // ±(1 + 2^-12) and 0, level 1's (j - 4)·(1 + 2^-12): bits below TF32's resolution.
+        let value = |w: usize, e: usize| w as f32 * (1.0 + 2f32.powi(-12)) + e as f32 / 16.0;
         let stacked: Vec<f32> = (0..total * d).map(|i| value(i / d, i % d)).collect();
-        let (out, steps) = tc_words(&stacked, d, &sizes);
+        let TcWords {
+            words,
+            radius,
+            steps,
+        } = tc_words(&stacked, d, &sizes);
         assert_eq!(steps, 2);
-        assert_eq!(out.len(), (1 + 2 + 3) * steps * 32 * 4);
-        let at = |tile: usize, s: usize, lane: usize| ((tile * steps + s) * 32 + lane) * 4;
-        // Level 1 (words 3..), tile 1 (its words 8..), step 1, lane 4·0 + 2: word 3 + 8,
+        assert_eq!(words.len(), (1 + 2 + 3) * steps * 32 * 2);
+        let at = |tile: usize, s: usize, lane: usize| ((tile * steps + s) * 32 + lane) * 2;
+        // Word j of the level of k words from `first`, dimension e, centred (f64 mean).
+        let centred = |first: usize, k: usize, j: usize, e: usize| {
+            let mean = (first..first + k)
+                .map(|w| f64::from(value(w, e)))
+                .sum::<f64>()
+                / k as f64;
+            value(first + j, e) - mean as f32
+        };
+        // Level 1 (words 3..), tile 1 (its words 8..), step 1, lane 4·0 + 2: its word 8,
         // dimensions 10 and 14 (past d: zero).
         let q = at(1 + 1, 1, 2);
-        let v = value(3 + 8, 10);
-        assert_eq!(out[q] + out[q + 2], v);
-        assert_eq!(out[q].to_bits() & 0x1fff, 0);
-        assert!(out[q + 2] != 0.0);
-        assert_eq!((out[q + 1], out[q + 3]), (0.0, 0.0));
+        let exact = centred(3, 9, 8, 10);
+        assert_eq!(words[q], tf32(exact));
+        assert_eq!(words[q].to_bits() & 0x1fff, 0);
+        assert!(
+            words[q] != exact && (words[q] - 4.0).abs() < 1e-6,
+            "{}",
+            words[q]
+        );
+        assert_eq!(words[q + 1], 0.0);
         // Level 0, tile 0, lane 4·3 + 1 (word 3: past the level's 3 words): zero.
-        assert!(out[at(0, 0, 13)..at(0, 0, 13) + 4]
-            .iter()
-            .all(|&x| x == 0.0));
+        assert_eq!(&words[at(0, 0, 13)..at(0, 0, 13) + 2], &[0.0, 0.0]);
         // Level 0, word 2, step 0, t = 1: dimensions 1 and 5.
         let q = at(0, 0, 4 * 2 + 1);
-        assert_eq!(out[q] + out[q + 2], value(2, 1));
-        assert_eq!(out[q + 1] + out[q + 3], value(2, 5));
+        assert_eq!(words[q], tf32(centred(0, 3, 2, 1)));
+        assert_eq!(words[q + 1], tf32(centred(0, 3, 2, 5)));
+        assert_eq!(words[q], 1.0);
+        // Radii: level 0's largest centred word is 11 dimensions of 1 + 2^-12, level 1's
+        // 11 of 4·(1 + 2^-12).
+        let base = (11f64).sqrt() * (1.0 + 2f64.powi(-12));
+        for (r, want) in radius.iter().zip([base, 4.0 * base]) {
+            let r = f64::from(*r);
+            assert!(
+                r >= want && r <= want * (1.0 + 1e-5),
+                "radius {r} for {want}"
+            );
+        }
     }
 }

@@ -117,8 +117,9 @@ impl<D: Device> KernelBackend<D> {
             fused: FusedKernel::Auto,
         }
     }
-    /// Screens codewords for the greedy assignment and encoding on the tensor cores (3xTF32
-    /// `mma`, `rq_greedy_rows64_tc`; sm_80+) instead of with FMAs (default off). Results are
+    /// Screens codewords for the greedy assignment and encoding on the tensor cores (TF32
+    /// `mma` against centred codewords, `rq_greedy_rows64_tc`; sm_80+) instead of with FMAs
+    /// (default off). Results are
     /// the same either way (the decision is certified exact, kernels/README.md); only the
     /// speed differs.
     pub fn with_tensor_cores(mut self, on: bool) -> Self {
