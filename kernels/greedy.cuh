@@ -67,13 +67,18 @@ __device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
 /// The window of the tensor-core screening (greedy_tc.cu): one TF32 product per element of
 /// the residual r and the level's codewords centred on an offset m (e = fl(C[k] - m), the
 /// same m for every codeword of the level, ||C[k] - m|| ≤ `emax`), so ĝ approximates
-/// g - 2<r, m>. Both operands are truncated to TF32 (|v - tf32(v)| < 2^-10·|v|), so with e's
-/// own rounding (u) each product is within (2^-9 + u)·1.01 = 33096u of r_i·(C[k] - m)_i; the
-/// TF32 products are exact and the tensor cores sum them in an unspecified order and
-/// rounding (allowed 4.07u per term: 4.07d·u·S'); the logit doubles both and adds the f32
-/// rounding of 2·dot - ||C[k]||²: E1 = (8.2d + 66195)uS' + 1.01uQ with S' = rnorm·emax, Q =
-/// cmax². Centring keeps S' small when the codewords share a large common part (a window
-/// ~0.016·S' at d = 128; S' ≤ S when m is the mean of well-spread codewords).
+/// g - 2<r, m>. Both operands are truncated to TF32 (|v - tf32(v)| < 2^-10·|v| for normal
+/// v; rounding would halve that), so with e's own rounding (u) each product is within
+/// (1 + 2^-10)²(1 + u) - 1 < 32785u of |r_i·(C[k] - m)_i|; the TF32 products are exact and
+/// the tensor cores sum them in an unspecified order and rounding (allowed 4.07u per term:
+/// 4.07d·u·S', S' = rnorm·emax ≥ Σ|r_i·(C[k] - m)_i|); 2·acc is exact and its f32 difference
+/// with ||C[k]||² rounds by at most 2.004u·S' + uQ (Q = cmax²). Doubled: E1 = (8.2d +
+/// 66195)uS' + 1.01uQ, which covers (8.14d + 65574)uS' + uQ with room to spare (the "TF32
+/// truncation at its worst" case of tests/backends.rs reaches 98.6 % of E1 at d = 16).
+/// Subnormal operands (truncated by up to 2^-136 absolute, or flushed) are covered by E2's
+/// T and Q terms and the window's absolute floor. Centring keeps S' small when the
+/// codewords share a large common part (a window ~0.016·S' at d = 128, ~20× the 3xTF32
+/// window; S' ≤ S when m is the mean of well-spread codewords).
 __device__ inline float rq_certify_margin_tf32(int d, float rnorm, float cmax, float emax) {
   const float u = 5.9604645e-8f;
   const float S1 = rnorm * emax, Q = cmax * cmax;

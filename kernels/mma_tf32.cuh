@@ -12,7 +12,7 @@
 #include "common.cuh"
 
 /// The bits of v truncated to TF32 (10 explicit mantissa bits; |v - tf32(v)| < 2^-10·|v|
-/// for finite v).
+/// for normal v, < 2^-136 for subnormal v).
 __device__ inline unsigned rq_tf32_bits(float v) { return __float_as_uint(v) & 0xffffe000u; }
 
 #ifdef RQ_EMU

@@ -289,8 +289,8 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
 /// a large d, the per-row kernels beyond the tiled kernel's shared memory (d = 1536),
 /// residual norms whose square overflows f32 and logits that overflow (a non-finite window:
 /// the exact scan), codewords sharing a large common part (the tensor-core screening's
-/// centring and radius) and a best codeword that only a screening finer than TF32, or a
-/// window sized for TF32, keeps.
+/// centring and radius) and best codewords that only a screening finer than TF32, or a
+/// window sized for TF32 (within a factor of ten), keeps.
 fn greedy_is_exact(be: &dyn Backend) {
     let mut rng = rng("greedy_is_exact");
     let near_pairs = |rng: &mut TestRng, k: usize, d: usize| {
@@ -381,17 +381,29 @@ fn greedy_is_exact(be: &dyn Backend) {
             (0..2).map(|_| rand_matrix(&mut rng, 12, 1536)).collect(),
         ),
         {
-            // Codewords 30·c + noise: a TF32 screening of the words as they are errs by ~2^-9
-            // of ||r||·||30·c||, far beyond a window sized by the spread of the noise; the
-            // tensor-core screening centres the words on their mean first.
-            let common: Vec<f32> = rand_matrix(&mut rng, 1, 24).data().to_vec();
-            let mut words = rand_matrix(&mut rng, 150, 24);
-            for w in words.data_mut().chunks_exact_mut(24) {
-                w.iter_mut().zip(&common).for_each(|(v, c)| *v += 30.0 * c);
+            // Codewords 300·c + noise in [-1, 1), rows at the midpoints of codeword pairs (plus
+            // 1e-3 of noise): each row's two nearest codewords nearly tie, ~8 ahead of the rest.
+            // A TF32 screening of the words as they are errs by up to ~2^-9·||r||·||300·c||
+            // (hundreds), far beyond a window sized by the noise's spread (~40): the
+            // tensor-core screening must centre the words its radius describes.
+            let d = 24;
+            let common: Vec<f32> = rand_matrix(&mut rng, 1, d).data().to_vec();
+            let mut words = rand_matrix(&mut rng, 150, d);
+            for w in words.data_mut().chunks_exact_mut(d) {
+                w.iter_mut().zip(&common).for_each(|(v, c)| *v += 300.0 * c);
             }
+            let jitter = rand_matrix(&mut rng, 150, d);
+            let rows: Vec<f32> = (0..150 * d)
+                .map(|i| {
+                    let (r, e) = (i / d, i % d);
+                    let (a, b) = (r, (r + 1) % 150);
+                    let w = words.data();
+                    (w[a * d + e] + w[b * d + e]) / 2.0 + 1e-3 * jitter.data()[i]
+                })
+                .collect();
             (
-                "codewords sharing a large common part",
-                rand_matrix(&mut rng, 300, 24),
+                "codewords sharing a large common part, rows between two of them",
+                Matrix::new(150, d, rows).unwrap(),
                 vec![words],
             )
         },
@@ -403,8 +415,8 @@ fn greedy_is_exact(be: &dyn Backend) {
         {
             // Rows of 1 + 2^-11 (below TF32's resolution) and a codebook with that row itself
             // (the best, by 16·2^-22) after a row of ones: a TF32 screening ranks the ones
-            // 2^-6 ahead, outside any window sized for a finer screening, and finds the best
-            // only with the window of its own precision.
+            // ahead, outside any window sized for a finer screening, and finds the best only
+            // with the window of its own precision.
             let fine = 1.0 + 2f32.powi(-11);
             let mut words = rand_matrix(&mut rng, 6, 16);
             words.data_mut()[16..32].fill(1.0);
@@ -413,6 +425,24 @@ fn greedy_is_exact(be: &dyn Backend) {
                 "below TF32 resolution",
                 Matrix::new(3, 16, vec![fine; 48]).unwrap(),
                 vec![words],
+            )
+        },
+        {
+            // TF32 truncation at its worst: rows ρ·1 and words ±1, ±ρ·1 (mean exactly 0, so
+            // the centred words are the words), ρ = 1 + 8191·2^-23 (every bit TF32 drops is
+            // set). The best word is ρ·1 (by 16·(ρ - 1)² ≈ 1.5e-5), but truncated it reads as
+            // 1: its screening logit is 98.6 % of E1 low and ranks it 0.031 behind the word
+            // of ones, 0.12 of the TF32 window: a window a tenth of it, or sized for 3xTF32,
+            // loses the best.
+            let rho = 1.0 + 8191.0 * 2f32.powi(-23);
+            let words: Vec<f32> = [1.0, rho, -1.0, -rho]
+                .iter()
+                .flat_map(|&v| [v; 16])
+                .collect();
+            (
+                "TF32 truncation at its worst",
+                Matrix::new(2, 16, vec![rho; 32]).unwrap(),
+                vec![Matrix::new(4, 16, words).unwrap()],
             )
         },
     ];
