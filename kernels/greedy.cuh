@@ -5,9 +5,9 @@
 // the tensor cores against centred codewords) gives every (row, codeword) an approximate
 // logit ĝ_k = 2<r, C[k]> - ||C[k]||², up to an offset common to the row's codewords.
 // (2) Decision: a codeword is a candidate when its ĝ is within the screening's window
-// (`rq_certify_margin`, `rq_certify_margin_tf32`) of the row's largest ĝ; the candidates, and only they, are scored with
-// the reference's exact arithmetic (rq_dot / rq_dist_sq), and the best exact key wins, ties
-// → lowest code. The margin bounds the error of the screening's ĝ plus the error of the
+// (`rq_certify_margin`, `rq_certify_margin_tf32`) of the row's largest ĝ; the candidates,
+// and only they, are scored with the reference's exact arithmetic (rq_dot / rq_dist_sq),
+// and the best exact key wins, ties → lowest code. The margin bounds the error of the screening's ĝ plus the error of the
 // reference's own key, so the reference's choice is always a candidate: the codes, keys and
 // residuals equal the reference's bit for bit, at GEMM speed. A row with more candidates
 // than the screening can hold (see each screening), or a margin that is not finite, goes to
@@ -76,13 +76,15 @@ __device__ inline float rq_certify_margin(int d, float rnorm, float cmax) {
 /// 66195)uS' + 1.01uQ, which covers (8.14d + 65574)uS' + uQ with room to spare (the "TF32
 /// truncation at its worst" case of tests/backends.rs reaches 98.6 % of E1 at d = 16).
 /// Subnormal operands (truncated by up to 2^-136 absolute, or flushed) are covered by E2's
-/// T and Q terms and the window's absolute floor. Centring keeps S' small when the
+/// T and Q terms and the window's absolute floor; should the tensor cores flush subnormal
+/// products or partial sums (< 2^-126 each, at most 2d of them per dot product), E1 has an
+/// absolute d·1e-37 ≥ 2·2d·2^-126 as well. Centring keeps S' small when the
 /// codewords share a large common part (a window ~0.016·S' at d = 128, ~20× the 3xTF32
 /// window; S' ≤ S when m is the mean of well-spread codewords).
 __device__ inline float rq_certify_margin_tf32(int d, float rnorm, float cmax, float emax) {
   const float u = 5.9604645e-8f;
   const float S1 = rnorm * emax, Q = cmax * cmax;
-  const float e1 = (8.2f * (float)d + 66195.0f) * u * S1 + 1.01f * u * Q;
+  const float e1 = (8.2f * (float)d + 66195.0f) * u * S1 + 1.01f * u * Q + (float)d * 1e-37f;
   return rq_window(d, e1, rq_reference_key_error(d, rnorm, cmax));
 }
 
