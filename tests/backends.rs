@@ -288,7 +288,7 @@ fn encode_greedy_and_beam(be: &dyn Backend) {
 /// together (codeword pairs 1e-7 apart: the exact scan of all codewords), 16-row blocks for
 /// a large d, the per-row kernels beyond the tiled kernel's shared memory (d = 1536),
 /// residual norms whose square overflows f32 and logits that overflow (a non-finite window:
-/// the exact scan), codewords sharing a large common part (the tensor-core screening's
+/// the exact scan), products below f32's normal range, codewords sharing a large common part (the tensor-core screening's
 /// centring and radius) and best codewords that only a screening finer than TF32, or a
 /// window sized for TF32 (within a factor of ten), keeps.
 fn greedy_is_exact(be: &dyn Backend) {
@@ -405,6 +405,21 @@ fn greedy_is_exact(be: &dyn Backend) {
                 "codewords sharing a large common part, rows between two of them",
                 Matrix::new(150, d, rows).unwrap(),
                 vec![words],
+            )
+        },
+        {
+            // Rows and codewords of ~2^-64: their products lie in f32's subnormal range (the
+            // windows' absolute floors; on a GPU, whether the tensor cores flush them).
+            let tiny = |m: Matrix| {
+                let (r, c) = (m.rows(), m.cols());
+                Matrix::new(r, c, m.data().iter().map(|v| v * 2f32.powi(-64)).collect()).unwrap()
+            };
+            (
+                "products below f32's normal range",
+                tiny(rand_matrix(&mut rng, 70, 24)),
+                (0..2)
+                    .map(|_| tiny(rand_matrix(&mut rng, 40, 24)))
+                    .collect(),
             )
         },
         (
