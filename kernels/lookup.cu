@@ -23,14 +23,47 @@ struct alignas(16) RqLutPair {
   double v[2];
 };
 
+/// Four consecutive floats (one 16-byte load on the GPU).
+struct alignas(16) RqLutQuad {
+  float v[4];
+};
+
 /// Stages dimensions c0 .. c0 + RQ_LUT_CHUNK of a tile's operands as T in rows of LD: the
 /// 32 query rows from b0 into sq, the 32 rows of x from row0 + k0 into sc (x stored as
-/// x_dtype, widened to f32, then converted to T); zeros past d, B and K. All threads of the
-/// block take part (tid = their index); the caller synchronises.
+/// x_dtype, widened to f32, then converted to T); zeros past d, B and K. f32 tiles of f32
+/// rows whose length is a multiple of 4 and whose bases are 16-byte aligned load one
+/// 16-byte quad per operand and thread (2 loads and 2 16-byte stores, where the general
+/// path takes 8 element loads, each with its index arithmetic and storage dispatch). All
+/// threads of the block (256) take part (tid = their index); the caller synchronises.
 template <class T, int LD>
 __device__ inline void rq_stage_tile(T* sq, T* sc, int tid, const float* q, int B, int d,
                                      const unsigned char* x, int x_dtype, long long row0, int K,
                                      int b0, int k0, int c0) {
+  const float* xf = reinterpret_cast<const float*>(x);
+  if (sizeof(T) == 4 && x_dtype == RQ_DTYPE_F32 && d % 4 == 0 &&
+      ((reinterpret_cast<unsigned long long>(q) |
+        reinterpret_cast<unsigned long long>(xf + row0 * d)) &
+       15) == 0) {
+    // Four consecutive dimensions of one row per thread (row tid / 8), one 16-byte load per
+    // operand: every row's start is 16-byte aligned, and a quad is wholly in or past d.
+    const int rr = tid / 8, e = 4 * (tid % 8);
+    const RqLutQuad zero = {{0.0f, 0.0f, 0.0f, 0.0f}};
+    const bool in = c0 + e < d;
+    const RqLutQuad a =
+        in && b0 + rr < B
+            ? *reinterpret_cast<const RqLutQuad*>(q + (long long)(b0 + rr) * d + c0 + e)
+            : zero;
+    const RqLutQuad b =
+        in && k0 + rr < K
+            ? *reinterpret_cast<const RqLutQuad*>(xf + (row0 + k0 + rr) * (long long)d + c0 + e)
+            : zero;
+RQ_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      sq[rr * LD + e + j] = (T)a.v[j];
+      sc[rr * LD + e + j] = (T)b.v[j];
+    }
+    return;
+  }
   for (int i = tid; i < RQ_LUT_TILE * RQ_LUT_CHUNK; i += RQ_LUT_THREADS * RQ_LUT_THREADS) {
     const int rr = i / RQ_LUT_CHUNK, e = i % RQ_LUT_CHUNK;
     const bool in = c0 + e < d;
@@ -188,7 +221,7 @@ extern "C" __global__ void rq_lut(const float* q, int B, int d, const unsigned c
 /// grid: (ceil(ld / 32), ceil(B / 32)) — item tiles on x (no 65535 limit; consecutive blocks
 /// share the query tile), so ceil(B / 32) ≤ 65535; block: (16, 16); shared: 2 · 32 · 34 · 8
 /// bytes (the larger of the two tiles). items: rows × d (f32), rows ≥ row0 + n; out: B × ld.
-extern "C" __global__ void rq_exact_scores(const float* q, long long q_at, int B, int d,
+extern "C" __global__ void __launch_bounds__(256, 3) rq_exact_scores(const float* q, long long q_at, int B, int d,
                                            const float* items, long long row0, int n, int ld,
                                            int metric, float* out) {
   RQ_SHARED_BASE(smem);

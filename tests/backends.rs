@@ -803,7 +803,7 @@ fn traversal_sampled_threshold(be: &dyn Backend) {
 
 /// Exact brute-force top-k equals the reference's, score bits included: tied and random
 /// values, d below, across and not a multiple of the kernels' 8-element groups and 32-element
-/// staging steps, sizes that are not multiples of 32, k = 1 … N + 5 (warp queues and radix
+/// staging steps (d = 68: staged four dimensions at a time), sizes that are not multiples of 32, k = 1 … N + 5 (warp queues and radix
 /// select), items fewer than k, an empty batch.
 fn exact_topk_both_metrics(be: &dyn Backend) {
     let mut rng = rng("exact_topk_both_metrics");
@@ -812,6 +812,7 @@ fn exact_topk_both_metrics(be: &dyn Backend) {
         (203, 6, true),
         (700, 45, true),
         (301, 130, false),
+        (517, 68, true),
         (3, 9, false),
     ] {
         let items = if tied {
