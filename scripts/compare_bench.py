@@ -4,8 +4,8 @@ operation, rqtree ms (whole call; kernels alone in brackets), torch ms, speed-up
 over torch on the whole call and on the kernels alone (torch's tensors stay on the device,
 so its time compares with rqtree's kernels; rqtree's whole call adds its host transfers),
 and each side's fraction of the roofline floor. A rqtree
-variant row (`assign_tc`: the tensor-core screening; `fused_topk_walk`: the range-walking
-fused kernel) is set against torch's base row.
+variant row (`assign_tc`, `exact_topk_tc`: the tensor-core screening; `fused_topk_walk`: the
+range-walking fused kernel) is set against torch's base row.
 
     python3 scripts/compare_bench.py RQTREE_JSON TORCH_JSON
 
@@ -54,8 +54,8 @@ def main(argv):
     print(head)
     print("-" * len(head))
     for op in ops:
-        # A variant row of rqtree (`assign_tc`, `fused_topk_walk`) is compared with torch's
-        # row of its base op.
+        # A variant row of rqtree (`assign_tc`, `exact_topk_tc`, `fused_topk_walk`) is set
+        # against torch's row of its base op.
         base = op.removesuffix("_tc").removesuffix("_walk")
         r, t = ours.get(op, {}), theirs.get(op, theirs.get(base, {}))
         rms, tms = r.get("ms"), t.get("ms")

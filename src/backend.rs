@@ -212,7 +212,8 @@ impl std::str::FromStr for BackendKind {
 /// How to open a backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenOptions {
-    /// The kernel backends screen codewords for the greedy assignment on the tensor cores
+    /// The kernel backends screen codewords for the greedy assignment, and items for the
+    /// exact inner-product top-k, on the tensor cores
     /// ([`crate::kernels::KernelBackend::with_tensor_cores`]; same results, other speed).
     /// Ignored by `reference`.
     pub tensor_cores: bool,

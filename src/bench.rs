@@ -51,9 +51,9 @@ pub struct BenchOptions {
     pub targets: bool,
     /// One JSON object instead of a table.
     pub json: bool,
-    /// The backend screens the greedy assignment on the tensor cores (`--tensor-cores`); when
-    /// it does not and it is a kernel backend, the bench adds an `assign_tc` row from a second
-    /// backend of the same kind that does.
+    /// The backend screens the greedy assignment and the exact top-k on the tensor cores
+    /// (`--tensor-cores`); when it does not and it is a kernel backend, the bench adds
+    /// `assign_tc` and `exact_topk_tc` rows from a second backend of the same kind that does.
     pub tensor_cores: bool,
     /// The backend's fused lookup + top-k kernel (`--fused-kernel`); when it is `auto` and a
     /// kernel backend, the bench adds a `fused_topk_walk` row from a second backend of the
@@ -64,7 +64,8 @@ pub struct BenchOptions {
 }
 
 /// Groups of benchmarked operations: `assign` (assign, assign_tc), `fused` (fused_topk),
-/// `topk` (topk_k*), `exact` (exact_topk), `search` (lookup_tables, traverse, search).
+/// `topk` (topk_k*), `exact` (exact_topk, exact_topk_tc), `search` (lookup_tables, traverse,
+/// search).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Groups {
     /// assign, assign_tc.
@@ -73,7 +74,7 @@ pub struct Groups {
     pub fused: bool,
     /// topk_k10, topk_k100, topk_k1000.
     pub topk: bool,
-    /// exact_topk.
+    /// exact_topk, exact_topk_tc.
     pub exact: bool,
     /// lookup_tables, traverse, search.
     pub search: bool,
@@ -195,7 +196,7 @@ fn sizes(o: &BenchOptions) -> Sizes {
 }
 
 /// A second backend of `be`'s kind opened with `o`, holding `resident`: the backend of a
-/// variant row of an operation (`assign_tc`, `fused_topk_walk`).
+/// variant row of an operation (`assign_tc`, `exact_topk_tc`, `fused_topk_walk`).
 fn variant_backend(
     be: &dyn Backend,
     o: OpenOptions,
@@ -387,7 +388,8 @@ fn depth1_candidates(index: &Index, b: usize, per_query: usize, seed: u64) -> Ca
 pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
     let sz = sizes(opts);
     let cuda = be.name() == "cuda";
-    // A kernel backend: the bench adds rows of its variants (`assign_tc`, `fused_topk_walk`).
+    // A kernel backend: the bench adds rows of its variants (`assign_tc`, `exact_topk_tc`,
+    // `fused_topk_walk`).
     let kernels = matches!(be.name(), "emu" | "cuda");
     let timer = Timer {
         be,
@@ -548,14 +550,42 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         let copies = copies_for(be, en * D * 4);
         let eitems = resident_matrices(be, en, D, copies, 30)?;
         let eq = resident_matrices(be, eb, D, 1, 40)?;
+        let exact_flops = 2.0 * (eb * en * D) as f64;
+        let exact_bytes = (en * D * 4 + eb * D * 4 + eb * k * 12) as f64;
+        let screening = if kernels && opts.tensor_cores {
+            " (tensor-core screening)"
+        } else {
+            ""
+        };
         rows.push(timer.row(
             "exact_topk",
-            format!("exact top-{k} B={eb} N={en} d={D} ip"),
+            format!("exact top-{k} B={eb} N={en} d={D} ip{screening}"),
             copies,
-            2.0 * (eb * en * D) as f64,
-            (en * D * 4 + eb * D * 4 + eb * k * 12) as f64,
+            exact_flops,
+            exact_bytes,
             |c| ops::exact_topk(be, &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
         )?);
+        if kernels && !opts.tensor_cores {
+            let o = OpenOptions {
+                tensor_cores: true,
+                ..OpenOptions::default()
+            };
+            let resident = eitems.iter().chain(&eq);
+            let tc = variant_backend(be, o, resident.map(|m| Resident::Matrix(Arc::clone(m))))?;
+            let tc_timer = Timer {
+                be: tc.as_ref(),
+                ..timer
+            };
+            rows.push(tc_timer.row(
+                "exact_topk_tc",
+                format!("exact top-{k} B={eb} N={en} d={D} ip (tensor-core screening)"),
+                copies,
+                exact_flops,
+                exact_bytes,
+                |c| ops::exact_topk(tc.as_ref(), &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
+            )?);
+            tc.release_resident()?;
+        }
         drop(eitems);
         be.release_resident()?;
     }

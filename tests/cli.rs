@@ -303,8 +303,8 @@ fn bad_input_is_an_error_message_not_a_panic() {
     fails(&["info", &p(d, "missing.rqt")], "I/O error");
 }
 
-/// `bench --quick --json` on the emu backend: one row per operation (the assignment also with
-/// the tensor-core screening), each with its clock, a positive median and the floor fraction
+/// `bench --quick --json` on the emu backend: one row per operation (the assignment and the
+/// exact top-k also with the tensor-core screening), each with its clock, a positive median and the floor fraction
 /// (the plumbing the GPU bundle relies on).
 #[test]
 fn bench_quick_json_rows() {
@@ -321,6 +321,7 @@ fn bench_quick_json_rows() {
         "topk_k100",
         "topk_k1000",
         "exact_topk",
+        "exact_topk_tc",
         "lookup_tables",
         "traverse",
         "search",

@@ -31,8 +31,9 @@ struct Cli {
     /// Worker threads for the CPU backends (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// emu/cuda: screen codewords for the greedy assignment and encoding on the tensor cores
-    /// (TF32 against centred codewords; the same results, exact, at another speed).
+    /// emu/cuda: screen codewords for the greedy assignment and encoding, and items for the
+    /// exact inner-product top-k, on the tensor cores (TF32; the same results, exact, at
+    /// another speed).
     #[arg(long, global = true)]
     tensor_cores: bool,
     /// emu/cuda: the fused lookup + top-k kernel: auto (the scan over long candidate ranges,

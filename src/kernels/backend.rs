@@ -118,15 +118,16 @@ impl<D: Device> KernelBackend<D> {
         }
     }
     /// Screens codewords for the greedy assignment and encoding on the tensor cores (TF32
-    /// `mma` against centred codewords, `rq_greedy_rows64_tc`; sm_80+) instead of with FMAs
-    /// (default off). Results are
+    /// `mma` against centred codewords, `rq_greedy_rows64_tc`; sm_80+) instead of with FMAs,
+    /// and the items of the exact inner-product top-k after each batch's first block
+    /// (`rq_exact_screened`) instead of scoring every item exactly (default off). Results are
     /// the same either way (the decision is certified exact, kernels/README.md); only the
     /// speed differs.
     pub fn with_tensor_cores(mut self, on: bool) -> Self {
         self.tensor_cores = on;
         self
     }
-    /// Whether the greedy screening runs on the tensor cores.
+    /// Whether the greedy and exact top-k screenings run on the tensor cores.
     pub fn tensor_cores(&self) -> bool {
         self.tensor_cores
     }
@@ -246,7 +247,7 @@ impl<D: Device> Backend for KernelBackend<D> {
     }
 
     fn exact_topk(&self, q: &Matrix, items: &Matrix, metric: Metric, k: usize) -> Result<TopK> {
-        super::lookup::exact_topk(&self.dev, &self.res, q, items, metric, k)
+        super::exact::exact_topk(&self.dev, &self.res, q, items, metric, k, self.tensor_cores)
     }
 
     fn keep_resident(&self, data: Resident) -> Result<()> {
@@ -272,6 +273,7 @@ impl<D: Device> Backend for KernelBackend<D> {
 pub(crate) mod agreement {
     use super::*;
     use crate::index::{CodeData, Codes};
+    use crate::kernels::exact::{exact_topk_tiled, ExactTiles};
     use crate::reference::Reference;
     use rand::{Rng, SeedableRng};
 
@@ -541,10 +543,12 @@ pub(crate) mod agreement {
         assert_eq!(b.device().uploads(), first + 1, "the queries only");
     }
 
-    /// The exact top-k's tiling (`lookup::exact_topk_tiled`) against the reference, ids and
+    /// The exact top-k's tiling (`exact::exact_topk_tiled`) against the reference, ids and
     /// score bits: query batches, item blocks narrower than `k` (lists with missing slots
     /// merged), ragged last tiles, one-item blocks, ties across blocks (decided by the lower
-    /// id), both metrics and both selection paths. Seeded from `RQTREE_TEST_SEED` or the
+    /// id), both metrics and both selection paths, each with and without the tensor-core
+    /// screening (which takes every block after a batch's first), and the screening's
+    /// window at its scale. Seeded from `RQTREE_TEST_SEED` or the
     /// clock, printed.
     pub(crate) fn check_exact_tiles<D: crate::device::Device>(b: &KernelBackend<D>) {
         let seed = std::env::var("RQTREE_TEST_SEED")
@@ -583,35 +587,75 @@ pub(crate) mod agreement {
             ],
             [1, 5, 23, 30, 31],
         );
-        for (n, d, levels, tiles, ks) in [ties, tiny] {
+        // d a multiple of 4 over two staged chunks (the screening's 16-byte staging), more
+        // queries than a screening block's 64.
+        let quads = (
+            300,
+            36,
+            0,
+            [
+                (70, 50, None),
+                (67, 129, Some(40)),
+                (70, 300, None),
+                (3, 7, None),
+            ],
+            [1, 17, 100, 300, 301],
+        );
+        for (n, d, levels, tiles, ks) in [ties, tiny, quads] {
             let items = matrix(&mut rng, n, d, levels);
-            let queries = matrix(&mut rng, 11, d, levels);
+            let queries = matrix(&mut rng, if d == 36 { 70 } else { 11 }, d, levels);
             for metric in [Metric::Ip, Metric::L2] {
                 for k in ks {
                     let want = Reference
                         .exact_topk(&queries, &items, metric, k)
                         .expect("reference");
-                    for (rows, cols, segment) in tiles {
-                        let tiles = super::super::lookup::ExactTiles {
+                    for ((rows, cols, segment), screen) in
+                        tiles.into_iter().flat_map(|t| [(t, false), (t, true)])
+                    {
+                        let tiles = ExactTiles {
                             rows,
                             cols,
                             segment,
                         };
-                        let got = super::super::lookup::exact_topk_tiled(
-                            &b.dev, &b.res, &queries, &items, metric, k, tiles,
+                        let got = exact_topk_tiled(
+                            &b.dev, &b.res, &queries, &items, metric, k, tiles, screen,
                         )
                         .expect("exact_topk_tiled");
                         let what = format!(
-                            "exact top-{k} of {n} ({metric:?}) in {rows} x {cols} by {segment:?}"
+                            "exact top-{k} of {n} ({metric:?}) in {rows} x {cols} by \
+                             {segment:?}, screened: {screen}"
                         );
-                        assert_eq!(got, want, "{what}");
-                        let bits =
-                            |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&got), bits(&want), "{what}: score bits");
+                        same_bits(&got, &want, &what);
                     }
                 }
             }
         }
+        // The screening's window at its scale: queries ρ·1 with every bit TF32 drops set
+        // (ρ = 1 + 8191·2^-23), items 1 and ρ·1, one item per block, k = 1. Truncated, item
+        // 1 screens at 16, its exact score 16ρ² beats item 0's 16ρ: a window below a fifth
+        // of rq_xs_window's (0.064 here) drops it.
+        let rho = 1.0 + 8191.0 * 2f32.powi(-23);
+        let items = Matrix::new(2, 16, [[1.0; 16], [rho; 16]].concat()).expect("shape");
+        let queries = Matrix::new(3, 16, vec![rho; 48]).expect("shape");
+        let want = Reference
+            .exact_topk(&queries, &items, Metric::Ip, 1)
+            .expect("reference");
+        assert_eq!(want.ids, vec![1; 3]);
+        let tiles = ExactTiles {
+            rows: 3,
+            cols: 1,
+            segment: None,
+        };
+        let got = exact_topk_tiled(&b.dev, &b.res, &queries, &items, Metric::Ip, 1, tiles, true)
+            .expect("exact_topk_tiled");
+        same_bits(&got, &want, "TF32 truncation at its worst, screened");
+    }
+
+    /// `got` equals `want`, score bits included.
+    fn same_bits(got: &TopK, want: &TopK, what: &str) {
+        assert_eq!(got, want, "{what}");
+        let bits = |t: &TopK| t.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(got), bits(want), "{what}: score bits");
     }
 
     /// The exact top-k of one query over more items than 65 535 tiles of 32 (a launch whose

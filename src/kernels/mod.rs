@@ -8,6 +8,7 @@
 
 pub mod assign;
 pub mod backend;
+pub mod exact;
 mod fused_scan;
 pub mod learn;
 pub mod lookup;
