@@ -3,7 +3,7 @@
 // GEMM tile gives every (query, item) an approximate score ŝ; only the items whose ŝ could
 // reach the query's running k-th exact score (the best k of the items seen so far, which the
 // final k-th can only exceed) get the reference's exact score, the others -inf. The row
-// top-k and merge that follow (src/kernels/lookup.rs) then select exactly the reference's
+// top-k and merge that follow (src/kernels/exact.rs) then select exactly the reference's
 // top-k: every item of the final top-k has an exact score ≥ the running k-th, so ŝ within
 // the window of it.
 #include "common.cuh"
@@ -90,6 +90,11 @@ RQ_UNROLL
   }
 }
 
+/// The norm the window takes for a squared norm `sq` (f64 sum rounded to f32, rq_row_norms):
+/// the true squared norm is at most sq·(1 + u) or sq + 2^-150 (rounded in f32's subnormal
+/// range, or to 0), both ≤ 1.25·max(sq, 2^-148), within the window's slack.
+__device__ inline float rq_xs_norm(float sq) { return sqrtf(fmaxf(sq, 0x1p-148f)); }
+
 /// Window below a query's running k-th exact score within which an item's screening score
 /// ŝ keeps it, for ||q|| ≤ qn, ||x|| ≤ xn (S = qn·xn ≥ Σ|q_e·x_e|, u = 2^-24):
 ///   screening: both operands truncated to TF32 (|v - tf32(v)| < 2^-10·|v| for normal v),
@@ -100,7 +105,9 @@ RQ_UNROLL
 ///   flushed: < 2^-126 each) add at most 2^-126·√d·(qn + xn); flushed subnormal products or
 ///   partial sums at most 2d·2^-126 (the absolute d·1e-37).
 /// A final top-k item j has score_j ≥ the running k-th T, so ŝ_j ≥ T - E: the window is
-/// 2.02·E (slack for the norms' own rounding) plus those absolute terms.
+/// 2.02·E (slack for the norms' own rounding) plus those absolute terms. qn and xn come from
+/// f32 squared norms floored at 2^-148 (rq_xs_norm): a squared norm below f32's range
+/// rounds to 0 while the vector's products do not.
 __device__ inline float rq_xs_window(int d, float qn, float xn) {
   const float u = 5.9604645e-8f;
   const float df = (float)d;
@@ -154,7 +161,7 @@ RQ_UNROLL
 RQ_UNROLL
     for (int e = 0; e < 2; ++e) {
       const int col = j0 + c0w + 8 * j + 2 * t + e;
-      xn[j][e] = col < n ? sqrtf(xnorm_sq[row0 + col]) : 0.0f;
+      xn[j][e] = col < n ? rq_xs_norm(xnorm_sq[row0 + col]) : 0.0f;
     }
 RQ_UNROLL
   for (int i = 0; i < 2; ++i)
@@ -162,7 +169,7 @@ RQ_UNROLL
     for (int h = 0; h < 2; ++h) {
       const int b = b0 + r0 + 16 * i + g + 8 * h;
       if (b >= B) continue;
-      const float qn = sqrtf(qnorm_sq[q_row0 + b]);
+      const float qn = rq_xs_norm(qnorm_sq[q_row0 + b]);
       const float thr = kth[(long long)b * k + k - 1];
 RQ_UNROLL
       for (int j = 0; j < 4; ++j)

@@ -601,9 +601,22 @@ pub(crate) mod agreement {
             ],
             [1, 17, 100, 300, 301],
         );
-        for (n, d, levels, tiles, ks) in [ties, tiny, quads] {
+        // Element staging over two chunks and two query tiles.
+        let elements = (
+            200,
+            37,
+            0,
+            [
+                (70, 97, None),
+                (66, 200, Some(33)),
+                (65, 129, None),
+                (3, 50, None),
+            ],
+            [1, 10, 97, 200, 201],
+        );
+        for (n, d, levels, tiles, ks) in [ties, tiny, quads, elements] {
             let items = matrix(&mut rng, n, d, levels);
-            let queries = matrix(&mut rng, if d == 36 { 70 } else { 11 }, d, levels);
+            let queries = matrix(&mut rng, if d >= 36 { 70 } else { 11 }, d, levels);
             for metric in [Metric::Ip, Metric::L2] {
                 for k in ks {
                     let want = Reference
@@ -633,22 +646,39 @@ pub(crate) mod agreement {
         // The screening's window at its scale: queries ρ·1 with every bit TF32 drops set
         // (ρ = 1 + 8191·2^-23), items 1 and ρ·1, one item per block, k = 1. Truncated, item
         // 1 screens at 16, its exact score 16ρ² beats item 0's 16ρ: a window below a fifth
-        // of rq_xs_window's (0.064 here) drops it.
+        // of rq_xs_window's (0.064 here) drops it. The same at scales whose squared norms
+        // round to 0 in f32 (the window's norms are floored): a query of ~2^-80 against
+        // items of ~1, and one of ~2^60 against items of ~2^-78.
         let rho = 1.0 + 8191.0 * 2f32.powi(-23);
-        let items = Matrix::new(2, 16, [[1.0; 16], [rho; 16]].concat()).expect("shape");
-        let queries = Matrix::new(3, 16, vec![rho; 48]).expect("shape");
-        let want = Reference
-            .exact_topk(&queries, &items, Metric::Ip, 1)
-            .expect("reference");
-        assert_eq!(want.ids, vec![1; 3]);
-        let tiles = ExactTiles {
-            rows: 3,
-            cols: 1,
-            segment: None,
-        };
-        let got = exact_topk_tiled(&b.dev, &b.res, &queries, &items, Metric::Ip, 1, tiles, true)
-            .expect("exact_topk_tiled");
-        same_bits(&got, &want, "TF32 truncation at its worst, screened");
+        for (what, q, x) in [
+            ("TF32 truncation at its worst", 1.0, 1.0),
+            (
+                "the same, a query's squared norm below f32",
+                2f32.powi(-80),
+                1.0,
+            ),
+            (
+                "the same, items' squared norms below f32",
+                2f32.powi(60),
+                2f32.powi(-78),
+            ),
+        ] {
+            let items = Matrix::new(2, 16, [[x; 16], [x * rho; 16]].concat()).expect("shape");
+            let queries = Matrix::new(3, 16, vec![q * rho; 48]).expect("shape");
+            let want = Reference
+                .exact_topk(&queries, &items, Metric::Ip, 1)
+                .expect("reference");
+            assert_eq!(want.ids, vec![1; 3], "{what}");
+            let tiles = ExactTiles {
+                rows: 3,
+                cols: 1,
+                segment: None,
+            };
+            let got =
+                exact_topk_tiled(&b.dev, &b.res, &queries, &items, Metric::Ip, 1, tiles, true)
+                    .expect("exact_topk_tiled");
+            same_bits(&got, &want, &format!("{what}, screened"));
+        }
     }
 
     /// `got` equals `want`, score bits included.

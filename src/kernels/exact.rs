@@ -148,7 +148,7 @@ pub(crate) fn exact_topk_tiled<D: Device>(
             let width = w.map_or(nc, |w| nc.next_multiple_of(w));
             match (&norms, c0 > 0) {
                 (Some((qn, xn)), true) => {
-                    // Item tiles on x, query tiles on y (≤ 65535: at most 16384 queries).
+                    // Item tiles of 128 on x, query tiles of 64 on y.
                     let cfg = LaunchConfig {
                         grid: [
                             grid_dim(width.div_ceil(SCREEN_ITEMS), "exact_topk: item tiles")?,
