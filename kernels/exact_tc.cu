@@ -1,4 +1,4 @@
-// The exact brute-force top-k's inner-product score tiles with the screening on the tensor
+// The exact brute-force top-k's score tiles (ip and l2) with the screening on the tensor
 // cores (`mma.sync` TF32, sm_80+), certified like the greedy assignment (greedy.cuh): a TF32
 // GEMM tile gives every (query, item) an approximate score ŝ; only the items whose ŝ could
 // reach the query's running k-th exact score (the best k of the items seen so far, which the
@@ -115,10 +115,25 @@ __device__ inline float rq_xs_window(int d, float qn, float xn) {
          2.4e-38f * sqrtf(df) * (qn + xn) + df * 1e-37f;
 }
 
-/// Screened exact inner-product scores of a query batch against a block of items:
-/// out[b·ld + j] = <q_b, x_{row0+j}> with the reference's `dot` (bit for bit) when the
-/// TF32 screening score of the pair is not below kth[b·k + k - 1] - rq_xs_window (or is
-/// NaN), else -inf; -inf for n ≤ j < ld (padding columns, as rq_exact_scores).
+/// The window for l2, where the score is -||q - x||² and the screening's
+/// ŝ = (2·<q, x>_TF32 - ||x||²) - ||q||² in f32 with the stored squared norms (within u of
+/// theirs, or 2^-150 when below f32's range): twice the dot's error, the norms' u(X + Q),
+/// the two f32 roundings 2.02u(2S + X + Q); the reference's -(f32)(f64 Σ(q_e - x_e)²) is
+/// within 1.01u||q - x||² ≤ 1.01u(Q + X + 2S) (X = xn², Q = qn², S = qn·xn):
+/// E = (66000 + 8.2d)uS + 4.1u(X + Q); the window 2.02·E, twice ip's subnormal terms (the
+/// products are doubled) and the absolute d·2e-37 (which also covers the norms' 2^-150).
+__device__ inline float rq_xs_window_l2(int d, float qn, float xn) {
+  const float u = 5.9604645e-8f;
+  const float df = (float)d;
+  return 2.02f * ((66000.0f + 8.2f * df) * u * qn * xn + 4.1f * u * (qn * qn + xn * xn)) +
+         4.8e-38f * sqrtf(df) * (qn + xn) + df * 2e-37f;
+}
+
+/// Screened exact scores of a query batch against a block of items: out[b·ld + j] =
+/// <q_b, x_{row0+j}> (metric 0, ip: the reference's `dot`) or -||q_b - x_{row0+j}||²
+/// (metric 1, l2: its `dist_sq`), bit for bit, when the pair's TF32 screening score is not
+/// below kth[b·k + k - 1] - the metric's window (rq_xs_window, rq_xs_window_l2), or is NaN;
+/// else -inf; -inf for n ≤ j < ld (padding columns, as rq_exact_scores).
 /// q: the queries, query b at q + (q_row0 + b)·d (f32); qnorm_sq: their squared norms
 /// (rq_row_norms), query b's at q_row0 + b; items: rows × d (f32), xnorm_sq their squared
 /// norms (row i's at i); kth: the batch's running top-k scores (B × k, best first; a row
@@ -127,7 +142,7 @@ __device__ inline float rq_xs_window(int d, float qn, float xn) {
 /// queries 32·(w % 2) .. + 32 by items 32·(w / 2) .. + 32); shared: (64 + 128)·LD·4 bytes.
 extern "C" __global__ void __launch_bounds__(256) rq_exact_screened(
     const float* q, long long q_row0, int B, int d, const float* qnorm_sq, const float* items,
-    long long row0, int n, int ld, const float* xnorm_sq, const float* kth, int k,
+    long long row0, int n, int ld, const float* xnorm_sq, const float* kth, int k, int metric,
     float* out) {
   RQ_SHARED_BASE(smem);
   float* sq = reinterpret_cast<float*>(smem);  // [64][LD] query chunk
@@ -169,7 +184,7 @@ RQ_UNROLL
     for (int h = 0; h < 2; ++h) {
       const int b = b0 + r0 + 16 * i + g + 8 * h;
       if (b >= B) continue;
-      const float qn = rq_xs_norm(qnorm_sq[q_row0 + b]);
+      const float qsq = qnorm_sq[q_row0 + b], qn = rq_xs_norm(qsq);
       const float thr = kth[(long long)b * k + k - 1];
 RQ_UNROLL
       for (int j = 0; j < 4; ++j)
@@ -178,8 +193,18 @@ RQ_UNROLL
           const int col = j0 + c0w + 8 * j + 2 * t + e;
           if (col >= ld) continue;
           float v = rq_neg_inf();
-          if (col < n && !(acc[i][j][2 * h + e] < thr - rq_xs_window(d, qn, xn[j][e])))
-            v = rq_dot(qb + (long long)b * d, xb + (long long)col * d, d);
+          if (col < n) {
+            const float* qr = qb + (long long)b * d;
+            const float* xr = xb + (long long)col * d;
+            const float dot = acc[i][j][2 * h + e];
+            if (metric == RQ_METRIC_L2) {
+              const float screened = (2.0f * dot - xnorm_sq[row0 + col]) - qsq;
+              if (!(screened < thr - rq_xs_window_l2(d, qn, xn[j][e])))
+                v = -rq_dist_sq(qr, xr, d);
+            } else if (!(dot < thr - rq_xs_window(d, qn, xn[j][e]))) {
+              v = rq_dot(qr, xr, d);
+            }
+          }
           out[(long long)b * ld + col] = v;
         }
     }

@@ -213,7 +213,7 @@ impl std::str::FromStr for BackendKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenOptions {
     /// The kernel backends screen codewords for the greedy assignment, and items for the
-    /// exact inner-product top-k, on the tensor cores
+    /// exact top-k, on the tensor cores
     /// ([`crate::kernels::KernelBackend::with_tensor_cores`]; same results, other speed).
     /// Ignored by `reference`.
     pub tensor_cores: bool,

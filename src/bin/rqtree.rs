@@ -32,8 +32,7 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// emu/cuda: screen codewords for the greedy assignment and encoding, and items for the
-    /// exact inner-product top-k, on the tensor cores (TF32; the same results, exact, at
-    /// another speed).
+    /// exact top-k, on the tensor cores (TF32; the same results, exact, at another speed).
     #[arg(long, global = true)]
     tensor_cores: bool,
     /// emu/cuda: the fused lookup + top-k kernel: auto (the scan over long candidate ranges,

@@ -119,7 +119,7 @@ impl<D: Device> KernelBackend<D> {
     }
     /// Screens codewords for the greedy assignment and encoding on the tensor cores (TF32
     /// `mma` against centred codewords, `rq_greedy_rows64_tc`; sm_80+) instead of with FMAs,
-    /// and the items of the exact inner-product top-k after each batch's first block
+    /// and the items of the exact top-k after each batch's first block
     /// (`rq_exact_screened`) instead of scoring every item exactly (default off). Results are
     /// the same either way (the decision is certified exact, kernels/README.md); only the
     /// speed differs.
@@ -648,25 +648,31 @@ pub(crate) mod agreement {
         // 1 screens at 16, its exact score 16ρ² beats item 0's 16ρ: a window below a fifth
         // of rq_xs_window's (0.064 here) drops it. The same at scales whose squared norms
         // round to 0 in f32 (the window's norms are floored): a query of ~2^-80 against
-        // items of ~1, and one of ~2^60 against items of ~2^-78.
+        // items of ~1, and one of ~2^60 against items of ~2^-78. Under l2 (item 1 at
+        // distance 0, item 0 at 16(ρ - 1)²) item 1 screens 0.0625 below its score, half of
+        // rq_xs_window_l2.
         let rho = 1.0 + 8191.0 * 2f32.powi(-23);
-        for (what, q, x) in [
-            ("TF32 truncation at its worst", 1.0, 1.0),
+        let (tiny, huge, small) = (2f32.powi(-80), 2f32.powi(60), 2f32.powi(-78));
+        for (what, metric, q, x) in [
+            ("TF32 truncation at its worst", Metric::Ip, 1.0, 1.0),
             (
                 "the same, a query's squared norm below f32",
-                2f32.powi(-80),
+                Metric::Ip,
+                tiny,
                 1.0,
             ),
             (
                 "the same, items' squared norms below f32",
-                2f32.powi(60),
-                2f32.powi(-78),
+                Metric::Ip,
+                huge,
+                small,
             ),
+            ("the same under l2", Metric::L2, 1.0, 1.0),
         ] {
             let items = Matrix::new(2, 16, [[x; 16], [x * rho; 16]].concat()).expect("shape");
             let queries = Matrix::new(3, 16, vec![q * rho; 48]).expect("shape");
             let want = Reference
-                .exact_topk(&queries, &items, Metric::Ip, 1)
+                .exact_topk(&queries, &items, metric, 1)
                 .expect("reference");
             assert_eq!(want.ids, vec![1; 3], "{what}");
             let tiles = ExactTiles {
@@ -674,9 +680,8 @@ pub(crate) mod agreement {
                 cols: 1,
                 segment: None,
             };
-            let got =
-                exact_topk_tiled(&b.dev, &b.res, &queries, &items, Metric::Ip, 1, tiles, true)
-                    .expect("exact_topk_tiled");
+            let got = exact_topk_tiled(&b.dev, &b.res, &queries, &items, metric, 1, tiles, true)
+                .expect("exact_topk_tiled");
             same_bits(&got, &want, &format!("{what}, screened"));
         }
     }

@@ -68,8 +68,8 @@ impl ExactTiles {
 
 /// Exact brute-force top-k of `queries` (`B × d`) against `items` (`N × d`) with `metric`;
 /// ids are item rows. `1 ≤ k ≤ 2048`. Scores equal the reference's bit for bit. With
-/// `screen` (the backend's tensor cores) and `ip`, the item blocks after the first are
-/// screened on the tensor cores ([`exact_topk_tiled`]).
+/// `screen` (the backend's tensor cores), the item blocks after the first are screened on
+/// the tensor cores ([`exact_topk_tiled`]).
 pub fn exact_topk<D: Device>(
     dev: &D,
     res: &Residency<D>,
@@ -90,7 +90,7 @@ pub fn exact_topk<D: Device>(
 /// with segments, the best `k` of each segment, then `rq_topk_lists` the best of those) and
 /// `rq_topk_merge` merges them into the batch's running list; only the final `B × k` result
 /// crosses to the host.
-/// With `screen` and `ip`, every block after a batch's first is scored by
+/// With `screen`, every block after a batch's first is scored by
 /// `rq_exact_screened` instead: a TF32 tensor-core screening, and the reference's exact
 /// score only for the items whose screening score is within its error bound of the batch's
 /// running k-th exact score (the others -inf, which the final k-th, never below the running
@@ -132,7 +132,7 @@ pub(crate) fn exact_topk_tiled<D: Device>(
     let mut spare = alloc_topk(dev, rows, k)?;
     let block = alloc_topk(dev, rows, k)?;
     // The screening's norms: every query's and every item's squared norm (rq_row_norms).
-    let norms = if screen && metric == Metric::Ip && cols < n {
+    let norms = if screen && cols < n {
         Some((row_norms(dev, &q, b, d)?, row_norms(dev, &x, n, d)?))
     } else {
         None
@@ -174,6 +174,7 @@ pub(crate) fn exact_topk_tiled<D: Device>(
                             KernelArg::Buf(xn),
                             KernelArg::Buf(&run.1),
                             KernelArg::I32(arg_i32(k, "exact_topk: k")?),
+                            KernelArg::I32(metric_arg(metric)),
                             KernelArg::Buf(&scores),
                         ],
                     )?;
