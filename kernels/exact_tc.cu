@@ -81,10 +81,7 @@ RQ_UNROLL
 RQ_UNROLL
         for (int r = 0; r < 2; ++r)
           fb[j][r] = rq_tf32_bits(sx[(c0w + 8 * j + g) * RQ_XS_LD + s + t + 4 * r]);
-RQ_UNROLL
-      for (int j = 0; j < 4; ++j)
-RQ_UNROLL
-        for (int i = 0; i < 2; ++i) rq_mma_tf32(acc[i][j], fa[i], fb[j]);
+      rq_mma_tf32_32x32(acc, fa, fb);
     }
     __syncthreads();
   }
@@ -158,12 +155,7 @@ extern "C" __global__ void __launch_bounds__(256) rq_exact_screened(
       ((reinterpret_cast<unsigned long long>(qb) | reinterpret_cast<unsigned long long>(xb)) &
        15) == 0;
   float acc[2][4][4];
-RQ_UNROLL
-  for (int i = 0; i < 2; ++i)
-RQ_UNROLL
-    for (int j = 0; j < 4; ++j)
-RQ_UNROLL
-      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  rq_mma_clear_32x32(acc);
   if (quads)
     rq_xs_products<true>(acc, sq, sx, qb, b0, B, xb, j0, n, d);
   else

@@ -40,12 +40,7 @@ __device__ inline void rq_greedy_tc_group(const float* res, int rs, const RqTcWo
   if (j0 >= tiles) return;  // the whole warp
   const int nt = tiles - j0 < 4 ? tiles - j0 : 4;
   float acc[2][4][4];
-RQ_UNROLL
-  for (int i = 0; i < 2; ++i)
-RQ_UNROLL
-    for (int j = 0; j < 4; ++j)
-RQ_UNROLL
-      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+  rq_mma_clear_32x32(acc);
   // This lane's elements of the step (A: rows +16·i + 8·(r % 2), dimensions +4·(r / 2);
   // B: tile j's word j·tile_stride), both pointers advanced by one step per iteration.
   const float* a = res + (r0 + g) * rs + t;
@@ -71,11 +66,7 @@ RQ_UNROLL
       fb[j][0] = __float_as_uint(w.v[0]);
       fb[j][1] = __float_as_uint(w.v[1]);
     }
-    // Eight independent tile products.
-RQ_UNROLL
-    for (int j = 0; j < 4; ++j)
-RQ_UNROLL
-      for (int i = 0; i < 2; ++i) rq_mma_tf32(acc[i][j], fa[i], fb[j]);
+    rq_mma_tf32_32x32(acc, fa, fb);
   }
 RQ_UNROLL
   for (int i = 0; i < 2; ++i)

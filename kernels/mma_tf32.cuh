@@ -56,3 +56,24 @@ __device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 #endif
+
+/// A warp's 32 × 32 tile of two m16 A fragments by four n8 B fragments:
+/// acc[i][j] += A_i·B_j, the eight products independent (consecutive tensor-core
+/// instructions do not wait on each other). Every lane of the warp must call it.
+__device__ inline void rq_mma_tf32_32x32(float (&acc)[2][4][4], const unsigned (&fa)[2][4],
+                                         const unsigned (&fb)[4][2]) {
+RQ_UNROLL
+  for (int j = 0; j < 4; ++j)
+RQ_UNROLL
+    for (int i = 0; i < 2; ++i) rq_mma_tf32(acc[i][j], fa[i], fb[j]);
+}
+
+/// Zeroes a warp's 32 × 32 accumulator tile (rq_mma_tf32_32x32).
+__device__ inline void rq_mma_clear_32x32(float (&acc)[2][4][4]) {
+RQ_UNROLL
+  for (int i = 0; i < 2; ++i)
+RQ_UNROLL
+    for (int j = 0; j < 4; ++j)
+RQ_UNROLL
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+}

@@ -195,21 +195,6 @@ fn sizes(o: &BenchOptions) -> Sizes {
     }
 }
 
-/// A second backend of `be`'s kind opened with `o`, holding `resident`: the backend of a
-/// variant row of an operation (`assign_tc`, `exact_topk_tc`, `fused_topk_walk`).
-fn variant_backend(
-    be: &dyn Backend,
-    o: OpenOptions,
-    resident: impl IntoIterator<Item = Resident>,
-) -> Result<Box<dyn Backend>> {
-    let kind = be.name().parse::<BackendKind>()?;
-    let (v, _) = backend::open_with(kind, o)?;
-    for r in resident {
-        v.keep_resident(r)?;
-    }
-    Ok(v)
-}
-
 /// Copies of an input of `bytes` so that the copies exceed twice the L2 (at most 8; at most 2
 /// off the GPU, where they only exercise the rotation).
 fn copies_for(be: &dyn Backend, bytes: usize) -> usize {
@@ -235,6 +220,36 @@ struct Timer<'a> {
 }
 
 impl Timer<'_> {
+    /// The row `op` of a variant of an operation (`assign_tc`, `exact_topk_tc`,
+    /// `fused_topk_walk`), timed like [`Timer::row`] on a second backend of this timer's
+    /// kind opened with `o` and holding `resident`; `f` runs the operation on that backend
+    /// for an input copy. The variant's resident copies are released after.
+    #[allow(clippy::too_many_arguments)]
+    fn variant_row(
+        &self,
+        o: OpenOptions,
+        resident: impl IntoIterator<Item = Resident>,
+        op: &str,
+        label: String,
+        copies: usize,
+        flops: f64,
+        bytes: f64,
+        mut f: impl FnMut(&dyn Backend, usize) -> Result<()>,
+    ) -> Result<BenchRow> {
+        let kind = self.be.name().parse::<BackendKind>()?;
+        let (v, _) = backend::open_with(kind, o)?;
+        for r in resident {
+            v.keep_resident(r)?;
+        }
+        let timer = Timer {
+            be: v.as_ref(),
+            ..*self
+        };
+        let row = timer.row(op, label, copies, flops, bytes, |c| f(v.as_ref(), c))?;
+        v.release_resident()?;
+        Ok(row)
+    }
+
     fn row(
         &self,
         op: &str,
@@ -451,20 +466,16 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 ..OpenOptions::default()
             };
             let resident = items.iter().map(|m| Resident::Matrix(Arc::clone(m)));
-            let tc = variant_backend(be, o, resident)?;
-            let tc_timer = Timer {
-                be: tc.as_ref(),
-                ..timer
-            };
-            rows.push(tc_timer.row(
+            rows.push(timer.variant_row(
+                o,
+                resident,
                 "assign_tc",
                 format!("greedy encode N={n} d={D} L={levels} K={kk} f32 (tensor-core screening)"),
                 copies,
                 assign_flops,
                 assign_bytes,
-                |c| ops::encode(tc.as_ref(), &items[c], &cbs, 1).map(|_| ()),
+                |tc, c| ops::encode(tc, &items[c], &cbs, 1).map(|_| ()),
             )?);
-            tc.release_resident()?;
         }
         drop(items);
         be.release_resident()?;
@@ -507,20 +518,16 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 ..OpenOptions::default()
             };
             let resident = fused_ix.iter().map(|ix| Resident::Index(Arc::clone(ix)));
-            let walk = variant_backend(be, o, resident)?;
-            let walk_timer = Timer {
-                be: walk.as_ref(),
-                ..timer
-            };
-            rows.push(walk_timer.row(
+            rows.push(timer.variant_row(
+                o,
+                resident,
                 "fused_topk_walk",
                 format!("fused lookup + top-{k} B={b}, the range-walking kernel"),
                 copies,
                 (scanned * flevels) as f64,
                 bytes,
-                |c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
+                |walk, c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
             )?);
-            walk.release_resident()?;
         }
         drop(fused_ix);
     }
@@ -571,20 +578,16 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 ..OpenOptions::default()
             };
             let resident = eitems.iter().chain(&eq);
-            let tc = variant_backend(be, o, resident.map(|m| Resident::Matrix(Arc::clone(m))))?;
-            let tc_timer = Timer {
-                be: tc.as_ref(),
-                ..timer
-            };
-            rows.push(tc_timer.row(
+            rows.push(timer.variant_row(
+                o,
+                resident.map(|m| Resident::Matrix(Arc::clone(m))),
                 "exact_topk_tc",
                 format!("exact top-{k} B={eb} N={en} d={D} ip (tensor-core screening)"),
                 copies,
                 exact_flops,
                 exact_bytes,
-                |c| ops::exact_topk(tc.as_ref(), &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
+                |tc, c| ops::exact_topk(tc, &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
             )?);
-            tc.release_resident()?;
         }
         drop(eitems);
         be.release_resident()?;
