@@ -13,8 +13,8 @@ use super::resident::{Residency, Reuse};
 use super::topk::{lists_into, merge_into, topk_into};
 use super::{alloc, alloc_topk, arg_i32, check_k, download_topk, grid_dim, grid_dim_yz, launch_1d};
 
-/// `rq_exact_screened`: queries × items per block, threads per block, staged row stride
-/// (floats) and dimensions per staged chunk.
+/// `rq_exact_screened` (kernels/exact_tc.cu): queries × items per block, threads per block
+/// and the staged rows' stride in floats (its shared memory: both operands' staged rows).
 const SCREEN_QUERIES: usize = 64;
 const SCREEN_ITEMS: usize = 128;
 const SCREEN_THREADS: u32 = 256;
