@@ -9,8 +9,9 @@
 //! its signature string). `emu_registry.cpp` lists all entries behind
 //! `rq_emu_registry(size_t*)`, which `src/device/emu/ffi.rs` reads.
 //!
-//! Environment: `RQTREE_EMU_ASAN=1` compiles the C++ with AddressSanitizer and links
-//! `libasan` (run the binaries with it preloaded; see `scripts/emu-asan.sh`). Debug profiles
+//! Environment: `RQTREE_EMU_ASAN=1` compiles the C++ with AddressSanitizer and UBSan's
+//! alignment check and links `libasan` and `libubsan` (run the binaries with libasan
+//! preloaded; see `scripts/emu-asan.sh`). Debug profiles
 //! define `RQ_EMU_CHECKS` (bounds-checked dynamic shared memory).
 
 use std::fmt::Write as _;
@@ -80,13 +81,18 @@ pub fn build() {
         build
             .opt_level(1)
             .flag("-fsanitize=address")
+            // A misaligned vector load or store faults on a GPU; here UBSan stops on it.
+            .flag("-fsanitize=alignment")
+            .flag("-fno-sanitize-recover=alignment")
             .flag("-fno-omit-frame-pointer");
-        let lib = compiler_output(&["-print-file-name=libasan.so"]);
-        let dir = Path::new(lib.trim())
-            .parent()
-            .unwrap_or_else(|| panic!("cannot locate libasan.so (got `{lib}`)"));
-        println!("cargo:rustc-link-search=native={}", dir.display());
-        println!("cargo:rustc-link-lib=dylib=asan");
+        for name in ["asan", "ubsan"] {
+            let lib = compiler_output(&[&format!("-print-file-name=lib{name}.so")]);
+            let dir = Path::new(lib.trim())
+                .parent()
+                .unwrap_or_else(|| panic!("cannot locate lib{name}.so (got `{lib}`)"));
+            println!("cargo:rustc-link-search=native={}", dir.display());
+            println!("cargo:rustc-link-lib=dylib={name}");
+        }
         println!("cargo:rustc-cfg=rq_emu_asan");
     } else {
         build.opt_level(2);

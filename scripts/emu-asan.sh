@@ -2,10 +2,12 @@
 # Runs the emu runtime tests and the backend tests (every kernel on emu) with AddressSanitizer
 # on the C++ side (the kernels and the emulation header), then checks that ASan really is
 # active by running a kernel that writes past the end of its buffer and expecting the
-# heap-buffer-overflow report.
+# heap-buffer-overflow report, and that UBSan's alignment check (a misaligned vector access
+# faults on a GPU) is active by running a kernel that loads a 16-byte vector from an address
+# 4 bytes past a 16-byte boundary.
 #
 # How: RQTREE_EMU_ASAN=1 makes build_support/emu.rs compile the C++ with -fsanitize=address
-# and link libasan. The Rust test binaries are not instrumented, so libasan must come first in
+# and -fsanitize=alignment (not recoverable), and link libasan and libubsan. The Rust test binaries are not instrumented, so libasan must come first in
 # the process: it is LD_PRELOADed through cargo's target runner (only the test binaries get
 # it, not cargo or rustc). Leak detection is off (the Rust side is not instrumented).
 # corosensei's `sanitizer` feature tells ASan about every fiber switch, so stack accesses on
@@ -31,18 +33,26 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}"
 
 cargo test --features emu,corosensei/sanitizer --test emu_runtime --test backends -- "$@"
 
-echo "emu-asan: checking that AddressSanitizer catches an out-of-bounds kernel write"
+# probe ENV TEST PATTERN WHAT: runs the probe test TEST with ENV=1; it must fail with PATTERN.
+probe() {
+  local env=$1 test=$2 pattern=$3 what=$4
+  echo "emu-asan: checking that the sanitizers catch $what"
+  if env "$env=1" cargo test --features emu,corosensei/sanitizer --test emu_runtime -- --exact "$test" >"$log" 2>&1; then
+    cat "$log"
+    echo "emu-asan: FAILED: $what was not caught" >&2
+    exit 1
+  fi
+  if ! grep -q "$pattern" "$log"; then
+    cat "$log"
+    echo "emu-asan: FAILED: no \"$pattern\" report" >&2
+    exit 1
+  fi
+  grep -m1 "$pattern" "$log"
+}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-if RQTREE_EMU_ASAN_PROBE=1 cargo test --features emu,corosensei/sanitizer --test emu_runtime -- --exact asan_catches_heap_overflow >"$log" 2>&1; then
-  cat "$log"
-  echo "emu-asan: FAILED: the out-of-bounds write was not caught" >&2
-  exit 1
-fi
-if ! grep -q "heap-buffer-overflow" "$log"; then
-  cat "$log"
-  echo "emu-asan: FAILED: no heap-buffer-overflow report" >&2
-  exit 1
-fi
-grep -m1 "ERROR: AddressSanitizer" "$log"
+probe RQTREE_EMU_ASAN_PROBE asan_catches_heap_overflow "heap-buffer-overflow" \
+  "an out-of-bounds kernel write"
+probe RQTREE_EMU_ALIGN_PROBE ubsan_catches_misaligned_vector "misaligned address" \
+  "a misaligned 16-byte vector load"
 echo "emu-asan: ok"

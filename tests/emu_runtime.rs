@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rqtree::device::emu::{EmuBuffer, EmuDevice, FiberOrder};
+use rqtree::device::emu::{AsyncCopies, EmuBuffer, EmuDevice, FiberOrder};
 use rqtree::device::{Device, DeviceExt, KernelArg, LaunchConfig};
 use rqtree::Error;
 
@@ -700,6 +700,18 @@ fn misuse_is_reported_with_kernel_block_and_thread() {
     );
     assert!(m.contains("block of 48 threads"), "{m}");
 
+    let input = d.alloc_from(&[1.0f32; 4 * 64 + 1]).unwrap();
+    let m = c.err(
+        &d,
+        "rq_emu_test_async_misaligned",
+        LaunchConfig::linear(1, 64),
+        &[Buf(&input), Buf(&out)],
+    );
+    assert!(
+        m.contains("thread (5, 0, 0)") && m.contains("must be aligned to the size"),
+        "{m}"
+    );
+
     if EmuDevice::bounds_checks() {
         let out_f = d.alloc_zeroed::<f32>(64).unwrap();
         let cfg = LaunchConfig::linear(1, 64).with_shared(64 * 4);
@@ -803,6 +815,54 @@ fn neighbour_matches(c: &Counter, d: &EmuDevice, kernel: &str) -> bool {
     (0..blocks * n).all(|g| got[g] == if g % n > 0 { input[g - 1] } else { 0.0 })
 }
 
+/// Runs `rq_emu_test_async_rounds` (`variant`: 0 correct, 1 no waits, 2 no barrier before the
+/// second round's copies) and tells whether both rounds read the right neighbours' values.
+fn async_rounds_match(c: &Counter, d: &EmuDevice, variant: i32) -> bool {
+    let (blocks, n) = (6usize, 256usize);
+    let row = 4 * blocks * n;
+    let input: Vec<f32> = lcg(17 + variant as u64, 2 * row)
+        .iter()
+        .map(|&r| (r % 100_000) as f32 + 1.0)
+        .collect();
+    let ib = d.alloc_from(&input).unwrap();
+    let out = d.alloc_zeroed::<f32>(2 * row).unwrap();
+    c.ok(
+        d,
+        "rq_emu_test_async_rounds",
+        LaunchConfig::linear(blocks as u32, n as u32),
+        &[Buf(&ib), Buf(&out), I32(variant)],
+    );
+    let got: Vec<f32> = d.download_vec(&out, 2 * row).unwrap();
+    (0..2 * blocks * n).all(|slot| {
+        let (b, t) = (slot / n, slot % n);
+        let from = 4 * (b * n + (t + 1) % n);
+        got[4 * slot..4 * slot + 4] == input[from..from + 4]
+    })
+}
+
+#[test]
+fn async_copies_land_at_either_end() {
+    let c = Counter::new("async_copies_land_at_either_end");
+    for order in [FiberOrder::Forward, FiberOrder::Reverse] {
+        let at_wait = EmuDevice::with_workers(2).with_order(order);
+        assert_eq!(at_wait.async_copies(), AsyncCopies::AtWait);
+        let at_issue = EmuDevice::with_workers(2)
+            .with_order(order)
+            .with_async_copies(AsyncCopies::AtIssue);
+        assert!(async_rounds_match(&c, &at_wait, 0), "{at_wait:?}");
+        assert!(async_rounds_match(&c, &at_issue, 0), "{at_issue:?}");
+        // Reading without waiting: landing at the wait shows the old contents; landing at
+        // issue hides the bug.
+        assert!(!async_rounds_match(&c, &at_wait, 1), "{at_wait:?}");
+        assert!(async_rounds_match(&c, &at_issue, 1), "{at_issue:?}");
+        // Copying into slots still being read: landing at issue overwrites them under the
+        // readers (in either order: the wrap-around neighbour, or every left neighbour);
+        // landing at the wait, after the barrier, hides the bug.
+        assert!(!async_rounds_match(&c, &at_issue, 2), "{at_issue:?}");
+        assert!(async_rounds_match(&c, &at_wait, 2), "{at_wait:?}");
+    }
+}
+
 /// Scheduler throughput: 2000 blocks of 256 threads, each a 5-step shuffle reduction and one
 /// barrier (DESIGN §5's probe). Prints context switches per second.
 #[test]
@@ -856,6 +916,27 @@ fn asan_catches_heap_overflow() {
         "rq_emu_test_heap_overflow",
         LaunchConfig::linear(1, 32),
         &[Buf(&out), I32(n as i32)],
+    )
+    .unwrap();
+}
+
+/// A kernel loading a 16-byte vector from an address that is not 16-byte aligned (a GPU
+/// faults): the alignment sanitizer must stop the process. `scripts/emu-asan.sh` runs it with
+/// `RQTREE_EMU_ALIGN_PROBE=1` and expects the report; elsewhere x86 loads it silently, so it
+/// skips.
+#[test]
+fn ubsan_catches_misaligned_vector() {
+    if std::env::var_os("RQTREE_EMU_ALIGN_PROBE").is_none() {
+        println!("SKIP: the misaligned-load probe runs only under scripts/emu-asan.sh");
+        return;
+    }
+    let d = dev();
+    let input = d.alloc_from(&[1.0f32; 8]).unwrap();
+    let out = d.alloc_zeroed::<f32>(32).unwrap();
+    d.launch(
+        "rq_emu_test_misaligned_vector",
+        LaunchConfig::linear(1, 32),
+        &[Buf(&input), Buf(&out)],
     )
     .unwrap();
 }

@@ -20,7 +20,11 @@
 // Misuse is reported, never a hang: warp intrinsics with a mask other than 0xffffffff, warp
 // intrinsics in a block whose size is not a multiple of 32, lanes of a warp at different
 // warp intrinsics, a `__syncthreads` not reached by every thread of the block (including
-// threads that exited), and out-of-bounds dynamic shared memory indexing.
+// threads that exited), out-of-bounds dynamic shared memory indexing, and asynchronous copies
+// of a size other than 4, 8 or 16 bytes or not aligned to it.
+//
+// Asynchronous copies (cp.async) land either at the wait that covers them or at issue, per
+// launch (rq_emu_block::async_landing): see "asynchronous copies" below.
 #pragma once
 
 #include <atomic>
@@ -34,6 +38,7 @@
 #include <math.h>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #ifndef RQ_EMU
 #define RQ_EMU 1
@@ -71,6 +76,8 @@ struct rq_emu_block {
   /// Dynamic shared memory of this block and its size in bytes.
   unsigned char* dyn_smem;
   size_t dyn_smem_bytes;
+  /// When asynchronous copies land (rq_emu::AsyncLanding).
+  uint32_t async_landing;
 };
 
 /// Per-thread (per-fiber) state. `state`/`op`/`arg`/`width`/`value` describe the sync point the
@@ -101,7 +108,8 @@ struct rq_emu_kernel {
 }
 
 static_assert(sizeof(rq_emu_thread) == 296 && offsetof(rq_emu_thread, value) == 64 &&
-                  offsetof(rq_emu_thread, msg) == 96 && sizeof(rq_emu_block) == 24,
+                  offsetof(rq_emu_thread, msg) == 96 && sizeof(rq_emu_block) == 32 &&
+                  offsetof(rq_emu_block, async_landing) == 24,
               "rq_emu_thread/rq_emu_block must match src/device/emu/ffi.rs");
 
 namespace rq_emu {
@@ -227,6 +235,81 @@ inline T* dynamic_shared() {
 }
 #endif
 
+// ---- asynchronous copies (cp.async; kernels use them through cuda_pipeline_primitives.h) ----
+/// When a thread's asynchronous copies land (rq_emu_block::async_landing; AsyncCopies in
+/// src/device/emu/sched.rs).
+enum AsyncLanding : uint32_t { LAND_AT_WAIT = 0, LAND_AT_ISSUE = 1 };
+
+/// One pending copy: its destination and the bytes it will write (the source is read at issue:
+/// kernels only copy from global memory they do not write during the launch).
+struct async_copy {
+  void* dst;
+  size_t bytes;
+  unsigned char data[16];
+};
+
+/// A thread's pending copies, oldest first, and the ends of its committed groups in them.
+struct async_queue {
+  std::vector<async_copy> copies;
+  std::vector<size_t> group_ends;
+};
+
+/// The pending copies of every thread of the block running on this worker (by linear thread
+/// index; a worker runs one block at a time and its fibers share the OS thread).
+inline async_queue& async_of(rq_emu_thread* me) {
+  static thread_local std::vector<async_queue> queues;
+  const size_t i = me->thread_idx.x +
+                   me->block_dim.x * (me->thread_idx.y + me->block_dim.y * me->thread_idx.z);
+  if (queues.size() <= i) queues.resize(i + 1);
+  return queues[i];
+}
+
+/// Lands the oldest `n` pending copies of `q`.
+inline void async_land(async_queue& q, size_t n) {
+  for (size_t i = 0; i < n; ++i) std::memcpy(q.copies[i].dst, q.copies[i].data, q.copies[i].bytes);
+  q.copies.erase(q.copies.begin(), q.copies.begin() + static_cast<std::ptrdiff_t>(n));
+  size_t kept = 0;
+  for (size_t e : q.group_ends) {
+    if (e > n) q.group_ends[kept++] = e - n;
+  }
+  q.group_ends.resize(kept);
+}
+
+/// Issues a copy of `bytes` (≤ 16) bytes, `src` first read now: lands at once or is queued.
+inline void async_issue(void* dst, const void* src, size_t bytes, size_t zfill) {
+  rq_emu_thread* me = cur;
+  if ((bytes != 4 && bytes != 8 && bytes != 16) || zfill > bytes) {
+    fail("__pipeline_memcpy_async of %zu bytes (%zu zero-filled): the size must be 4, 8 or 16",
+         bytes, zfill);
+  }
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 ||
+      reinterpret_cast<uintptr_t>(src) % bytes != 0) {
+    fail("__pipeline_memcpy_async of %zu bytes from %p to %p: both addresses must be aligned "
+         "to the size",
+         bytes, src, dst);
+  }
+  if (me->block->async_landing == LAND_AT_ISSUE) {
+    std::memcpy(dst, src, bytes - zfill);
+    std::memset(static_cast<char*>(dst) + (bytes - zfill), 0, zfill);
+    return;
+  }
+  async_copy c{dst, bytes, {}};
+  std::memcpy(c.data, src, bytes - zfill);
+  async_of(me).copies.push_back(c);
+}
+
+/// Closes the current group of the calling thread's copies.
+inline void async_commit() {
+  async_queue& q = async_of(cur);
+  q.group_ends.push_back(q.copies.size());
+}
+
+/// Lands the calling thread's committed groups but the newest `prior`.
+inline void async_wait_prior(size_t prior) {
+  async_queue& q = async_of(cur);
+  if (q.group_ends.size() > prior) async_land(q, q.group_ends[q.group_ends.size() - 1 - prior]);
+}
+
 // ---- kernel registration -------------------------------------------------------------------
 template <class T>
 constexpr char arg_code() {
@@ -261,9 +344,15 @@ struct kernel_traits<F> {
   static void call(void** params, std::index_sequence<I...>) {
     F(*static_cast<std::remove_cv_t<A>*>(params[I])...);
   }
+  /// Runs the thread; its copies still pending at its end land then (a thread abandoned
+  /// after a misuse leaves its queue to be cleared when the next kernel thread starts).
   static void run(void** params, rq_emu_thread* self) {
     cur = self;
+    async_queue& q = async_of(self);
+    q.copies.clear();
+    q.group_ends.clear();
     call(params, std::index_sequence_for<A...>{});
+    async_land(async_of(self), async_of(self).copies.size());
   }
 };
 

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use super::{Device, KernelArg, LaunchConfig};
 use crate::error::{Error, Result};
-pub use sched::FiberOrder;
+pub use sched::{AsyncCopies, FiberOrder};
 use sched::{LaunchSpec, Worker};
 
 /// Alignment of every [`EmuBuffer`].
@@ -87,6 +87,7 @@ impl std::fmt::Debug for EmuBuffer {
 pub struct EmuDevice {
     workers: usize,
     order: FiberOrder,
+    async_copies: AsyncCopies,
     pool: Mutex<Vec<Worker>>,
     switches: AtomicU64,
     uploads: AtomicU64,
@@ -102,8 +103,8 @@ impl std::fmt::Debug for EmuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "EmuDevice({} workers, {:?} fiber order)",
-            self.workers, self.order
+            "EmuDevice({} workers, {:?} fiber order, async copies land {:?})",
+            self.workers, self.order, self.async_copies
         )
     }
 }
@@ -111,7 +112,8 @@ impl std::fmt::Debug for EmuDevice {
 impl EmuDevice {
     /// A device with one worker per available CPU, or `RQTREE_EMU_WORKERS` workers when that
     /// environment variable holds a positive integer; fibers in [`FiberOrder::Reverse`] when
-    /// `RQTREE_EMU_ORDER=reverse`, else forward.
+    /// `RQTREE_EMU_ORDER=reverse`, else forward; asynchronous copies landing
+    /// [`AsyncCopies::AtIssue`] when `RQTREE_EMU_ASYNC=issue`, else at their wait.
     pub fn new() -> Self {
         let workers = std::env::var("RQTREE_EMU_WORKERS")
             .ok()
@@ -122,7 +124,13 @@ impl EmuDevice {
             Ok("reverse") => FiberOrder::Reverse,
             _ => FiberOrder::Forward,
         };
-        Self::with_workers(workers).with_order(order)
+        let async_copies = match std::env::var("RQTREE_EMU_ASYNC").as_deref() {
+            Ok("issue") => AsyncCopies::AtIssue,
+            _ => AsyncCopies::AtWait,
+        };
+        Self::with_workers(workers)
+            .with_order(order)
+            .with_async_copies(async_copies)
     }
 
     /// A device running blocks on `workers` OS threads (at least one).
@@ -130,6 +138,7 @@ impl EmuDevice {
         EmuDevice {
             workers: workers.max(1),
             order: FiberOrder::Forward,
+            async_copies: AsyncCopies::AtWait,
             pool: Mutex::new(Vec::new()),
             switches: AtomicU64::new(0),
             uploads: AtomicU64::new(0),
@@ -144,6 +153,19 @@ impl EmuDevice {
     /// The order fibers run in.
     pub fn order(&self) -> FiberOrder {
         self.order
+    }
+
+    /// The same device landing asynchronous copies as `async_copies` says.
+    pub fn with_async_copies(self, async_copies: AsyncCopies) -> Self {
+        EmuDevice {
+            async_copies,
+            ..self
+        }
+    }
+
+    /// When asynchronous copies land.
+    pub fn async_copies(&self) -> AsyncCopies {
+        self.async_copies
     }
 
     /// Number of worker threads.
@@ -384,6 +406,7 @@ impl Device for EmuDevice {
         let spec = LaunchSpec {
             entry,
             order: self.order,
+            async_copies: self.async_copies,
             params: params.as_mut_ptr(),
             grid: cfg.grid,
             block: cfg.block,

@@ -1,5 +1,7 @@
 // Emulator self-test kernels that misuse the SIMT model; each must be reported as a launch
 // error naming the kernel, block and thread.
+#include <cuda_pipeline_primitives.h>
+
 #include "rq_shared.cuh"
 
 // A shuffle with a half-warp mask, in block 2 only.
@@ -59,4 +61,27 @@ extern "C" __global__ void rq_emu_test_partial_warp(int* out) {
 // (scripts/emu-asan.sh runs it and expects the report).
 extern "C" __global__ void rq_emu_test_heap_overflow(int* out, int n) {
   if (threadIdx.x == 0) out[n] = 1;
+}
+
+// A 16-byte asynchronous copy from an address 4 bytes past a 16-byte boundary, in thread 5.
+extern "C" __global__ void rq_emu_test_async_misaligned(const float* in, float* out) {
+  __shared__ __align__(16) float s[64 * 4];
+  const unsigned t = threadIdx.x;
+  __pipeline_memcpy_async(s + 4 * t, in + 4 * t + (t == 5 ? 1 : 0), 16);
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+  out[t] = s[4 * t];
+}
+
+/// A 16-byte vector, as the kernels declare theirs.
+struct alignas(16) RqEmuTestQuad {
+  float v[4];
+};
+
+// Loads a 16-byte vector from an address 4 bytes past a 16-byte boundary, which faults on a
+// GPU: only the alignment sanitizer catches this (scripts/emu-asan.sh runs it and expects the
+// report).
+extern "C" __global__ void rq_emu_test_misaligned_vector(const float* in, float* out) {
+  const RqEmuTestQuad q = *reinterpret_cast<const RqEmuTestQuad*>(in + 1);
+  out[threadIdx.x] = q.v[threadIdx.x % 4];
 }

@@ -1,5 +1,6 @@
 // Deliberately broken reductions next to their correct twins: the tests check that comparing
 // against a plain Rust result catches the broken ones.
+#include <cuda_pipeline_primitives.h>
 
 // Block sum through shared memory.
 extern "C" __global__ void rq_emu_test_reduce_smem_ok(const float* in, float* out) {
@@ -58,4 +59,26 @@ extern "C" __global__ void rq_emu_test_neighbour_broken(const float* in, float* 
   const unsigned t = threadIdx.x, g = blockIdx.x * blockDim.x + t;
   s[t] = in[g];
   out[g] = t > 0 ? s[t - 1] : 0.0f;
+}
+
+// Two rounds of asynchronous copies through one shared buffer: in round r each thread copies
+// its 16 bytes of `in` (row r: 4 floats per thread of the grid) into its slot and reads its
+// right neighbour's slot into `out` (same layout). `variant` 0 is correct; 1 (BROKEN) skips
+// the waits, so the barrier does not make the copies visible; 2 (BROKEN) skips the barrier
+// between round 0's reads and round 1's copies, so a copy may land in a slot its neighbour
+// has not read yet.
+extern "C" __global__ void rq_emu_test_async_rounds(const float* in, float* out, int variant) {
+  __shared__ __align__(16) float s[256 * 4];
+  const unsigned t = threadIdx.x, g = blockIdx.x * blockDim.x + t;
+  const unsigned n = (t + 1) % blockDim.x;
+  const long long row = 4LL * blockDim.x * gridDim.x;
+  for (int r = 0; r < 2; ++r) {
+    if (r > 0 && variant != 2) __syncthreads();
+    __pipeline_memcpy_async(s + 4 * t, in + r * row + 4 * g, 16);
+    __pipeline_commit();
+    __syncthreads();  // every thread's copies issued (as while a GPU kernel works on a chunk)
+    if (variant != 1) __pipeline_wait_prior(0);
+    __syncthreads();
+    for (int e = 0; e < 4; ++e) out[r * row + 4 * g + e] = s[4 * n + e];
+  }
 }

@@ -58,6 +58,7 @@ pub(crate) struct BlockCtx {
     pub yield_fn: unsafe extern "C" fn(*mut ThreadCtx),
     pub dyn_smem: *mut u8,
     pub dyn_smem_bytes: usize,
+    pub async_landing: u32,
 }
 
 /// `rq_emu_thread`.

@@ -39,10 +39,37 @@ pub enum FiberOrder {
     Reverse,
 }
 
+/// When the asynchronous global → shared copies of a kernel (`__pipeline_memcpy_async`,
+/// cp.async on a GPU) land in shared memory.
+///
+/// A GPU lands a copy at some moment between its issue and the `__pipeline_wait_prior` that
+/// covers it; a correct kernel must accept both ends. Landing at the wait exposes a read
+/// before the wait (or before the barrier after every thread's wait): it sees the old
+/// contents. Landing at issue exposes a copy into a buffer that other threads still read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AsyncCopies {
+    /// At the wait that covers the copy (or at the end of the thread, if none does).
+    #[default]
+    AtWait,
+    /// At once, when the copy is issued.
+    AtIssue,
+}
+
+impl AsyncCopies {
+    /// `rq_emu_block::async_landing` (`rq_emu::AsyncLanding` in cuda_emu.h).
+    fn code(self) -> u32 {
+        match self {
+            AsyncCopies::AtWait => 0,
+            AsyncCopies::AtIssue => 1,
+        }
+    }
+}
+
 /// Everything one launch's blocks share.
 pub(crate) struct LaunchSpec {
     pub entry: Entry,
     pub order: FiberOrder,
+    pub async_copies: AsyncCopies,
     pub params: *mut *mut c_void,
     pub grid: [u32; 3],
     pub block: [u32; 3],
@@ -118,6 +145,7 @@ impl Worker {
                 yield_fn: yield_fiber,
                 dyn_smem: std::ptr::null_mut(),
                 dyn_smem_bytes: 0,
+                async_landing: 0,
             },
             ready: VecDeque::new(),
             warp_arrived: Vec::new(),
@@ -157,6 +185,7 @@ impl Worker {
         }
         self.block.dyn_smem = self.smem.as_mut_ptr().cast();
         self.block.dyn_smem_bytes = spec.shared_bytes;
+        self.block.async_landing = spec.async_copies.code();
         if self.threads.len() < n {
             self.threads.resize_with(n, ThreadCtx::empty);
         }
@@ -498,6 +527,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(ThreadCtx, value), 64);
         assert_eq!(std::mem::offset_of!(ThreadCtx, block), 80);
         assert_eq!(std::mem::offset_of!(ThreadCtx, msg), 96);
-        assert_eq!(std::mem::size_of::<BlockCtx>(), 24);
+        assert_eq!(std::mem::size_of::<BlockCtx>(), 32);
+        assert_eq!(std::mem::offset_of!(BlockCtx, async_landing), 24);
     }
 }
