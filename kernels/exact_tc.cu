@@ -105,6 +105,10 @@ __device__ inline float rq_xs_norm(float sq) { return sqrtf(fmaxf(sq, 0x1p-148f)
 /// 2.02·E (slack for the norms' own rounding) plus those absolute terms. qn and xn come from
 /// f32 squared norms floored at 2^-148 (rq_xs_norm): a squared norm below f32's range
 /// rounds to 0 while the vector's products do not.
+/// Overflow: a partial sum of the tile products exceeds f32's range M only when Σ|q_e·x_e|,
+/// which S bounds, is within ~du of M; the item's score is then within ~2du·M of ±M, so when
+/// ŝ overflows to -inf and the exact score could still reach the running k-th T, T - window
+/// (window ≥ 4·10^-3·S) overflows to -inf too and the item is kept.
 __device__ inline float rq_xs_window(int d, float qn, float xn) {
   const float u = 5.9604645e-8f;
   const float df = (float)d;

@@ -8,7 +8,8 @@ use std::ffi::{c_void, CString};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice,
+    result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    PinnedHostSlice,
 };
 use rayon::prelude::*;
 
@@ -19,12 +20,12 @@ mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-/// Downloads of at least this many bytes go through page-locked staging memory.
+/// Uploads and downloads of at least this many bytes go through page-locked staging memory.
 const STAGED_BYTES: usize = 256 << 10;
-/// Bytes of each of the two halves of the staging memory (a download moves in chunks of at
-/// most this size, the copy of one chunk to the caller overlapping the next one's transfer).
+/// Bytes of each of the two halves of the staging memory (a transfer moves in chunks of at
+/// most this size, the host copy of one chunk overlapping the other one's transfer).
 const STAGING_HALF: usize = 8 << 20;
-/// Bytes per task of the parallel copy out of the staging memory.
+/// Bytes per task of the parallel copies into and out of the staging memory.
 const COPY_TASK: usize = 1 << 20;
 
 /// The most dynamic shared memory a block may take with two blocks per multiprocessor:
@@ -94,10 +95,10 @@ pub struct CudaDevice {
     /// While [`Device::time`] runs: the kernel's name and a (start, end) event pair recorded
     /// around each launch.
     kernel_events: Mutex<Option<Vec<KernelEvents>>>,
-    /// Page-locked memory large downloads are staged through (two halves of at most
-    /// `STAGING_HALF` bytes), allocated on first use and kept: the driver's own copy to
-    /// pageable memory runs at a fraction of the bus speed and maps the caller's fresh pages
-    /// one by one.
+    /// Page-locked memory large uploads and downloads are staged through (two halves of at
+    /// most `STAGING_HALF` bytes), allocated on first use and kept: the driver's own copies
+    /// from and to pageable memory run at a fraction of the bus speed (and a download maps
+    /// the caller's fresh pages one by one).
     staging: Mutex<Option<PinnedHostSlice<u8>>>,
     /// Host time spent in each kind of driver call inside [`Device::time`], printed per
     /// timed region when `RQTREE_TRACE=1` (`None`: not tracing).
@@ -225,23 +226,74 @@ impl CudaDevice {
         r
     }
 
-    /// A download through the staging memory: chunk i + 1 is copied from the device into one
-    /// half while chunk i is copied out of the other to `dst` (in parallel, which also maps
-    /// a fresh destination's pages from all cores). `dst.len() ≤ src.len`.
-    fn download_staged(&self, src: &CudaBuffer, dst: &mut [u8]) -> Result<()> {
-        let err = |e| dev_err("download", e);
+    /// The staging memory (two halves of [`STAGING_HALF`] page-locked bytes), allocated on
+    /// first use and held for the caller's transfer (`what`, for messages).
+    fn staging_memory(
+        &self,
+        what: &str,
+    ) -> Result<std::sync::MutexGuard<'_, Option<PinnedHostSlice<u8>>>> {
         let mut staging = self
             .staging
             .lock()
             .map_err(|_| Error::Device("staging lock poisoned".into()))?;
         if staging.is_none() {
-            // SAFETY: the memory is only read after a copy from the device has filled it;
-            // flags 0: cached (not write-combined), as the host reads it.
+            // SAFETY: the memory is only read after a copy has filled it (from the device for
+            // a download, from the caller for an upload); flags 0: cached (not
+            // write-combined), as the host reads it after downloads.
             *staging = Some(
                 unsafe { self.ctx.alloc_pinned_with_flags::<u8>(2 * STAGING_HALF, 0) }
-                    .map_err(err)?,
+                    .map_err(|e| dev_err(what, e))?,
             );
         }
+        Ok(staging)
+    }
+
+    /// An upload through the staging memory: chunk i of `src` is copied (in parallel) into
+    /// half i % 2 while chunk i - 1 moves from the other half to the device; a half is
+    /// refilled only after the event recorded behind its previous transfer. `at + src.len()`
+    /// ≤ `dst.len`; returns once everything has arrived.
+    fn upload_staged(&self, dst: &mut CudaBuffer, at: usize, src: &[u8]) -> Result<()> {
+        let err = |e| dev_err("upload", e);
+        let mut staging = self.staging_memory("upload")?;
+        let Some(pinned) = staging.as_mut() else {
+            return Err(Error::Device("upload: no staging memory".into()));
+        };
+        let host = pinned.as_mut_slice().map_err(err)?;
+        let (base, _guard) = dst.slice.device_ptr_mut(&self.stream);
+        let (even, odd) = host.split_at_mut(STAGING_HALF);
+        let mut sent: [Option<CudaEvent>; 2] = [None, None];
+        for (i, chunk) in src.chunks(STAGING_HALF).enumerate() {
+            let half = if i % 2 == 0 { &mut *even } else { &mut *odd };
+            if let Some(done) = sent[i % 2].take() {
+                done.synchronize().map_err(err)?;
+            }
+            let n = chunk.len();
+            half[..n]
+                .par_chunks_mut(COPY_TASK)
+                .zip(chunk.par_chunks(COPY_TASK))
+                .for_each(|(h, c)| h.copy_from_slice(c));
+            // SAFETY: the device range [base + at + i·HALF, + n) lies inside `dst` (at +
+            // src.len() ≤ dst.len); the host range is a half of the staging memory that is
+            // not written again until this transfer's event has completed.
+            unsafe {
+                result::memcpy_htod_async(
+                    base + (at + i * STAGING_HALF) as u64,
+                    &half[..n],
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(err)?;
+            sent[i % 2] = Some(self.stream.record_event(None).map_err(err)?);
+        }
+        self.stream.synchronize().map_err(err)
+    }
+
+    /// A download through the staging memory: chunk i + 1 is copied from the device into one
+    /// half while chunk i is copied out of the other to `dst` (in parallel, which also maps
+    /// a fresh destination's pages from all cores). `dst.len() ≤ src.len`.
+    fn download_staged(&self, src: &CudaBuffer, dst: &mut [u8]) -> Result<()> {
+        let err = |e| dev_err("download", e);
+        let mut staging = self.staging_memory("download")?;
         let Some(pinned) = staging.as_mut() else {
             return Err(Error::Device("download: no staging memory".into()));
         };
@@ -394,28 +446,36 @@ impl CudaDevice {
         )))
     }
 
-    /// Opts `kernel` in to `bytes` of dynamic shared memory when it needs more than 48 KiB.
+    /// Opts `kernel` in to `bytes` of dynamic shared memory when it needs more than its
+    /// current limit (48 KiB at first). The limit only grows, and is raised under the cache's
+    /// lock, so a launch on another thread never finds it lowered below what it set.
     fn ensure_shared(&self, kernel: &str, f: Function, bytes: u32) -> Result<Function> {
         if bytes <= f.shared_limit {
             return Ok(f);
         }
-        // SAFETY: `f.raw` is a live function of this context.
+        let mut map = self
+            .functions
+            .lock()
+            .map_err(|_| Error::Device("kernel cache lock poisoned".into()))?;
+        let current = map.get(kernel).copied().unwrap_or(f);
+        if bytes <= current.shared_limit {
+            return Ok(current);
+        }
+        // SAFETY: `current.raw` is a live function of this context.
         unsafe {
             result::function::set_function_attribute(
-                f.raw,
+                current.raw,
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 bytes as i32,
             )
         }
         .map_err(|e| dev_err(&format!("{kernel}: {bytes} bytes of shared memory"), e))?;
-        let f = Function {
-            raw: f.raw,
+        let raised = Function {
+            raw: current.raw,
             shared_limit: bytes,
         };
-        if let Ok(mut map) = self.functions.lock() {
-            map.insert(kernel.to_string(), f);
-        }
-        Ok(f)
+        map.insert(kernel.to_string(), raised);
+        Ok(raised)
     }
 }
 
@@ -489,6 +549,9 @@ impl Device for CudaDevice {
             return Ok(());
         }
         self.traced("upload", || {
+            if src.len() >= STAGED_BYTES {
+                return self.upload_staged(dst, at, src);
+            }
             let mut view = dst.slice.slice_mut(at..end);
             self.stream
                 .memcpy_htod(src, &mut view)
@@ -681,19 +744,32 @@ mod tests {
         assert_eq!(got, vec![1, 1, 0]);
     }
 
-    /// Downloads through the staging memory: one chunk, several chunks of both halves with a
-    /// short last one, and a prefix of a larger buffer, byte for byte.
+    /// Uploads and downloads through the staging memory: one chunk, several chunks of both
+    /// halves with a short last one, a prefix of a larger buffer, and uploads at offsets
+    /// that straddle the chunks, byte for byte against a host copy.
     #[test]
-    fn staged_downloads_round_trip() {
+    fn staged_transfers_round_trip() {
         let Some(dev) = device_or_skip() else { return };
         let big = 2 * STAGING_HALF + STAGING_HALF / 2 + 3;
-        let data: Vec<u8> = (0..big).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let mut data: Vec<u8> = (0..big).map(|i| (i * 7 + i / 4099) as u8).collect();
         let mut buf = dev.alloc(big).expect("alloc");
         dev.upload(&mut buf, &data).expect("upload");
         for n in [STAGED_BYTES, STAGING_HALF + 1, big - 5, big] {
             let mut back = vec![0u8; n];
             dev.download(&buf, &mut back).expect("download");
             assert!(back == data[..n], "download of {n} bytes");
+        }
+        for (at, n, fill) in [
+            (5, STAGED_BYTES, 1u8),
+            (STAGING_HALF - 3, STAGING_HALF + 7, 2),
+            (1, big - 1, 3),
+        ] {
+            let part: Vec<u8> = (0..n).map(|i| (i % 251) as u8 ^ fill).collect();
+            dev.upload_at(&mut buf, at, &part).expect("upload_at");
+            data[at..at + n].copy_from_slice(&part);
+            let mut back = vec![0u8; big];
+            dev.download(&buf, &mut back).expect("download");
+            assert!(back == data, "upload of {n} bytes at byte {at}");
         }
     }
 
