@@ -5,8 +5,9 @@
 //   b[r]: B (8 × 8, K × N)      element (t + 4·r, g),                   r < 2;
 //   d[r]: D (16 × 8)            element (g + 8·(r / 2), 2t + r % 2),     r < 4.
 // A and B are the bit patterns of TF32 values (f32 with the low 13 mantissa bits clear:
-// rq_tf32_bits). The products of TF32 values are exact in f32; their accumulation order
-// and rounding are the hardware's (kernels only use these sums through error bounds).
+// rq_tf32_bits). The products of TF32 values are exact; their accumulation order and
+// rounding are the hardware's (kernels only use these sums through error bounds), which the
+// emulator models at its pessimistic end (rq_emu_mma_sum).
 #pragma once
 
 #include "common.cuh"
@@ -16,9 +17,38 @@
 __device__ inline unsigned rq_tf32_bits(float v) { return __float_as_uint(v) & 0xffffe000u; }
 
 #ifdef RQ_EMU
+/// One output of the emulated tile product: c plus eight exact TF32 products, summed as a
+/// tensor core without extra bits would (the pessimistic end of what the PTX ISA leaves
+/// unspecified; Fasi et al. 2021 measured products exact, addends aligned to the largest by
+/// truncation and the result normalised toward zero): every addend truncated toward zero to
+/// the largest addend's f32 grid, the truncated addends summed exactly, the sum truncated
+/// toward zero to f32 (an overflow stays ±inf). Infinite or NaN addends sum as IEEE floats.
+inline float rq_emu_mma_sum(float c, const double (&p)[8]) {
+  double t[9] = {c, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]};
+  double big = 0.0;
+  bool finite = true;
+  for (double v : t) {
+    finite = finite && std::isfinite(v);
+    big = std::fmax(big, std::fabs(v));
+  }
+  if (!finite || big == 0.0) {
+    float s = c;
+    for (double v : p) s += (float)v;
+    return s;
+  }
+  int e;
+  std::frexp(big, &e);                           // big = m·2^e, 0.5 ≤ m < 1
+  const double grid = std::ldexp(1.0, e - 24);  // the f32 ulp of big's binade
+  double s = 0.0;                                // exact: 9 multiples of grid below 2^(e+4)
+  for (double v : t) s += std::trunc(v / grid) * grid;
+  float f = (float)s;
+  if (std::isfinite(f) && std::fabs((double)f) > std::fabs(s)) f = std::nextafter(f, 0.0f);
+  return f;
+}
+
 /// The emulator's tile product: the lanes publish their fragments in a per-warp scratch
 /// (block-private: the fibers of a block share their worker thread), each computes its own
-/// four outputs in f32, in k order, and the warp synchronises again before the scratch is
+/// four outputs (rq_emu_mma_sum), and the warp synchronises again before the scratch is
 /// reused. Every lane of the warp must call it.
 __device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
                                    const unsigned (&b)[2]) {
@@ -33,14 +63,14 @@ __device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
   for (int r = 0; r < 2; ++r) f.b[lane][r] = b[r];
   __syncwarp();
   const int g = lane / 4, t = lane % 4;
-  const auto tf32 = [](unsigned bits) { return __uint_as_float(bits & 0xffffe000u); };
+  const auto tf32 = [](unsigned bits) { return (double)__uint_as_float(bits & 0xffffe000u); };
   for (int r = 0; r < 4; ++r) {
     const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
-    float s = d[r];
+    double p[8];
     for (int k = 0; k < 8; ++k)
-      s += tf32(f.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]) *
-           tf32(f.b[4 * col + k % 4][k / 4]);
-    d[r] = s;
+      p[k] = tf32(f.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]) *
+             tf32(f.b[4 * col + k % 4][k / 4]);
+    d[r] = rq_emu_mma_sum(d[r], p);
   }
   __syncwarp();
 }

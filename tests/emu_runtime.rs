@@ -815,6 +815,67 @@ fn neighbour_matches(c: &Counter, d: &EmuDevice, kernel: &str) -> bool {
     (0..blocks * n).all(|g| got[g] == if g % n > 0 { input[g - 1] } else { 0.0 })
 }
 
+/// Runs `rq_emu_test_mma_tf32` on A (16 × 8), B (8 × 8) and C (16 × 8); returns D.
+fn mma_tf32(c: &Counter, d: &EmuDevice, a: &[f32], b: &[f32], acc: &[f32]) -> Vec<f32> {
+    let (ab, bb, cb) = (
+        d.alloc_from(a).unwrap(),
+        d.alloc_from(b).unwrap(),
+        d.alloc_from(acc).unwrap(),
+    );
+    let out = d.alloc_zeroed::<f32>(128).unwrap();
+    c.ok(
+        d,
+        "rq_emu_test_mma_tf32",
+        LaunchConfig::linear(1, 32),
+        &[Buf(&ab), Buf(&bb), Buf(&cb), Buf(&out)],
+    );
+    d.download_vec(&out, 128).unwrap()
+}
+
+#[test]
+fn mma_tf32_layouts_and_accumulation() {
+    let c = Counter::new("mma_tf32_layouts_and_accumulation");
+    let d = dev();
+    // Layouts: small integers, so every sum is exact whatever the accumulation.
+    let a: Vec<f32> = (0..128)
+        .map(|i| ((i * 5 + i / 8) % 7) as f32 - 3.0)
+        .collect();
+    let b: Vec<f32> = (0..64)
+        .map(|i| ((i * 3 + i / 8) % 5) as f32 - 2.0)
+        .collect();
+    let acc: Vec<f32> = (0..128).map(|i| (i % 11) as f32).collect();
+    let got = mma_tf32(&c, &d, &a, &b, &acc);
+    for i in 0..16 {
+        for j in 0..8 {
+            let want = acc[i * 8 + j] + (0..8).map(|k| a[i * 8 + k] * b[k * 8 + j]).sum::<f32>();
+            assert_eq!(got[i * 8 + j], want, "D[{i}][{j}]");
+        }
+    }
+    // Accumulation at the pessimistic end: an addend below the largest addend's f32 grid is
+    // truncated away (round to nearest would give 1 + 2^-23), the sum truncated toward zero
+    // (-1 - 0.75·2^-23 gives -1), and an overflow is inf. Operands are truncated to TF32:
+    // 1 + 2^-12 reads as 1.
+    let unit = |v: f32| {
+        let mut m = vec![0.0f32; 64];
+        m[0] = v;
+        m
+    };
+    let small = 0.75 * 2f32.powi(-23);
+    for (a00, b00, c00, want) in [
+        (small, 1.0, 1.0, 1.0),
+        (-small, 1.0, -1.0, -1.0),
+        (2f32.powi(100), 2f32.powi(27), 2f32.powi(127), f32::INFINITY),
+        (1.0 + 2f32.powi(-12), 1.0, 0.0, 1.0),
+    ] {
+        let mut a = vec![0.0f32; 128];
+        a[0] = a00;
+        let mut acc = vec![0.0f32; 128];
+        acc[0] = c00;
+        let got = mma_tf32(&c, &d, &a, &unit(b00), &acc);
+        assert_eq!(got[0], want, "{a00:e} * {b00:e} + {c00:e}");
+    }
+}
+
 /// Runs `rq_emu_test_async_rounds` (`variant`: 0 correct, 1 no waits, 2 no barrier before the
 /// second round's copies) and tells whether both rounds read the right neighbours' values.
 fn async_rounds_match(c: &Counter, d: &EmuDevice, variant: i32) -> bool {

@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
+#include "mma_tf32.cuh"
 #include "rq_shared.cuh"
 
 // Each thread writes its slot, then reads its neighbour's after a barrier, twice over.
@@ -190,4 +191,19 @@ extern "C" __global__ void rq_emu_test_shared_private(int* mismatches) {
     __syncthreads();
     if (owner[i & 1] != blockIdx.x * 1000u + static_cast<unsigned>(i)) atomicAdd(mismatches, 1);
   }
+}
+
+// One warp's m16n8k8 TF32 tile product D = A·B + C through rq_mma_tf32, the fragments loaded
+// and stored by the PTX ISA's layouts (mma_tf32.cuh): A 16 × 8, B 8 × 8 (K × N), C and D
+// 16 × 8, all row-major; A and B truncated to TF32.
+extern "C" __global__ void rq_emu_test_mma_tf32(const float* a, const float* b, const float* c,
+                                                float* d) {
+  const int lane = (int)threadIdx.x, g = lane / 4, t = lane % 4;
+  unsigned fa[4], fb[2];
+  float acc[4];
+  for (int r = 0; r < 4; ++r) fa[r] = rq_tf32_bits(a[(g + 8 * (r % 2)) * 8 + t + 4 * (r / 2)]);
+  for (int r = 0; r < 2; ++r) fb[r] = rq_tf32_bits(b[(t + 4 * r) * 8 + g]);
+  for (int r = 0; r < 4; ++r) acc[r] = c[(g + 8 * (r / 2)) * 8 + 2 * t + r % 2];
+  rq_mma_tf32(acc, fa, fb);
+  for (int r = 0; r < 4; ++r) d[(g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = acc[r];
 }
