@@ -1,7 +1,9 @@
 //! The `Backend` trait (DESIGN §5): the kernel-level operations that `reference`, `emu` and
 //! `cuda` implement. Inputs reaching a backend are already validated by [`crate::ops`] (shapes,
-//! finiteness, ranges); a backend may assume them and must return results obeying the
-//! tie rule of DESIGN §4 (higher score first, equal scores → lower id).
+//! finiteness, code and node ranges, score magnitudes: [`crate::range`]) or built by
+//! [`crate::search::search`] from validated inputs; a backend may assume them (call these
+//! methods through `ops`, not directly, with inputs of your own) and must return results
+//! obeying the tie rule of DESIGN §4 (higher score first, equal scores → lower id).
 
 use std::sync::Arc;
 

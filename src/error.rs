@@ -28,6 +28,10 @@ pub enum Error {
     /// A parameter out of its valid range (`k = 0`, a zero beam width, `K > 65536`, …).
     #[error("invalid parameter: {0}")]
     Param(String),
+    /// Finite inputs so large that the operation's scores could overflow `f32` (and become
+    /// infinite or NaN), named with the tensor or query and the bound that was exceeded.
+    #[error("values out of range: {0}")]
+    Range(String),
     /// An index or codebook file that is truncated, corrupted or inconsistent.
     #[error("invalid file {path}: {msg}")]
     File {

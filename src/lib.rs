@@ -21,6 +21,7 @@ pub mod metric;
 pub mod npy;
 pub mod ops;
 pub mod progress;
+pub mod range;
 pub mod reference;
 pub mod search;
 pub mod synthetic;

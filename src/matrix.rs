@@ -1,6 +1,6 @@
 //! A dense row-major `f32` matrix, the currency of every API in the crate.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rayon::prelude::*;
 
@@ -15,15 +15,36 @@ pub struct Matrix {
     finite: FiniteMemo,
 }
 
-/// Whether a matrix's values were found finite since they last changed, so that a matrix
-/// passed to many calls (a resident item set, a query batch searched twice) is scanned once.
-/// Cleared by every mutable access; ignored by equality.
-#[derive(Debug, Default)]
-struct FiniteMemo(AtomicBool);
+/// Whether a matrix's values were found finite since they last changed, and their largest
+/// magnitude once asked for (f32 bits; `UNKNOWN` until then), so that a matrix passed to many
+/// calls (a resident item set, a query batch searched twice) is scanned once. Cleared by every
+/// mutable access; ignored by equality.
+#[derive(Debug)]
+struct FiniteMemo(AtomicBool, AtomicU32);
+
+/// [`FiniteMemo`]'s "largest magnitude not known" (a NaN pattern no scan produces).
+const UNKNOWN: u32 = u32::MAX;
+
+impl Default for FiniteMemo {
+    fn default() -> Self {
+        FiniteMemo(AtomicBool::new(false), AtomicU32::new(UNKNOWN))
+    }
+}
+
+impl FiniteMemo {
+    /// Forgets everything (the values are about to change).
+    fn clear(&mut self) {
+        *self.0.get_mut() = false;
+        *self.1.get_mut() = UNKNOWN;
+    }
+}
 
 impl Clone for FiniteMemo {
     fn clone(&self) -> Self {
-        FiniteMemo(AtomicBool::new(self.0.load(Ordering::Relaxed)))
+        FiniteMemo(
+            AtomicBool::new(self.0.load(Ordering::Relaxed)),
+            AtomicU32::new(self.1.load(Ordering::Relaxed)),
+        )
     }
 }
 
@@ -85,7 +106,7 @@ impl Matrix {
     }
     /// All values, row-major, mutable.
     pub fn data_mut(&mut self) -> &mut [f32] {
-        *self.finite.0.get_mut() = false;
+        self.finite.clear();
         &mut self.data
     }
     /// Consumes the matrix, returning its values.
@@ -98,7 +119,7 @@ impl Matrix {
     }
     /// Row `i`, mutable.
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
-        *self.finite.0.get_mut() = false;
+        self.finite.clear();
         &mut self.data[i * self.cols..(i + 1) * self.cols]
     }
 
@@ -108,7 +129,11 @@ impl Matrix {
             rows: range.len(),
             cols: self.cols,
             data: self.data[range.start * self.cols..range.end * self.cols].to_vec(),
-            finite: self.finite.clone(),
+            // Finite rows stay finite; their largest magnitude is rescanned when asked.
+            finite: FiniteMemo(
+                AtomicBool::new(self.finite.0.load(Ordering::Relaxed)),
+                AtomicU32::new(UNKNOWN),
+            ),
         }
     }
 
@@ -122,6 +147,19 @@ impl Matrix {
         check_finite(&self.data, self.cols, tensor)?;
         self.finite.0.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The largest magnitude of the values (0 for an empty matrix), after
+    /// [`Matrix::check_finite`]; remembered like finiteness.
+    pub fn max_abs(&self, tensor: &str) -> Result<f32> {
+        let bits = self.finite.1.load(Ordering::Relaxed);
+        if bits != UNKNOWN {
+            return Ok(f32::from_bits(bits));
+        }
+        self.check_finite(tensor)?;
+        let m = max_abs(&self.data);
+        self.finite.1.store(m.to_bits(), Ordering::Relaxed);
+        Ok(m)
     }
 
     /// Errors unless the matrix has `cols` columns; `tensor` names it in the message.
@@ -143,6 +181,18 @@ impl Matrix {
 
 /// Values per task of the parallel finiteness scan.
 const FINITE_CHUNK: usize = 1 << 16;
+
+/// The largest magnitude in `data` (finite values; 0 when empty), scanned in parallel chunks.
+pub fn max_abs(data: &[f32]) -> f32 {
+    let chunk_max = |c: &[f32]| c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if data.len() <= FINITE_CHUNK {
+        chunk_max(data)
+    } else {
+        data.par_chunks(FINITE_CHUNK)
+            .map(chunk_max)
+            .reduce(|| 0.0, f32::max)
+    }
+}
 
 /// Errors with [`Error::NonFinite`] at the first NaN/inf of a row-major `? × cols` buffer.
 /// The scan runs in parallel chunks without early exit (so that it vectorises); the

@@ -4,14 +4,15 @@
 use crate::backend::{AssignOptions, Assignment, Backend, Encoding};
 use crate::candidates::Candidates;
 use crate::error::{Error, Result};
-use crate::index::{Codebook, Codebooks, Tree};
+use crate::index::{Codebook, Codebooks, Embeddings, Index, Tree};
 use crate::matrix::{check_finite, Matrix};
 use crate::metric::Metric;
+use crate::range;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
 
-/// Largest beam width accepted for encoding (DESIGN: the kernels support `E ≤ 32`; the
-/// reference accepts more).
+/// Largest beam width accepted for encoding (the reference's limit; the kernel backends
+/// also need `8·E·d` bytes of shared memory per block and say so when that is too much).
 pub const MAX_ENCODE_BEAM: usize = 1024;
 
 /// Errors unless `k ≥ 1`.
@@ -55,6 +56,7 @@ pub fn assign(
     opts: &AssignOptions,
 ) -> Result<Assignment> {
     check_input(residuals, codebook.dim(), "residuals")?;
+    check_code_scores(residuals, [codebook], "residuals")?;
     if opts.top_m == 0 || opts.top_m > codebook.len() {
         return Err(Error::param(format!(
             "top_m = {} must be in 1..={} (K)",
@@ -80,12 +82,35 @@ pub fn encode(
     beam: usize,
 ) -> Result<Encoding> {
     check_input(items, codebooks.dim(), "items")?;
+    check_code_scores(items, codebooks.iter(), "items")?;
     if beam == 0 || beam > MAX_ENCODE_BEAM {
         return Err(Error::param(format!(
             "encoding beam = {beam} must be in 1..={MAX_ENCODE_BEAM}"
         )));
     }
     be.encode(items, codebooks, beam)
+}
+
+/// Errors when the keys of code assignment could overflow: the logits `2<r, C[k]> - ||C[k]||²`
+/// and distances `||r - C[k]||²` of rows `x` (and, over several levels, of their residuals,
+/// whose components stay within those of `x` plus the levels' codewords') are at most
+/// `d·(max|x| + Σ_l max|C_l|)²`.
+fn check_code_scores<'a>(
+    x: &Matrix,
+    levels: impl IntoIterator<Item = &'a Codebook>,
+    tensor: &str,
+) -> Result<()> {
+    let mut mc = 0.0f32;
+    for (l, cb) in levels.into_iter().enumerate() {
+        mc += cb.words().max_abs(&format!("codebook.{l}"))?;
+    }
+    range::check_exact_scores(
+        x.cols(),
+        x.max_abs(tensor)?,
+        mc,
+        Metric::L2,
+        "the codewords",
+    )
 }
 
 /// Lookup tables of a query batch.
@@ -96,17 +121,25 @@ pub fn lookup_tables(
     metric: Metric,
 ) -> Result<QueryTables> {
     check_input(queries, codebooks.dim(), "queries")?;
+    range::check_query_scores(queries, codebooks, metric, None)?;
     be.lookup_tables(queries, codebooks, metric)
 }
 
-/// Beam traversal over `tree` (the tables must come from the same codebooks).
-pub fn traverse(
-    be: &dyn Backend,
-    tables: &QueryTables,
-    tree: &Tree,
-    beams: &[usize],
-) -> Result<Candidates> {
-    check_beams(beams, tree.depths.len())?;
+/// `beams` with each width capped at the number of nodes of its depth (keeping more nodes
+/// than there are keeps them all, so the result is the same, and no backend sizes buffers
+/// from an absurd width).
+pub fn clamp_beams(beams: &[usize], tree: &Tree) -> Vec<usize> {
+    beams
+        .iter()
+        .zip(&tree.depths)
+        .map(|(&w, depth)| w.min(depth.len().max(1)))
+        .collect()
+}
+
+/// Errors unless `tables` fit `tree`: one table per depth, each with a row per query
+/// (`qnorm.len()`) and a column for every code of its depth; and their summed scores stay
+/// within range (norms: the depths' largest stored centroid norm, under `l2`).
+fn check_tables_for_tree(tables: &QueryTables, tree: &Tree) -> Result<()> {
     if tables.levels.len() != tree.depths.len() {
         return Err(Error::shape(format!(
             "{} lookup tables for a tree of {} depths",
@@ -114,7 +147,144 @@ pub fn traverse(
             tree.depths.len()
         )));
     }
-    be.traverse(tables, tree, beams)
+    let b = tables.queries();
+    let mut norm = 0.0f32;
+    for (l, (m, depth)) in tables.levels.iter().zip(&tree.depths).enumerate() {
+        let codes = depth.code.iter().max().map_or(0, |&c| c as usize + 1);
+        if m.rows() != b || m.cols() < codes {
+            return Err(Error::shape(format!(
+                "the lookup table of level {} is {} x {}, expected {b} queries x at least \
+                 {codes} codes",
+                l + 1,
+                m.rows(),
+                m.cols()
+            )));
+        }
+        norm = depth.centroid_norm.iter().fold(norm, |a, &v| a.max(v));
+    }
+    range::check_table_scores(tables, norm)
+}
+
+/// Beam traversal over `tree` (the tables must come from the same codebooks); widths above
+/// a depth's node count keep every node.
+pub fn traverse(
+    be: &dyn Backend,
+    tables: &QueryTables,
+    tree: &Tree,
+    beams: &[usize],
+) -> Result<Candidates> {
+    check_beams(beams, tree.depths.len())?;
+    check_tables_for_tree(tables, tree)?;
+    be.traverse(tables, tree, &clamp_beams(beams, tree))
+}
+
+/// Errors unless `offsets` (`B + 1` of them, from 0, non-decreasing) delimit `len` entries
+/// for `queries` queries; `what` names the list.
+fn check_offsets(offsets: &[usize], queries: usize, len: usize, what: &str) -> Result<()> {
+    if offsets.len() != queries + 1 || offsets.first() != Some(&0) || offsets.last() != Some(&len) {
+        return Err(Error::shape(format!(
+            "{what}: {} offsets for {queries} queries must run from 0 to {len}",
+            offsets.len()
+        )));
+    }
+    if let Some(q) = offsets.windows(2).position(|w| w[0] > w[1]) {
+        return Err(Error::shape(format!(
+            "{what}: offsets decrease at query {q}"
+        )));
+    }
+    Ok(())
+}
+
+/// Fused residual lookup + top-k over each query's candidate nodes (DESIGN §3): `tables`
+/// from `index`'s codebooks and metric, `candidates` nodes of one depth of its tree.
+pub fn fused_topk(
+    be: &dyn Backend,
+    tables: &QueryTables,
+    index: &Index,
+    candidates: &Candidates,
+    k: usize,
+) -> Result<TopK> {
+    check_k(k)?;
+    if tables.metric != index.metric {
+        return Err(Error::param(format!(
+            "lookup tables for {:?} used on a {:?} index",
+            tables.metric, index.metric
+        )));
+    }
+    let sizes = index.codebooks.sizes();
+    let b = tables.queries();
+    if tables.levels.len() != sizes.len()
+        || tables
+            .levels
+            .iter()
+            .zip(&sizes)
+            .any(|(m, &kk)| m.rows() != b || m.cols() != kk)
+    {
+        return Err(Error::shape(format!(
+            "lookup tables do not match {b} queries over codebooks of sizes {sizes:?}"
+        )));
+    }
+    let depths = index.tree.depths.len();
+    if candidates.depth == 0 || candidates.depth > depths {
+        return Err(Error::shape(format!(
+            "candidates at depth {} of a tree of {depths} depths",
+            candidates.depth
+        )));
+    }
+    check_offsets(&candidates.offsets, b, candidates.nodes.len(), "candidates")?;
+    let nodes = index.tree.depths[candidates.depth - 1].len();
+    if let Some(&j) = candidates.nodes.iter().find(|&&j| j as usize >= nodes) {
+        return Err(Error::shape(format!(
+            "candidate node {j} at depth {} of {nodes} nodes",
+            candidates.depth
+        )));
+    }
+    let norm = index.item_norms.iter().fold(0.0f32, |a, &v| a.max(v));
+    range::check_table_scores(tables, norm)?;
+    be.fused_topk(tables, index, candidates, k)
+}
+
+/// Exact re-rank of each query's shortlist (`positions[offsets[b]..offsets[b+1]]`, item
+/// positions) against `embeddings`, ranked by (score, `ids[pos]`); returned ids are positions.
+#[allow(clippy::too_many_arguments)]
+pub fn rerank(
+    be: &dyn Backend,
+    queries: &Matrix,
+    embeddings: &Embeddings,
+    ids: &[i64],
+    metric: Metric,
+    offsets: &[usize],
+    positions: &[u32],
+    k: usize,
+) -> Result<TopK> {
+    check_k(k)?;
+    check_input(queries, embeddings.cols(), "queries")?;
+    let n = embeddings.rows();
+    if ids.len() != n {
+        return Err(Error::shape(format!(
+            "{} ids for {n} embeddings",
+            ids.len()
+        )));
+    }
+    check_offsets(offsets, queries.rows(), positions.len(), "shortlist")?;
+    if let Some(&p) = positions.iter().find(|&&p| p as usize >= n) {
+        return Err(Error::shape(format!(
+            "shortlist position {p} of an index of {n} items"
+        )));
+    }
+    check_rerank_range(queries, embeddings, metric)?;
+    be.rerank(queries, embeddings, ids, metric, offsets, positions, k)
+}
+
+/// Errors when exact scores of `queries` (finite) against `embeddings` could overflow.
+pub fn check_rerank_range(queries: &Matrix, embeddings: &Embeddings, metric: Metric) -> Result<()> {
+    range::check_exact_scores(
+        queries.cols(),
+        queries.max_abs("queries")?,
+        range::embeddings_max_abs(embeddings)?,
+        metric,
+        "the stored embeddings",
+    )
 }
 
 /// Row-wise top-k of a finite score matrix.
@@ -161,5 +331,12 @@ pub fn exact_topk(
     }
     check_input(items, items.cols(), "items")?;
     check_input(queries, items.cols(), "queries")?;
+    range::check_exact_scores(
+        items.cols(),
+        queries.max_abs("queries")?,
+        items.max_abs("items")?,
+        metric,
+        "items",
+    )?;
     be.exact_topk(queries, items, metric, k)
 }

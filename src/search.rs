@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::matrix::Matrix;
 use crate::ops;
+use crate::range;
 use crate::tables::QueryTables;
 use crate::topk::{TopK, NO_ID};
 
@@ -44,20 +45,25 @@ pub struct SearchOutput {
     pub candidates: Vec<usize>,
 }
 
-/// Replaces the level-1 lookup table with a caller's scores of every depth-1 node
-/// (`B × n1`): the score of depth-1 node `j` stands in for `LUT_1[code_j]` in every sum.
-fn fold_level1(tables: &mut QueryTables, index: &Index, scores: &Matrix) -> Result<()> {
-    let d1 = &index.tree.depths[0];
-    if scores.rows() != tables.queries() || scores.cols() != d1.len() {
+/// Errors unless a caller's level-1 scores are finite, `B × n1` (a score per query and
+/// depth-1 node).
+fn check_level1(index: &Index, queries: usize, scores: &Matrix) -> Result<()> {
+    let nodes = index.tree.depths[0].len();
+    if scores.rows() != queries || scores.cols() != nodes {
         return Err(Error::shape(format!(
-            "level-1 scores are {} x {}, expected {} queries x {} depth-1 nodes",
+            "level-1 scores are {} x {}, expected {queries} queries x {nodes} depth-1 nodes",
             scores.rows(),
             scores.cols(),
-            tables.queries(),
-            d1.len()
         )));
     }
-    scores.check_finite("level-1 scores")?;
+    scores.check_finite("level-1 scores")
+}
+
+/// Replaces the level-1 lookup table with a caller's scores of every depth-1 node
+/// (`B × n1`, checked by [`check_level1`]): the score of depth-1 node `j` stands in for
+/// `LUT_1[code_j]` in every sum.
+fn fold_level1(tables: &mut QueryTables, index: &Index, scores: &Matrix) {
+    let d1 = &index.tree.depths[0];
     let lut = &mut tables.levels[0];
     let kk = lut.cols();
     for b in 0..scores.rows() {
@@ -67,7 +73,6 @@ fn fold_level1(tables: &mut QueryTables, index: &Index, scores: &Matrix) -> Resu
             row[d1.code[j] as usize] = s;
         }
     }
-    Ok(())
 }
 
 /// Every candidate item position of every query, in CSR form (`B + 1` offsets).
@@ -102,7 +107,8 @@ pub(crate) fn shortlist(index: &Index, params: &SearchParams) -> Result<Option<u
 }
 
 /// Searches `queries` (`B × d`, finite) in `index`. `level1` optionally replaces the level-1
-/// lookup table with the caller's `B × (#depth-1 nodes)` scores.
+/// lookup table with the caller's `B × (#depth-1 nodes)` scores. Beam widths above a depth's
+/// node count keep every node.
 pub fn search(
     be: &dyn Backend,
     index: &Index,
@@ -114,16 +120,28 @@ pub fn search(
     ops::check_beams(&params.beams, index.levels())?;
     ops::check_input(queries, index.dim(), "queries")?;
     let shortlist = shortlist(index, params)?;
+    if let Some(s) = level1 {
+        check_level1(index, queries.rows(), s)?;
+    }
+    range::check_query_scores(queries, &index.codebooks, index.metric, level1)?;
+    if let (Rerank::Exact { .. }, Some(e)) = (params.rerank, &index.embeddings) {
+        ops::check_rerank_range(queries, e, index.metric)?;
+    }
+    // Everything below is built from validated inputs, so the backends are called directly.
+    let params = SearchParams {
+        beams: ops::clamp_beams(&params.beams, &index.tree),
+        ..params.clone()
+    };
     if level1.is_none() {
-        if let Some((topk, candidates)) = be.search_on_device(index, queries, params)? {
+        if let Some((topk, candidates)) = be.search_on_device(index, queries, &params)? {
             return Ok(SearchOutput { topk, candidates });
         }
     }
-    let mut tables = ops::lookup_tables(be, queries, &index.codebooks, index.metric)?;
+    let mut tables = be.lookup_tables(queries, &index.codebooks, index.metric)?;
     if let Some(s) = level1 {
-        fold_level1(&mut tables, index, s)?;
+        fold_level1(&mut tables, index, s);
     }
-    let cand = ops::traverse(be, &tables, &index.tree, &params.beams)?;
+    let cand = be.traverse(&tables, &index.tree, &params.beams)?;
     let candidates: Vec<usize> = (0..queries.rows())
         .map(|b| cand.items_of(b, &index.tree))
         .collect();

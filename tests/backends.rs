@@ -11,6 +11,7 @@ use rand::Rng;
 use std::sync::Arc;
 
 use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Encoding, Resident};
+use rqtree::error::Error;
 use rqtree::index::build::{build, BuildOptions};
 use rqtree::index::{Codebook, Codebooks, EmbeddingKind, Embeddings, Index};
 #[cfg(any(feature = "emu", feature = "cuda"))]
@@ -551,6 +552,145 @@ fn tables_traversal_fused_and_rerank(be: &dyn Backend) {
                     .unwrap();
                 assert_topk_close(&r, &rr, tol, "rerank");
             }
+        }
+    }
+}
+
+/// `m` with every value multiplied by `s`.
+fn scaled(m: &Matrix, s: f32) -> Matrix {
+    let mut m = m.clone();
+    m.data_mut().iter_mut().for_each(|v| *v *= s);
+    m
+}
+
+/// Inputs every backend refuses with the same error kind: finite values large enough that
+/// scores could overflow f32 (they would reach the selectors as ±inf or NaN: a depth-1 beam
+/// then read a node id from an empty slot), tables that do not fit the tree, candidate and
+/// shortlist lists out of range. And beam widths beyond a depth's node count, which keep
+/// every node rather than sizing anything from the width.
+fn out_of_range_inputs_are_errors(be: &dyn Backend) {
+    let mut rng = rng("out_of_range_inputs_are_errors");
+    fn range<T>(r: rqtree::Result<T>, what: &str) {
+        match r {
+            Err(Error::Range(m)) => println!("{what}: {m}"),
+            other => panic!(
+                "{what}: expected a range error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    fn shape<T>(r: rqtree::Result<T>, what: &str) {
+        match r {
+            Err(Error::Shape(m)) => println!("{what}: {m}"),
+            other => panic!(
+                "{what}: expected a shape error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+    for metric in [Metric::Ip, Metric::L2] {
+        let (index, _, _) = rand_index(&mut rng, 200, 8, 2, 7, metric, EmbeddingKind::F32);
+        let q = rand_matrix(&mut rng, 5, 8);
+        let params = SearchParams {
+            k: 5,
+            beams: vec![2, 4],
+            rerank: Rerank::None,
+        };
+        // Scores of queries scaled by 1e38 could overflow; by 1e15 they cannot, and agree.
+        let huge = scaled(&q, 1e38);
+        range(
+            search(be, &index, &huge, None, &params),
+            "search, huge queries",
+        );
+        range(
+            ops::lookup_tables(be, &huge, &index.codebooks, metric),
+            "lookup tables, huge queries",
+        );
+        let big = scaled(&q, 1e15);
+        let got = search(be, &index, &big, None, &params).unwrap();
+        let want = search(&Reference, &index, &big, None, &params).unwrap();
+        assert_topk_close(
+            &got.topk,
+            &want.topk,
+            1e-5,
+            "search, queries scaled by 1e15",
+        );
+        // Code assignment of rows whose keys could overflow.
+        let x = Matrix::filled(3, 8, 1e19);
+        range(ops::encode(be, &x, &index.codebooks, 1), "encode");
+        let opts = AssignOptions::default();
+        range(
+            ops::assign(be, &x, index.codebooks.level(0), &opts),
+            "assign",
+        );
+        // The exact scores of finite vectors whose products overflow (inf - inf: NaN).
+        let items = Matrix::new(2, 8, [[1e19f32; 8], [-1e19; 8]].concat()).unwrap();
+        let q20 = Matrix::filled(1, 8, 1e20);
+        range(ops::exact_topk(be, &q20, &items, metric, 1), "exact top-k");
+        let e = Embeddings::F32(Matrix::filled(index.len(), 8, 1e19));
+        let (off, pos) = (vec![0, 3], vec![0, 1, 2]);
+        range(
+            ops::rerank(be, &q20, &e, &index.ids, metric, &off, &pos, 1),
+            "rerank",
+        );
+        // Tables that do not fit the tree, or whose sums overflow.
+        let t = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
+        let mut narrow = t.clone();
+        narrow.levels[1] = Matrix::zeros(5, 2);
+        shape(
+            ops::traverse(be, &narrow, &index.tree, &[2, 4]),
+            "traverse, too few codes",
+        );
+        let mut short = t.clone();
+        short.qnorm.pop();
+        shape(
+            ops::traverse(be, &short, &index.tree, &[2, 4]),
+            "traverse, a query norm missing",
+        );
+        let mut loud = t.clone();
+        loud.levels[0] = Matrix::filled(5, 7, 3e38);
+        range(
+            ops::traverse(be, &loud, &index.tree, &[2]),
+            "traverse, huge tables",
+        );
+        // Candidates and shortlists out of range.
+        let c = ops::traverse(&Reference, &t, &index.tree, &[2]).unwrap();
+        assert!(ops::fused_topk(be, &t, &index, &c, 3).is_ok());
+        range(
+            ops::fused_topk(be, &loud, &index, &c, 3),
+            "fused, huge tables",
+        );
+        let mut bad = c.clone();
+        bad.nodes[0] = index.tree.depths[0].len() as u32;
+        shape(ops::fused_topk(be, &t, &index, &bad, 3), "fused, node id");
+        let mut bad = c.clone();
+        bad.depth = 0;
+        shape(ops::fused_topk(be, &t, &index, &bad, 3), "fused, depth 0");
+        let mut bad = c.clone();
+        bad.offsets[1] = bad.offsets[2] + 1;
+        shape(ops::fused_topk(be, &t, &index, &bad, 3), "fused, offsets");
+        let e = index.embeddings.as_ref().unwrap();
+        let (off, pos) = (vec![0, 2, 3, 3, 3, 3], vec![0, 5, index.len() as u32]);
+        shape(
+            ops::rerank(be, &q, e, &index.ids, metric, &off, &pos, 1),
+            "rerank, position",
+        );
+        let off = vec![0, 2, 1, 2, 2, 2];
+        shape(
+            ops::rerank(be, &q, e, &index.ids, metric, &off, &pos[..2], 1),
+            "rerank, offsets",
+        );
+        // Beams wider than the tree keep every node.
+        let every: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
+        for beams in [vec![usize::MAX, usize::MAX], every] {
+            let wide = SearchParams {
+                beams: beams.clone(),
+                ..params.clone()
+            };
+            let got = search(be, &index, &q, None, &wide).unwrap();
+            let want = search(&Reference, &index, &q, None, &wide).unwrap();
+            assert_topk_close(&got.topk, &want.topk, 1e-5, "search, beams {beams:?}");
+            assert_eq!(got.candidates, vec![index.len(); 5], "beams {beams:?}");
         }
     }
 }
@@ -1184,6 +1324,7 @@ macro_rules! backend_suite {
             exact_topk_both_metrics,
             resident_copies_follow_changes,
             search_pipeline,
+            out_of_range_inputs_are_errors,
         ]);
     };
 }
