@@ -411,15 +411,17 @@ __device__ inline float rq_exact_score(int metric, const float* qs, const unsign
   return metric == RQ_METRIC_L2 ? -rq_dist_sq(qs, x, d) : rq_dot(qs, x, d);
 }
 
-/// Exact re-rank of a shortlist: query b (one block) re-scores its S shortlisted item
-/// positions (-1 = empty, skipped) against the stored embeddings (ip: <q, x>; l2:
-/// -||q - x||²) and keeps the best k, ranked by (score, ids[pos]); payload = position.
-/// q: B × d; emb: N × d stored as emb_dtype: 0 f32, 1 f16 bits, 2 bf16 bits;
-/// shortlist: B × S (i64); ids: N (i64); out_pos / out_scores: B × k. grid: B; block: a
+/// Exact re-rank of a shortlist: query b (one block) re-scores its count[b] shortlisted item
+/// positions shortlist[start[b] + j] (-1 = empty, skipped) against the stored embeddings (ip:
+/// <q, x>; l2: -||q - x||²) and keeps the best k, ranked by (score, ids[pos]); payload =
+/// position. q: B × d; emb: N × d stored as emb_dtype: 0 f32, 1 f16 bits, 2 bf16 bits;
+/// shortlist: i64 positions (a CSR list, or B × S padded with -1: start[b] = b·S, count[b] =
+/// S); start: B (i64); count: B (i32); ids: N (i64); out_pos / out_scores: B × k. grid: B; block: a
 /// power of two ≥ 32; shared: 4·d (rounded up to 16) + 16·cap + 1104 bytes, cap = next pow2
 /// ≥ k + blockDim.x.
 extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char* emb,
-                                     int emb_dtype, const long long* shortlist, int S,
+                                     int emb_dtype, const long long* shortlist,
+                                     const long long* start, const int* count,
                                      const long long* ids, int metric, int k, int cap,
                                      long long* out_pos, float* out_scores) {
   RQ_SHARED_BASE(smem);
@@ -428,9 +430,11 @@ extern "C" __global__ void rq_rerank(const float* q, int d, const unsigned char*
   const RqSelect sel = rq_select_carve(smem + ((unsigned)d * 4u + 15u) / 16u * 16u, k, cap);
   for (int e = threadIdx.x; e < d; e += blockDim.x) qs[e] = q[b * d + e];
   rq_select_init(sel);
+  const long long* list = shortlist + start[b];
+  const int S = count[b];
   for (int j0 = 0; j0 < S; j0 += blockDim.x) {
     const int j = j0 + (int)threadIdx.x;
-    const long long p = j < S ? shortlist[b * S + j] : -1;
+    const long long p = j < S ? list[j] : -1;
     const bool valid = p >= 0;
     const float s = valid ? rq_exact_score(metric, qs, emb, emb_dtype, p, d) : 0.0f;
     rq_select_push(sel, valid, s, valid ? ids[p] : 0, valid ? (unsigned)p : 0u);

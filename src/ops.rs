@@ -56,7 +56,6 @@ pub fn assign(
     opts: &AssignOptions,
 ) -> Result<Assignment> {
     check_input(residuals, codebook.dim(), "residuals")?;
-    check_code_scores(residuals, [codebook], "residuals")?;
     if opts.top_m == 0 || opts.top_m > codebook.len() {
         return Err(Error::param(format!(
             "top_m = {} must be in 1..={} (K)",
@@ -82,35 +81,12 @@ pub fn encode(
     beam: usize,
 ) -> Result<Encoding> {
     check_input(items, codebooks.dim(), "items")?;
-    check_code_scores(items, codebooks.iter(), "items")?;
     if beam == 0 || beam > MAX_ENCODE_BEAM {
         return Err(Error::param(format!(
             "encoding beam = {beam} must be in 1..={MAX_ENCODE_BEAM}"
         )));
     }
     be.encode(items, codebooks, beam)
-}
-
-/// Errors when the keys of code assignment could overflow: the logits `2<r, C[k]> - ||C[k]||²`
-/// and distances `||r - C[k]||²` of rows `x` (and, over several levels, of their residuals,
-/// whose components stay within those of `x` plus the levels' codewords') are at most
-/// `d·(max|x| + Σ_l max|C_l|)²`.
-fn check_code_scores<'a>(
-    x: &Matrix,
-    levels: impl IntoIterator<Item = &'a Codebook>,
-    tensor: &str,
-) -> Result<()> {
-    let mut mc = 0.0f32;
-    for (l, cb) in levels.into_iter().enumerate() {
-        mc += cb.words().max_abs(&format!("codebook.{l}"))?;
-    }
-    range::check_exact_scores(
-        x.cols(),
-        x.max_abs(tensor)?,
-        mc,
-        Metric::L2,
-        "the codewords",
-    )
 }
 
 /// Lookup tables of a query batch.

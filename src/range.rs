@@ -4,7 +4,9 @@
 //! so every operation that computes scores first bounds them from its inputs' magnitudes and
 //! rejects, with [`Error::Range`], inputs whose bound exceeds [`SCORE_LIMIT`]. The bounds are
 //! Cauchy–Schwarz bounds (`|<q, x>| ≤ ||q||·||x||`), so only inputs within a few orders of
-//! magnitude of `f32`'s range are refused.
+//! magnitude of `f32`'s range are refused. Code assignment needs no bound: its keys may
+//! overflow to ±inf (never NaN), which the kernels handle exactly as the reference does
+//! (`greedy_is_exact`'s "overflowing norms" and "overflowing logits").
 
 use rayon::prelude::*;
 

@@ -396,19 +396,6 @@ pub fn fused_topk<D: Device>(
     download_topk(dev, &out.pos, &out.scores, b, k)
 }
 
-/// The CSR shortlist as the kernel reads it: `B × S` positions, `S` the longest list,
-/// `-1` in unused slots.
-fn padded_shortlist(offsets: &[usize], positions: &[u32]) -> TopK {
-    let s = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    let mut out = TopK::empty(offsets.len().saturating_sub(1), s);
-    for (r, w) in offsets.windows(2).enumerate() {
-        for (j, &p) in positions[w[0]..w[1]].iter().enumerate() {
-            out.ids[r * s + j] = i64::from(p);
-        }
-    }
-    out
-}
-
 /// Exact re-rank: each query's shortlist (`positions[offsets[b]..offsets[b+1]]`, item
 /// positions) re-scored against `embeddings` (f32, f16 or bf16 rows = positions) with
 /// `metric`; the best `k` by (score, `ids[pos]`), returned as positions. `1 ≤ k ≤ 2048`.
@@ -433,29 +420,47 @@ pub fn rerank<D: Device>(
             positions.len()
         )));
     }
-    let shortlist = padded_shortlist(offsets, positions);
     if b == 0 || k == 0 {
         return Ok(TopK::empty(b, k));
     }
-    let sl = upload(dev, &shortlist.ids)?;
+    // The CSR as the kernel reads it: i64 positions, each query's start and count.
+    let list: Vec<i64> = positions.iter().map(|&p| i64::from(p)).collect();
+    let start: Vec<i64> = offsets[..b].iter().map(|&o| o as i64).collect();
+    let count = offsets
+        .windows(2)
+        .map(|w| arg_i32(w[1] - w[0], "rerank: shortlist length"))
+        .collect::<Result<Vec<i32>>>()?;
+    let (d_list, d_start, d_count) = (
+        upload(dev, &list)?,
+        upload(dev, &start)?,
+        upload(dev, &count)?,
+    );
     let d_ids = res.input(dev, ids, Reuse::Content)?;
-    let (pos, scores) = rerank_shortlist(
-        dev,
-        res,
-        queries,
-        embeddings,
-        &d_ids,
-        metric,
-        (&sl, shortlist.k),
-        k,
-    )?;
+    let shortlist = DeviceShortlist {
+        list: &d_list,
+        start: &d_start,
+        count: &d_count,
+    };
+    let (pos, scores) =
+        rerank_shortlist(dev, res, queries, embeddings, &d_ids, metric, &shortlist, k)?;
     download_topk(dev, &pos, &scores, b, k)
 }
 
-/// Exact re-rank of a device shortlist: `shortlist.0` holds `B × S` item positions (i64,
-/// `-1` empty: the layout of the fused lookup's output), `S = shortlist.1`; the best `k`
-/// (`1 ≤ k ≤ 2048`) by (score, `ids[pos]`, `ids` the device copy of the caller ids): `B × k`
-/// positions (i64, `-1` empty) and scores on the device (not synchronised).
+/// Each query's shortlist on the device: query `b`'s `count[b]` (i32) item positions at
+/// `list[start[b]..]` (i64, `-1` empty, skipped): a CSR list, or the fused lookup's `B × S`
+/// output with `start[b] = b·S`, `count[b] = S`.
+pub(crate) struct DeviceShortlist<'a, B> {
+    /// Item positions.
+    pub list: &'a B,
+    /// `B` first indices into `list` (i64).
+    pub start: &'a B,
+    /// `B` lengths (i32).
+    pub count: &'a B,
+}
+
+/// Exact re-rank of a device shortlist; the best `k` (`1 ≤ k ≤ 2048`) by (score,
+/// `ids[pos]`, `ids` the device copy of the caller ids): `B × k` positions (i64, `-1` empty)
+/// and scores on the device (not synchronised).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rerank_shortlist<D: Device>(
     dev: &D,
@@ -464,7 +469,7 @@ pub(crate) fn rerank_shortlist<D: Device>(
     embeddings: &Embeddings,
     ids: &D::Buffer,
     metric: Metric,
-    shortlist: (&D::Buffer, usize),
+    shortlist: &DeviceShortlist<'_, D::Buffer>,
     k: usize,
 ) -> Result<(D::Buffer, D::Buffer)> {
     check_k(k, "rerank: k")?;
@@ -488,8 +493,9 @@ pub(crate) fn rerank_shortlist<D: Device>(
         KernelArg::I32(arg_i32(d, "rerank: d")?),
         KernelArg::Buf(&*emb),
         KernelArg::I32(dtype.dtype_arg()),
-        KernelArg::Buf(shortlist.0),
-        KernelArg::I32(arg_i32(shortlist.1, "rerank: shortlist length")?),
+        KernelArg::Buf(shortlist.list),
+        KernelArg::Buf(shortlist.start),
+        KernelArg::Buf(shortlist.count),
         KernelArg::Buf(ids),
         KernelArg::I32(metric_arg(metric)),
     ];

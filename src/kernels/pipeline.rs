@@ -13,11 +13,12 @@ use crate::topk::TopK;
 use super::backend::Storage;
 use super::fused_scan::FusedKernel;
 use super::lookup::{
-    fused_on_device, rerank_shortlist, tables_on_device, DeviceCandidates, FusedOut,
+    fused_on_device, rerank_shortlist, tables_on_device, DeviceCandidates, DeviceShortlist,
+    FusedOut,
 };
 use super::resident::{Residency, Reuse};
 use super::traverse::traverse_on_device;
-use super::{alloc, check_k, download, download_topk, launch_1d};
+use super::{alloc, arg_i32, check_k, download, download_topk, launch_1d};
 
 /// Runs the pipeline for `queries` (`B × d`) with `codebooks` (the index's, rounded to
 /// `storage`): `B × k` caller ids (mapped from item positions on the device) and scores, and
@@ -67,16 +68,21 @@ pub(crate) fn search<D: Device>(
     } = fused_on_device(dev, res, &tables, index, &cand, shortlist, fused)?;
     // The best k positions and scores, on the device.
     let (pos, scores) = match (params.rerank, &index.embeddings) {
-        (Rerank::Exact { .. }, Some(e)) => rerank_shortlist(
-            dev,
-            res,
-            queries,
-            e,
-            &ids,
-            index.metric,
-            (&pos, shortlist),
-            params.k,
-        )?,
+        (Rerank::Exact { .. }, Some(e)) => {
+            // The fused output is B × shortlist (content-cached: one copy per batch shape).
+            let start: Vec<i64> = (0..b).map(|q| (q * shortlist) as i64).collect();
+            let count = vec![arg_i32(shortlist, "search: rerank-k")?; b];
+            let (start, count) = (
+                res.input(dev, &start, Reuse::Content)?,
+                res.input(dev, &count, Reuse::Content)?,
+            );
+            let list = DeviceShortlist {
+                list: &pos,
+                start: &start,
+                count: &count,
+            };
+            rerank_shortlist(dev, res, queries, e, &ids, index.metric, &list, params.k)?
+        }
         _ => (pos, scores),
     };
     let n = b * params.k;
