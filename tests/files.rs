@@ -246,6 +246,42 @@ fn save_rejects_an_invalid_index() {
     assert!(!p.exists());
 }
 
+/// A failed write names the file the caller asked for, not the hidden temporary file (which
+/// follows in parentheses), whichever writer failed.
+#[test]
+fn write_errors_name_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let index = small_index(EmbeddingKind::None);
+    let results = [
+        ("o.npy", write_i64(missing.join("o.npy"), 1, 1, &[1])),
+        (
+            "s.npy",
+            write_f32(missing.join("s.npy"), &Matrix::zeros(1, 1)),
+        ),
+        (
+            "cb.safetensors",
+            write_codebooks(missing.join("cb.safetensors"), &index.codebooks),
+        ),
+        ("ix.rqt", save(&index, missing.join("ix.rqt"))),
+    ];
+    for (name, r) in results {
+        let dest = missing.join(name);
+        let e = r.unwrap_err();
+        let text = e.to_string();
+        match e {
+            Error::Io { path, .. } => assert_eq!(path, dest, "{text}"),
+            other => panic!("{name}: expected Error::Io, got {other:?}"),
+        }
+        assert!(
+            text.starts_with(&format!("I/O error on {}: ", dest.display()))
+                && text.contains(&format!("(temporary file {}", missing.join(".").display())),
+            "{text}"
+        );
+    }
+    assert!(!missing.exists());
+}
+
 // ---------------------------------------------------------------- broken index files
 
 #[test]
@@ -781,6 +817,9 @@ fn npy_forged_huge_shapes_are_rejected() {
         "(8589934592, 8589934592)",
         "(2147483648, 2147483648)",
         "(4, 1000000)",
+        // Zero elements, but npyz's stride products overflow: refused before npyz sees it.
+        "(1099511627776, 1099511627776, 0)",
+        "[4294967296, 4294967296]",
     ] {
         forged_npy(
             &p,
