@@ -246,6 +246,46 @@ fn save_rejects_an_invalid_index() {
     assert!(!p.exists());
 }
 
+/// Saving refuses what loading would refuse: infinite half-width embeddings (what f16 storage
+/// makes of values above 65504) and an item id of -1 (the empty-slot marker); nothing is
+/// written.
+#[test]
+fn save_refuses_what_load_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.rqt");
+    let mut index = small_index(EmbeddingKind::F16);
+    let d = index.dim();
+    if let Some(Embeddings::F16 { data, .. }) = &mut index.embeddings {
+        data[4 * d + 3] = f16::from_f32(1.0e5);
+    }
+    let e = save(&index, &p).unwrap_err().to_string();
+    assert!(
+        e.contains("non-finite") && e.contains("row 4, column 3"),
+        "{e}"
+    );
+    assert!(!p.exists());
+    let mut index = small_index(EmbeddingKind::None);
+    index.ids[9] = -1;
+    let e = save(&index, &p).unwrap_err().to_string();
+    assert!(e.contains("item id -1 at position 9 is negative"), "{e}");
+    assert!(!p.exists());
+}
+
+#[test]
+fn negative_item_id_in_a_file_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = saved(&dir, &small_index(EmbeddingKind::None));
+    let q = dir.path().join("negative.rqt");
+    rewrite(&p, &q, true, |t, _| {
+        t.get_mut("ids").unwrap().bytes[8 * 3..8 * 4].copy_from_slice(&(-1i64).to_le_bytes());
+    });
+    let msg = load_err(&q);
+    assert!(
+        msg.contains("item id -1 at position 3 is negative"),
+        "{msg}"
+    );
+}
+
 /// A failed write names the file the caller asked for, not the hidden temporary file (which
 /// follows in parentheses), whichever writer failed.
 #[test]
