@@ -2,9 +2,10 @@
 //! ground truth in (1-D / 2-D, `i64` or `i32`), search results out (`i64` and `f32`, 2-D).
 //!
 //! Every problem with a file's content (wrong dtype, wrong rank, Fortran order, a truncated
-//! data section, a malformed header) is an [`Error::File`] naming the file and the problem;
-//! failures of the operating system are [`Error::Io`]. Readers do not check float values for
-//! finiteness: callers do, naming the tensor (`items`, `queries`, …).
+//! data section, a malformed header, a shape whose product overflows) is an [`Error::File`]
+//! naming the file and the problem, found without a panic; failures of the operating system
+//! are [`Error::Io`]. Readers do not check float values for finiteness: callers do, naming the
+//! tensor (`items`, `queries`, …).
 //!
 //! Writers go through [`write_atomic`]: the data goes to a temporary name in the same
 //! directory, is flushed to disk and renamed over the target, so a reader never sees a
@@ -60,23 +61,11 @@ fn parse(path: &Path) -> Result<Parsed> {
     // SAFETY: the mapping is only read; as with any mapped file, another process truncating
     // it while we read is outside our control.
     let bytes = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    check_header_shape(&bytes, path)?;
     let mut cursor = Cursor::new(&bytes[..]);
-    // npyz multiplies the shape's dimensions without overflow checks, which panics in debug
-    // builds on a forged header; contain that as an ordinary parse error.
-    let header = std::panic::catch_unwind(move || {
-        let h = NpyHeader::from_reader(&mut cursor);
-        (h, cursor.position())
-    });
-    let (header, pos) = match header {
-        Ok((Ok(h), pos)) => (h, pos),
-        Ok((Err(e), _)) => return Err(bad(path, format!("not a valid .npy file: {e}"))),
-        Err(_) => {
-            return Err(bad(
-                path,
-                "not a valid .npy file: the shape in the header overflows",
-            ))
-        }
-    };
+    let header = NpyHeader::from_reader(&mut cursor)
+        .map_err(|e| bad(path, format!("not a valid .npy file: {e}")))?;
+    let pos = cursor.position();
     let shape = header
         .shape()
         .iter()
@@ -108,6 +97,106 @@ fn parse(path: &Path) -> Result<Parsed> {
         bytes,
         data_start,
     })
+}
+
+/// The header dict of a `.npy` file (the bytes after the magic, version and length), or
+/// `None` when the preamble is not one of versions 1–3 or the dict is cut short (npyz then
+/// reports the problem).
+fn header_dict(bytes: &[u8]) -> Option<&[u8]> {
+    if bytes.get(..6)? != b"\x93NUMPY" {
+        return None;
+    }
+    let (len, start): (usize, usize) = match bytes.get(6)? {
+        1 => (
+            usize::from(u16::from_le_bytes(bytes.get(8..10)?.try_into().ok()?)),
+            10,
+        ),
+        2 | 3 => {
+            let len = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+            (usize::try_from(len).ok()?, 12)
+        }
+        _ => return None,
+    };
+    bytes.get(start..start.checked_add(len)?)
+}
+
+/// Checks the `shape` entry of the header dict before npyz sees it: npyz multiplies the
+/// dimensions unchecked (a panic on a forged header where overflow checks are on, a wrapped
+/// count elsewhere). Every dimension must be a decimal integer, and their product (zeros
+/// counted as ones, so that every partial product is covered) must fit in `u64`. A dict that
+/// does not hold such an entry is left to npyz to reject.
+fn check_header_shape(bytes: &[u8], path: &Path) -> Result<()> {
+    let Some(dict) = header_dict(bytes) else {
+        return Ok(());
+    };
+    for value in shape_values(dict) {
+        let text = String::from_utf8_lossy(value);
+        let mut product = 1u64;
+        for dim in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            if !dim.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad(
+                    path,
+                    format!(
+                        "not a valid .npy file: shape ({text}) is not a tuple of \
+                         non-negative integers"
+                    ),
+                ));
+            }
+            product = dim
+                .parse::<u64>()
+                .ok()
+                .and_then(|d| product.checked_mul(d.max(1)))
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        format!("not a valid .npy file: shape ({text}) overflows"),
+                    )
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The text between the brackets of every `'shape': (…)` (or `[…]`, or double-quoted key)
+/// entry of a header dict: a `shape` string counts as a key only after `{` or `,` and
+/// before `:`, so a record field named `shape` inside `descr` is not taken for it.
+fn shape_values(dict: &[u8]) -> Vec<&[u8]> {
+    let skip_ws = |mut i: usize| {
+        while dict.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::new();
+    for (start, &quote) in dict.iter().enumerate() {
+        if !matches!(quote, b'\'' | b'"') || dict.get(start + 1..start + 6) != Some(b"shape") {
+            continue;
+        }
+        if dict.get(start + 6) != Some(&quote) {
+            continue;
+        }
+        let before = dict[..start]
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace());
+        if !matches!(before, Some(b'{' | b',')) {
+            continue;
+        }
+        let colon = skip_ws(start + 7);
+        if dict.get(colon) != Some(&b':') {
+            continue;
+        }
+        let open = skip_ws(colon + 1);
+        let close = match dict.get(open) {
+            Some(b'(') => b')',
+            Some(b'[') => b']',
+            _ => continue,
+        };
+        if let Some(len) = dict[open + 1..].iter().position(|&b| b == close) {
+            out.push(&dict[open + 1..open + 1 + len]);
+        }
+    }
+    out
 }
 
 /// The dtype as numpy writes it (`<f4`, `<i4`, …), for error messages.
@@ -244,7 +333,8 @@ pub fn read_i64_2d(path: impl AsRef<Path>) -> Result<I64Matrix> {
 
 /// Writes to `path` atomically: `write` receives a temporary path in the same directory and
 /// must create and fill it; the file is then fsynced and renamed over `path`. On any error
-/// the temporary file is removed and `path` is left untouched.
+/// the temporary file is removed and `path` is left untouched; the error names `path` (the
+/// temporary name in parentheses), never the temporary file alone.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path
         .file_name()
@@ -255,17 +345,34 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     let seq = SEQ.fetch_add(1, AtomicOrdering::Relaxed);
     tmp_name.push(format!(".tmp{}.{seq}", std::process::id()));
     let tmp: PathBuf = path.with_file_name(tmp_name);
-    let result = write(&tmp).and_then(|()| {
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    });
+    let result = write(&tmp)
+        .and_then(|()| {
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(&tmp, e))
+        })
+        .map_err(|e| name_destination(e, &tmp, path))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {
         // Best effort: the temporary file may not exist if `write` failed early.
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// `e` with the hidden temporary file `tmp` replaced by the destination `path` the caller
+/// asked for; the temporary name follows in parentheses. Errors about other paths pass as they
+/// are.
+fn name_destination(e: Error, tmp: &Path, path: &Path) -> Error {
+    let note = format!("(temporary file {})", tmp.display());
+    match e {
+        Error::Io { path: p, source } if p == tmp => Error::io(
+            path,
+            std::io::Error::new(source.kind(), format!("{source} {note}")),
+        ),
+        Error::File { path: p, msg } if p == tmp => Error::file(path, format!("{msg} {note}")),
+        other => other,
+    }
 }
 
 /// Writes `data` (`rows × cols`, row-major) as a 2-D C-order `.npy` of `T`'s default dtype.

@@ -4,8 +4,40 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use crate::error::{Error, Result};
+
 /// Id of an empty result slot.
 pub const NO_ID: i64 = -1;
+
+/// Bytes of one result slot: an `i64` id and an `f32` score.
+const SLOT_BYTES: usize = std::mem::size_of::<i64>() + std::mem::size_of::<f32>();
+
+/// Heap entries a [`TopKHeap`] reserves up front at most; a heap kept for a larger `k` grows
+/// as candidates arrive, so its memory follows `min(k, candidates offered) + 1`, not `k`.
+const HEAP_PREALLOC: usize = 4096;
+
+/// Checks that a `rows × k` result (`rows · k` slots of [`SLOT_BYTES`] bytes) can be held:
+/// the slot count and byte size must not overflow, and the allocator must grant both arrays
+/// (reserved and released at once, so nothing is touched). An absurd `k` or beam width is
+/// then an [`Error::Param`] naming `what`, instead of an abort on allocation or an overflow.
+pub fn check_result_size(rows: usize, k: usize, what: &str) -> Result<()> {
+    let too_big = || {
+        Error::param(format!(
+            "{what} = {k} for {rows} rows: a {rows} x {k} result does not fit in memory"
+        ))
+    };
+    let slots = rows.checked_mul(k).ok_or_else(too_big)?;
+    match slots.checked_mul(SLOT_BYTES) {
+        Some(bytes) if bytes <= isize::MAX as usize => {}
+        _ => return Err(too_big()),
+    }
+    Vec::<i64>::new()
+        .try_reserve_exact(slots)
+        .map_err(|_| too_big())?;
+    Vec::<f32>::new()
+        .try_reserve_exact(slots)
+        .map_err(|_| too_big())
+}
 
 /// `rows × k` best (id, score) pairs per row, best first, row-major.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -21,13 +53,16 @@ pub struct TopK {
 }
 
 impl TopK {
-    /// An all-empty result.
+    /// An all-empty `rows × k` result. `rows × k` must have passed [`check_result_size`]
+    /// (the caller's validation); an overflowing product is never wrapped into a short result:
+    /// it saturates, which makes the allocation fail loudly.
     pub fn empty(rows: usize, k: usize) -> Self {
+        let slots = rows.saturating_mul(k);
         TopK {
             rows,
             k,
-            ids: vec![NO_ID; rows * k],
-            scores: vec![f32::NEG_INFINITY; rows * k],
+            ids: vec![NO_ID; slots],
+            scores: vec![f32::NEG_INFINITY; slots],
         }
     }
     /// Row `r`'s ids.
@@ -107,11 +142,13 @@ pub struct TopKHeap {
 }
 
 impl TopKHeap {
-    /// Keeps at most `k` entries.
+    /// Keeps at most `k` entries. Reserves `min(k, HEAP_PREALLOC) + 1` entries (no overflow
+    /// for any `k`); beyond that the heap grows with the candidates actually offered, so a huge
+    /// `k` or beam width over few candidates costs memory for the candidates only.
     pub fn new(k: usize) -> Self {
         TopKHeap {
             k,
-            heap: BinaryHeap::with_capacity(k + 1),
+            heap: BinaryHeap::with_capacity(k.min(HEAP_PREALLOC) + 1),
         }
     }
     /// Offers one candidate ranked by (`score`, `id`) and carrying `payload`.
@@ -133,5 +170,54 @@ impl TopKHeap {
             .into_iter()
             .map(|e| (e.0, e.2))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A heap for a huge `k` (or beam width) reserves little and keeps what is offered; it
+    /// used to reserve `k + 1` entries (an abort at 10^12, an overflow at `usize::MAX`).
+    #[test]
+    fn huge_k_heap_reserves_for_the_candidates_only() {
+        for k in [1_000_000_000_000usize, usize::MAX - 1, usize::MAX] {
+            let mut h = TopKHeap::new(k);
+            assert!(h.heap.capacity() <= HEAP_PREALLOC + 1, "k = {k}");
+            for (i, s) in [0.5f32, 2.0, 1.0].into_iter().enumerate() {
+                h.push(s, i as i64, i as i64);
+            }
+            assert_eq!(
+                h.into_sorted(),
+                vec![(2.0, 1), (1.0, 2), (0.5, 0)],
+                "k = {k}"
+            );
+        }
+        let mut h = TopKHeap::new(2);
+        for (i, s) in [0.5f32, 2.0, 1.0].into_iter().enumerate() {
+            h.push(s, i as i64, i as i64);
+        }
+        assert_eq!(h.into_sorted(), vec![(2.0, 1), (1.0, 2)]);
+    }
+
+    /// Result sizes that overflow or exceed any address space are errors naming the
+    /// parameter, never an abort.
+    #[test]
+    fn absurd_result_sizes_are_errors() {
+        for (rows, k) in [
+            (2, usize::MAX),
+            (usize::MAX, 2),
+            (1, usize::MAX / SLOT_BYTES + 1),
+            // 3 × 10^13 slots: 360 TB, beyond a 47-bit address space.
+            (3, 10_000_000_000_000),
+        ] {
+            let e = check_result_size(rows, k, "k").unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("k = {k}")) && e.contains("does not fit"),
+                "{rows} x {k}: {e}"
+            );
+        }
+        check_result_size(1000, 100, "k").unwrap();
+        check_result_size(0, usize::MAX, "k").unwrap();
     }
 }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use rqtree::backend::AssignOptions;
 use rqtree::index::build::{build, BuildOptions};
-use rqtree::index::{Codebook, Codebooks, EmbeddingKind};
+use rqtree::index::{Codebook, Codebooks, EmbeddingKind, Embeddings};
 use rqtree::matrix::Matrix;
 use rqtree::metric::Metric;
 use rqtree::ops;
@@ -178,4 +178,136 @@ fn codes_out_of_range_and_broken_trees_fail_validation() {
     let codes: Vec<u32> = vec![0, 7];
     let m = msg(rqtree::index::Codes::from_item_major(&codes, &[3, 5]));
     assert!(m.contains("code 7") && m.contains("out of range"), "{m}");
+}
+
+/// `n × d` deterministic items in `[-1, 1)` (no randomness: the cases below are exact).
+fn fixed_items(n: usize, d: usize) -> Matrix {
+    let data = (0..n * d)
+        .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    Matrix::new(n, d, data).unwrap()
+}
+
+fn small_build(kind: EmbeddingKind) -> BuildOptions {
+    let mut o = BuildOptions {
+        keep_embeddings: kind,
+        ..BuildOptions::default()
+    };
+    o.kmeans.levels = 2;
+    o.kmeans.codes = 4;
+    o
+}
+
+/// Finite f32 items beyond the range of half-width embeddings used to become infinities in
+/// the index: saved without complaint, refused on load. Now the build refuses them, naming the
+/// item row and column; f32 (and bf16, whose range is f32's) keep them.
+#[test]
+fn items_beyond_half_width_range_are_refused_at_build() {
+    let mut items = fixed_items(40, 4);
+    items.row_mut(17)[2] = 1.0e5;
+    let m = msg(build(
+        &Reference,
+        &items,
+        None,
+        None,
+        &small_build(EmbeddingKind::F16),
+    ));
+    assert!(
+        m.contains("items, row 17, column 2") && m.contains("f16"),
+        "{m}"
+    );
+    for kind in [EmbeddingKind::F32, EmbeddingKind::Bf16] {
+        let index = build(&Reference, &items, None, None, &small_build(kind)).unwrap();
+        index.validate().unwrap();
+    }
+    // bf16 overflows only within half a unit of f32::MAX (rounding up to infinity).
+    items.row_mut(3)[1] = f32::MAX;
+    let m = msg(build(
+        &Reference,
+        &items,
+        None,
+        None,
+        &small_build(EmbeddingKind::Bf16),
+    ));
+    assert!(
+        m.contains("items, row 3, column 1") && m.contains("bf16"),
+        "{m}"
+    );
+}
+
+/// `validate` (and so `save`) checks stored embeddings as `load` does: finite values, and
+/// exactly `rows × cols` of them in the public half-width fields.
+#[test]
+fn validate_checks_half_width_embedding_values_and_length() {
+    let items = fixed_items(40, 4);
+    for kind in [EmbeddingKind::F16, EmbeddingKind::Bf16] {
+        let index = build(&Reference, &items, None, None, &small_build(kind)).unwrap();
+        let mut inf = index.clone();
+        let mut short = index.clone();
+        match (&mut inf.embeddings, &mut short.embeddings) {
+            (Some(Embeddings::F16 { data, .. }), Some(Embeddings::F16 { data: s, .. })) => {
+                data[2 * 4 + 1] = half::f16::INFINITY;
+                s.truncate(3);
+            }
+            (Some(Embeddings::Bf16 { data, .. }), Some(Embeddings::Bf16 { data: s, .. })) => {
+                data[2 * 4 + 1] = half::bf16::NAN;
+                s.truncate(3);
+            }
+            other => panic!("{kind:?}: unexpected embeddings {other:?}"),
+        }
+        let m = msg(inf.validate());
+        assert!(
+            m.contains("non-finite") && m.contains("embeddings, row 2, column 1"),
+            "{kind:?}: {m}"
+        );
+        let m = msg(short.validate());
+        assert!(
+            m.contains("40 x 4") && m.contains("hold 3 values"),
+            "{kind:?}: {m}"
+        );
+        // What store() makes of out-of-range values is caught too.
+        let mut big = items.clone();
+        big.row_mut(5)[0] = -7.0e4;
+        let mut stored = index.clone();
+        stored.embeddings = Embeddings::store(big, EmbeddingKind::F16);
+        let m = msg(stored.validate());
+        assert!(m.contains("row 5, column 0"), "{kind:?}: {m}");
+    }
+}
+
+/// Id -1 marks an empty result slot; an item carrying it (or any negative id) is refused by
+/// the builder, naming the row of the ids, and by `validate`, naming the position.
+#[test]
+fn negative_item_ids_are_refused() {
+    let items = fixed_items(40, 4);
+    for bad in [-1i64, -5, i64::MIN] {
+        let mut ids: Vec<i64> = (0..40).collect();
+        ids[6] = bad;
+        let m = msg(build(
+            &Reference,
+            &items,
+            Some(ids),
+            None,
+            &small_build(EmbeddingKind::None),
+        ));
+        assert!(
+            m.contains("ids, row 6") && m.contains(&format!("id {bad} is negative")),
+            "{m}"
+        );
+    }
+    let mut index = build(
+        &Reference,
+        &items,
+        None,
+        None,
+        &small_build(EmbeddingKind::None),
+    )
+    .unwrap();
+    let p = index.ids.iter().position(|&id| id == 0).unwrap();
+    index.ids[p] = -1;
+    let m = msg(index.validate());
+    assert!(
+        m.contains(&format!("item id -1 at position {p} is negative")),
+        "{m}"
+    );
 }

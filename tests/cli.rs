@@ -303,6 +303,189 @@ fn bad_input_is_an_error_message_not_a_panic() {
     fails(&["info", &p(d, "missing.rqt")], "I/O error");
 }
 
+/// A deterministic 5-item set (`items.npy`, 5 × 4; ids 100..=104 in `ids.npy`), two queries
+/// (`q.npy`) and a one-level index over them (`ix.rqt`, K = 2, f32 embeddings) in a fresh
+/// folder: the fixture of the edge cases below.
+struct Five {
+    dir: tempfile::TempDir,
+    items: rqtree::Matrix,
+}
+
+impl Five {
+    fn new() -> Five {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let data: Vec<f32> = (0..5 * 4)
+            .map(|i| (i * 7919 % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let items = rqtree::Matrix::new(5, 4, data).unwrap();
+        npy::write_f32(p(d, "items.npy"), &items).unwrap();
+        npy::write_i64(p(d, "ids.npy"), 5, 1, &[100, 101, 102, 103, 104]).unwrap();
+        let q = rqtree::Matrix::new(2, 4, items.data()[4..12].to_vec()).unwrap();
+        npy::write_f32(p(d, "q.npy"), &q).unwrap();
+        let five = Five { dir, items };
+        ok(&five.build(&["--ids", &five.path("ids.npy")], "ix.rqt"));
+        five
+    }
+    fn path(&self, name: &str) -> String {
+        p(self.dir.path(), name)
+    }
+    /// `rqtree build` of `items.npy` (1 level, K = 2) into `out`, with `extra` arguments.
+    fn build(&self, extra: &[&str], out: &str) -> Vec<String> {
+        let (items, out) = (self.path("items.npy"), self.path(out));
+        let base = ["build", "--items", &items, "--levels", "1", "--codes", "2"];
+        base.iter()
+            .chain(extra)
+            .chain(&["-o", out.as_str()])
+            .map(|s| s.to_string())
+            .collect()
+    }
+    /// `rqtree search` of `q.npy` in `ix.rqt` with `k`, beam 2, ids written to `out_ids`.
+    fn search(&self, k: &str, out_ids: &str) -> Vec<String> {
+        let (ix, q) = (self.path("ix.rqt"), self.path("q.npy"));
+        let a = [
+            "search",
+            "--index",
+            &ix,
+            "--queries",
+            &q,
+            "-k",
+            k,
+            "--beam",
+            "2",
+        ];
+        a.iter()
+            .chain(&["--out-ids", out_ids])
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+/// 5 items, k = 10: the exact top-k of `eval --items --ids` ends in empty slots (id -1),
+/// which used to index the ids with -1 (a panic); recall counts the 5 real ones.
+#[test]
+fn eval_with_fewer_items_than_k() {
+    let f = Five::new();
+    let (ix, q, items, ids) = (
+        f.path("ix.rqt"),
+        f.path("q.npy"),
+        f.path("items.npy"),
+        f.path("ids.npy"),
+    );
+    let out = ok(&[
+        "eval",
+        "--index",
+        &ix,
+        "--queries",
+        &q,
+        "--items",
+        &items,
+        "--ids",
+        &ids,
+        "-k",
+        "10",
+        "--beam",
+        "2",
+        "--rerank",
+        "exact",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["rows"][0]["recall"]["10"].as_f64(), Some(1.0), "{v}");
+}
+
+/// k beyond any address space (2 × 10^13 slots: 240 TB) or overflowing B × k is an error, not
+/// an abort on allocation or an overflow.
+#[test]
+fn huge_k_is_an_error() {
+    let f = Five::new();
+    let (ix, q, o) = (f.path("ix.rqt"), f.path("q.npy"), f.path("o.npy"));
+    for k in ["20000000000000", "18446744073709551615"] {
+        fails(&f.search(k, &o), "does not fit in memory");
+        fails(
+            &[
+                "eval",
+                "--index",
+                &ix,
+                "--queries",
+                &q,
+                "--gt",
+                &o,
+                "-k",
+                k,
+                "--beam",
+                "2",
+            ],
+            "does not fit in memory",
+        );
+    }
+}
+
+/// Writes a version-1 `.npy` header for `shape` (a Python tuple) followed by `data`.
+fn forged_npy(path: &str, shape: &str, data: &[u8]) {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    b.extend(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// A forged shape whose product overflows is an error before npyz multiplies it: no panic
+/// message on stderr (`fails` checks), in this build with overflow checks.
+#[test]
+fn overflowing_npy_shape_is_an_error_without_a_panic() {
+    let f = Five::new();
+    let huge = f.path("huge.npy");
+    for shape in [
+        "(8589934592, 8589934592)",
+        "(1099511627776, 1099511627776, 0)",
+    ] {
+        forged_npy(&huge, shape, &[0; 64]);
+        fails(
+            &["build", "--items", &huge, "-o", &f.path("x.rqt")],
+            "overflows",
+        );
+    }
+}
+
+/// What the index could not hold is refused at build, naming the row: an item id of -1 (the
+/// empty-slot marker), an item value beyond f16's range with `--keep-embeddings f16`.
+#[test]
+fn build_refuses_negative_ids_and_values_beyond_f16() {
+    let f = Five::new();
+    npy::write_i64(f.path("neg.npy"), 5, 1, &[100, 101, -1, 103, 104]).unwrap();
+    fails(
+        &f.build(&["--ids", &f.path("neg.npy")], "x.rqt"),
+        "ids, row 2: id -1 is negative",
+    );
+    let mut big = f.items.clone();
+    big.row_mut(3)[1] = 1.0e5;
+    npy::write_f32(f.path("items.npy"), &big).unwrap();
+    fails(
+        &f.build(&["--keep-embeddings", "f16"], "x.rqt"),
+        "row 3, column 1",
+    );
+    assert!(!Path::new(&f.path("x.rqt")).exists());
+    ok(&f.build(&["--keep-embeddings", "f32"], "x.rqt"));
+}
+
+/// Output into a missing folder: the error names the requested file, not the hidden
+/// temporary one.
+#[test]
+fn write_error_names_the_output_file() {
+    let f = Five::new();
+    let dest = f.path("missing/o.npy");
+    fails(
+        &f.search("3", &dest),
+        &format!("error: I/O error on {dest}: "),
+    );
+}
+
 /// `bench --quick --json` on the emu backend: one row per operation (the assignment and the
 /// exact top-k also with the tensor-core screening), each with its clock, a positive median and the floor fraction
 /// (the plumbing the GPU bundle relies on).

@@ -246,6 +246,82 @@ fn save_rejects_an_invalid_index() {
     assert!(!p.exists());
 }
 
+/// Saving refuses what loading would refuse: infinite half-width embeddings (what f16 storage
+/// makes of values above 65504) and an item id of -1 (the empty-slot marker); nothing is
+/// written.
+#[test]
+fn save_refuses_what_load_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.rqt");
+    let mut index = small_index(EmbeddingKind::F16);
+    let d = index.dim();
+    if let Some(Embeddings::F16 { data, .. }) = &mut index.embeddings {
+        data[4 * d + 3] = f16::from_f32(1.0e5);
+    }
+    let e = save(&index, &p).unwrap_err().to_string();
+    assert!(
+        e.contains("non-finite") && e.contains("row 4, column 3"),
+        "{e}"
+    );
+    assert!(!p.exists());
+    let mut index = small_index(EmbeddingKind::None);
+    index.ids[9] = -1;
+    let e = save(&index, &p).unwrap_err().to_string();
+    assert!(e.contains("item id -1 at position 9 is negative"), "{e}");
+    assert!(!p.exists());
+}
+
+#[test]
+fn negative_item_id_in_a_file_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = saved(&dir, &small_index(EmbeddingKind::None));
+    let q = dir.path().join("negative.rqt");
+    rewrite(&p, &q, true, |t, _| {
+        t.get_mut("ids").unwrap().bytes[8 * 3..8 * 4].copy_from_slice(&(-1i64).to_le_bytes());
+    });
+    let msg = load_err(&q);
+    assert!(
+        msg.contains("item id -1 at position 3 is negative"),
+        "{msg}"
+    );
+}
+
+/// A failed write names the file the caller asked for, not the hidden temporary file (which
+/// follows in parentheses), whichever writer failed.
+#[test]
+fn write_errors_name_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let index = small_index(EmbeddingKind::None);
+    let results = [
+        ("o.npy", write_i64(missing.join("o.npy"), 1, 1, &[1])),
+        (
+            "s.npy",
+            write_f32(missing.join("s.npy"), &Matrix::zeros(1, 1)),
+        ),
+        (
+            "cb.safetensors",
+            write_codebooks(missing.join("cb.safetensors"), &index.codebooks),
+        ),
+        ("ix.rqt", save(&index, missing.join("ix.rqt"))),
+    ];
+    for (name, r) in results {
+        let dest = missing.join(name);
+        let e = r.unwrap_err();
+        let text = e.to_string();
+        match e {
+            Error::Io { path, .. } => assert_eq!(path, dest, "{text}"),
+            other => panic!("{name}: expected Error::Io, got {other:?}"),
+        }
+        assert!(
+            text.starts_with(&format!("I/O error on {}: ", dest.display()))
+                && text.contains(&format!("(temporary file {}", missing.join(".").display())),
+            "{text}"
+        );
+    }
+    assert!(!missing.exists());
+}
+
 // ---------------------------------------------------------------- broken index files
 
 #[test]
@@ -781,6 +857,9 @@ fn npy_forged_huge_shapes_are_rejected() {
         "(8589934592, 8589934592)",
         "(2147483648, 2147483648)",
         "(4, 1000000)",
+        // Zero elements, but npyz's stride products overflow: refused before npyz sees it.
+        "(1099511627776, 1099511627776, 0)",
+        "[4294967296, 4294967296]",
     ] {
         forged_npy(
             &p,

@@ -18,6 +18,7 @@ use rqtree::index::{file, EmbeddingKind, Index};
 use rqtree::learn::{learn, LearnOptions, Supervision};
 use rqtree::metric::Metric;
 use rqtree::search::{search, Rerank, SearchParams};
+use rqtree::topk::{check_result_size, NO_ID};
 use rqtree::ttt::{self, ttt_pairs};
 use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
 
@@ -128,7 +129,8 @@ struct BuildArgs {
     /// Stored embeddings for exact re-rank: none, f16, bf16 or f32.
     #[arg(long, default_value = "f32")]
     keep_embeddings: String,
-    /// Caller ids of the items (N, i64 .npy); default 0..N.
+    /// Caller ids of the items (N, i64 .npy; distinct, >= 0: -1 marks empty result slots);
+    /// default 0..N.
     #[arg(long)]
     ids: Option<PathBuf>,
     /// Backend for encoding and k-means.
@@ -541,6 +543,7 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let level1 = a.level1_scores.as_ref().map(npy::read_matrix).transpose()?;
+    check_result_size(queries.rows(), a.k, "k")?;
     let params = SearchParams {
         k: a.k,
         beams: parse_list(&a.beam, "beam")?,
@@ -567,6 +570,23 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     Ok(())
 }
 
+/// The caller's id of exact-search result row `r` (an item row of `--items`), keeping the
+/// empty-slot marker: with fewer items than `k` the exact top-k has empty slots.
+fn item_id(ids: &[i64], r: i64) -> Result<i64> {
+    if r == NO_ID {
+        return Ok(NO_ID);
+    }
+    usize::try_from(r)
+        .ok()
+        .and_then(|r| ids.get(r).copied())
+        .ok_or_else(|| {
+            Error::index(format!(
+                "exact search returned item row {r} of {}",
+                ids.len()
+            ))
+        })
+}
+
 fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
@@ -574,6 +594,7 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
     let ks = parse_list(&a.k, "k")?;
     let kmax = ks.iter().copied().max().unwrap_or(0);
     ops::check_k(kmax)?;
+    check_result_size(queries.rows(), kmax, "k")?;
     let (truth, truth_k) = match (&a.gt, &a.items) {
         (Some(gt), _) => {
             let g = npy::read_i64_2d(gt)?;
@@ -603,11 +624,14 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
                 }
             }
             let t = ops::exact_topk(be.as_ref(), &queries, &m, index.metric, kmax)?;
-            let data = t
-                .ids
-                .iter()
-                .map(|&r| ids.as_ref().map_or(r, |ids| ids[r as usize]))
-                .collect();
+            let data = match &ids {
+                None => t.ids,
+                Some(ids) => t
+                    .ids
+                    .iter()
+                    .map(|&r| item_id(ids, r))
+                    .collect::<Result<_>>()?,
+            };
             (data, kmax)
         }
         (None, None) => return Err(Error::param("eval needs --gt or --items")),

@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::index::codebooks::Codebooks;
 use crate::index::codes::Codes;
-use crate::index::embeddings::{EmbeddingKind, Embeddings};
+use crate::index::embeddings::{check_storable, EmbeddingKind, Embeddings};
 use crate::index::kmeans::{residual_kmeans, KMeansOptions};
 use crate::index::tree::Tree;
 use crate::index::Index;
@@ -15,6 +15,7 @@ use crate::matrix::{norm_sq, Matrix};
 use crate::metric::Metric;
 use crate::ops;
 use crate::progress::Progress;
+use crate::topk::NO_ID;
 
 /// How to build an index.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,8 +44,10 @@ impl Default for BuildOptions {
     }
 }
 
-/// Builds an index over `items` (`N × d`, finite, `N ≥ 1`). `ids` are the caller's item ids
-/// (distinct; default `0..N`); `codebooks` default to residual k-means on the items.
+/// Builds an index over `items` (`N × d`, finite, `N ≥ 1`; within the range of the kept
+/// embeddings' storage, e.g. `|x| ≤ 65504` for f16). `ids` are the caller's item ids
+/// (distinct and non-negative, since `-1` marks an empty result slot; default `0..N`);
+/// `codebooks` default to residual k-means on the items.
 pub fn build(
     be: &dyn Backend,
     items: &Matrix,
@@ -60,11 +63,21 @@ pub fn build(
         return Err(Error::shape("items have dimension d = 0"));
     }
     items.check_finite("items")?;
+    check_storable(items, opts.keep_embeddings, "items")?;
     let ids = match ids {
         Some(ids) if ids.len() != n => {
             return Err(Error::shape(format!("{} ids for {n} items", ids.len())));
         }
-        Some(ids) => ids,
+        Some(ids) => {
+            if let Some(r) = ids.iter().position(|&id| id < 0) {
+                return Err(Error::param(format!(
+                    "ids, row {r}: id {} is negative; item ids must be >= 0 ({NO_ID} marks an \
+                     empty result slot)",
+                    ids[r]
+                )));
+            }
+            ids
+        }
         None => (0..n as i64).collect(),
     };
     let trained = codebooks.is_none();

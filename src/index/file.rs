@@ -29,7 +29,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
-use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -44,7 +43,7 @@ use crate::index::codes::{CodeData, Codes};
 use crate::index::embeddings::Embeddings;
 use crate::index::tree::{Depth, Tree};
 use crate::index::Index;
-use crate::matrix::{check_finite, Matrix};
+use crate::matrix::Matrix;
 use crate::metric::Metric;
 
 /// The `format` metadata value of an index file.
@@ -370,39 +369,21 @@ pub fn load(path: impl AsRef<Path>) -> Result<Index> {
             &[Dtype::F32, Dtype::F16, Dtype::BF16],
             Some(&[n, d]),
         )?;
-        // The first non-finite value of a half-width tensor, as an error naming its row.
-        let non_finite = |p: Option<usize>| match p {
-            Some(p) => Err(t.err(format!(
-                "non-finite value in embeddings, row {}, column {}",
-                p / d.max(1),
-                p % d.max(1)
-            ))),
-            None => Ok(()),
-        };
+        // Values are checked (finite) by `Index::validate` below, as when saving.
         Some(match view.dtype() {
-            Dtype::F32 => {
-                let data: Vec<f32> = pod_vec(view.data());
-                check_finite(&data, d, "embeddings").map_err(|e| t.err(e.to_string()))?;
-                Embeddings::F32(Matrix::new(n, d, data).map_err(|e| t.err(e.to_string()))?)
-            }
-            Dtype::F16 => {
-                let data: Vec<f16> = pod_vec(view.data());
-                non_finite(data.iter().position(|v| !v.is_finite()))?;
-                Embeddings::F16 {
-                    rows: n,
-                    cols: d,
-                    data,
-                }
-            }
-            _ => {
-                let data: Vec<bf16> = pod_vec(view.data());
-                non_finite(data.iter().position(|v| !v.is_finite()))?;
-                Embeddings::Bf16 {
-                    rows: n,
-                    cols: d,
-                    data,
-                }
-            }
+            Dtype::F32 => Embeddings::F32(
+                Matrix::new(n, d, pod_vec(view.data())).map_err(|e| t.err(e.to_string()))?,
+            ),
+            Dtype::F16 => Embeddings::F16 {
+                rows: n,
+                cols: d,
+                data: pod_vec(view.data()),
+            },
+            _ => Embeddings::Bf16 {
+                rows: n,
+                cols: d,
+                data: pod_vec(view.data()),
+            },
         })
     } else {
         None

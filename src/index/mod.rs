@@ -13,6 +13,7 @@ pub mod tree;
 
 use crate::error::{Error, Result};
 use crate::metric::Metric;
+use crate::topk::NO_ID;
 pub use codebooks::{Codebook, Codebooks};
 pub use codes::{CodeData, Codes};
 pub use embeddings::{EmbeddingKind, Embeddings};
@@ -27,7 +28,8 @@ pub struct Index {
     pub codebooks: Codebooks,
     /// `L × N` codes in item (code) order.
     pub codes: Codes,
-    /// The caller's id of each item position, length `N`, distinct.
+    /// The caller's id of each item position, length `N`, distinct and non-negative (`-1`,
+    /// [`NO_ID`], marks an empty result slot, so no item may carry it).
     pub ids: Vec<i64>,
     /// `||x̂||²` of each item position's reconstruction, length `N`.
     pub item_norms: Vec<f32>,
@@ -55,8 +57,10 @@ impl Index {
         self.codebooks.levels()
     }
 
-    /// Checks every invariant: lengths, code ranges, tree structure, distinct ids, finite
-    /// norms, embedding shape. The loader calls this; so can anyone who edits an index.
+    /// Checks every invariant: lengths, code ranges, tree structure, distinct non-negative
+    /// ids, finite norms, embedding shape, length and finiteness. The builder, [`file::save`]
+    /// and [`file::load`] call this, so what can be saved can be loaded; so can anyone who
+    /// edits an index.
     pub fn validate(&self) -> Result<()> {
         let n = self.codes.items();
         if n == 0 {
@@ -78,6 +82,13 @@ impl Index {
             ));
         }
         self.tree.validate(&self.codes, &sizes)?;
+        if let Some(p) = self.ids.iter().position(|&id| id < 0) {
+            return Err(Error::index(format!(
+                "item id {} at position {p} is negative: ids must be >= 0 ({} marks an empty \
+                 result slot)",
+                self.ids[p], NO_ID
+            )));
+        }
         let mut sorted = self.ids.clone();
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
@@ -102,6 +113,7 @@ impl Index {
                     self.dim()
                 )));
             }
+            e.check()?;
         }
         Ok(())
     }
