@@ -25,6 +25,13 @@ pub fn check_k(k: usize) -> Result<()> {
     Ok(())
 }
 
+/// Errors unless `1 ≤ k` and a `rows × k` result can be held
+/// ([`crate::topk::check_result_size`]).
+pub fn check_k_rows(rows: usize, k: usize) -> Result<()> {
+    check_k(k)?;
+    crate::topk::check_result_size(rows, k, "k")
+}
+
 /// Errors unless `beams` is non-empty, at most `levels` long and free of zeros.
 pub fn check_beams(beams: &[usize], levels: usize) -> Result<()> {
     if beams.is_empty() {
@@ -180,7 +187,7 @@ pub fn fused_topk(
     candidates: &Candidates,
     k: usize,
 ) -> Result<TopK> {
-    check_k(k)?;
+    check_k_rows(tables.queries(), k)?;
     if tables.metric != index.metric {
         return Err(Error::param(format!(
             "lookup tables for {:?} used on a {:?} index",
@@ -233,7 +240,7 @@ pub fn rerank(
     positions: &[u32],
     k: usize,
 ) -> Result<TopK> {
-    check_k(k)?;
+    check_k_rows(queries.rows(), k)?;
     check_input(queries, embeddings.cols(), "queries")?;
     let n = embeddings.rows();
     if ids.len() != n {
@@ -265,7 +272,7 @@ pub fn check_rerank_range(queries: &Matrix, embeddings: &Embeddings, metric: Met
 
 /// Row-wise top-k of a finite score matrix.
 pub fn topk(be: &dyn Backend, scores: &Matrix, k: usize) -> Result<TopK> {
-    check_k(k)?;
+    check_k_rows(scores.rows(), k)?;
     scores.check_finite("scores")?;
     be.topk(scores, k)
 }
@@ -277,7 +284,7 @@ pub fn segmented_topk(
     offsets: &[usize],
     k: usize,
 ) -> Result<TopK> {
-    check_k(k)?;
+    check_k_rows(offsets.len().saturating_sub(1), k)?;
     check_finite(values, 1, "values")?;
     if offsets.first() != Some(&0) || offsets.last() != Some(&values.len()) {
         return Err(Error::shape(format!(
@@ -301,7 +308,7 @@ pub fn exact_topk(
     metric: Metric,
     k: usize,
 ) -> Result<TopK> {
-    check_k(k)?;
+    check_k_rows(queries.rows(), k)?;
     if items.cols() == 0 {
         return Err(Error::shape("items have dimension d = 0"));
     }

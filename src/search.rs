@@ -116,7 +116,7 @@ pub fn search(
     level1: Option<&Matrix>,
     params: &SearchParams,
 ) -> Result<SearchOutput> {
-    ops::check_k(params.k)?;
+    ops::check_k_rows(queries.rows(), params.k)?;
     ops::check_beams(&params.beams, index.levels())?;
     ops::check_input(queries, index.dim(), "queries")?;
     let shortlist = shortlist(index, params)?;

@@ -672,6 +672,18 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
             ops::rerank(be, &q, e, &index.ids, metric, &off, &pos[..2], 1),
             "rerank, offsets",
         );
+        // A k whose B × k result cannot be held is an error, not an abort.
+        let absurd = SearchParams {
+            k: 1 << 50,
+            ..params.clone()
+        };
+        match search(be, &index, &q, None, &absurd) {
+            Err(Error::Param(m)) => println!("search, k = 2^50: {m}"),
+            other => panic!(
+                "k = 2^50: expected a parameter error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
         // Beams wider than the tree keep every node.
         let every: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
         for beams in [vec![usize::MAX, usize::MAX], every] {

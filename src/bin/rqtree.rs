@@ -543,7 +543,6 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let level1 = a.level1_scores.as_ref().map(npy::read_matrix).transpose()?;
-    check_result_size(queries.rows(), a.k, "k")?;
     let params = SearchParams {
         k: a.k,
         beams: parse_list(&a.beam, "beam")?,

