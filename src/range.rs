@@ -41,6 +41,24 @@ fn score_bound(metric: Metric, ip: f64, qn2: f64, xn: f64) -> f64 {
     }
 }
 
+/// `||x||²` in `f64` (no overflow for finite `f32` values), eight independent sums so that
+/// the loop vectorises.
+fn norm_sq_f64(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(v).powi(2))
+        .sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f64::from(v) * f64::from(v);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Upper bounds of each level's codeword norms (the stored squared norms are `f64` sums
 /// rounded to `f32`: 1e-6 above their square root is above the true norm).
 fn codeword_norms(codebooks: &Codebooks) -> Vec<f64> {
@@ -67,7 +85,7 @@ pub fn check_query_scores(
     let total: f64 = c.iter().sum();
     let deeper: f64 = c.iter().skip(1).sum();
     let bound = |b: usize| {
-        let qn2: f64 = queries.row(b).iter().map(|&v| f64::from(v).powi(2)).sum();
+        let qn2 = norm_sq_f64(queries.row(b));
         let qn = qn2.sqrt();
         let first = level1.map_or(qn * c.first().copied().unwrap_or(0.0), |s| {
             s.row(b)
