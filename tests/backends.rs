@@ -684,6 +684,19 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
                 other.map(|_| ())
             ),
         }
+        // The kernels select at most 2048 per query; a longer re-rank shortlist is named.
+        if be.name() != "reference" {
+            let long = SearchParams {
+                rerank: Rerank::Exact {
+                    rerank_k: Some(3000),
+                },
+                ..params.clone()
+            };
+            match search(be, &index, &q, None, &long) {
+                Err(Error::Param(m)) => assert!(m.contains("rerank-k = 3000"), "{m}"),
+                other => panic!("rerank-k = 3000: got {:?}", other.map(|_| ())),
+            }
+        }
         // Beams wider than the tree keep every node.
         let every: Vec<usize> = index.tree.depths.iter().map(|d| d.len()).collect();
         for beams in [vec![usize::MAX, usize::MAX], every] {

@@ -41,6 +41,9 @@ pub(crate) fn search<D: Device>(
         return Ok(None);
     };
     check_k(params.k, "search: k")?;
+    if shortlist != params.k {
+        check_k(shortlist, "search: rerank-k")?;
+    }
     let b = queries.rows();
     if b == 0 {
         return Ok(Some((TopK::empty(0, params.k), Vec::new())));
