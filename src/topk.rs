@@ -16,8 +16,14 @@ const SLOT_BYTES: usize = std::mem::size_of::<i64>() + std::mem::size_of::<f32>(
 /// as candidates arrive, so its memory follows `min(k, candidates offered) + 1`, not `k`.
 const HEAP_PREALLOC: usize = 4096;
 
+/// The largest result the size check lets through to the allocator: 64 TiB, beyond any
+/// machine's memory, so an absurd size is refused even where the allocator would promise it
+/// (overcommitted virtual memory) and fail only when touched.
+const MAX_RESULT_BYTES: usize = 1 << 46;
+
 /// Checks that a `rows × k` result (`rows · k` slots of [`SLOT_BYTES`] bytes) can be held:
-/// the slot count and byte size must not overflow, and the allocator must grant both arrays
+/// the slot count and byte size must not overflow or exceed [`MAX_RESULT_BYTES`], and the
+/// allocator must grant both arrays
 /// (reserved and released at once, so nothing is touched). An absurd `k` or beam width is
 /// then an [`Error::Param`] naming `what`, instead of an abort on allocation or an overflow.
 pub fn check_result_size(rows: usize, k: usize, what: &str) -> Result<()> {
@@ -28,7 +34,7 @@ pub fn check_result_size(rows: usize, k: usize, what: &str) -> Result<()> {
     };
     let slots = rows.checked_mul(k).ok_or_else(too_big)?;
     match slots.checked_mul(SLOT_BYTES) {
-        Some(bytes) if bytes <= isize::MAX as usize => {}
+        Some(bytes) if bytes <= MAX_RESULT_BYTES => {}
         _ => return Err(too_big()),
     }
     Vec::<i64>::new()
