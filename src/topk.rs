@@ -21,8 +21,8 @@ const HEAP_PREALLOC: usize = 4096;
 /// (overcommitted virtual memory) and fail only when touched.
 const MAX_RESULT_BYTES: usize = 1 << 46;
 
-/// Checks that a `rows × k` result (`rows · k` slots of [`SLOT_BYTES`] bytes) can be held:
-/// the slot count and byte size must not overflow or exceed [`MAX_RESULT_BYTES`], and the
+/// Checks that a `rows × k` result (`rows · k` slots of `SLOT_BYTES` bytes) can be held:
+/// the slot count and byte size must not overflow or exceed `MAX_RESULT_BYTES`, and the
 /// allocator must grant both arrays
 /// (reserved and released at once, so nothing is touched). An absurd `k` or beam width is
 /// then an [`Error::Param`] naming `what`, instead of an abort on allocation or an overflow.
