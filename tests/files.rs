@@ -880,3 +880,35 @@ fn npy_forged_huge_shapes_are_rejected() {
     );
     assert_eq!(read_matrix(&p).unwrap(), Matrix::zeros(2, 2));
 }
+
+/// Stored norms that are not those of the reconstructions (a file rewritten with valid
+/// checksums; l2 search would add them to every score) are refused, by position or node.
+#[test]
+fn norms_that_do_not_match_the_codes_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = saved(&dir, &small_index(EmbeddingKind::None));
+    for (tensor, at, what) in [
+        ("item_norms", 5, "item norm at position 5"),
+        (
+            "tree.1.centroid_norm",
+            3,
+            "centroid norm of node 3 at depth 2",
+        ),
+    ] {
+        let q = dir.path().join("norms.rqt");
+        rewrite(&p, &q, true, |t, _| {
+            let b = &mut t.get_mut(tensor).unwrap().bytes[4 * at..4 * at + 4];
+            let v = f32::from_le_bytes(b.try_into().unwrap());
+            b.copy_from_slice(&(v * 1.5 + 1.0).to_le_bytes());
+        });
+        let msg = load_err(&q);
+        assert!(msg.contains(what), "{tensor}: {msg}");
+    }
+    let mut index = load(&p).unwrap();
+    index.tree.depths[0].centroid_norm[0] += 1.0;
+    let e = index.validate().expect_err("a wrong centroid norm");
+    assert!(
+        e.to_string().contains("centroid norm of node 0 at depth 1"),
+        "{e}"
+    );
+}

@@ -60,7 +60,7 @@ impl Index {
     }
 
     /// Checks every invariant: lengths, code ranges, tree structure, distinct non-negative
-    /// ids, finite norms, embedding shape, length and finiteness. The builder, [`file::save`]
+    /// ids, norms equal to their recomputation, embedding shape, length and finiteness. The builder, [`file::save`]
     /// and [`file::load`] call this, so what can be saved can be loaded; so can anyone who
     /// edits an index.
     pub fn validate(&self) -> Result<()> {
@@ -106,6 +106,7 @@ impl Index {
                 self.item_norms[i]
             )));
         }
+        self.check_derived_norms()?;
         if let Some(e) = &self.embeddings {
             if e.rows() != n || e.cols() != self.dim() {
                 return Err(Error::index(format!(
@@ -116,6 +117,45 @@ impl Index {
                 )));
             }
             e.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl Index {
+    /// Errors unless every stored norm is the one the builder computes, bit for bit:
+    /// `||x̂||²` of each item's reconstruction and of each node's centroid (the reconstruction
+    /// of its code prefix), `matrix::norm_sq` of `Codebooks::reconstruct`. The scores of
+    /// `l2` search add them, so a wrong one would rank silently wrong. `N·L·d` additions.
+    fn check_derived_norms(&self) -> Result<()> {
+        use rayon::prelude::*;
+        let norm_of = |i: usize, depth: usize| {
+            let path = self.codes.path(i);
+            crate::matrix::norm_sq(&self.codebooks.reconstruct(&path[..depth]))
+        };
+        let levels = self.levels();
+        if let Some(i) = (0..self.len())
+            .into_par_iter()
+            .find_first(|&i| norm_of(i, levels).to_bits() != self.item_norms[i].to_bits())
+        {
+            return Err(Error::index(format!(
+                "item norm at position {i} is {} but its reconstruction's is {}",
+                self.item_norms[i],
+                norm_of(i, levels)
+            )));
+        }
+        for (l, dep) in self.tree.depths.iter().enumerate() {
+            let first = |j: usize| dep.item_start[j] as usize;
+            if let Some(j) = (0..dep.len()).into_par_iter().find_first(|&j| {
+                norm_of(first(j), l + 1).to_bits() != dep.centroid_norm[j].to_bits()
+            }) {
+                return Err(Error::index(format!(
+                    "centroid norm of node {j} at depth {} is {} but its centroid's is {}",
+                    l + 1,
+                    dep.centroid_norm[j],
+                    norm_of(first(j), l + 1)
+                )));
+            }
         }
         Ok(())
     }
