@@ -421,20 +421,6 @@ fn huge_k_is_an_error() {
     }
 }
 
-/// Writes a version-1 `.npy` header for `shape` (a Python tuple) followed by `data`.
-fn forged_npy(path: &str, shape: &str, data: &[u8]) {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((header.len() as u16).to_le_bytes());
-    b.extend(header.as_bytes());
-    b.extend(data);
-    std::fs::write(path, b).unwrap();
-}
-
 /// A forged shape whose product overflows is an error before npyz multiplies it: no panic
 /// message on stderr (`fails` checks), in this build with overflow checks.
 #[test]
@@ -445,7 +431,8 @@ fn overflowing_npy_shape_is_an_error_without_a_panic() {
         "(8589934592, 8589934592)",
         "(1099511627776, 1099511627776, 0)",
     ] {
-        forged_npy(&huge, shape, &[0; 64]);
+        let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        forged_npy(std::path::Path::new(&huge), &dict, &[0; 64]);
         fails(
             &["build", "--items", &huge, "-o", &f.path("x.rqt")],
             "overflows",

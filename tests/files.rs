@@ -1,6 +1,8 @@
 //! Files (DESIGN §8): `.npy` in/out, codebook safetensors, and the index file — round trips
 //! and every kind of broken file the loader must reject with a message naming the problem.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
@@ -19,6 +21,8 @@ use rqtree::index::{Codebooks, Codes, EmbeddingKind, Embeddings, Index, Tree};
 use rqtree::matrix::norm_sq;
 use rqtree::npy::{read_i64_1d, read_i64_2d, read_matrix, write_f32, write_i64};
 use rqtree::{Error, Matrix, Metric};
+
+use common::forged_npy;
 
 fn random_matrix(rng: &mut Xoshiro256PlusPlus, rows: usize, cols: usize) -> Matrix {
     let data = (0..rows * cols)
@@ -832,21 +836,6 @@ fn random_structural_edits_with_valid_checksums_never_panic() {
         }
     }
     assert!(rejected > 100, "only {rejected} of 200 edits were rejected");
-}
-
-/// Writes a version-1 `.npy` whose header is `dict` (padded to a 64-byte boundary) followed by
-/// `data`.
-fn forged_npy(p: &Path, dict: &str, data: &[u8]) {
-    let mut header = dict.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend((header.len() as u16).to_le_bytes());
-    b.extend(header.as_bytes());
-    b.extend(data);
-    std::fs::write(p, b).unwrap();
 }
 
 #[test]

@@ -232,3 +232,18 @@ pub fn fails<S: AsRef<OsStr> + Debug>(args: &[S], needle: &str) {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Writes a version-1 `.npy` whose header is `dict` (padded to a 64-byte boundary) followed by
+/// `data`.
+pub fn forged_npy(p: &std::path::Path, dict: &str, data: &[u8]) {
+    let mut header = dict.to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    b.extend(data);
+    std::fs::write(p, b).unwrap();
+}
