@@ -377,13 +377,7 @@ pub fn fused_topk<D: Device>(
         )));
     }
     let t = upload_tables(dev, res, tables)?;
-    let start: Vec<i64> = candidates.offsets[..b].iter().map(|&o| o as i64).collect();
-    let count = candidates
-        .offsets
-        .windows(2)
-        .map(|w| arg_i32(w[1] - w[0], "fused_topk: candidate nodes"))
-        .collect::<Result<Vec<i32>>>()?;
-    let (d_start, d_count) = (upload(dev, &start)?, upload(dev, &count)?);
+    let (d_start, d_count) = upload_csr(dev, &candidates.offsets, "fused_topk: candidate nodes")?;
     let d_nodes = upload(dev, &candidates.nodes)?;
     let cand = DeviceCandidates {
         depth: candidates.depth,
@@ -394,6 +388,18 @@ pub fn fused_topk<D: Device>(
     let out = fused_on_device(dev, res, &t, index, &cand, k, kernel)?;
     dev.synchronize()?;
     download_topk(dev, &out.pos, &out.scores, b, k)
+}
+
+/// A CSR's `B + 1` `offsets` on the device as the kernels read them: each row's start (i64)
+/// and length (i32; `what` names a length beyond i32 in the error).
+fn upload_csr<D: Device>(dev: &D, offsets: &[usize], what: &str) -> Result<(D::Buffer, D::Buffer)> {
+    let rows = offsets.len().saturating_sub(1);
+    let start: Vec<i64> = offsets[..rows].iter().map(|&o| o as i64).collect();
+    let count = offsets
+        .windows(2)
+        .map(|w| arg_i32(w[1] - w[0], what))
+        .collect::<Result<Vec<i32>>>()?;
+    Ok((upload(dev, &start)?, upload(dev, &count)?))
 }
 
 /// Exact re-rank: each query's shortlist (`positions[offsets[b]..offsets[b+1]]`, item
@@ -425,16 +431,8 @@ pub fn rerank<D: Device>(
     }
     // The CSR as the kernel reads it: i64 positions, each query's start and count.
     let list: Vec<i64> = positions.iter().map(|&p| i64::from(p)).collect();
-    let start: Vec<i64> = offsets[..b].iter().map(|&o| o as i64).collect();
-    let count = offsets
-        .windows(2)
-        .map(|w| arg_i32(w[1] - w[0], "rerank: shortlist length"))
-        .collect::<Result<Vec<i32>>>()?;
-    let (d_list, d_start, d_count) = (
-        upload(dev, &list)?,
-        upload(dev, &start)?,
-        upload(dev, &count)?,
-    );
+    let d_list = upload(dev, &list)?;
+    let (d_start, d_count) = upload_csr(dev, offsets, "rerank: shortlist length")?;
     let d_ids = res.input(dev, ids, Reuse::Content)?;
     let shortlist = DeviceShortlist {
         list: &d_list,
