@@ -582,3 +582,39 @@ fn training_through_kernels_matches_reference() {
         }
     }
 }
+
+/// Sizes that overflow the step count (`epochs × steps per epoch`) or the progress length
+/// are parameter errors, not arithmetic-overflow panics.
+#[test]
+fn overflowing_step_counts_are_errors() {
+    let mut rng = rng("overflowing_step_counts_are_errors");
+    let items = rand_matrix(&mut rng, 50, 4);
+    let small = LearnOptions {
+        levels: 2,
+        codes: 4,
+        epochs: 1,
+        batch: 1,
+        ..LearnOptions::default()
+    };
+    for (o, needle) in [
+        (
+            LearnOptions {
+                epochs: usize::MAX,
+                ..small.clone()
+            },
+            "epochs",
+        ),
+        (
+            LearnOptions {
+                levels: usize::MAX,
+                ..small.clone()
+            },
+            "levels",
+        ),
+    ] {
+        match learn(&Reference, &Reference, &items, None, &o, false) {
+            Err(e @ Error::Param(_)) => assert!(e.to_string().contains(needle), "{e}"),
+            other => panic!("expected a parameter error naming {needle}, got {other:?}"),
+        }
+    }
+}

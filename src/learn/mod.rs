@@ -295,8 +295,16 @@ pub fn learn(
     gather(items, train.iter().copied(), &mut sample);
     let sample = Matrix::new(train.len(), d, sample)?;
     let steps_per_epoch = train.len().div_ceil(opts.batch);
-    let total = steps_per_epoch * opts.epochs;
-    let progress = Progress::new(opts.levels as u64 + total as u64, progress_enabled);
+    let total = steps_per_epoch.checked_mul(opts.epochs).ok_or_else(|| {
+        Error::param(format!(
+            "learn: {} epochs of {steps_per_epoch} steps overflow the step count",
+            opts.epochs
+        ))
+    })?;
+    let progress = Progress::new(
+        (opts.levels as u64).saturating_add(total as u64),
+        progress_enabled,
+    );
     progress.message("residual k-means".into());
     // The same initialisation `rqtree build` trains with these parameters, so that learning
     // is a refinement of the residual k-means codebooks.
