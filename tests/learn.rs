@@ -618,3 +618,46 @@ fn overflowing_step_counts_are_errors() {
         }
     }
 }
+
+/// An `α` schedule that the soft assignment cannot represent (its `α` is an `f32`) is
+/// refused by the option check, naming the option, before the k-means initialisation.
+#[test]
+fn alpha_outside_f32_is_an_option_error() {
+    let mut rng = rng("alpha_outside_f32_is_an_option_error");
+    let items = rand_matrix(&mut rng, 50, 4);
+    let small = LearnOptions {
+        levels: 2,
+        codes: 4,
+        epochs: 1,
+        batch: 16,
+        ..LearnOptions::default()
+    };
+    for (o, needle) in [
+        (
+            LearnOptions {
+                alpha_max: 1e40,
+                ..small.clone()
+            },
+            "alpha-max = 1e40",
+        ),
+        (
+            LearnOptions {
+                alpha_max: 1e-50,
+                ..small.clone()
+            },
+            "alpha-max × alpha floor",
+        ),
+        (
+            LearnOptions {
+                alpha_floor: 1e-60,
+                ..small.clone()
+            },
+            "alpha-max × alpha floor",
+        ),
+    ] {
+        match learn(&Reference, &Reference, &items, None, &o, false) {
+            Err(e @ Error::Param(_)) => assert!(e.to_string().contains(needle), "{e}"),
+            other => panic!("expected a parameter error naming {needle}, got {other:?}"),
+        }
+    }
+}

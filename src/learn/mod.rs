@@ -144,6 +144,21 @@ fn check_options(o: &LearnOptions) -> Result<()> {
             o.alpha_floor
         ));
     }
+    // The soft assignment takes α as an f32: every α of the schedule, from
+    // alpha-max × alpha floor up to alpha-max, must be a positive finite f32.
+    if !(o.alpha_max as f32).is_finite() {
+        return bad(format!(
+            "learn: alpha-max = {:e} is beyond f32 (the soft assignment's α)",
+            o.alpha_max
+        ));
+    }
+    if (o.alpha_max * o.alpha_floor) as f32 <= 0.0 {
+        return bad(format!(
+            "learn: the smallest α, alpha-max × alpha floor = {:e} × {:e}, rounds to 0 in f32 \
+             (the soft assignment's α)",
+            o.alpha_max, o.alpha_floor
+        ));
+    }
     for (name, v) in [
         ("prefix-weight", o.prefix_weight),
         ("balance", o.balance),
