@@ -661,3 +661,25 @@ fn alpha_outside_f32_is_an_option_error() {
         }
     }
 }
+
+/// Training that diverges (a learning rate far too large) is reported as non-finite values
+/// in the *learned* codebook, not as if an input codebook were bad.
+#[test]
+fn diverged_training_names_the_learned_codebook() {
+    let mut rng = rng("diverged_training_names_the_learned_codebook");
+    let items = rand_matrix(&mut rng, 50, 4);
+    let o = LearnOptions {
+        levels: 2,
+        codes: 4,
+        epochs: 1,
+        batch: 16,
+        lr: 1e30,
+        ..LearnOptions::default()
+    };
+    match learn(&Reference, &Reference, &items, None, &o, false) {
+        Err(Error::NonFinite { tensor, .. }) => {
+            assert!(tensor.starts_with("learned codebook."), "{tensor}")
+        }
+        other => panic!("expected a non-finite learned codebook, got {other:?}"),
+    }
+}

@@ -437,9 +437,10 @@ pub fn learn(
         .into_iter()
         .map(|w| Matrix::new(w.len() / d, d, w))
         .collect::<Result<Vec<_>>>()?;
-    let cbs = Codebooks::from_matrices(mats)?;
-    for (l, c) in cbs.iter().enumerate() {
-        c.words().check_finite(&format!("learned codebook.{l}"))?;
+    // Before `from_matrices`, whose own check would name them as if they were an input.
+    for (l, m) in mats.iter().enumerate() {
+        m.check_finite(&format!("learned codebook.{l}"))?;
     }
+    let cbs = Codebooks::from_matrices(mats)?;
     Ok((cbs, report))
 }
