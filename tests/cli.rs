@@ -394,6 +394,29 @@ fn eval_with_fewer_items_than_k() {
     assert_eq!(v["rows"][0]["recall"]["10"].as_f64(), Some(1.0), "{v}");
 }
 
+/// A recall cut-off of 0 in `-k` is an error like `k = 0` alone, not a reported recall@0.
+#[test]
+fn eval_zero_in_the_k_list_is_an_error() {
+    let f = Five::new();
+    let (ix, q, items) = (f.path("ix.rqt"), f.path("q.npy"), f.path("items.npy"));
+    fails(
+        &[
+            "eval",
+            "--index",
+            &ix,
+            "--queries",
+            &q,
+            "--items",
+            &items,
+            "-k",
+            "0,3",
+            "--beam",
+            "2",
+        ],
+        "k = 0",
+    );
+}
+
 /// k beyond any address space (2 × 10^13 slots: 240 TB) or overflowing B × k is an error, not
 /// an abort on allocation or an overflow.
 #[test]

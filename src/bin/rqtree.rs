@@ -591,6 +591,9 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let ks = parse_list(&a.k, "k")?;
+    for &k in &ks {
+        ops::check_k(k)?;
+    }
     let kmax = ks.iter().copied().max().unwrap_or(0);
     ops::check_k(kmax)?;
     check_result_size(queries.rows(), kmax, "k")?;
