@@ -683,3 +683,36 @@ fn diverged_training_names_the_learned_codebook() {
         other => panic!("expected a non-finite learned codebook, got {other:?}"),
     }
 }
+
+/// A dimension whose `K × d` overflows is a shape error on every implementation, not an
+/// arithmetic-overflow panic in the shape check.
+#[test]
+fn soft_assignment_overflowing_dimension_is_a_shape_error() {
+    let mut engines: Vec<Box<dyn SoftAssign<f32>>> = vec![Box::new(Reference)];
+    if let Ok((e, _)) = soft::open(rqtree::BackendKind::Emu) {
+        engines.push(e);
+    }
+    let (cb, nm) = ([0.5f32; 4], [1.0f32; 4]);
+    let lv = SoftLevel {
+        words: &cb,
+        norms: &nm,
+        dim: usize::MAX / 2,
+    };
+    for e in &engines {
+        assert!(
+            matches!(e.soft_forward(&[], lv, 1.0), Err(Error::Shape(_))),
+            "{}",
+            e.soft_name()
+        );
+        let up = Upstream {
+            weights: &[],
+            grad_output: &[],
+            grad_weights: None,
+        };
+        assert!(
+            matches!(e.soft_backward(&[], lv, 1.0, up), Err(Error::Shape(_))),
+            "{}",
+            e.soft_name()
+        );
+    }
+}

@@ -200,7 +200,7 @@ pub(crate) fn check_shapes<T>(
             "soft assignment: codebook is {kk} x {d}, needs K ≥ 1 and d ≥ 1"
         )));
     }
-    if level.words.len() != kk * d {
+    if kk.checked_mul(d) != Some(level.words.len()) {
         return Err(Error::shape(format!(
             "soft assignment: codebook has {} values, expected K x d = {kk} x {d}",
             level.words.len()
@@ -219,7 +219,7 @@ pub(crate) fn check_shapes<T>(
     }
     let n = rows.len() / d;
     for &(name, len, cols) in extra {
-        if len != n * cols {
+        if n.checked_mul(cols) != Some(len) {
             return Err(Error::shape(format!(
                 "soft assignment: {name} has {len} values, expected {n} x {cols}"
             )));
