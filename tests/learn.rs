@@ -716,3 +716,21 @@ fn soft_assignment_overflowing_dimension_is_a_shape_error() {
         );
     }
 }
+
+/// A balance window whose shape does not match the codebooks (levels, or `K_l` sums per
+/// level) is a shape error, not an out-of-bounds panic.
+#[test]
+fn mismatched_balance_window_is_a_shape_error() {
+    let mut rng = rng("mismatched_balance_window_is_a_shape_error");
+    let p = problem(&mut rng, 4, &[5, 3], 6, 0);
+    let short_levels = vec![vec![1.0; 5]];
+    let short_sums = vec![vec![1.0; 5], vec![1.0; 2]];
+    for w in [&short_levels, &short_sums] {
+        let mut b = p.batch(1.1, 0.0, 0.9, false);
+        b.window = Some((w.as_slice(), 5));
+        assert!(matches!(
+            loss_and_grad::<f64>(&Reference, &p.levels, p.d, &b),
+            Err(Error::Shape(_))
+        ));
+    }
+}

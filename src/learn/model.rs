@@ -140,6 +140,16 @@ pub fn loss_and_grad<T: Real>(
     }
     let n = nr + ns;
     let norm_sets: Vec<Vec<T>> = levels.iter().map(|c| norms(c, d)).collect();
+    if let Some((prev, _)) = batch.window {
+        let want: Vec<usize> = norm_sets.iter().map(Vec::len).collect();
+        let got: Vec<usize> = prev.iter().map(Vec::len).collect();
+        if got != want {
+            return Err(Error::shape(format!(
+                "learn: the balance window holds weight sums of sizes {got:?}, expected one per \
+                 codeword of each level, {want:?}"
+            )));
+        }
+    }
     let level = |l: usize| SoftLevel {
         words: &levels[l],
         norms: &norm_sets[l],
