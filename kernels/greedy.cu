@@ -203,7 +203,7 @@ RQ_UNROLL
       const float thr = g - rq_certify_margin(d, sqrtf(rn[r]), cm);
       const bool finite = thr - thr == 0.0f;
       if (!finite || v2[i] >= thr) {
-        over[r] = 1;
+        atomicOr(&over[r], 1);  // the row's 16 threads may all set it
       } else if (v1[i] >= thr) {
         const int at = atomicAdd(&cand_n[r], 1);
         cand[at * R + r] = k1[i];

@@ -213,6 +213,9 @@ __device__ inline void rq_greedy_decide(int R, long long row0, int n, int L, int
       }
     }
     rq_warp_argmax(bs, bk);
+    // Every lane has read the residual before any lane updates it (the shuffles of the
+    // argmax order no memory).
+    __syncwarp();
     rq_greedy_commit(row0 + r, L, l, mode, rr, cbs, cb_dtype, c0, d, bs, bk, lane, RQ_WARP,
                      codes, code_bytes, err);
   }
