@@ -11,7 +11,10 @@
 //!
 //! Environment: `RQTREE_EMU_ASAN=1` compiles the C++ with AddressSanitizer and UBSan's
 //! alignment check and links `libasan` and `libubsan` (run the binaries with libasan
-//! preloaded; see `scripts/emu-asan.sh`). Debug profiles
+//! preloaded; see `scripts/emu-asan.sh`). `RQTREE_EMU_TSAN=1` compiles it with
+//! ThreadSanitizer, defines `RQ_EMU_TSAN`, links `libtsan` and sets the cfg `rq_emu_tsan`,
+//! under which the scheduler announces fibers and sync points to it (run the binaries with
+//! libtsan preloaded; see `scripts/emu-tsan.sh`). Debug profiles
 //! define `RQ_EMU_CHECKS` (bounds-checked dynamic shared memory).
 
 use std::fmt::Write as _;
@@ -33,7 +36,9 @@ pub fn build() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build_support/emu.rs");
     println!("cargo:rerun-if-env-changed=RQTREE_EMU_ASAN");
+    println!("cargo:rerun-if-env-changed=RQTREE_EMU_TSAN");
     println!("cargo:rustc-check-cfg=cfg(rq_emu_asan)");
+    println!("cargo:rustc-check-cfg=cfg(rq_emu_tsan)");
 
     let mut sources = Vec::new();
     for (dir, prefix) in [(kernels.clone(), ""), (emu_dir.join("tests"), "test_")] {
@@ -77,7 +82,13 @@ pub fn build() {
     if env("PROFILE") == "debug" {
         build.define("RQ_EMU_CHECKS", "1");
     }
-    if std::env::var("RQTREE_EMU_ASAN").is_ok_and(|v| v == "1") {
+    let asan = std::env::var("RQTREE_EMU_ASAN").is_ok_and(|v| v == "1");
+    let tsan = std::env::var("RQTREE_EMU_TSAN").is_ok_and(|v| v == "1");
+    assert!(
+        !(asan && tsan),
+        "RQTREE_EMU_ASAN and RQTREE_EMU_TSAN exclude each other (one sanitizer runtime per process)"
+    );
+    if asan {
         build
             .opt_level(1)
             .flag("-fsanitize=address")
@@ -85,15 +96,16 @@ pub fn build() {
             .flag("-fsanitize=alignment")
             .flag("-fno-sanitize-recover=alignment")
             .flag("-fno-omit-frame-pointer");
-        for name in ["asan", "ubsan"] {
-            let lib = compiler_output(&[&format!("-print-file-name=lib{name}.so")]);
-            let dir = Path::new(lib.trim())
-                .parent()
-                .unwrap_or_else(|| panic!("cannot locate lib{name}.so (got `{lib}`)"));
-            println!("cargo:rustc-link-search=native={}", dir.display());
-            println!("cargo:rustc-link-lib=dylib={name}");
-        }
+        link_sanitizer_runtimes(&["asan", "ubsan"]);
         println!("cargo:rustc-cfg=rq_emu_asan");
+    } else if tsan {
+        build
+            .opt_level(1)
+            .define("RQ_EMU_TSAN", "1")
+            .flag("-fsanitize=thread")
+            .flag("-fno-omit-frame-pointer");
+        link_sanitizer_runtimes(&["tsan"]);
+        println!("cargo:rustc-cfg=rq_emu_tsan");
     } else {
         build.opt_level(2);
     }
@@ -133,6 +145,18 @@ pub fn build() {
     build.file(file).file(emu_dir.join("runtime.cpp"));
     // `compile` also links the C++ standard library.
     build.compile("rq_emu");
+}
+
+/// Links the compiler's shared sanitizer runtimes `lib<name>.so`.
+fn link_sanitizer_runtimes(names: &[&str]) {
+    for name in names {
+        let lib = compiler_output(&[&format!("-print-file-name=lib{name}.so")]);
+        let dir = Path::new(lib.trim())
+            .parent()
+            .unwrap_or_else(|| panic!("cannot locate lib{name}.so (got `{lib}`)"));
+        println!("cargo:rustc-link-search=native={}", dir.display());
+        println!("cargo:rustc-link-lib=dylib={name}");
+    }
 }
 
 fn env(key: &str) -> String {

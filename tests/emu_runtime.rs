@@ -757,8 +757,20 @@ fn reduction_matches(c: &Counter, d: &EmuDevice, kernel: &str, per: usize) -> bo
         .all(|(i, &g)| g == input[i * per..(i + 1) * per].iter().sum::<f32>())
 }
 
+/// Whether the kernels run under ThreadSanitizer (`scripts/emu-tsan.sh`), which reports the
+/// deliberately racy twins (and stops the process) instead of letting them compute.
+fn skip_racy_under_tsan(test: &str) -> bool {
+    if cfg!(rq_emu_tsan) {
+        println!("SKIP: {test} runs racy kernels on purpose; under ThreadSanitizer the probes of tsan_reports_races check them");
+    }
+    cfg!(rq_emu_tsan)
+}
+
 #[test]
 fn broken_twins_are_caught() {
+    if skip_racy_under_tsan("broken_twins_are_caught") {
+        return;
+    }
     let c = Counter::new("broken_twins_are_caught");
     for order in [FiberOrder::Forward, FiberOrder::Reverse] {
         let d = EmuDevice::with_workers(2).with_order(order);
@@ -903,6 +915,9 @@ fn async_rounds_match(c: &Counter, d: &EmuDevice, variant: i32) -> bool {
 
 #[test]
 fn async_copies_land_at_either_end() {
+    if skip_racy_under_tsan("async_copies_land_at_either_end") {
+        return;
+    }
     let c = Counter::new("async_copies_land_at_either_end");
     for order in [FiberOrder::Forward, FiberOrder::Reverse] {
         let at_wait = EmuDevice::with_workers(2).with_order(order);
@@ -921,6 +936,66 @@ fn async_copies_land_at_either_end() {
         // landing at the wait, after the barrier, hides the bug.
         assert!(!async_rounds_match(&c, &at_issue, 2), "{at_issue:?}");
         assert!(async_rounds_match(&c, &at_wait, 2), "{at_wait:?}");
+    }
+}
+
+/// Runs `rq_emu_test_warp_exchange` (`variant`: 0 with `__syncwarp`, 1 with a shuffle in its
+/// place) and tells whether every lane read its partner's value.
+fn warp_exchange_matches(c: &Counter, d: &EmuDevice, variant: i32) -> bool {
+    let (blocks, n) = (5usize, 256usize);
+    let input: Vec<f32> = lcg(23, blocks * n).iter().map(|&r| r as f32).collect();
+    let ib = d.alloc_from(&input).unwrap();
+    let out = d.alloc_zeroed::<f32>(blocks * n).unwrap();
+    c.ok(
+        d,
+        "rq_emu_test_warp_exchange",
+        LaunchConfig::linear(blocks as u32, n as u32),
+        &[Buf(&ib), Buf(&out), I32(variant)],
+    );
+    let got: Vec<f32> = d.download_vec(&out, blocks * n).unwrap();
+    (0..blocks * n).all(|g| got[g] == input[g ^ 1])
+}
+
+/// A shuffle standing in for `__syncwarp` computes the right values in the emulator, in
+/// either fiber order: the race it leaves is visible only to ThreadSanitizer
+/// (`tsan_reports_races`).
+#[test]
+fn a_missing_syncwarp_escapes_the_fiber_orders() {
+    let c = Counter::new("a_missing_syncwarp_escapes_the_fiber_orders");
+    for order in [FiberOrder::Forward, FiberOrder::Reverse] {
+        let d = EmuDevice::with_workers(2).with_order(order);
+        assert!(warp_exchange_matches(&c, &d, 0), "{d:?}");
+        if !cfg!(rq_emu_tsan) {
+            assert!(warp_exchange_matches(&c, &d, 1), "{d:?}");
+        }
+    }
+}
+
+/// Races ThreadSanitizer must report, one per run: `scripts/emu-tsan.sh` runs this test with
+/// `RQTREE_EMU_TSAN_PROBE` set to `barrier` (a read of a neighbour's shared-memory write with
+/// no `__syncthreads` between, in the fiber order that computes the right values), `syncwarp`
+/// (a warp exchange ordered by a shuffle instead of `__syncwarp`) or `async` (asynchronous
+/// copies landing in slots other threads may still read), and expects ThreadSanitizer's
+/// data-race report. Elsewhere it skips.
+#[test]
+fn tsan_reports_races() {
+    let Some(probe) = std::env::var_os("RQTREE_EMU_TSAN_PROBE") else {
+        println!("SKIP: the race probes run only under scripts/emu-tsan.sh");
+        return;
+    };
+    let c = Counter::new("tsan_reports_races");
+    let d = EmuDevice::with_workers(2).with_order(FiberOrder::Forward);
+    match probe.to_str() {
+        Some("barrier") => {
+            neighbour_matches(&c, &d, "rq_emu_test_neighbour_broken");
+        }
+        Some("syncwarp") => {
+            warp_exchange_matches(&c, &d, 1);
+        }
+        Some("async") => {
+            async_rounds_match(&c, &d, 2);
+        }
+        other => panic!("RQTREE_EMU_TSAN_PROBE={other:?}: expected barrier, syncwarp or async"),
     }
 }
 

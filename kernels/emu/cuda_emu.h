@@ -12,7 +12,8 @@
 //    the same worker OS thread and never migrates, and a worker runs one block at a time, so a
 //    `__shared__` variable is shared by exactly the threads of one block and private from the
 //    blocks running concurrently on other workers. As on a GPU, its contents at block start
-//    are undefined (whatever the previous block on that worker left).
+//    are undefined (whatever the previous block on that worker left). Under ThreadSanitizer
+//    (RQ_EMU_TSAN) they are plain statics and blocks run one at a time in the process.
 //  * dynamic shared memory goes through RQ_DYNAMIC_SHARED (kernels/rq_shared.cuh); it is a
 //    per-worker buffer of the launch's `shared_bytes`, filled with 0xff bytes (a NaN pattern)
 //    at every block start and bounds-checked in debug builds (RQ_EMU_CHECKS).
@@ -49,7 +50,14 @@
 #define __device__
 #define __host__
 #define __constant__
+#ifdef RQ_EMU_TSAN
+// ThreadSanitizer does not check thread-local storage between fibers, so under it static
+// shared memory is a plain static; the scheduler then runs one block at a time in the whole
+// process (src/device/emu/tsan.rs), which keeps it private to that block.
+#define __shared__ static
+#else
 #define __shared__ static thread_local
+#endif
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
@@ -128,13 +136,52 @@ enum WarpOp : uint32_t {
   W_ACTIVEMASK = 9,
 };
 
+#ifdef RQ_EMU_TSAN
+extern "C" void __tsan_ignore_thread_begin(void);
+extern "C" void __tsan_ignore_thread_end(void);
+extern "C" void __tsan_read_range(void* addr, unsigned long size);
+extern "C" void __tsan_write_range(void* addr, unsigned long size);
+/// While alive, ThreadSanitizer ignores the calling fiber's memory accesses. For the
+/// emulator's own bookkeeping that the fibers of a worker share (`cur`, the table of pending
+/// asynchronous copies): its fibers take turns on one OS thread, which ThreadSanitizer, told
+/// that each fiber is a thread of its own (src/device/emu/tsan.rs), would report as races.
+/// Kernel memory is never accessed inside one.
+struct internal_scope {
+  internal_scope() { __tsan_ignore_thread_begin(); }
+  ~internal_scope() { __tsan_ignore_thread_end(); }
+  internal_scope(const internal_scope&) = delete;
+  internal_scope& operator=(const internal_scope&) = delete;
+};
+/// Tells ThreadSanitizer that the calling thread accesses [addr, addr + bytes): for the
+/// kernel's accesses the emulator makes through `memcpy`, whose interceptor scripts/emu-tsan.sh
+/// tells ThreadSanitizer to ignore (the uninstrumented Rust side calls it too).
+inline void note_access(const void* addr, size_t bytes, bool write) {
+  if (write) {
+    __tsan_write_range(const_cast<void*>(addr), bytes);
+  } else {
+    __tsan_read_range(const_cast<void*>(addr), bytes);
+  }
+}
+#else
+/// Marks the emulator's own bookkeeping (a ThreadSanitizer annotation; empty without it).
+struct internal_scope {};
+/// A ThreadSanitizer annotation of a kernel access made through `memcpy` (empty without it).
+inline void note_access(const void*, size_t, bool) {}
+#endif
+
 /// The fiber running on this OS thread. Each fiber re-installs itself after every yield.
 inline thread_local rq_emu_thread* cur = nullptr;
+
+/// Makes `me` the current fiber of this OS thread.
+inline void install(rq_emu_thread* me) {
+  [[maybe_unused]] internal_scope quiet;
+  cur = me;
+}
 
 /// Suspends the current fiber at the sync point already described in its state.
 inline void sync_point(rq_emu_thread* me) {
   me->block->yield(me);
-  cur = me;
+  install(me);
 }
 
 /// Reports a misuse: the scheduler records `msg` with the kernel/block/thread and abandons the
@@ -257,6 +304,7 @@ struct async_queue {
 /// The pending copies of every thread of the block running on this worker (by linear thread
 /// index; a worker runs one block at a time and its fibers share the OS thread).
 inline async_queue& async_of(rq_emu_thread* me) {
+  [[maybe_unused]] internal_scope quiet;
   static thread_local std::vector<async_queue> queues;
   const size_t i = me->thread_idx.x +
                    me->block_dim.x * (me->thread_idx.y + me->block_dim.y * me->thread_idx.z);
@@ -266,7 +314,10 @@ inline async_queue& async_of(rq_emu_thread* me) {
 
 /// Lands the oldest `n` pending copies of `q`.
 inline void async_land(async_queue& q, size_t n) {
-  for (size_t i = 0; i < n; ++i) std::memcpy(q.copies[i].dst, q.copies[i].data, q.copies[i].bytes);
+  for (size_t i = 0; i < n; ++i) {
+    note_access(q.copies[i].dst, q.copies[i].bytes, true);
+    std::memcpy(q.copies[i].dst, q.copies[i].data, q.copies[i].bytes);
+  }
   q.copies.erase(q.copies.begin(), q.copies.begin() + static_cast<std::ptrdiff_t>(n));
   size_t kept = 0;
   for (size_t e : q.group_ends) {
@@ -288,6 +339,10 @@ inline void async_issue(void* dst, const void* src, size_t bytes, size_t zfill) 
          "to the size",
          bytes, src, dst);
   }
+  // The copy may land at any moment from its issue to its wait: for ThreadSanitizer it writes
+  // at both ends (here, and in async_land when it lands at the wait).
+  note_access(src, bytes - zfill, false);
+  note_access(dst, bytes, true);
   if (me->block->async_landing == LAND_AT_ISSUE) {
     std::memcpy(dst, src, bytes - zfill);
     std::memset(static_cast<char*>(dst) + (bytes - zfill), 0, zfill);
@@ -347,7 +402,7 @@ struct kernel_traits<F> {
   /// Runs the thread; its copies still pending at its end land then (a thread abandoned
   /// after a misuse leaves its queue to be cleared when the next kernel thread starts).
   static void run(void** params, rq_emu_thread* self) {
-    cur = self;
+    install(self);
     async_queue& q = async_of(self);
     q.copies.clear();
     q.group_ends.clear();

@@ -10,6 +10,7 @@
 
 mod ffi;
 mod sched;
+mod tsan;
 
 #[cfg(target_endian = "big")]
 compile_error!("the emu backend passes kernel arguments in little-endian 8-byte slots");
@@ -232,6 +233,10 @@ impl EmuDevice {
     }
 
     fn run_blocks(&self, spec: &LaunchSpec, blocks: u64) -> Result<()> {
+        tsan::serialized(|| self.run_blocks_on_workers(spec, blocks))
+    }
+
+    fn run_blocks_on_workers(&self, spec: &LaunchSpec, blocks: u64) -> Result<()> {
         let next = AtomicU64::new(0);
         let abort = AtomicBool::new(false);
         let first_error: Mutex<Option<(u64, String)>> = Mutex::new(None);
@@ -265,7 +270,7 @@ impl EmuDevice {
                 .push(worker);
         };
         let workers = (self.workers as u64).min(blocks) as usize;
-        if workers <= 1 {
+        if workers <= 1 || tsan::ONE_BLOCK_AT_A_TIME {
             work();
         } else {
             std::thread::scope(|s| {

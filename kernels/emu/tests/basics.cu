@@ -65,7 +65,9 @@ extern "C" __global__ void rq_emu_test_atomics(float* fsum, int* isum, unsigned*
   atomicAdd(u64sum, static_cast<unsigned long long>(g) << 20);
   atomicMin(imin, -static_cast<int>(g));
   atomicMax(imax, static_cast<int>(g));
-  unsigned old = *cas_count;
+  // A first guess, corrected by the loop (a plain read of the counter would race with the
+  // other threads' compare-and-swaps).
+  unsigned old = 0;
   for (;;) {
     const unsigned seen = atomicCAS(cas_count, old, old + 1);
     if (seen == old) break;

@@ -82,3 +82,21 @@ extern "C" __global__ void rq_emu_test_async_rounds(const float* in, float* out,
     for (int e = 0; e < 4; ++e) out[r * row + 4 * g + e] = s[4 * n + e];
   }
 }
+
+// Each lane reads its partner's (lane ^ 1) slot after a warp-level exchange through shared
+// memory. `variant` 0 orders the write before the partner's read with __syncwarp; 1 (BROKEN)
+// relies on a shuffle instead, which orders no memory on a GPU (only __syncwarp and the
+// barriers do). Both give the right values here, in either fiber order (every lane writes
+// before any lane passes the shuffle): only the ThreadSanitizer run (scripts/emu-tsan.sh)
+// reports the broken one.
+extern "C" __global__ void rq_emu_test_warp_exchange(const float* in, float* out, int variant) {
+  __shared__ float s[256];
+  const unsigned t = threadIdx.x, g = blockIdx.x * blockDim.x + t;
+  s[t] = in[g];
+  if (variant == 0) {
+    __syncwarp();
+  } else {
+    (void)__shfl_sync(0xffffffffu, 0, 0);
+  }
+  out[g] = s[t ^ 1u];
+}

@@ -13,6 +13,7 @@ use corosensei::stack::{DefaultStack, Stack};
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use super::ffi::{self, BlockCtx, Entry, ThreadCtx};
+use super::tsan::BlockSync;
 
 /// Bytes of stack per fiber (virtual; pages are committed on first touch).
 #[cfg(not(rq_emu_asan))]
@@ -94,6 +95,8 @@ pub(crate) struct Worker {
     ready: VecDeque<u32>,
     warp_arrived: Vec<u32>,
     warp_exited: Vec<u32>,
+    /// ThreadSanitizer's view of the block's threads and sync points (empty without it).
+    sync: BlockSync,
     /// Context switches into fibers so far (for measurements).
     pub switches: u64,
 }
@@ -150,6 +153,7 @@ impl Worker {
             ready: VecDeque::new(),
             warp_arrived: Vec::new(),
             warp_exited: Vec::new(),
+            sync: BlockSync::new(),
             switches: 0,
         }
     }
@@ -248,6 +252,16 @@ impl Worker {
                 })
                 .collect(),
         };
+        self.sync.begin_block(n);
+        let result = self.drive(&mut fibers, spec, n);
+        let abandoned = (0..n).filter(|&t| fibers.co[t].started() && !fibers.co[t].done());
+        self.sync.end_block(abandoned);
+        result
+    }
+
+    /// Resumes the ready fibers until every thread has ended or a misuse is found.
+    fn drive(&mut self, fibers: &mut Fibers<'_>, spec: &LaunchSpec, n: usize) -> Result<(), Fault> {
+        let base = self.threads.as_mut_ptr();
         let warps_ok = n % 32 == 0;
         let mut at_barrier = 0usize;
         let mut exited = 0usize;
@@ -256,7 +270,14 @@ impl Worker {
             let t = t as usize;
             self.switches += 1;
             let w = t / 32;
-            match fibers.co[t].resume(()) {
+            self.sync.enter(t, fibers.co[t].started());
+            let resumed = fibers.co[t].resume(());
+            // SAFETY: `t < n`; the fiber has returned or is suspended, so nothing else
+            // accesses its context.
+            let (state, op) = unsafe { ((*base.add(t)).state, (*base.add(t)).op) };
+            let done = matches!(resumed, CoroutineResult::Return(()));
+            self.sync.leave(t, done, state, op);
+            match resumed {
                 CoroutineResult::Return(()) => {
                     if exited == 0 {
                         first_exited = t;
@@ -285,8 +306,6 @@ impl Worker {
                     }
                 }
                 CoroutineResult::Yield(()) => {
-                    // SAFETY: `t < n`; the fiber is suspended, so nothing else accesses it.
-                    let (state, op) = unsafe { ((*base.add(t)).state, (*base.add(t)).op) };
                     match state {
                         ffi::STATE_BARRIER => {
                             if exited > 0 {
@@ -304,6 +323,7 @@ impl Worker {
                             if at_barrier == n {
                                 // SAFETY: all n fibers are suspended at the barrier.
                                 unsafe { release_barrier(base, n)? };
+                                self.sync.barrier_completed();
                                 at_barrier = 0;
                                 push_range(&mut self.ready, spec.order, 0, n as u32);
                             }
@@ -333,6 +353,7 @@ impl Worker {
                             if self.warp_arrived[w] == 32 {
                                 // SAFETY: the warp's 32 fibers are suspended at a warp op.
                                 unsafe { resolve_warp(base, w)? };
+                                self.sync.warp_op_completed(w);
                                 self.warp_arrived[w] = 0;
                                 let first = (w * 32) as u32;
                                 push_range(&mut self.ready, spec.order, first, first + 32);
