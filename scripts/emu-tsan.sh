@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the emu runtime tests and the backend tests (every kernel on emu) with ThreadSanitizer
-# on the C++ side (the kernels and the emulation header), then checks that it reports the
-# races a GPU would have and the fiber scheduler hides: a missing __syncthreads, a shuffle in
-# place of __syncwarp, and asynchronous copies landing in slots other threads may still read.
+# Runs the emu runtime, backend (every kernel on emu) and learn (the soft-assignment kernels)
+# tests with ThreadSanitizer on the C++ side (the kernels and the emulation header), then
+# checks that it reports the races a GPU would have and the fiber scheduler hides: a missing
+# __syncthreads, a shuffle in place of __syncwarp, and asynchronous copies landing in slots
+# other threads may still read.
 #
 # How: RQTREE_EMU_TSAN=1 makes build_support/emu.rs compile the C++ with -fsanitize=thread,
 # link libtsan and set the cfg `rq_emu_tsan`, under which the scheduler announces every thread
@@ -12,7 +13,7 @@
 # (only the test binaries get it). halt_on_error: the first race fails the test binary.
 # Builds go to target/tsan so the normal build is not invalidated.
 #
-#   scripts/emu-tsan.sh              # emu runtime and backend tests under ThreadSanitizer
+#   scripts/emu-tsan.sh              # emu runtime, backend and learn tests under ThreadSanitizer
 #   scripts/emu-tsan.sh greedy       # extra arguments filter the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/tsan}"
 # Rust side's signal handlers are not instrumented either.
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:ignore_interceptors_accesses=1:report_signal_unsafe=0}"
 
-cargo test --features emu --test emu_runtime --test backends -- "$@"
+cargo test --features emu --test emu_runtime --test backends --test learn -- "$@"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
