@@ -9,6 +9,7 @@
 #   # on the GPU machine:
 #   OUT=/some/dir rqtree-gpu/run.sh  # logs and JSON in $OUT (default ./out)
 #   OUT=/some/dir rqtree-gpu/profile.sh  # host trace and ncu kernel profiles (gpu-profile.sh)
+#   OUT=/some/dir rqtree-gpu/sanitize.sh # compute-sanitizer racecheck/synccheck/memcheck (gpu-sanitize.sh)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,6 +60,7 @@ strip "$DEST"/bin/* "$DEST"/tests/* 2>/dev/null || true
 cp benches/torch_baseline.py "$DEST/benches/"
 cp scripts/compare_bench.py "$DEST/scripts/"
 cp scripts/gpu-profile.sh "$DEST/profile.sh"
+cp scripts/gpu-sanitize.sh "$DEST/sanitize.sh"
 git rev-parse HEAD >"$DEST/COMMIT" 2>/dev/null || echo unknown >"$DEST/COMMIT"
 
 cat >"$DEST/run.sh" <<'RUN'
