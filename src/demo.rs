@@ -87,7 +87,7 @@ pub fn run(be: &dyn Backend, seed: u64, progress: bool) -> Result<DemoReport> {
         rows.push(DemoRow {
             beam,
             candidates: out.candidates.iter().sum::<usize>() as f64 / nq as f64,
-            recall10: recall_at(&out.topk, &truth.ids, 10, 10),
+            recall10: recall_at(&out.topk, &truth.ids, 10, 10)?,
             qps: nq as f64 / secs.max(1e-9),
         });
     }

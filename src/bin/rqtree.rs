@@ -656,8 +656,8 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
         let out = out.ok_or_else(|| Error::param("no repetition ran"))?;
         let recalls: Vec<(usize, f64)> = ks
             .iter()
-            .map(|&k| (k, recall_at(&out.topk, &truth, truth_k, k)))
-            .collect();
+            .map(|&k| Ok((k, recall_at(&out.topk, &truth, truth_k, k)?)))
+            .collect::<Result<_>>()?;
         let cand = out.candidates.iter().sum::<usize>() as f64 / queries.rows().max(1) as f64;
         rows.push(json!({
             "beam": params.beams,

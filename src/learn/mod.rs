@@ -175,7 +175,7 @@ fn check_options(o: &LearnOptions) -> Result<()> {
         return bad("learn: balance window must be ≥ 1".into());
     }
     if o.max_train == 0 {
-        return bad("learn: max-train must be ≥ 1".into());
+        return bad("learn: the training sample (--train-sample, max_train) must be ≥ 1".into());
     }
     Ok(())
 }
