@@ -1056,6 +1056,33 @@ fn asan_catches_heap_overflow() {
     .unwrap();
 }
 
+/// Out-of-bounds shared-memory writes no check of the emulator sees, one per run:
+/// `scripts/emu-asan.sh` runs this test with `RQTREE_EMU_SHARED_PROBE` set to `static` (one
+/// element past a static `__shared__` array: a plain static under ASan, with redzones) or
+/// `dynamic` (the byte just past the launch's dynamic shared memory, through a raw pointer:
+/// the rest of the worker's buffer is poisoned) and expects the report. The same launches
+/// within bounds must pass. Elsewhere it skips (the writes would corrupt memory).
+#[test]
+fn asan_catches_shared_overflow() {
+    let Some(probe) = std::env::var_os("RQTREE_EMU_SHARED_PROBE") else {
+        println!("SKIP: the shared-memory overflow probes run only under scripts/emu-asan.sh");
+        return;
+    };
+    let d = dev();
+    let out = d.alloc_zeroed::<i32>(64).unwrap();
+    let (kernel, shared, inside, outside) = match probe.to_str() {
+        Some("static") => ("rq_emu_test_static_shared_overflow", 0, 0, 1),
+        Some("dynamic") => ("rq_emu_test_dynamic_shared_overflow", 100, 99, 100),
+        other => panic!("RQTREE_EMU_SHARED_PROBE={other:?}: expected static or dynamic"),
+    };
+    let cfg = LaunchConfig {
+        shared_bytes: shared,
+        ..LaunchConfig::linear(1, 64)
+    };
+    d.launch(kernel, cfg, &[Buf(&out), I32(inside)]).unwrap();
+    d.launch(kernel, cfg, &[Buf(&out), I32(outside)]).unwrap();
+}
+
 /// A kernel loading a 16-byte vector from an address that is not 16-byte aligned (a GPU
 /// faults): the alignment sanitizer must stop the process. `scripts/emu-asan.sh` runs it with
 /// `RQTREE_EMU_ALIGN_PROBE=1` and expects the report; elsewhere x86 loads it silently, so it

@@ -12,8 +12,8 @@
 //    the same worker OS thread and never migrates, and a worker runs one block at a time, so a
 //    `__shared__` variable is shared by exactly the threads of one block and private from the
 //    blocks running concurrently on other workers. As on a GPU, its contents at block start
-//    are undefined (whatever the previous block on that worker left). Under ThreadSanitizer
-//    (RQ_EMU_TSAN) they are plain statics and blocks run one at a time in the process.
+//    are undefined (whatever the previous block on that worker left). Under AddressSanitizer
+//    or ThreadSanitizer they are plain statics and blocks run one at a time in the process.
 //  * dynamic shared memory goes through RQ_DYNAMIC_SHARED (kernels/rq_shared.cuh); it is a
 //    per-worker buffer of the launch's `shared_bytes`, filled with 0xff bytes (a NaN pattern)
 //    at every block start and bounds-checked in debug builds (RQ_EMU_CHECKS).
@@ -50,10 +50,11 @@
 #define __device__
 #define __host__
 #define __constant__
-#ifdef RQ_EMU_TSAN
-// ThreadSanitizer does not check thread-local storage between fibers, so under it static
-// shared memory is a plain static; the scheduler then runs one block at a time in the whole
-// process (src/device/emu/tsan.rs), which keeps it private to that block.
+#if defined(RQ_EMU_TSAN) || defined(__SANITIZE_ADDRESS__)
+// The sanitizers do not check thread-local storage (AddressSanitizer puts no redzones around
+// it; ThreadSanitizer does not compare fibers' accesses to it), so under them static shared
+// memory is a plain static; the scheduler then runs one block at a time in the whole process
+// (src/device/emu.rs), which keeps it private to that block.
 #define __shared__ static
 #else
 #define __shared__ static thread_local

@@ -17,6 +17,18 @@ extern "C" void rq_emu_unpoison(void* addr, size_t len) {
 #endif
 }
 
+/// Marks [addr, addr+len) unaddressable for AddressSanitizer: the part of a worker's dynamic
+/// shared memory buffer past the launch's size, so a kernel reaching beyond its dynamic shared
+/// memory through a raw pointer is reported. A no-op without AddressSanitizer.
+extern "C" void rq_emu_poison(void* addr, size_t len) {
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_POISON_MEMORY_REGION(addr, len);
+#else
+  (void)addr;
+  (void)len;
+#endif
+}
+
 /// Whether the kernels were compiled with RQ_EMU_CHECKS (bounds-checked dynamic shared memory).
 extern "C" int rq_emu_checks_enabled() {
 #ifdef RQ_EMU_CHECKS

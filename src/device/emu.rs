@@ -84,6 +84,12 @@ impl std::fmt::Debug for EmuBuffer {
     }
 }
 
+/// Whether static `__shared__` variables are plain statics (under AddressSanitizer or
+/// ThreadSanitizer, which do not check thread-local storage; `kernels/emu/cuda_emu.h`): then
+/// launches run one at a time in the process and their blocks one after another, so a static
+/// is private to the block running.
+const STATIC_SHARED_IS_GLOBAL: bool = cfg!(rq_emu_asan) || cfg!(rq_emu_tsan);
+
 /// The host-emulated device.
 pub struct EmuDevice {
     workers: usize,
@@ -233,7 +239,13 @@ impl EmuDevice {
     }
 
     fn run_blocks(&self, spec: &LaunchSpec, blocks: u64) -> Result<()> {
-        tsan::serialized(|| self.run_blocks_on_workers(spec, blocks))
+        if STATIC_SHARED_IS_GLOBAL {
+            static LAUNCHES: Mutex<()> = Mutex::new(());
+            let _one_at_a_time = LAUNCHES.lock().unwrap_or_else(|e| e.into_inner());
+            tsan::ordered(|| self.run_blocks_on_workers(spec, blocks))
+        } else {
+            self.run_blocks_on_workers(spec, blocks)
+        }
     }
 
     fn run_blocks_on_workers(&self, spec: &LaunchSpec, blocks: u64) -> Result<()> {
@@ -270,7 +282,7 @@ impl EmuDevice {
                 .push(worker);
         };
         let workers = (self.workers as u64).min(blocks) as usize;
-        if workers <= 1 || tsan::ONE_BLOCK_AT_A_TIME {
+        if workers <= 1 || STATIC_SHARED_IS_GLOBAL {
             work();
         } else {
             std::thread::scope(|s| {

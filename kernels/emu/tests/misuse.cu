@@ -63,6 +63,27 @@ extern "C" __global__ void rq_emu_test_heap_overflow(int* out, int n) {
   if (threadIdx.x == 0) out[n] = 1;
 }
 
+// Thread 0 writes one element past a static shared array (AddressSanitizer only: the
+// emulator cannot see it otherwise; scripts/emu-asan.sh expects the report).
+extern "C" __global__ void rq_emu_test_static_shared_overflow(int* out, int past) {
+  __shared__ int s[64];
+  s[threadIdx.x] = (int)threadIdx.x;
+  __syncthreads();
+  if (threadIdx.x == 0) s[64 * past] = 1;
+  __syncthreads();
+  out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
+
+// Thread 0 writes the byte at `at` of the dynamic shared memory through a raw pointer, which
+// no bounds check sees (AddressSanitizer reports it when `at` is the launch's size).
+extern "C" __global__ void rq_emu_test_dynamic_shared_overflow(int* out, int at) {
+  RQ_DYNAMIC_SHARED(unsigned char, smem);
+  unsigned char* raw = &smem[0];
+  if (threadIdx.x == 0) raw[at] = 1;
+  __syncthreads();
+  out[threadIdx.x] = raw[0];
+}
+
 // A 16-byte asynchronous copy from an address 4 bytes past a 16-byte boundary, in thread 5.
 extern "C" __global__ void rq_emu_test_async_misaligned(const float* in, float* out) {
   __shared__ __align__(16) float s[64 * 4];

@@ -134,6 +134,8 @@ extern "C" {
     fn rq_emu_registry(count: *mut usize) -> *const *const RawEntry;
     /// Clears AddressSanitizer poisoning of a memory range (no-op without ASan).
     pub(crate) fn rq_emu_unpoison(addr: *mut c_void, len: usize);
+    /// Marks a memory range unaddressable for AddressSanitizer (no-op without ASan).
+    pub(crate) fn rq_emu_poison(addr: *mut c_void, len: usize);
     /// 1 when the kernels were compiled with `RQ_EMU_CHECKS`.
     pub(crate) fn rq_emu_checks_enabled() -> i32;
 }

@@ -180,9 +180,26 @@ impl Worker {
             self.stacks.push(s);
         }
         let chunks = spec.shared_bytes.div_ceil(256);
+        let held = self.smem.len() * 256;
+        // SAFETY: the buffer is the worker's own; no fiber runs.
+        unsafe { ffi::rq_emu_unpoison(self.smem.as_mut_ptr().cast(), held) };
         if self.smem.len() < chunks {
             self.smem.resize(chunks, SmemChunk([0; 256]));
         }
+        let held = self.smem.len() * 256;
+        // Under AddressSanitizer, the bytes past the launch's dynamic shared memory are
+        // unaddressable: a kernel reaching past it through a raw pointer is reported.
+        // SAFETY: [shared_bytes, held) lies within the worker's buffer.
+        unsafe {
+            ffi::rq_emu_poison(
+                self.smem
+                    .as_mut_ptr()
+                    .cast::<u8>()
+                    .add(spec.shared_bytes)
+                    .cast(),
+                held - spec.shared_bytes,
+            )
+        };
         if cfg!(debug_assertions) {
             // A NaN pattern, so reads of never-written dynamic shared memory stand out.
             self.smem[..chunks].fill(SmemChunk([0xff; 256]));

@@ -17,14 +17,9 @@
 //! between blocks are not reported. Without the cfg, [`BlockSync`] is empty and does nothing.
 
 #[cfg(rq_emu_tsan)]
-pub(crate) use annotated::{serialized, BlockSync};
+pub(crate) use annotated::{ordered, BlockSync};
 #[cfg(not(rq_emu_tsan))]
-pub(crate) use plain::{serialized, BlockSync};
-
-/// Whether a launch runs its blocks one at a time on the launching thread. Under
-/// ThreadSanitizer static `__shared__` variables are plain statics (it does not check
-/// thread-local storage between fibers), so no two blocks may run at once.
-pub(crate) const ONE_BLOCK_AT_A_TIME: bool = cfg!(rq_emu_tsan);
+pub(crate) use plain::{ordered, BlockSync};
 
 #[cfg(rq_emu_tsan)]
 mod sys {
@@ -58,19 +53,17 @@ mod annotated {
     /// Warps of the largest block (1024 threads).
     const MAX_WARPS: usize = 32;
 
-    /// Runs `launch` while no other launch of the process runs (static shared memory is
-    /// process-wide under ThreadSanitizer), ordered after the launches before it.
-    pub(crate) fn serialized<R>(launch: impl FnOnce() -> R) -> R {
-        static LAUNCHES: std::sync::Mutex<u8> = std::sync::Mutex::new(0);
-        let guard = LAUNCHES.lock().unwrap_or_else(|e| e.into_inner());
-        // The mutex is invisible to ThreadSanitizer (the Rust side is not instrumented).
-        let order: *const u8 = &*guard;
+    /// Runs `launch`, which the caller runs while no other launch of the process runs,
+    /// ordered after the launches before it for ThreadSanitizer (the lock that serialises
+    /// them is invisible to it: the Rust side is not instrumented).
+    pub(crate) fn ordered<R>(launch: impl FnOnce() -> R) -> R {
+        static LAUNCHES: u8 = 0;
+        let order = (&LAUNCHES as *const u8).cast_mut().cast();
         // SAFETY: the address names a sync object; nothing is accessed.
-        unsafe { sys::__tsan_acquire(order.cast_mut().cast()) };
+        unsafe { sys::__tsan_acquire(order) };
         let result = launch();
         // SAFETY: as above.
-        unsafe { sys::__tsan_release(order.cast_mut().cast()) };
-        drop(guard);
+        unsafe { sys::__tsan_release(order) };
         result
     }
 
@@ -199,9 +192,9 @@ mod annotated {
 
 #[cfg(not(rq_emu_tsan))]
 mod plain {
-    /// Runs `launch` (launches need no serialising without ThreadSanitizer).
+    /// Runs `launch` (no ordering to announce without ThreadSanitizer).
     #[inline(always)]
-    pub(crate) fn serialized<R>(launch: impl FnOnce() -> R) -> R {
+    pub(crate) fn ordered<R>(launch: impl FnOnce() -> R) -> R {
         launch()
     }
 
