@@ -48,8 +48,11 @@ inline float rq_emu_mma_sum(float c, const double (&p)[8]) {
 
 /// The emulator's tile product: the lanes publish their fragments in a per-warp scratch
 /// (block-private: the fibers of a block share their worker thread), each computes its own
-/// four outputs (rq_emu_mma_sum), and the warp synchronises again before the scratch is
-/// reused. Every lane of the warp must call it.
+/// four outputs (rq_emu_mma_sum), and the warp meets again before the scratch is reused.
+/// Every lane of the warp must call it. The warp meets at `__activemask`, which orders no
+/// memory (unlike `__syncwarp`), and the scratch is the emulator's, not the kernel's
+/// (rq_emu::internal_scope): under ThreadSanitizer a tile product gives a kernel no more
+/// ordering than `mma.sync` does on a GPU, which is none.
 __device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
                                    const unsigned (&b)[2]) {
   struct Frags {
@@ -59,20 +62,26 @@ __device__ inline void rq_mma_tf32(float (&d)[4], const unsigned (&a)[4],
   static thread_local Frags scratch[1024 / RQ_WARP];
   const int lane = (int)threadIdx.x % RQ_WARP;
   Frags& f = scratch[threadIdx.x / RQ_WARP];
-  for (int r = 0; r < 4; ++r) f.a[lane][r] = a[r];
-  for (int r = 0; r < 2; ++r) f.b[lane][r] = b[r];
-  __syncwarp();
-  const int g = lane / 4, t = lane % 4;
-  const auto tf32 = [](unsigned bits) { return (double)__uint_as_float(bits & 0xffffe000u); };
-  for (int r = 0; r < 4; ++r) {
-    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
-    double p[8];
-    for (int k = 0; k < 8; ++k)
-      p[k] = tf32(f.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]) *
-             tf32(f.b[4 * col + k % 4][k / 4]);
-    d[r] = rq_emu_mma_sum(d[r], p);
+  {
+    [[maybe_unused]] rq_emu::internal_scope quiet;
+    for (int r = 0; r < 4; ++r) f.a[lane][r] = a[r];
+    for (int r = 0; r < 2; ++r) f.b[lane][r] = b[r];
   }
-  __syncwarp();
+  (void)__activemask();
+  {
+    [[maybe_unused]] rq_emu::internal_scope quiet;
+    const int g = lane / 4, t = lane % 4;
+    const auto tf32 = [](unsigned bits) { return (double)__uint_as_float(bits & 0xffffe000u); };
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+      double p[8];
+      for (int k = 0; k < 8; ++k)
+        p[k] = tf32(f.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]) *
+               tf32(f.b[4 * col + k % 4][k / 4]);
+      d[r] = rq_emu_mma_sum(d[r], p);
+    }
+  }
+  (void)__activemask();
 }
 #else
 /// D += A·B on the tensor cores (one `mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32`).
