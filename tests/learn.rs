@@ -662,18 +662,41 @@ fn alpha_outside_f32_is_an_option_error() {
     }
 }
 
-/// Training that diverges (a learning rate far too large) is reported as non-finite values
-/// in the *learned* codebook, not as if an input codebook were bad.
+/// Training that diverges stops at the step whose loss is no longer finite, naming it and the
+/// learning rate, instead of running to the end.
 #[test]
-fn diverged_training_names_the_learned_codebook() {
-    let mut rng = rng("diverged_training_names_the_learned_codebook");
+fn diverged_training_stops_at_its_step() {
+    let mut rng = rng("diverged_training_stops_at_its_step");
+    let items = rand_matrix(&mut rng, 50, 4);
+    let o = LearnOptions {
+        levels: 2,
+        codes: 4,
+        epochs: 3,
+        batch: 16,
+        lr: 1e30,
+        ..LearnOptions::default()
+    };
+    match learn(&Reference, &Reference, &items, None, &o, false) {
+        Err(Error::Range(msg)) => {
+            assert!(msg.contains("at step") && msg.contains("of 12"), "{msg}");
+            assert!(msg.contains("--lr"), "{msg}");
+        }
+        other => panic!("expected the diverging step, got {other:?}"),
+    }
+}
+
+/// A last update that leaves the codebooks non-finite (no later loss to show it) is reported
+/// as the learned codebook's, not as if an input codebook were bad.
+#[test]
+fn diverged_last_step_names_the_learned_codebook() {
+    let mut rng = rng("diverged_last_step_names_the_learned_codebook");
     let items = rand_matrix(&mut rng, 50, 4);
     let o = LearnOptions {
         levels: 2,
         codes: 4,
         epochs: 1,
-        batch: 16,
-        lr: 1e30,
+        batch: 64,
+        lr: 1e39,
         ..LearnOptions::default()
     };
     match learn(&Reference, &Reference, &items, None, &o, false) {

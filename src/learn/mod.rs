@@ -283,7 +283,9 @@ fn gather(m: &Matrix, rows: impl Iterator<Item = usize>, out: &mut Vec<f32>) {
 
 /// Learns `opts.levels` codebooks of `opts.codes` words on `items` (`N × d`, finite):
 /// residual k-means on a sample (through `be`), then joint soft training (through
-/// `engine`), optionally supervised. Returns the codebooks and a report.
+/// `engine`), optionally supervised. Returns the codebooks and a report. Training that
+/// diverges is an error: [`Error::Range`] at the first step whose loss is not finite, or
+/// [`Error::NonFinite`] naming the learned codebook when the last update made it so.
 pub fn learn(
     be: &dyn Backend,
     engine: &dyn SoftAssign<f32>,
@@ -410,6 +412,13 @@ pub fn learn(
                 window.pop_front();
             }
             let l = step.losses;
+            if !l.total.is_finite() {
+                return Err(Error::Range(format!(
+                    "learn: the training loss became {} at step {t} of {total} (α {alpha:.3e}, \
+                     learning rate {lr:e}): the codebooks diverge; lower --lr",
+                    l.total
+                )));
+            }
             sum.recon += l.recon;
             sum.prefix += l.prefix;
             sum.index += l.index;
