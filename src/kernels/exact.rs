@@ -69,7 +69,7 @@ impl ExactTiles {
 /// Exact brute-force top-k of `queries` (`B × d`) against `items` (`N × d`) with `metric`;
 /// ids are item rows. `1 ≤ k ≤ 2048`. Scores equal the reference's bit for bit. With
 /// `screen` (the backend's tensor cores), the item blocks after the first are screened on
-/// the tensor cores ([`exact_topk_tiled`]).
+/// the tensor cores (`exact_topk_tiled`).
 pub fn exact_topk<D: Device>(
     dev: &D,
     res: &Residency<D>,

@@ -3,7 +3,7 @@
 //!
 //! Two ways an input is found on the device again:
 //!
-//! - **Pinned** ([`Residency::pin`]): the caller hands over an `Arc` of the host data (an
+//! - **Pinned** (`Residency::pin`): the caller hands over an `Arc` of the host data (an
 //!   [`Index`] or a [`Matrix`]). While the residency holds that `Arc` the data can neither be
 //!   freed nor mutated (the types have no interior mutability), so a slice at the same
 //!   address with the same length *is* that data: the lookup costs no host work at all.
