@@ -22,14 +22,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-libasan=$("${CXX:-g++}" -print-file-name=libasan.so)
-if [ ! -e "$libasan" ]; then
-  echo "emu-asan: libasan.so not found (install the compiler's libasan)" >&2
-  exit 1
-fi
-host=$(rustc -vV | sed -n 's/^host: //p')
-runner_var="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUNNER"
-export "$runner_var"="env LD_PRELOAD=$libasan"
+# shellcheck source=scripts/lib/preload-sanitizer.sh
+source scripts/lib/preload-sanitizer.sh
+preload_sanitizer asan
 export RQTREE_EMU_ASAN=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/asan}"
 # allocator_may_return_null: an absurd allocation is refused (null) as without ASan, so

@@ -18,14 +18,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-libtsan=$("${CXX:-g++}" -print-file-name=libtsan.so)
-if [ ! -e "$libtsan" ]; then
-  echo "emu-tsan: libtsan.so not found (install the compiler's libtsan)" >&2
-  exit 1
-fi
-host=$(rustc -vV | sed -n 's/^host: //p')
-runner_var="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUNNER"
-export "$runner_var"="env LD_PRELOAD=$libtsan"
+# shellcheck source=scripts/lib/preload-sanitizer.sh
+source scripts/lib/preload-sanitizer.sh
+preload_sanitizer tsan
 export RQTREE_EMU_TSAN=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/tsan}"
 # ignore_interceptors_accesses: the Rust side is not instrumented, so ThreadSanitizer sees its
