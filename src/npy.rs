@@ -332,9 +332,11 @@ pub fn read_i64_2d(path: impl AsRef<Path>) -> Result<I64Matrix> {
 }
 
 /// Writes to `path` atomically: `write` receives a temporary path in the same directory and
-/// must create and fill it; the file is then fsynced and renamed over `path`. On any error
-/// the temporary file is removed and `path` is left untouched; the error names `path` (the
-/// temporary name in parentheses), never the temporary file alone.
+/// must create and fill it; the file is then fsynced and renamed over `path`, and on Unix the
+/// directory is fsynced so that the rename itself survives a crash. On any error before the
+/// rename the temporary file is removed and `path` is left untouched; the error names `path`
+/// (the temporary name in parentheses), never the temporary file alone. An error syncing the
+/// directory comes after the rename: `path` then holds the complete new file.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path
         .file_name()
@@ -357,7 +359,22 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         // Best effort: the temporary file may not exist if `write` failed early.
         let _ = std::fs::remove_file(&tmp);
     }
-    result
+    result.and_then(|()| sync_parent(path))
+}
+
+/// Flushes the directory entry of `path` (its parent directory) to disk, on Unix; elsewhere a
+/// directory cannot be opened for syncing and this does nothing.
+fn sync_parent(path: &Path) -> Result<()> {
+    if cfg!(unix) {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
 }
 
 /// `e` with the hidden temporary file `tmp` replaced by the destination `path` the caller

@@ -195,7 +195,11 @@ fn learn_and_ttt_cli() {
             .map(|a| a.to_string())
             .collect()
     };
+    npy::write_f32(p("users7.npy"), &rand_matrix(&mut rng, 5, 7)).unwrap();
+    let mut wrong_dim = ttt(&p("e.npy"), &["-o", &t]);
+    wrong_dim[4] = p("users7.npy");
     for (args, needle) in [
+        (wrong_dim, "index's dimension is 8"),
         (ttt(&p("e.npy"), &["--depth", "3", "-o", &t]), "depth 3"),
         (ttt(&p("pairs.npy"), &["-o", &t]), "M x 2"),
         (

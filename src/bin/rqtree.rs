@@ -421,6 +421,18 @@ fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
 fn cmd_ttt(a: &TttArgs) -> Result<()> {
     let index = file::load(&a.index)?;
     let users = npy::read_matrix(&a.users)?;
+    if users.cols() != index.dim() {
+        return Err(Error::file(
+            &a.users,
+            format!(
+                "users are {} x {}, but the index's dimension is {} (the pairs are for \
+                 training with these user rows)",
+                users.rows(),
+                users.cols(),
+                index.dim()
+            ),
+        ));
+    }
     let e = npy::read_i64_2d(&a.engagements)?;
     if e.cols != 2 {
         return Err(Error::file(
