@@ -16,39 +16,77 @@ pub struct Matrix {
 }
 
 /// Whether a matrix's values were found finite since they last changed, and their largest
-/// magnitude once asked for (f32 bits; `UNKNOWN` until then), so that a matrix passed to many
-/// calls (a resident item set, a query batch searched twice) is scanned once. Cleared by every
-/// mutable access; ignored by equality.
-#[derive(Debug)]
-struct FiniteMemo(AtomicBool, AtomicU32);
-
-/// [`FiniteMemo`]'s "largest magnitude not known" (a NaN pattern no scan produces).
-const UNKNOWN: u32 = u32::MAX;
-
-impl Default for FiniteMemo {
-    fn default() -> Self {
-        FiniteMemo(AtomicBool::new(false), AtomicU32::new(UNKNOWN))
-    }
-}
+/// magnitude once asked for, so that a matrix passed to many calls (a resident item set, a
+/// query batch searched twice) is scanned once. Cleared by every mutable access; ignored by
+/// equality.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct FiniteMemo(FlagMemo, MaxAbsMemo);
 
 impl FiniteMemo {
     /// Forgets everything (the values are about to change).
     fn clear(&mut self) {
-        *self.0.get_mut() = false;
-        *self.1.get_mut() = UNKNOWN;
+        *self.0 .0.get_mut() = false;
+        self.1.clear();
     }
 }
 
-impl Clone for FiniteMemo {
+/// "Found finite" of [`FiniteMemo`]: an atomic flag that clones its value and never makes
+/// two matrices unequal.
+#[derive(Debug, Default)]
+struct FlagMemo(AtomicBool);
+
+impl Clone for FlagMemo {
     fn clone(&self) -> Self {
-        FiniteMemo(
-            AtomicBool::new(self.0.load(Ordering::Relaxed)),
-            AtomicU32::new(self.1.load(Ordering::Relaxed)),
-        )
+        FlagMemo(AtomicBool::new(self.0.load(Ordering::Relaxed)))
     }
 }
 
-impl PartialEq for FiniteMemo {
+impl PartialEq for FlagMemo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The remembered largest magnitude of a value set (f32 bits, or `UNKNOWN`), shared by
+/// [`Matrix`] and the half-width embedding rows. Its owner clears it on every mutable access;
+/// clones keep it; equality ignores it.
+#[derive(Debug)]
+pub(crate) struct MaxAbsMemo(AtomicU32);
+
+/// [`MaxAbsMemo`]'s "largest magnitude not known" (a NaN pattern no scan produces).
+const UNKNOWN: u32 = u32::MAX;
+
+impl MaxAbsMemo {
+    /// The remembered magnitude, or `scan()`'s, remembered from now on.
+    pub(crate) fn get_or(&self, scan: impl FnOnce() -> f32) -> f32 {
+        let bits = self.0.load(Ordering::Relaxed);
+        if bits != UNKNOWN {
+            return f32::from_bits(bits);
+        }
+        let m = scan();
+        self.0.store(m.to_bits(), Ordering::Relaxed);
+        m
+    }
+
+    /// Forgets the magnitude (the values are about to change).
+    pub(crate) fn clear(&mut self) {
+        *self.0.get_mut() = UNKNOWN;
+    }
+}
+
+impl Default for MaxAbsMemo {
+    fn default() -> Self {
+        MaxAbsMemo(AtomicU32::new(UNKNOWN))
+    }
+}
+
+impl Clone for MaxAbsMemo {
+    fn clone(&self) -> Self {
+        MaxAbsMemo(AtomicU32::new(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl PartialEq for MaxAbsMemo {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -130,10 +168,7 @@ impl Matrix {
             cols: self.cols,
             data: self.data[range.start * self.cols..range.end * self.cols].to_vec(),
             // Finite rows stay finite; their largest magnitude is rescanned when asked.
-            finite: FiniteMemo(
-                AtomicBool::new(self.finite.0.load(Ordering::Relaxed)),
-                AtomicU32::new(UNKNOWN),
-            ),
+            finite: FiniteMemo(self.finite.0.clone(), MaxAbsMemo::default()),
         }
     }
 
@@ -141,25 +176,19 @@ impl Matrix {
     /// A matrix found finite remembers it until its next mutable access, so checking the
     /// same matrix again costs nothing.
     pub fn check_finite(&self, tensor: &str) -> Result<()> {
-        if self.finite.0.load(Ordering::Relaxed) {
+        if self.finite.0 .0.load(Ordering::Relaxed) {
             return Ok(());
         }
         check_finite(&self.data, self.cols, tensor)?;
-        self.finite.0.store(true, Ordering::Relaxed);
+        self.finite.0 .0.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// The largest magnitude of the values (0 for an empty matrix), after
     /// [`Matrix::check_finite`]; remembered like finiteness.
     pub fn max_abs(&self, tensor: &str) -> Result<f32> {
-        let bits = self.finite.1.load(Ordering::Relaxed);
-        if bits != UNKNOWN {
-            return Ok(f32::from_bits(bits));
-        }
         self.check_finite(tensor)?;
-        let m = max_abs(&self.data);
-        self.finite.1.store(m.to_bits(), Ordering::Relaxed);
-        Ok(m)
+        Ok(self.finite.1.get_or(|| max_abs(&self.data)))
     }
 
     /// Errors unless the matrix has `cols` columns; `tensor` names it in the message.

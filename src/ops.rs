@@ -264,7 +264,7 @@ pub fn check_rerank_range(queries: &Matrix, embeddings: &Embeddings, metric: Met
     range::check_exact_scores(
         queries.cols(),
         queries.max_abs("queries")?,
-        range::embeddings_max_abs(embeddings)?,
+        embeddings.max_abs()?,
         metric,
         "the stored embeddings",
     )

@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::index::{Codebooks, Embeddings};
+use crate::index::Codebooks;
 use crate::matrix::Matrix;
 use crate::metric::Metric;
 use crate::tables::QueryTables;
@@ -149,18 +149,4 @@ pub fn check_exact_scores(d: usize, mq: f32, mx: f32, metric: Metric, items: &st
     within(bound, || {
         format!("queries (largest |value| {mq:.3e}) against {items} (largest {mx:.3e})")
     })
-}
-
-/// The largest magnitude of stored embeddings: an f32 matrix's (scanned once, remembered);
-/// f16's largest finite value (the index keeps them finite); bf16 rows scanned on every call
-/// (their range is f32's).
-pub fn embeddings_max_abs(e: &Embeddings) -> Result<f32> {
-    match e {
-        Embeddings::F32(m) => m.max_abs("embeddings"),
-        Embeddings::F16 { .. } => Ok(half::f16::MAX.to_f32()),
-        Embeddings::Bf16 { data, .. } => Ok(data
-            .par_iter()
-            .map(|v| v.to_f32().abs())
-            .reduce(|| 0.0, f32::max)),
-    }
 }

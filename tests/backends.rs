@@ -625,6 +625,27 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
             ops::rerank(be, &q20, &e, &index.ids, metric, &off, &pos, 1),
             "rerank",
         );
+        // Half-width rows are bounded by their own largest value, not their format's range:
+        // bf16 rows of 1e19 against queries of 1e20 are refused; f16 rows of a few units
+        // against queries of 1e34 (ip) are scored, where f16's largest finite value (65504)
+        // would have refused them.
+        let e =
+            Embeddings::store(Matrix::filled(index.len(), 8, 1e19), EmbeddingKind::Bf16).unwrap();
+        range(
+            ops::rerank(be, &q20, &e, &index.ids, metric, &off, &pos, 1),
+            "rerank, bf16",
+        );
+        if metric == Metric::Ip {
+            let rows = rand_matrix(&mut rng, index.len(), 8);
+            let e = Embeddings::store(rows, EmbeddingKind::F16).unwrap();
+            let q34 = scaled(&q, 1e34);
+            let off = [0, 3, 3, 5, 6, 9];
+            let pos = [0, 1, 2, 7, 8, 3, 4, 5, 6];
+            let got = ops::rerank(be, &q34, &e, &index.ids, metric, &off, &pos, 2).unwrap();
+            let want =
+                ops::rerank(&Reference, &q34, &e, &index.ids, metric, &off, &pos, 2).unwrap();
+            assert_topk_close(&got, &want, 1e-5, "rerank, f16 rows, queries of 1e34");
+        }
         // Tables that do not fit the tree, or whose sums overflow.
         let t = ops::lookup_tables(&Reference, &q, &index.codebooks, metric).unwrap();
         let mut narrow = t.clone();

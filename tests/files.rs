@@ -259,8 +259,8 @@ fn save_refuses_what_load_refuses() {
     let p = dir.path().join("bad.rqt");
     let mut index = small_index(EmbeddingKind::F16);
     let d = index.dim();
-    if let Some(Embeddings::F16 { data, .. }) = &mut index.embeddings {
-        data[4 * d + 3] = f16::from_f32(1.0e5);
+    if let Some(Embeddings::F16(h)) = &mut index.embeddings {
+        h.data_mut()[4 * d + 3] = f16::from_f32(1.0e5);
     }
     let e = save(&index, &p).unwrap_err().to_string();
     assert!(

@@ -40,7 +40,7 @@ use crate::index::codebook_file::{
 };
 use crate::index::codebooks::MAX_LEVELS;
 use crate::index::codes::{CodeData, Codes};
-use crate::index::embeddings::Embeddings;
+use crate::index::embeddings::{Embeddings, HalfRows};
 use crate::index::tree::{Depth, Tree};
 use crate::index::Index;
 use crate::matrix::Matrix;
@@ -122,13 +122,13 @@ pub fn save(index: &Index, path: impl AsRef<Path>) -> Result<()> {
             "embeddings".into(),
             raw(Dtype::F32, vec![m.rows(), m.cols()], m.data()),
         )),
-        Some(Embeddings::F16 { rows, cols, data }) => tensors.push((
+        Some(Embeddings::F16(h)) => tensors.push((
             "embeddings".into(),
-            raw(Dtype::F16, vec![*rows, *cols], data),
+            raw(Dtype::F16, vec![h.rows(), h.cols()], h.data()),
         )),
-        Some(Embeddings::Bf16 { rows, cols, data }) => tensors.push((
+        Some(Embeddings::Bf16(h)) => tensors.push((
             "embeddings".into(),
-            raw(Dtype::BF16, vec![*rows, *cols], data),
+            raw(Dtype::BF16, vec![h.rows(), h.cols()], h.data()),
         )),
     }
     let mut meta: HashMap<String, String> = HashMap::new();
@@ -374,16 +374,12 @@ pub fn load(path: impl AsRef<Path>) -> Result<Index> {
             Dtype::F32 => Embeddings::F32(
                 Matrix::new(n, d, pod_vec(view.data())).map_err(|e| t.err(e.to_string()))?,
             ),
-            Dtype::F16 => Embeddings::F16 {
-                rows: n,
-                cols: d,
-                data: pod_vec(view.data()),
-            },
-            _ => Embeddings::Bf16 {
-                rows: n,
-                cols: d,
-                data: pod_vec(view.data()),
-            },
+            Dtype::F16 => Embeddings::F16(
+                HalfRows::new(n, d, pod_vec(view.data())).map_err(|e| t.err(e.to_string()))?,
+            ),
+            _ => Embeddings::Bf16(
+                HalfRows::new(n, d, pod_vec(view.data())).map_err(|e| t.err(e.to_string()))?,
+            ),
         })
     } else {
         None

@@ -16,7 +16,7 @@ use crate::metric::Metric;
 use crate::topk::NO_ID;
 pub use codebooks::{Codebook, Codebooks};
 pub use codes::{CodeData, Codes};
-pub use embeddings::{EmbeddingKind, Embeddings};
+pub use embeddings::{EmbeddingKind, Embeddings, HalfFloat, HalfRows};
 pub use tree::{Depth, Tree};
 
 /// A built index. Item arrays are indexed by *position* (code order), not by caller id.

@@ -473,8 +473,8 @@ pub(crate) fn rerank_shortlist<D: Device>(
     check_k(k, "rerank: k")?;
     let (emb, dtype) = match embeddings {
         Embeddings::F32(m) => (res.input(dev, m.data(), Reuse::Content)?, Storage::F32),
-        Embeddings::F16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::F16),
-        Embeddings::Bf16 { data, .. } => (res.input(dev, data, Reuse::Content)?, Storage::Bf16),
+        Embeddings::F16(h) => (res.input(dev, h.data(), Reuse::Content)?, Storage::F16),
+        Embeddings::Bf16(h) => (res.input(dev, h.data(), Reuse::Content)?, Storage::Bf16),
     };
     // One block per query: the query row (`4·d` bytes) and a `k` selector in shared memory.
     let (b, d) = (queries.rows(), embeddings.cols());

@@ -153,8 +153,8 @@ fn index_slices(ix: &Index) -> Vec<(usize, usize)> {
     }
     match &ix.embeddings {
         Some(Embeddings::F32(m)) => v.push(key_of(m.data())),
-        Some(Embeddings::F16 { data, .. }) => v.push(key_of(data)),
-        Some(Embeddings::Bf16 { data, .. }) => v.push(key_of(data)),
+        Some(Embeddings::F16(h)) => v.push(key_of(h.data())),
+        Some(Embeddings::Bf16(h)) => v.push(key_of(h.data())),
         None => {}
     }
     v

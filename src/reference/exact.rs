@@ -51,7 +51,7 @@ pub(crate) fn rerank(
             for &p in &positions[offsets[b]..offsets[b + 1]] {
                 let x = match e {
                     Embeddings::F32(m) => m.row(p as usize),
-                    Embeddings::F16 { .. } | Embeddings::Bf16 { .. } => {
+                    Embeddings::F16(_) | Embeddings::Bf16(_) => {
                         e.row_into(p as usize, &mut widened);
                         &widened
                     }
