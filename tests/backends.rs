@@ -1142,6 +1142,82 @@ fn resident_copies_follow_changes(be: &dyn Backend) {
     check(&pinned, 5);
 }
 
+/// One backend shared by several threads, as a serving stack shares it between requests:
+/// searches (with and without re-rank, two indexes, one of them pinned resident half way),
+/// greedy encodings and exact top-k run at the same time from four threads, each result
+/// equal to the same call made alone beforehand. Catches per-call state shared between
+/// calls (scratch buffers, staging memory, cache entries evicted while in use).
+fn concurrent_calls_agree(be: &dyn Backend) {
+    let mut rng = rng("concurrent_calls_agree");
+    let (a, _, _) = rand_index(&mut rng, 611, 12, 2, 9, Metric::L2, EmbeddingKind::F32);
+    let (b, items_b, _) = rand_index(&mut rng, 403, 12, 3, 5, Metric::Ip, EmbeddingKind::Bf16);
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let exact = SearchParams {
+        k: 10,
+        beams: vec![3, 20],
+        rerank: Rerank::Exact { rerank_k: None },
+    };
+    let lookup = SearchParams {
+        k: 7,
+        beams: vec![2, 6, 12],
+        rerank: Rerank::None,
+    };
+    let queries: Vec<Matrix> = (0..8)
+        .map(|i| rand_matrix(&mut rng, 5 + 9 * i, 12))
+        .collect();
+    /// One call of the mix: job `j` on queries `q`, its result as comparable values.
+    #[derive(Debug, PartialEq)]
+    enum Out {
+        TopK(TopK),
+        Encoding(Vec<u32>, Vec<u32>),
+    }
+    let call = |j: usize, q: &Matrix| -> Out {
+        match j % 4 {
+            0 => Out::TopK(search(be, &a, q, None, &exact).unwrap().topk),
+            1 => Out::TopK(search(be, &b, q, None, &lookup).unwrap().topk),
+            2 => {
+                let e = ops::encode(be, q, &b.codebooks, 1).unwrap();
+                Out::Encoding(e.codes, e.error.iter().map(|v| v.to_bits()).collect())
+            }
+            _ => Out::TopK(ops::exact_topk(be, q, &items_b, Metric::Ip, 6).unwrap()),
+        }
+    };
+    let alone: Vec<Out> = queries
+        .iter()
+        .enumerate()
+        .map(|(j, q)| call(j, q))
+        .collect();
+    for round in 0..2 {
+        if round == 1 {
+            be.keep_resident(Resident::Index(Arc::clone(&a))).unwrap();
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let (queries, alone, call) = (&queries, &alone, &call);
+                    s.spawn(move || {
+                        for rep in 0..3 {
+                            for i in 0..queries.len() {
+                                let j = (i + t + rep) % queries.len();
+                                let got = call(j, &queries[j]);
+                                assert!(
+                                    got == alone[j],
+                                    "round {round}, thread {t}, job {j}: {got:?} vs {:?}",
+                                    alone[j]
+                                );
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+        });
+    }
+    be.release_resident().unwrap();
+}
+
 /// Codebooks kept on the device as f16 or bf16 (`be` stores them as `storage`): lookup tables,
 /// assignment (greedy and top-m) and encoding (greedy and beam) equal the reference's on the
 /// codebooks rounded to `storage`, within the f32 tolerances; a value outside the format's
@@ -1361,6 +1437,7 @@ macro_rules! backend_suite {
             traversal_sampled_threshold,
             exact_topk_both_metrics,
             resident_copies_follow_changes,
+            concurrent_calls_agree,
             search_pipeline,
             out_of_range_inputs_are_errors,
         ]);
