@@ -120,6 +120,10 @@ pub fn search(
     ops::check_beams(&params.beams, index.levels())?;
     ops::check_input(queries, index.dim(), "queries")?;
     let shortlist = shortlist(index, params)?;
+    if let Some(s) = shortlist {
+        // The fused lookup's output is B × shortlist before the re-rank cuts it to k.
+        crate::topk::check_result_size(queries.rows(), s, "rerank-k")?;
+    }
     if let Some(s) = level1 {
         check_level1(index, queries.rows(), s)?;
     }

@@ -705,6 +705,21 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
                 other.map(|_| ())
             ),
         }
+        // So is a re-rank shortlist whose B × rerank-k cannot be held (the composed path
+        // sized its fused output from it: an abort on allocation).
+        let absurd = SearchParams {
+            rerank: Rerank::Exact {
+                rerank_k: Some(1 << 50),
+            },
+            ..params.clone()
+        };
+        match search(be, &index, &q, None, &absurd) {
+            Err(Error::Param(m)) => assert!(m.contains("rerank-k = 1125899906842624"), "{m}"),
+            other => panic!(
+                "rerank-k = 2^50: expected a parameter error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
         // The kernels select at most 2048 per query; a longer re-rank shortlist is named.
         if be.name() != "reference" {
             let long = SearchParams {
