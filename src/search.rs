@@ -152,10 +152,17 @@ pub fn search(
     let top = match (params.rerank, &index.embeddings) {
         (Rerank::Exact { .. }, Some(e)) => {
             // The shortlist: every candidate (rerank_k unset), or the best rerank_k by the
-            // lookup-table scores.
+            // lookup-table scores (a backend's refusal of that length names rerank-k, the
+            // caller's parameter, not the fused top-k's k).
             let (offsets, positions) = match shortlist {
                 None => candidate_positions(index, &cand),
-                Some(s) => be.fused_topk(&tables, index, &cand, s)?.to_csr(),
+                Some(s) => be
+                    .fused_topk(&tables, index, &cand, s)
+                    .map_err(|e| match e {
+                        Error::Param(m) => Error::param(format!("rerank-k = {s}: {m}")),
+                        e => e,
+                    })?
+                    .to_csr(),
             };
             be.rerank(
                 queries,

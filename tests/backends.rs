@@ -720,7 +720,8 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
                 other.map(|_| ())
             ),
         }
-        // The kernels select at most 2048 per query; a longer re-rank shortlist is named.
+        // The kernels select at most 2048 per query; a longer re-rank shortlist is named, on
+        // the device pipeline and on the composed path (caller level-1 scores).
         if be.name() != "reference" {
             let long = SearchParams {
                 rerank: Rerank::Exact {
@@ -728,9 +729,12 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
                 },
                 ..params.clone()
             };
-            match search(be, &index, &q, None, &long) {
-                Err(Error::Param(m)) => assert!(m.contains("rerank-k = 3000"), "{m}"),
-                other => panic!("rerank-k = 3000: got {:?}", other.map(|_| ())),
+            let level1 = Matrix::filled(5, index.tree.depths[0].len(), 0.5);
+            for l1 in [None, Some(&level1)] {
+                match search(be, &index, &q, l1, &long) {
+                    Err(Error::Param(m)) => assert!(m.contains("rerank-k = 3000"), "{m}"),
+                    other => panic!("rerank-k = 3000: got {:?}", other.map(|_| ())),
+                }
             }
         }
         // Beams wider than the tree keep every node.
