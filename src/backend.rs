@@ -161,8 +161,10 @@ pub trait Backend: Send + Sync {
     ) -> Result<TopK>;
 
     /// Keeps `data` resident on the device until [`Backend::release_resident`]: later calls
-    /// passing (parts of) it read the device copy without any host work. Data not kept this
-    /// way is still cached by content where the backend can (index data on `emu`/`cuda`).
+    /// passing (parts of) it read the device copy without hashing or uploading it (what the
+    /// host derives from it per call, such as f16/bf16-rounded codebooks, is still derived).
+    /// Data not kept this way is still cached by content where the backend can (index data on
+    /// `emu`/`cuda`).
     /// The default (CPU backends) does nothing.
     fn keep_resident(&self, data: Resident) -> Result<()> {
         let _ = data;

@@ -5,13 +5,18 @@
 //!
 //! - **Pinned** (`Residency::pin`): the caller hands over an `Arc` of the host data (an
 //!   [`Index`] or a [`Matrix`]). While the residency holds that `Arc` the data can neither be
-//!   freed nor mutated (the types have no interior mutability), so a slice at the same
-//!   address with the same length *is* that data: the lookup costs no host work at all.
-//! - **Content cache** (index and codebook inputs of every call): keyed by the bytes' length
-//!   and their 128-bit XXH3 hash. A modified index hashes differently and is uploaded again,
-//!   so results are never stale; the price is one host hashing pass over the input (several
-//!   times faster than the copy, and no device allocation). Entries are evicted
-//!   least-recently-used beyond a byte budget.
+//!   freed nor mutated (the values have no interior mutability; only the memos of their
+//!   finiteness and largest magnitude do), so a slice at the same address with the same
+//!   length *is* that data: the lookup itself costs no host work. (Inputs the host derives
+//!   per call from pinned data are not pinned: with f16/bf16 codebook storage the codebooks
+//!   are rounded and go through the content cache on every call.)
+//! - **Content cache** (index and codebook inputs of every call, and the small per-call shape
+//!   arrays such as a batch's list starts and the tables' level offsets): keyed by the
+//!   bytes' length and their 128-bit XXH3 hash. A modified index hashes differently and is
+//!   uploaded again, so results are never stale; the price is one host hashing pass over the
+//!   input (several times faster than the copy, and no device allocation). Entries are
+//!   evicted least-recently-used beyond a byte budget; an input larger than the budget is
+//!   not cached (pin it).
 //!
 //! Per-query inputs (queries, tables, candidate lists) are uploaded every call unless pinned.
 
