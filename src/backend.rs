@@ -177,7 +177,8 @@ pub trait Backend: Send + Sync {
     }
 
     /// Runs `f` (calls of this backend) and times it: CUDA events on `cuda` (with the time
-    /// of the kernels alone), the wall clock elsewhere.
+    /// of the kernels alone), the wall clock elsewhere. A benchmarking aid: the backend's
+    /// work from other threads while `f` runs is counted in the timing too.
     fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Timing> {
         let start = std::time::Instant::now();
         f()?;
