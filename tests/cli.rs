@@ -556,3 +556,34 @@ fn bench_only_groups() {
         "unknown group \"sort\"",
     );
 }
+
+/// `search` writes its two outputs together: a `--out-scores` that cannot be written leaves
+/// an earlier `--out-ids` untouched (the ids used to be replaced before the scores failed),
+/// and one path for both is refused (the scores used to overwrite the ids, exit status 0).
+#[test]
+fn search_writes_both_outputs_or_neither() {
+    let f = Five::new();
+    let ids = f.path("o.npy");
+    ok(&f.search("3", &ids));
+    let with_scores = |scores: &str| {
+        let mut a = f.search("2", &ids);
+        a.extend(["--out-scores".to_string(), scores.to_string()]);
+        a
+    };
+    fails(&with_scores(&f.path("missing/s.npy")), "missing/s.npy");
+    assert_eq!(
+        npy::read_i64_2d(&ids).unwrap().cols,
+        3,
+        "earlier ids replaced"
+    );
+    fails(&with_scores(&ids), "--out-scores");
+    fails(&with_scores(&f.path("./o.npy")), "--out-scores");
+    assert_eq!(
+        npy::read_i64_2d(&ids).unwrap().cols,
+        3,
+        "earlier ids replaced"
+    );
+    ok(&with_scores(&f.path("s.npy")));
+    assert_eq!(npy::read_i64_2d(&ids).unwrap().cols, 2);
+    assert_eq!(npy::read_matrix(f.path("s.npy")).unwrap().cols(), 2);
+}

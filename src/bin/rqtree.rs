@@ -550,7 +550,33 @@ fn load_resident(be: &dyn Backend, path: &Path) -> Result<Arc<Index>> {
     Ok(index)
 }
 
+/// Whether the output paths `a` and `b` name the same file: equal once their folders are
+/// resolved (where they exist), so that `o.npy` and `./o.npy` are one file.
+fn same_output(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match (dir.canonicalize(), p.file_name()) {
+            (Ok(dir), Some(name)) => dir.join(name),
+            _ => p.to_path_buf(),
+        }
+    };
+    resolve(a) == resolve(b)
+}
+
 fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
+    if let Some(p) = a
+        .out_scores
+        .as_deref()
+        .filter(|p| same_output(p, &a.out_ids))
+    {
+        return Err(Error::param(format!(
+            "--out-scores {} is the --out-ids file",
+            p.display()
+        )));
+    }
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
@@ -563,13 +589,18 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     let t = Instant::now();
     let out = search(be.as_ref(), &index, &queries, level1.as_ref(), &params)?;
     let secs = t.elapsed().as_secs_f64();
-    npy::write_i64(&a.out_ids, out.topk.rows, out.topk.k, &out.topk.ids)?;
-    if let Some(p) = &a.out_scores {
-        npy::write_f32(
-            p,
-            &Matrix::new(out.topk.rows, out.topk.k, out.topk.scores.clone())?,
-        )?;
-    }
+    // Both outputs or neither: the ids go to a temporary file, renamed over --out-ids only
+    // once the scores are written, so a failed write leaves an earlier pair as it was.
+    npy::write_atomic(&a.out_ids, |tmp| {
+        npy::write_i64(tmp, out.topk.rows, out.topk.k, &out.topk.ids)?;
+        match &a.out_scores {
+            Some(p) => npy::write_f32(
+                p,
+                &Matrix::new(out.topk.rows, out.topk.k, out.topk.scores.clone())?,
+            ),
+            None => Ok(()),
+        }
+    })?;
     let cand = out.candidates.iter().sum::<usize>() as f64 / queries.rows().max(1) as f64;
     eprintln!(
         "searched {} queries in {:.3} s ({:.0} queries/s), {:.0} candidates per query",
