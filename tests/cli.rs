@@ -587,3 +587,31 @@ fn search_writes_both_outputs_or_neither() {
     assert_eq!(npy::read_i64_2d(&ids).unwrap().cols, 2);
     assert_eq!(npy::read_matrix(f.path("s.npy")).unwrap().cols(), 2);
 }
+
+/// `learn -o cb --index ix` writes both or neither: an index path in a missing folder used to
+/// fail after the codebooks were written; `--index` equal to `-o` is refused (the index used
+/// to overwrite the codebooks).
+#[test]
+fn learn_writes_codebooks_and_index_or_neither() {
+    let f = Five::new();
+    let (items, cb) = (f.path("items.npy"), f.path("cb.safetensors"));
+    let learn = |index: &str| {
+        let a = [
+            "learn", "--items", &items, "--levels", "1", "--codes", "2", "--epochs", "1", "-o",
+            &cb, "--index", index,
+        ];
+        a.map(str::to_string)
+    };
+    fails(&learn(&f.path("missing/ix.rqt")), "missing/ix.rqt");
+    assert!(
+        !Path::new(&cb).exists(),
+        "codebooks written by a failed learn"
+    );
+    fails(&learn(&cb), "--index");
+    assert!(
+        !Path::new(&cb).exists(),
+        "codebooks written by a failed learn"
+    );
+    ok(&learn(&f.path("ix2.rqt")));
+    assert!(Path::new(&cb).exists() && Path::new(&f.path("ix2.rqt")).exists());
+}

@@ -308,6 +308,12 @@ struct TttArgs {
 }
 
 fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
+    if let Some(p) = a.index.as_deref().filter(|p| same_output(p, &a.out)) {
+        return Err(Error::param(format!(
+            "--index {} is the -o codebooks file",
+            p.display()
+        )));
+    }
     let kind = a.backend.parse::<BackendKind>()?;
     let (be, why) = backend::open_with(kind, o)?;
     let (engine, _) = rqtree::learn::soft::open(kind)?;
@@ -362,19 +368,29 @@ fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
         !a.json,
     )?;
     let secs = t.elapsed().as_secs_f64();
-    write_codebooks(&a.out, &cbs)?;
-    let mut built = None;
-    if let Some(path) = &a.index {
-        let index = build(
-            be.as_ref(),
-            &items,
-            None,
-            Some(cbs.clone()),
-            &BuildOptions::default(),
-        )?;
-        file::save(&index, path)?;
-        built = Some(path.clone());
-    }
+    let index = match &a.index {
+        Some(path) => Some((
+            path,
+            build(
+                be.as_ref(),
+                &items,
+                None,
+                Some(cbs.clone()),
+                &BuildOptions::default(),
+            )?,
+        )),
+        None => None,
+    };
+    // Both outputs or neither: the codebooks go to a temporary file, renamed over -o only once
+    // the index is saved.
+    npy::write_atomic(&a.out, |tmp| {
+        write_codebooks(tmp, &cbs)?;
+        match &index {
+            Some((path, index)) => file::save(index, path),
+            None => Ok(()),
+        }
+    })?;
+    let built = a.index.clone();
     let epochs: Vec<_> = report
         .epochs
         .iter()
