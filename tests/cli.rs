@@ -615,3 +615,33 @@ fn learn_writes_codebooks_and_index_or_neither() {
     ok(&learn(&f.path("ix2.rqt")));
     assert!(Path::new(&cb).exists() && Path::new(&f.path("ix2.rqt")).exists());
 }
+
+/// `build --codebooks` with k-means options (`--levels`, `--codes`, `--iters`,
+/// `--train-sample`, `--seed`) is refused: they used to be accepted and silently ignored.
+#[test]
+fn build_with_codebooks_refuses_kmeans_options() {
+    let f = Five::new();
+    let cb = f.path("cb.safetensors");
+    let cbs = rqtree::index::Codebooks::from_matrices(vec![rqtree::Matrix::new(
+        2,
+        4,
+        f.items.data()[..8].to_vec(),
+    )
+    .unwrap()])
+    .unwrap();
+    rqtree::index::codebook_file::write_codebooks(&cb, &cbs).unwrap();
+    let (items, out) = (f.path("items.npy"), f.path("x.rqt"));
+    let build = ["build", "--items", &items, "--codebooks", &cb, "-o", &out];
+    for extra in [
+        ["--levels", "3"],
+        ["--codes", "7"],
+        ["--iters", "2"],
+        ["--train-sample", "9"],
+        ["--seed", "1"],
+    ] {
+        let a: Vec<&str> = build.iter().chain(&extra).copied().collect();
+        fails(&a, "cannot be used with");
+    }
+    assert!(!Path::new(&out).exists());
+    ok(&build);
+}

@@ -102,8 +102,9 @@ struct BuildArgs {
     /// Item embeddings, N × d, f32 or f16 .npy.
     #[arg(long)]
     items: PathBuf,
-    /// Codebooks (safetensors, tensors codebook.0..L-1); default: residual k-means.
-    #[arg(long)]
+    /// Codebooks (safetensors, tensors codebook.0..L-1); default: residual k-means, whose
+    /// options (--levels, --codes, --iters, --train-sample, --seed) cannot be used with this.
+    #[arg(long, conflicts_with_all = ["levels", "codes", "iters", "train_sample", "seed"])]
     codebooks: Option<PathBuf>,
     /// Levels of residual k-means.
     #[arg(long, default_value_t = 2)]
