@@ -645,3 +645,31 @@ fn build_with_codebooks_refuses_kmeans_options() {
     assert!(!Path::new(&out).exists());
     ok(&build);
 }
+
+/// `--threads 1` bounds the emu backend's block workers too, not only the reference pool:
+/// with RQTREE_EMU_WORKERS=4 in the environment, a kernel bench used to run 3 more threads.
+/// The process's threads are sampled from /proc while it runs (Linux only).
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_bound_the_emu_workers() {
+    let bin = std::env::var_os("RQTREE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rqtree").into());
+    let mut child = std::process::Command::new(bin)
+        .args(["--threads", "1", "bench", "--backend", "emu", "--quick"])
+        .args(["--only", "topk", "--json"])
+        .env("RQTREE_EMU_WORKERS", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run rqtree");
+    let tasks = format!("/proc/{}/task", child.id());
+    let mut most = 0;
+    while child.try_wait().expect("wait").is_none() {
+        if let Ok(dir) = std::fs::read_dir(&tasks) {
+            most = most.max(dir.count());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(child.wait().expect("wait").success());
+    // The main thread and one rayon worker.
+    assert!(most <= 2, "{most} threads with --threads 1");
+}

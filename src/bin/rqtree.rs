@@ -29,7 +29,8 @@ use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
     about = "Learned hierarchical retrieval indexes: build, search, evaluate"
 )]
 struct Cli {
-    /// Worker threads for the CPU backends (default: all cores).
+    /// Worker threads for the CPU backends: the reference backend's pool and the emu
+    /// backend's block workers, overriding RQTREE_EMU_WORKERS (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// emu/cuda: screen codewords for the greedy assignment and encoding, and items for the
@@ -868,6 +869,9 @@ fn cmd_demo(backend: &str, seed: u64, as_json: bool, o: OpenOptions) -> Result<(
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(t) = cli.threads {
+        // The emu device takes its worker count from the environment when it is opened; set
+        // here, before any other thread exists.
+        std::env::set_var("RQTREE_EMU_WORKERS", t.to_string());
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()
