@@ -556,3 +556,120 @@ fn bench_only_groups() {
         "unknown group \"sort\"",
     );
 }
+
+/// `search` writes its two outputs together: a `--out-scores` that cannot be written leaves
+/// an earlier `--out-ids` untouched (the ids used to be replaced before the scores failed),
+/// and one path for both is refused (the scores used to overwrite the ids, exit status 0).
+#[test]
+fn search_writes_both_outputs_or_neither() {
+    let f = Five::new();
+    let ids = f.path("o.npy");
+    ok(&f.search("3", &ids));
+    let with_scores = |scores: &str| {
+        let mut a = f.search("2", &ids);
+        a.extend(["--out-scores".to_string(), scores.to_string()]);
+        a
+    };
+    fails(&with_scores(&f.path("missing/s.npy")), "missing/s.npy");
+    assert_eq!(
+        npy::read_i64_2d(&ids).unwrap().cols,
+        3,
+        "earlier ids replaced"
+    );
+    fails(&with_scores(&ids), "--out-scores");
+    fails(&with_scores(&f.path("./o.npy")), "--out-scores");
+    assert_eq!(
+        npy::read_i64_2d(&ids).unwrap().cols,
+        3,
+        "earlier ids replaced"
+    );
+    ok(&with_scores(&f.path("s.npy")));
+    assert_eq!(npy::read_i64_2d(&ids).unwrap().cols, 2);
+    assert_eq!(npy::read_matrix(f.path("s.npy")).unwrap().cols(), 2);
+}
+
+/// `learn -o cb --index ix` writes both or neither: an index path in a missing folder used to
+/// fail after the codebooks were written; `--index` equal to `-o` is refused (the index used
+/// to overwrite the codebooks).
+#[test]
+fn learn_writes_codebooks_and_index_or_neither() {
+    let f = Five::new();
+    let (items, cb) = (f.path("items.npy"), f.path("cb.safetensors"));
+    let learn = |index: &str| {
+        let a = [
+            "learn", "--items", &items, "--levels", "1", "--codes", "2", "--epochs", "1", "-o",
+            &cb, "--index", index,
+        ];
+        a.map(str::to_string)
+    };
+    fails(&learn(&f.path("missing/ix.rqt")), "missing/ix.rqt");
+    assert!(
+        !Path::new(&cb).exists(),
+        "codebooks written by a failed learn"
+    );
+    fails(&learn(&cb), "--index");
+    assert!(
+        !Path::new(&cb).exists(),
+        "codebooks written by a failed learn"
+    );
+    ok(&learn(&f.path("ix2.rqt")));
+    assert!(Path::new(&cb).exists() && Path::new(&f.path("ix2.rqt")).exists());
+}
+
+/// `build --codebooks` with k-means options (`--levels`, `--codes`, `--iters`,
+/// `--train-sample`, `--seed`) is refused: they used to be accepted and silently ignored.
+#[test]
+fn build_with_codebooks_refuses_kmeans_options() {
+    let f = Five::new();
+    let cb = f.path("cb.safetensors");
+    let cbs = rqtree::index::Codebooks::from_matrices(vec![rqtree::Matrix::new(
+        2,
+        4,
+        f.items.data()[..8].to_vec(),
+    )
+    .unwrap()])
+    .unwrap();
+    rqtree::index::codebook_file::write_codebooks(&cb, &cbs).unwrap();
+    let (items, out) = (f.path("items.npy"), f.path("x.rqt"));
+    let build = ["build", "--items", &items, "--codebooks", &cb, "-o", &out];
+    for extra in [
+        ["--levels", "3"],
+        ["--codes", "7"],
+        ["--iters", "2"],
+        ["--train-sample", "9"],
+        ["--seed", "1"],
+    ] {
+        let a: Vec<&str> = build.iter().chain(&extra).copied().collect();
+        fails(&a, "cannot be used with");
+    }
+    assert!(!Path::new(&out).exists());
+    ok(&build);
+}
+
+/// `--threads 1` bounds the emu backend's block workers too, not only the reference pool:
+/// with RQTREE_EMU_WORKERS=4 in the environment, a kernel bench used to run 3 more threads.
+/// The process's threads are sampled from /proc while it runs (Linux only).
+#[cfg(target_os = "linux")]
+#[test]
+fn threads_bound_the_emu_workers() {
+    let bin = std::env::var_os("RQTREE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_rqtree").into());
+    let mut child = std::process::Command::new(bin)
+        .args(["--threads", "1", "bench", "--backend", "emu", "--quick"])
+        .args(["--only", "topk", "--json"])
+        .env("RQTREE_EMU_WORKERS", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run rqtree");
+    let tasks = format!("/proc/{}/task", child.id());
+    let mut most = 0;
+    while child.try_wait().expect("wait").is_none() {
+        if let Ok(dir) = std::fs::read_dir(&tasks) {
+            most = most.max(dir.count());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(child.wait().expect("wait").success());
+    // The main thread and one rayon worker.
+    assert!(most <= 2, "{most} threads with --threads 1");
+}

@@ -29,7 +29,8 @@ use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
     about = "Learned hierarchical retrieval indexes: build, search, evaluate"
 )]
 struct Cli {
-    /// Worker threads for the CPU backends (default: all cores).
+    /// Worker threads for the CPU backends: the reference backend's pool and the emu
+    /// backend's block workers, overriding RQTREE_EMU_WORKERS (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// emu/cuda: screen codewords for the greedy assignment and encoding, and items for the
@@ -102,8 +103,9 @@ struct BuildArgs {
     /// Item embeddings, N × d, f32 or f16 .npy.
     #[arg(long)]
     items: PathBuf,
-    /// Codebooks (safetensors, tensors codebook.0..L-1); default: residual k-means.
-    #[arg(long)]
+    /// Codebooks (safetensors, tensors codebook.0..L-1); default: residual k-means, whose
+    /// options (--levels, --codes, --iters, --train-sample, --seed) cannot be used with this.
+    #[arg(long, conflicts_with_all = ["levels", "codes", "iters", "train_sample", "seed"])]
     codebooks: Option<PathBuf>,
     /// Levels of residual k-means.
     #[arg(long, default_value_t = 2)]
@@ -308,6 +310,12 @@ struct TttArgs {
 }
 
 fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
+    if let Some(p) = a.index.as_deref().filter(|p| same_output(p, &a.out)) {
+        return Err(Error::param(format!(
+            "--index {} is the -o codebooks file",
+            p.display()
+        )));
+    }
     let kind = a.backend.parse::<BackendKind>()?;
     let (be, why) = backend::open_with(kind, o)?;
     let (engine, _) = rqtree::learn::soft::open(kind)?;
@@ -362,19 +370,29 @@ fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
         !a.json,
     )?;
     let secs = t.elapsed().as_secs_f64();
-    write_codebooks(&a.out, &cbs)?;
-    let mut built = None;
-    if let Some(path) = &a.index {
-        let index = build(
-            be.as_ref(),
-            &items,
-            None,
-            Some(cbs.clone()),
-            &BuildOptions::default(),
-        )?;
-        file::save(&index, path)?;
-        built = Some(path.clone());
-    }
+    let index = match &a.index {
+        Some(path) => Some((
+            path,
+            build(
+                be.as_ref(),
+                &items,
+                None,
+                Some(cbs.clone()),
+                &BuildOptions::default(),
+            )?,
+        )),
+        None => None,
+    };
+    // Both outputs or neither: the codebooks go to a temporary file, renamed over -o only once
+    // the index is saved.
+    npy::write_atomic(&a.out, |tmp| {
+        write_codebooks(tmp, &cbs)?;
+        match &index {
+            Some((path, index)) => file::save(index, path),
+            None => Ok(()),
+        }
+    })?;
+    let built = a.index.clone();
     let epochs: Vec<_> = report
         .epochs
         .iter()
@@ -550,7 +568,33 @@ fn load_resident(be: &dyn Backend, path: &Path) -> Result<Arc<Index>> {
     Ok(index)
 }
 
+/// Whether the output paths `a` and `b` name the same file: equal once their folders are
+/// resolved (where they exist), so that `o.npy` and `./o.npy` are one file.
+fn same_output(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match (dir.canonicalize(), p.file_name()) {
+            (Ok(dir), Some(name)) => dir.join(name),
+            _ => p.to_path_buf(),
+        }
+    };
+    resolve(a) == resolve(b)
+}
+
 fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
+    if let Some(p) = a
+        .out_scores
+        .as_deref()
+        .filter(|p| same_output(p, &a.out_ids))
+    {
+        return Err(Error::param(format!(
+            "--out-scores {} is the --out-ids file",
+            p.display()
+        )));
+    }
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
@@ -563,13 +607,18 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     let t = Instant::now();
     let out = search(be.as_ref(), &index, &queries, level1.as_ref(), &params)?;
     let secs = t.elapsed().as_secs_f64();
-    npy::write_i64(&a.out_ids, out.topk.rows, out.topk.k, &out.topk.ids)?;
-    if let Some(p) = &a.out_scores {
-        npy::write_f32(
-            p,
-            &Matrix::new(out.topk.rows, out.topk.k, out.topk.scores.clone())?,
-        )?;
-    }
+    // Both outputs or neither: the ids go to a temporary file, renamed over --out-ids only
+    // once the scores are written, so a failed write leaves an earlier pair as it was.
+    npy::write_atomic(&a.out_ids, |tmp| {
+        npy::write_i64(tmp, out.topk.rows, out.topk.k, &out.topk.ids)?;
+        match &a.out_scores {
+            Some(p) => npy::write_f32(
+                p,
+                &Matrix::new(out.topk.rows, out.topk.k, out.topk.scores.clone())?,
+            ),
+            None => Ok(()),
+        }
+    })?;
     let cand = out.candidates.iter().sum::<usize>() as f64 / queries.rows().max(1) as f64;
     eprintln!(
         "searched {} queries in {:.3} s ({:.0} queries/s), {:.0} candidates per query",
@@ -820,6 +869,9 @@ fn cmd_demo(backend: &str, seed: u64, as_json: bool, o: OpenOptions) -> Result<(
 
 fn run(cli: Cli) -> Result<()> {
     if let Some(t) = cli.threads {
+        // The emu device takes its worker count from the environment when it is opened; set
+        // here, before any other thread exists.
+        std::env::set_var("RQTREE_EMU_WORKERS", t.to_string());
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()
