@@ -12,7 +12,8 @@ use crate::topk::{TopK, NO_ID};
 pub fn recall_at(found: &TopK, truth: &[i64], truth_k: usize, k: usize) -> Result<f64> {
     if found.rows.checked_mul(truth_k) != Some(truth.len()) || k > truth_k || k > found.k {
         return Err(Error::shape(format!(
-            "recall@{k}: {} truth ids for {} rows of {truth_k}, results of {} slots per row              (needs k ≤ {truth_k} and k ≤ {})",
+            "recall@{k}: {} truth ids for {} rows of {truth_k}, results of {} slots per row \
+             (needs k ≤ {truth_k} and k ≤ {})",
             truth.len(),
             found.rows,
             found.k,

@@ -417,6 +417,39 @@ fn eval_zero_in_the_k_list_is_an_error() {
     );
 }
 
+/// `eval` of a query file with no rows is an error naming the file (recall over no queries
+/// is undefined), and `--repeats 0` is refused rather than run once.
+#[test]
+fn eval_needs_queries_and_a_repetition() {
+    let f = Five::new();
+    let (ix, q, q0, items) = (
+        f.path("ix.rqt"),
+        f.path("q.npy"),
+        f.path("q0.npy"),
+        f.path("items.npy"),
+    );
+    npy::write_f32(&q0, &rqtree::Matrix::zeros(0, 4)).unwrap();
+    let eval = |queries: &str, rest: &[&str]| -> Vec<String> {
+        [
+            "eval",
+            "--index",
+            &ix,
+            "--queries",
+            queries,
+            "--items",
+            &items,
+        ]
+        .iter()
+        .chain(rest)
+        .chain(&["-k", "2", "--beam", "2"])
+        .map(|a| a.to_string())
+        .collect()
+    };
+    fails(&eval(&q0, &[]), "no queries (0 rows)");
+    fails(&eval(&q, &["--repeats", "0"]), "--repeats");
+    ok(&eval(&q, &["--repeats", "2"]));
+}
+
 /// k beyond any address space (2 × 10^13 slots: 240 TB) or overflowing B × k is an error, not
 /// an abort on allocation or an overflow.
 #[test]

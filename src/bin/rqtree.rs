@@ -30,7 +30,7 @@ use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
 )]
 struct Cli {
     /// Worker threads for the CPU backends: the reference backend's pool and the emu
-    /// backend's block workers, overriding RQTREE_EMU_WORKERS (default: all cores).
+    /// backend's block workers, overriding RQTREE_EMU_WORKERS (default, or 0: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// emu/cuda: screen codewords for the greedy assignment and encoding, and items for the
@@ -205,9 +205,9 @@ struct EvalArgs {
     /// Beam widths per depth; repeat for several settings.
     #[arg(long, required = true)]
     beam: Vec<String>,
-    /// Timed repetitions per setting (the best is reported).
-    #[arg(long, default_value_t = 1)]
-    repeats: usize,
+    /// Timed repetitions per setting, at least 1 (the best is reported).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -651,6 +651,12 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
+    if queries.rows() == 0 {
+        return Err(Error::file(
+            &a.q.queries,
+            "no queries (0 rows): recall is undefined",
+        ));
+    }
     let ks = parse_list(&a.k, "k")?;
     for &k in &ks {
         ops::check_k(k)?;
@@ -709,7 +715,7 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
         };
         let mut best = f64::INFINITY;
         let mut out = None;
-        for _ in 0..a.repeats.max(1) {
+        for _ in 0..a.repeats {
             let t = Instant::now();
             out = Some(search(be.as_ref(), &index, &queries, None, &params)?);
             best = best.min(t.elapsed().as_secs_f64());
