@@ -20,7 +20,8 @@ const SHORTLIST: usize = 1000;
 
 fn rerank(c: &mut Criterion) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(20261129);
-    let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() - 0.5).collect() };
+    let mut uniform =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() - 0.5).collect() };
     let items = Matrix::new(ITEMS, DIM, uniform(ITEMS * DIM)).expect("items");
     let queries = Matrix::new(QUERIES, DIM, uniform(QUERIES * DIM)).expect("queries");
     let ids: Vec<i64> = (0..ITEMS as i64).collect();

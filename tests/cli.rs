@@ -621,6 +621,33 @@ fn search_writes_both_outputs_or_neither() {
     assert_eq!(npy::read_matrix(f.path("s.npy")).unwrap().cols(), 2);
 }
 
+/// An output that names one of the command's inputs is refused before any work, and the
+/// input is left as it was (`search --out-ids ix.rqt` used to replace the index with the
+/// results; `build -o items.npy` the embeddings with an index).
+#[test]
+fn outputs_never_replace_inputs() {
+    let f = Five::new();
+    let (ix, q, items) = (f.path("ix.rqt"), f.path("q.npy"), f.path("items.npy"));
+    let before = |p: &str| std::fs::read(p).unwrap();
+    let (ix0, q0, items0) = (before(&ix), before(&q), before(&items));
+    fails(&f.search("2", &ix), "--out-ids");
+    fails(&f.search("2", &f.path("./q.npy")), "is the --queries input");
+    let mut scores_over_index = f.search("2", &f.path("o.npy"));
+    scores_over_index.extend(["--out-scores".to_string(), ix.clone()]);
+    fails(&scores_over_index, "--out-scores");
+    fails(&f.build(&[], "items.npy"), "is the --items input");
+    let ids = f.path("ids.npy");
+    fails(&f.build(&["--ids", &ids], "ids.npy"), "is the --ids input");
+    fails(
+        &[
+            "learn", "--items", &items, "--levels", "1", "--codes", "2", "-o", &items,
+        ],
+        "is the --items input",
+    );
+    assert!(before(&ix) == ix0 && before(&q) == q0 && before(&items) == items0);
+    ok(&f.search("2", &f.path("o.npy")));
+}
+
 /// `learn -o cb --index ix` writes both or neither: an index path in a missing folder used to
 /// fail after the codebooks were written; `--index` equal to `-o` is refused (the index used
 /// to overwrite the codebooks).

@@ -310,12 +310,14 @@ struct TttArgs {
 }
 
 fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
-    if let Some(p) = a.index.as_deref().filter(|p| same_output(p, &a.out)) {
-        return Err(Error::param(format!(
-            "--index {} is the -o codebooks file",
-            p.display()
-        )));
-    }
+    check_outputs(
+        &[("-o", Some(&a.out)), ("--index", a.index.as_deref())],
+        &[
+            ("--items", Some(&a.items)),
+            ("--users", a.users.as_deref()),
+            ("--pairs", a.pairs.as_deref()),
+        ],
+    )?;
     let kind = a.backend.parse::<BackendKind>()?;
     let (be, why) = backend::open_with(kind, o)?;
     let (engine, _) = rqtree::learn::soft::open(kind)?;
@@ -437,6 +439,14 @@ fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
 }
 
 fn cmd_ttt(a: &TttArgs) -> Result<()> {
+    check_outputs(
+        &[("-o", Some(&a.out))],
+        &[
+            ("--index", Some(&a.index)),
+            ("--users", Some(&a.users)),
+            ("--engagements", Some(&a.engagements)),
+        ],
+    )?;
     let index = file::load(&a.index)?;
     let users = npy::read_matrix(&a.users)?;
     if users.cols() != index.dim() {
@@ -515,6 +525,14 @@ fn load_queries(index: &Index, path: &Path) -> Result<Matrix> {
 }
 
 fn cmd_build(a: &BuildArgs, o: OpenOptions) -> Result<()> {
+    check_outputs(
+        &[("-o", Some(&a.out))],
+        &[
+            ("--items", Some(&a.items)),
+            ("--ids", a.ids.as_deref()),
+            ("--codebooks", a.codebooks.as_deref()),
+        ],
+    )?;
     let be = open_backend(&a.backend, o)?;
     let items = npy::read_matrix(&a.items)?;
     items.check_finite(&format!("items ({})", a.items.display()))?;
@@ -584,17 +602,53 @@ fn same_output(a: &Path, b: &Path) -> bool {
     resolve(a) == resolve(b)
 }
 
-fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
-    if let Some(p) = a
-        .out_scores
-        .as_deref()
-        .filter(|p| same_output(p, &a.out_ids))
-    {
-        return Err(Error::param(format!(
-            "--out-scores {} is the --out-ids file",
-            p.display()
-        )));
+/// Errors, before any work, when two of a command's `outputs` name one file or an output
+/// names one of its `inputs` (writing it would replace the data the command reads): each
+/// path with the option that gave it.
+fn check_outputs(
+    outputs: &[(&str, Option<&Path>)],
+    inputs: &[(&str, Option<&Path>)],
+) -> Result<()> {
+    let named = |v: &[(&str, Option<&Path>)]| -> Vec<(String, PathBuf)> {
+        v.iter()
+            .filter_map(|&(flag, p)| p.map(|p| (flag.to_string(), p.to_path_buf())))
+            .collect()
+    };
+    let (outputs, inputs) = (named(outputs), named(inputs));
+    for (i, (flag, out)) in outputs.iter().enumerate() {
+        for (other, earlier) in &outputs[..i] {
+            if same_output(out, earlier) {
+                return Err(Error::param(format!(
+                    "{flag} {} is the {other} file",
+                    out.display()
+                )));
+            }
+        }
+        for (input, path) in &inputs {
+            if same_output(out, path) {
+                return Err(Error::param(format!(
+                    "{flag} {} is the {input} input: writing it would replace what this \
+                     command reads",
+                    out.display()
+                )));
+            }
+        }
     }
+    Ok(())
+}
+
+fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
+    check_outputs(
+        &[
+            ("--out-ids", Some(&a.out_ids)),
+            ("--out-scores", a.out_scores.as_deref()),
+        ],
+        &[
+            ("--index", Some(&a.q.index)),
+            ("--queries", Some(&a.q.queries)),
+            ("--level1-scores", a.level1_scores.as_deref()),
+        ],
+    )?;
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
     let queries = load_queries(&index, &a.q.queries)?;
