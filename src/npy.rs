@@ -122,81 +122,52 @@ fn header_dict(bytes: &[u8]) -> Option<&[u8]> {
 
 /// Checks the `shape` entry of the header dict before npyz sees it: npyz multiplies the
 /// dimensions unchecked (a panic on a forged header where overflow checks are on, a wrapped
-/// count elsewhere). Every dimension must be a decimal integer, and their product (zeros
-/// counted as ones, so that every partial product is covered) must fit in `u64`. A dict that
-/// does not hold such an entry is left to npyz to reject.
+/// count elsewhere). The dict is read as npyz reads it (UTF-8, one trailing newline dropped,
+/// a Python literal parsed by `py_literal`), so the key is found however it is spelled
+/// (escapes included), and a record field named `shape` inside `descr` is not taken
+/// for it. The product of the integer dimensions (zeros counted as ones, so that every
+/// partial product is covered) must fit in `u64`. Whatever npyz rejects by itself (a dict
+/// that does not parse, a negative or non-integer dimension) is left to it.
 fn check_header_shape(bytes: &[u8], path: &Path) -> Result<()> {
     let Some(dict) = header_dict(bytes) else {
         return Ok(());
     };
-    for value in shape_values(dict) {
-        let text = String::from_utf8_lossy(value);
+    let dict = dict.strip_suffix(b"\n").unwrap_or(dict);
+    let Some(py_literal::Value::Dict(entries)) = std::str::from_utf8(dict)
+        .ok()
+        .and_then(|text| text.parse::<py_literal::Value>().ok())
+    else {
+        return Ok(());
+    };
+    for (key, value) in &entries {
+        let (py_literal::Value::Tuple(dims) | py_literal::Value::List(dims)) = value else {
+            continue;
+        };
+        if key.as_string().map(String::as_str) != Some("shape") {
+            continue;
+        }
         let mut product = 1u64;
-        for dim in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            if !dim.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad(
+        for dim in dims {
+            let py_literal::Value::Integer(d) = dim else {
+                continue;
+            };
+            let Ok(d) = d.to_string().parse::<u64>() else {
+                continue;
+            };
+            product = product.checked_mul(d.max(1)).ok_or_else(|| {
+                let text = dims
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                bad(
                     path,
-                    format!(
-                        "not a valid .npy file: shape ({text}) is not a tuple of \
-                         non-negative integers"
-                    ),
-                ));
-            }
-            product = dim
-                .parse::<u64>()
-                .ok()
-                .and_then(|d| product.checked_mul(d.max(1)))
-                .ok_or_else(|| {
-                    bad(
-                        path,
-                        format!("not a valid .npy file: shape ({text}) overflows"),
-                    )
-                })?;
+                    format!("not a valid .npy file: shape ({text}) overflows"),
+                )
+            })?;
         }
     }
     Ok(())
-}
-
-/// The text between the brackets of every `'shape': (…)` (or `[…]`, or double-quoted key)
-/// entry of a header dict: a `shape` string counts as a key only after `{` or `,` and
-/// before `:`, so a record field named `shape` inside `descr` is not taken for it.
-fn shape_values(dict: &[u8]) -> Vec<&[u8]> {
-    let skip_ws = |mut i: usize| {
-        while dict.get(i).is_some_and(u8::is_ascii_whitespace) {
-            i += 1;
-        }
-        i
-    };
-    let mut out = Vec::new();
-    for (start, &quote) in dict.iter().enumerate() {
-        if !matches!(quote, b'\'' | b'"') || dict.get(start + 1..start + 6) != Some(b"shape") {
-            continue;
-        }
-        if dict.get(start + 6) != Some(&quote) {
-            continue;
-        }
-        let before = dict[..start]
-            .iter()
-            .rev()
-            .find(|b| !b.is_ascii_whitespace());
-        if !matches!(before, Some(b'{' | b',')) {
-            continue;
-        }
-        let colon = skip_ws(start + 7);
-        if dict.get(colon) != Some(&b':') {
-            continue;
-        }
-        let open = skip_ws(colon + 1);
-        let close = match dict.get(open) {
-            Some(b'(') => b')',
-            Some(b'[') => b']',
-            _ => continue,
-        };
-        if let Some(len) = dict[open + 1..].iter().position(|&b| b == close) {
-            out.push(&dict[open + 1..open + 1 + len]);
-        }
-    }
-    out
 }
 
 /// The dtype as numpy writes it (`<f4`, `<i4`, …), for error messages.
@@ -429,4 +400,42 @@ pub fn write_i64(path: impl AsRef<Path>, rows: usize, cols: usize, data: &[i64])
 /// Writes a matrix (e.g. result scores `B × k`) as a 2-D `f32` `.npy`, atomically.
 pub fn write_f32(path: impl AsRef<Path>, m: &Matrix) -> Result<()> {
     write_2d(path.as_ref(), m.rows(), m.cols(), m.data())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-1 `.npy` preamble and header `dict` (no data).
+    fn forged(dict: &str) -> Vec<u8> {
+        let mut header = dict.to_string();
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((header.len() as u16).to_le_bytes());
+        b.extend(header.as_bytes());
+        b
+    }
+
+    /// npyz reads the header dict as a Python literal, so the key `shape` may be spelled with
+    /// escape sequences (`\x73hape`); an overflowing shape behind such a key must still be refused
+    /// before npyz multiplies it (a panic in builds with overflow checks).
+    #[test]
+    fn overflowing_shapes_are_found_however_the_key_is_spelled() {
+        let path = Path::new("forged.npy");
+        for key in ["'shape'", "\"shape\"", "'\\x73hape'", "'sh\\u0061pe'"] {
+            let dict = format!(
+                "{{'descr': '<f4', 'fortran_order': False, {key}: (8589934592, 8589934592), }}"
+            );
+            let e = check_header_shape(&forged(&dict), path)
+                .expect_err(&format!("{key}: overflow not found"));
+            assert!(e.to_string().contains("overflows"), "{key}: {e}");
+        }
+        // A record field named `shape` inside `descr` is not the array's shape.
+        let dict = "{'descr': [('shape', '<f4', (8589934592,))], 'fortran_order': False, \
+                    'shape': (2,), }";
+        check_header_shape(&forged(dict), path).unwrap();
+    }
 }
