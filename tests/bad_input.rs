@@ -175,6 +175,10 @@ fn codes_out_of_range_and_broken_trees_fail_validation() {
         m.contains("strictly increasing") || m.contains("cover"),
         "{m}"
     );
+    // Tree::validate is public: a sizes list that does not cover every depth is an error,
+    // not an index out of bounds.
+    let m = msg(index.tree.validate(&index.codes, &[5]));
+    assert!(m.contains("1 codebook sizes for a tree of 2 depths"), "{m}");
     let codes: Vec<u32> = vec![0, 7];
     let m = msg(rqtree::index::Codes::from_item_major(&codes, &[3, 5]));
     assert!(m.contains("code 7") && m.contains("out of range"), "{m}");

@@ -59,6 +59,12 @@ pub fn build(
     if n == 0 {
         return Err(Error::param("empty item set: nothing to index"));
     }
+    if n > u32::MAX as usize {
+        // Refused before the encoding rather than by the tree after it.
+        return Err(Error::param(format!(
+            "{n} items exceed the index's u32 item positions"
+        )));
+    }
     if items.cols() == 0 {
         return Err(Error::shape("items have dimension d = 0"));
     }

@@ -154,6 +154,12 @@ impl Tree {
                 self.depths.len()
             )));
         }
+        if sizes.len() != levels {
+            return Err(Error::index(format!(
+                "{} codebook sizes for a tree of {levels} depths",
+                sizes.len()
+            )));
+        }
         for (l, dep) in self.depths.iter().enumerate() {
             let nodes = dep.code.len();
             let d = l + 1;
