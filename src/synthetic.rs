@@ -188,7 +188,10 @@ mod tests {
     fn random_tree_matches_tree_build() {
         let ix = random_tree_index(3000, 8, &[7, 5, 3], Metric::Ip, 9).expect("index");
         let cbs = &ix.codebooks;
-        let t = Tree::build(&ix.codes, cbs, &|i| cbs.reconstruct(&ix.codes.path(i))).expect("tree");
+        let t = Tree::build(&ix.codes, cbs, &ix.ids, &|i| {
+            cbs.reconstruct(&ix.codes.path(i))
+        })
+        .expect("tree");
         for (a, b) in ix.tree.depths.iter().zip(&t.depths) {
             assert_eq!(a.code, b.code);
             assert_eq!(a.item_start, b.item_start);

@@ -65,12 +65,12 @@ fn build_index(
             *o = v + rng.random_range(-0.05f32..0.05);
         }
     }
-    let tree = Tree::build(&codes, &codebooks, &|i| emb.row(i).to_vec()).unwrap();
+    let ids: Vec<i64> = (0..n as i64).map(|i| i * 7919 + 13).collect();
+    let tree = Tree::build(&codes, &codebooks, &ids, &|i| emb.row(i).to_vec()).unwrap();
     let item_norms = paths
         .iter()
         .map(|p| norm_sq(&codebooks.reconstruct(p)))
         .collect();
-    let ids = (0..n as i64).map(|i| i * 7919 + 13).collect();
     let index = Index {
         metric,
         codebooks,

@@ -190,3 +190,37 @@ fn empty_query_batch_gives_empty_results() {
     assert_eq!(out.topk.rows, 0);
     assert!(out.candidates.is_empty());
 }
+
+/// Representative ties go to the lowest item id (DESIGN §4), not the first position in code
+/// order: two items equidistant from their depth-1 centroid, in different depth-2 nodes, the
+/// later one (code order) with the lower id.
+#[test]
+fn representative_ties_go_to_the_lowest_id() {
+    use rqtree::index::build::{build, BuildOptions};
+    use rqtree::index::{Codebook, Codebooks};
+    let word = |v: &[f32]| Matrix::new(v.len(), 1, v.to_vec()).unwrap();
+    let cbs = Codebooks::new(vec![
+        Codebook::new(word(&[0.0]), "level 0").unwrap(),
+        Codebook::new(word(&[-1.0, 1.0]), "level 1").unwrap(),
+    ])
+    .unwrap();
+    for (ids, want) in [(vec![10, 5], 5), (vec![4, 9], 4)] {
+        let items = word(&[-1.0, 1.0]);
+        let opts = BuildOptions {
+            keep_embeddings: EmbeddingKind::F32,
+            ..BuildOptions::default()
+        };
+        let index = build(
+            &Reference,
+            &items,
+            Some(ids.clone()),
+            Some(cbs.clone()),
+            &opts,
+        )
+        .unwrap();
+        let d1 = &index.tree.depths[0];
+        assert_eq!(d1.len(), 1);
+        let rep = index.ids[d1.representative[0] as usize];
+        assert_eq!(rep, want, "ids {ids:?}");
+    }
+}

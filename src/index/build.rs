@@ -121,7 +121,9 @@ pub fn build(
         .map(|&i| norm_sq(&codebooks.reconstruct(path(i))))
         .collect();
     progress.message("building the tree".into());
-    let tree = Tree::build(&codes, &codebooks, &|p| items.row(order[p]).to_vec())?;
+    let tree = Tree::build(&codes, &codebooks, &sorted_ids, &|p| {
+        items.row(order[p]).to_vec()
+    })?;
     progress.inc(1);
     let embeddings = if opts.keep_embeddings == EmbeddingKind::None {
         None

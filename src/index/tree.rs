@@ -22,7 +22,7 @@ pub struct Depth {
     /// `||Σ_{m≤l} C_m[code_m]||²` of the node's centroid.
     pub centroid_norm: Vec<f32>,
     /// Item position of the node's representative item (the item of its subtree nearest to
-    /// its centroid; ties → lowest position).
+    /// its centroid; ties → the lowest item id, DESIGN §4's rule).
     pub representative: Vec<u32>,
 }
 
@@ -57,18 +57,23 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Builds the tree from codes already in lexicographic order.
-    /// `items(i)` must return item position `i`'s embedding (or reconstruction, when no
-    /// embeddings are kept) for choosing representatives; `dist` is squared L2.
+    /// Builds the tree from codes already in lexicographic order. `ids` are the items' ids
+    /// by position (`N`; they break representative ties); `item_vec(i)` must return item
+    /// position `i`'s embedding (or reconstruction, when no embeddings are kept) for choosing
+    /// representatives by squared L2 distance to the node centroid.
     pub fn build(
         codes: &Codes,
         codebooks: &Codebooks,
+        ids: &[i64],
         item_vec: &(dyn Fn(usize) -> Vec<f32> + Sync),
     ) -> Result<Tree> {
         let n = codes.items();
         let levels = codes.levels();
         if n == 0 {
             return Err(Error::param("cannot build a tree over an empty item set"));
+        }
+        if ids.len() != n {
+            return Err(Error::shape(format!("{} ids for {n} items", ids.len())));
         }
         if n > u32::MAX as usize {
             return Err(Error::param(format!(
@@ -107,7 +112,7 @@ impl Tree {
                             .zip(&centroids[j])
                             .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
                             .sum();
-                        if dd < best.0 {
+                        if dd < best.0 || (dd == best.0 && ids[i] < ids[best.1]) {
                             best = (dd, i);
                         }
                     }

@@ -322,11 +322,11 @@ pub(crate) mod agreement {
         let codes = Codes::from_item_major(&item_major, &cbs.sizes()).expect("codes");
         let rows: Vec<f32> = order.iter().flat_map(|&i| items.row(i).to_vec()).collect();
         let sorted = Matrix::new(items.rows(), items.cols(), rows).expect("items");
-        let tree = Tree::build(&codes, cbs, &|i| sorted.row(i).to_vec()).expect("tree");
+        let ids: Vec<i64> = order.iter().map(|&i| 1000 - 3 * i as i64).collect();
+        let tree = Tree::build(&codes, cbs, &ids, &|i| sorted.row(i).to_vec()).expect("tree");
         let item_norms = (0..items.rows())
             .map(|i| crate::matrix::norm_sq(&cbs.reconstruct(&codes.path(i))))
             .collect();
-        let ids = order.iter().map(|&i| 1000 - 3 * i as i64).collect();
         let ix = Index {
             metric,
             codebooks: cbs.clone(),
