@@ -202,6 +202,22 @@ fn small_build(kind: EmbeddingKind) -> BuildOptions {
     o
 }
 
+/// Finite items whose squared norm overflows f32 are refused by the build with a range error
+/// naming the row (the stored norms would be infinite; the build used to fail after encoding
+/// on "item norm … invalid (inf)").
+#[test]
+fn items_whose_norm_overflows_are_refused_at_build() {
+    let mut items = fixed_items(40, 4);
+    items.row_mut(7).copy_from_slice(&[3e19, -3e19, 1.0, 0.0]);
+    let opts = small_build(EmbeddingKind::F32);
+    match build(&Reference, &items, None, None, &opts) {
+        Err(rqtree::Error::Range(m)) => assert!(m.contains("items row 7"), "{m}"),
+        other => panic!("expected a range error, got {:?}", other.map(|_| ())),
+    }
+    items.row_mut(7).copy_from_slice(&[1e19, -1e19, 1.0, 0.0]);
+    assert!(build(&Reference, &items, None, None, &opts).is_ok());
+}
+
 /// Finite f32 items beyond the range of half-width embeddings used to become infinities in
 /// the index: saved without complaint, refused on load. Now the build refuses them, naming the
 /// item row and column; f32 (and bf16, whose range is f32's) keep them.

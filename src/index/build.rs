@@ -44,10 +44,29 @@ impl Default for BuildOptions {
     }
 }
 
+/// Errors with [`Error::Range`] at the first item (row of `items`, finite) whose squared
+/// norm overflows `f32`: the index stores squared norms (items', nodes') as `f32`, so such an
+/// item would make them infinite (and every score involving it could overflow).
+fn check_item_norms(items: &Matrix) -> Result<()> {
+    let norm = |i: usize| -> f64 { items.row(i).iter().map(|&v| f64::from(v).powi(2)).sum() };
+    match (0..items.rows())
+        .into_par_iter()
+        .find_first(|&i| norm(i) > f64::from(f32::MAX))
+    {
+        None => Ok(()),
+        Some(i) => Err(Error::Range(format!(
+            "items row {i}: squared norm {:.3e} overflows f32 (the index stores squared norms \
+             as f32); scale the items",
+            norm(i)
+        ))),
+    }
+}
+
 /// Builds an index over `items` (`N × d`, finite, `N ≥ 1`; within the range of the kept
 /// embeddings' storage, e.g. `|x| ≤ 65504` for f16). `ids` are the caller's item ids
 /// (distinct and non-negative, since `-1` marks an empty result slot; default `0..N`);
-/// `codebooks` default to residual k-means on the items.
+/// `codebooks` default to residual k-means on the items. Items whose squared norm overflows
+/// `f32` are an [`Error::Range`] naming the first.
 pub fn build(
     be: &dyn Backend,
     items: &Matrix,
@@ -69,6 +88,7 @@ pub fn build(
         return Err(Error::shape("items have dimension d = 0"));
     }
     items.check_finite("items")?;
+    check_item_norms(items)?;
     check_storable(items, opts.keep_embeddings, "items")?;
     let ids = match ids {
         Some(ids) if ids.len() != n => {
