@@ -45,7 +45,7 @@ pub enum Embeddings {
     Bf16(HalfRows<bf16>),
 }
 
-/// A 16-bit float format embeddings may be stored in ([`f16`] or [`bf16`]): sign in the top
+/// A 16-bit float format embeddings may be stored in ([`struct@f16`] or [`bf16`]): sign in the top
 /// bit, so the magnitudes of non-NaN values order as their low 15 bits.
 pub trait HalfFloat: Copy + Send + Sync + Into<f32> + 'static {
     /// The bit pattern of +∞; larger 15-bit magnitudes are NaNs.
