@@ -307,30 +307,60 @@ pub fn read_i64_2d(path: impl AsRef<Path>) -> Result<I64Matrix> {
 /// directory is fsynced so that the rename itself survives a crash. On any error before the
 /// rename the temporary file is removed and `path` is left untouched; the error names `path`
 /// (the temporary name in parentheses), never the temporary file alone. An error syncing the
-/// directory comes after the rename: `path` then holds the complete new file.
+/// directory comes after the rename: `path` then holds the complete new file. A symbolic link
+/// at `path` is written through (the file it names is replaced, the link stays), and a file
+/// replaced keeps its permissions.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let requested = path;
+    let target = through_links(path)?;
+    let path = target.as_path();
     let name = path
         .file_name()
-        .ok_or_else(|| Error::param(format!("{} is not a file path", path.display())))?;
+        .ok_or_else(|| Error::param(format!("{} is not a file path", requested.display())))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, AtomicOrdering::Relaxed);
     tmp_name.push(format!(".tmp{}.{seq}", std::process::id()));
     let tmp: PathBuf = path.with_file_name(tmp_name);
+    let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
     let result = write(&tmp)
+        .and_then(|()| match permissions {
+            Some(p) => std::fs::set_permissions(&tmp, p).map_err(|e| Error::io(&tmp, e)),
+            None => Ok(()),
+        })
         .and_then(|()| {
             File::open(&tmp)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io(&tmp, e))
         })
-        .map_err(|e| name_destination(e, &tmp, path))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+        .map_err(|e| name_destination(e, &tmp, requested))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(requested, e)));
     if result.is_err() {
         // Best effort: the temporary file may not exist if `write` failed early.
         let _ = std::fs::remove_file(&tmp);
     }
     result.and_then(|()| sync_parent(path))
+}
+
+/// `path` with symbolic links at its last component followed (a link's target is relative
+/// to the link's folder), so that writing replaces the file a link names rather than the
+/// link; a dangling link gives the path it names. More than 40 links in a row is an error.
+fn through_links(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = std::fs::read_link(&p).map_err(|e| Error::io(&p, e))?;
+                p = match p.parent() {
+                    Some(dir) => dir.join(link),
+                    None => link,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(Error::file(path, "too many levels of symbolic links"))
 }
 
 /// Flushes the directory entry of `path` (its parent directory) to disk, on Unix; elsewhere a

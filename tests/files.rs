@@ -577,6 +577,48 @@ fn npy_f32_round_trip() {
     assert_eq!(read_matrix(&p).unwrap(), m);
 }
 
+/// Writing to a symbolic link replaces the file it names (relative and chained links) and
+/// leaves the link; a replaced file keeps its permissions; a dangling link creates the file
+/// it names.
+#[cfg(unix)]
+#[test]
+fn atomic_writes_follow_links_and_keep_permissions() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+    let (a, b, c) = (
+        random_matrix(&mut rng, 3, 2),
+        random_matrix(&mut rng, 4, 2),
+        random_matrix(&mut rng, 5, 2),
+    );
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    let real = dir.path().join("real/scores.npy");
+    write_f32(&real, &a).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = dir.path().join("link.npy");
+    let chain = dir.path().join("chain.npy");
+    symlink("real/scores.npy", &link).unwrap();
+    symlink("link.npy", &chain).unwrap();
+    write_f32(&chain, &b).unwrap();
+    for l in [&link, &chain] {
+        assert!(std::fs::symlink_metadata(l)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+    assert_eq!(read_matrix(&real).unwrap(), b);
+    let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let dangling = dir.path().join("dangling.npy");
+    symlink("real/new.npy", &dangling).unwrap();
+    write_f32(&dangling, &c).unwrap();
+    assert_eq!(read_matrix(dir.path().join("real/new.npy")).unwrap(), c);
+    assert!(std::fs::symlink_metadata(&dangling)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
 #[test]
 fn npy_i64_round_trip_and_i32_widening() {
     let dir = tempfile::tempdir().unwrap();
