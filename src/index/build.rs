@@ -88,8 +88,8 @@ pub fn build(
         return Err(Error::shape("items have dimension d = 0"));
     }
     items.check_finite("items")?;
-    check_item_norms(items)?;
     check_storable(items, opts.keep_embeddings, "items")?;
+    check_item_norms(items)?;
     let ids = match ids {
         Some(ids) if ids.len() != n => {
             return Err(Error::shape(format!("{} ids for {n} items", ids.len())));
