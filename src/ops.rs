@@ -145,7 +145,7 @@ fn check_tables_for_tree(tables: &QueryTables, tree: &Tree) -> Result<()> {
         }
         norm = depth.centroid_norm.iter().fold(norm, |a, &v| a.max(v));
     }
-    range::check_table_scores(tables, norm)
+    range::check_table_scores(tables, f64::from(norm))
 }
 
 /// Beam traversal over `tree` (the tables must come from the same codebooks); widths above
@@ -222,8 +222,9 @@ pub fn fused_topk(
             candidates.depth
         )));
     }
-    let norm = index.item_norms.iter().fold(0.0f32, |a, &v| a.max(v));
-    range::check_table_scores(tables, norm)?;
+    // The items' norms are bounded from the codebooks (`O(Σ K_l)`) rather than scanned
+    // (`O(N)` on every call).
+    range::check_table_scores(tables, range::reconstruction_norm_bound(&index.codebooks))?;
     be.fused_topk(tables, index, candidates, k)
 }
 

@@ -103,10 +103,18 @@ pub fn check_query_scores(
     }
 }
 
+/// A bound on `||x̂||²` of any reconstruction from `codebooks` (an item's or a node
+/// centroid's: a sum of one codeword per level, a prefix for a node): `(Σ_l c_l)²`, `c_l` the
+/// level's largest codeword norm. `O(Σ K_l)`, where the stored norms are `O(N)`.
+pub fn reconstruction_norm_bound(codebooks: &Codebooks) -> f64 {
+    let total: f64 = codeword_norms(codebooks).iter().sum();
+    total * total
+}
+
 /// Scores summed from given tables (a traversal or fused lookup on a caller's tables): per
-/// query `Σ_l max_k |LUT_l[b, k]|`, and under `l2` the stored `||q||²` and `norm`, the
-/// largest node or item norm the scores add. The tables must be finite.
-pub fn check_table_scores(tables: &QueryTables, norm: f32) -> Result<()> {
+/// query `Σ_l max_k |LUT_l[b, k]|`, and under `l2` the stored `||q||²` and `norm`, a bound on
+/// the node or item norms the scores add. The tables must be finite.
+pub fn check_table_scores(tables: &QueryTables, norm: f64) -> Result<()> {
     for (l, m) in tables.levels.iter().enumerate() {
         m.check_finite(&format!("lookup table of level {}", l + 1))?;
     }
@@ -125,7 +133,7 @@ pub fn check_table_scores(tables: &QueryTables, norm: f32) -> Result<()> {
             tables.metric,
             ip,
             f64::from(tables.qnorm[b]),
-            f64::from(norm),
+            norm,
         )
     };
     match (0..tables.queries())

@@ -11,6 +11,7 @@ use rand::Rng;
 use std::sync::Arc;
 
 use rqtree::backend::{self, AssignOptions, Backend, BackendKind, Encoding, Resident};
+use rqtree::candidates::Candidates;
 use rqtree::error::Error;
 use rqtree::index::build::{build, BuildOptions};
 use rqtree::index::{Codebook, Codebooks, EmbeddingKind, Embeddings, Index};
@@ -748,6 +749,46 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
             let want = search(&Reference, &index, &q, None, &wide).unwrap();
             assert_topk_close(&got.topk, &want.topk, 1e-5, "search, beams {beams:?}");
             assert_eq!(got.candidates, vec![index.len(); 5], "beams {beams:?}");
+        }
+    }
+    // Items whose squared norms (~1.5e38) are finite but beyond the score limit: under `l2`
+    // the fused scores add them, so modest tables are refused; under `ip` they are scored.
+    let items = Matrix::new(
+        12,
+        8,
+        (0..12)
+            .flat_map(|i| {
+                let s = 4e18 * (1.0 + i as f32 / 100.0);
+                (0..8).map(move |j| if i < 6 || j % 2 == 0 { s } else { -s })
+            })
+            .collect(),
+    )
+    .unwrap();
+    let words = |rows: Vec<f32>| Codebook::new(Matrix::new(2, 8, rows).unwrap(), "cb").unwrap();
+    let cbs = Codebooks::new(vec![
+        words([items.row(0), items.row(6)].concat()),
+        words([[0.5f32; 8], [-0.5; 8]].concat()),
+    ])
+    .unwrap();
+    let q = rand_matrix(&mut rng, 2, 8);
+    for metric in [Metric::Ip, Metric::L2] {
+        let opts = BuildOptions {
+            metric,
+            keep_embeddings: EmbeddingKind::None,
+            ..BuildOptions::default()
+        };
+        let index = build(&Reference, &items, None, Some(cbs.clone()), &opts).unwrap();
+        let t = Reference.lookup_tables(&q, &index.codebooks, metric).unwrap();
+        let all: Vec<u32> = (0..index.tree.depths[0].len() as u32).collect();
+        let c = Candidates {
+            depth: 1,
+            offsets: vec![0, all.len(), 2 * all.len()],
+            nodes: [all.clone(), all].concat(),
+        };
+        let r = ops::fused_topk(be, &t, &index, &c, 3);
+        match metric {
+            Metric::Ip => assert!(r.is_ok(), "fused, ip over huge items: {:?}", r.err()),
+            Metric::L2 => range(r, "fused, l2 over huge items"),
         }
     }
 }
