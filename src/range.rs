@@ -129,12 +129,7 @@ pub fn check_table_scores(tables: &QueryTables, norm: f64) -> Result<()> {
                     .fold(0.0f64, |a, &v| a.max(f64::from(v).abs()))
             })
             .sum();
-        score_bound(
-            tables.metric,
-            ip,
-            f64::from(tables.qnorm[b]),
-            norm,
-        )
+        score_bound(tables.metric, ip, f64::from(tables.qnorm[b]), norm)
     };
     match (0..tables.queries())
         .into_par_iter()

@@ -75,18 +75,71 @@ fn fold_level1(tables: &mut QueryTables, index: &Index, scores: &Matrix) {
     }
 }
 
-/// Every candidate item position of every query, in CSR form (`B + 1` offsets).
-fn candidate_positions(index: &Index, cand: &Candidates) -> (Vec<usize>, Vec<u32>) {
-    let dep = &index.tree.depths[cand.depth - 1];
-    let mut offsets = vec![0];
-    let mut positions = Vec::new();
-    for b in 0..cand.queries() {
-        for &j in cand.nodes_of(b) {
-            positions.extend(dep.items(j as usize).map(|p| p as u32));
+/// Item positions re-ranked per backend call when every candidate is re-ranked: the
+/// queries go in consecutive chunks whose candidates together stay within this many (a
+/// query with more is a chunk alone), so the host's position list (4 bytes each: 64 MiB)
+/// and a backend's buffers for it are bounded by the chunk rather than the batch.
+const RERANK_ALL_CHUNK: usize = 1 << 24;
+
+/// Consecutive ranges of queries covering `0..counts.len()`, each as long as it can be with
+/// its queries' `counts` summing to at most `cap` (a query whose count alone exceeds `cap`
+/// is a range alone).
+fn query_chunks(counts: &[usize], cap: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut first = 0;
+    while first < counts.len() {
+        let mut end = first + 1;
+        let mut total = counts[first];
+        while end < counts.len() && total.saturating_add(counts[end]) <= cap {
+            total += counts[end];
+            end += 1;
         }
-        offsets.push(positions.len());
+        chunks.push(first..end);
+        first = end;
     }
-    (offsets, positions)
+    chunks
+}
+
+/// Exact re-rank of every candidate of every query (`counts[b]` of them for query `b`, the
+/// items under its kept nodes `cand`), `chunk` positions per backend call as
+/// [`RERANK_ALL_CHUNK`] says; `B × k` item positions and scores.
+#[allow(clippy::too_many_arguments)]
+fn rerank_every_candidate(
+    be: &dyn Backend,
+    index: &Index,
+    embeddings: &crate::index::Embeddings,
+    queries: &Matrix,
+    cand: &Candidates,
+    counts: &[usize],
+    k: usize,
+    chunk: usize,
+) -> Result<TopK> {
+    let dep = &index.tree.depths[cand.depth - 1];
+    let mut top = TopK::empty(0, k);
+    for queries_in in query_chunks(counts, chunk) {
+        let mut offsets = Vec::with_capacity(queries_in.len() + 1);
+        offsets.push(0);
+        let mut positions = Vec::with_capacity(counts[queries_in.clone()].iter().sum());
+        for b in queries_in.clone() {
+            for &j in cand.nodes_of(b) {
+                positions.extend(dep.items(j as usize).map(|p| p as u32));
+            }
+            offsets.push(positions.len());
+        }
+        let part = be.rerank(
+            &queries.slice_rows(queries_in),
+            embeddings,
+            &index.ids,
+            index.metric,
+            &offsets,
+            &positions,
+            k,
+        )?;
+        top.rows += part.rows;
+        top.ids.extend(part.ids);
+        top.scores.extend(part.scores);
+    }
+    Ok(top)
 }
 
 /// Candidates per query the fused lookup keeps: `k` without re-rank, `rerank_k` with it,
@@ -149,21 +202,28 @@ pub fn search(
     let candidates: Vec<usize> = (0..queries.rows())
         .map(|b| cand.items_of(b, &index.tree))
         .collect();
-    let top = match (params.rerank, &index.embeddings) {
-        (Rerank::Exact { .. }, Some(e)) => {
-            // The shortlist: every candidate (rerank_k unset), or the best rerank_k by the
-            // lookup-table scores (a backend's refusal of that length names rerank-k, the
-            // caller's parameter, not the fused top-k's k).
-            let (offsets, positions) = match shortlist {
-                None => candidate_positions(index, &cand),
-                Some(s) => be
-                    .fused_topk(&tables, index, &cand, s)
-                    .map_err(|e| match e {
-                        Error::Param(m) => Error::param(format!("rerank-k = {s}: {m}")),
-                        e => e,
-                    })?
-                    .to_csr(),
-            };
+    let top = match (params.rerank, &index.embeddings, shortlist) {
+        (Rerank::Exact { .. }, Some(e), None) => rerank_every_candidate(
+            be,
+            index,
+            e,
+            queries,
+            &cand,
+            &candidates,
+            params.k,
+            RERANK_ALL_CHUNK,
+        )?,
+        (Rerank::Exact { .. }, Some(e), Some(s)) => {
+            // The shortlist: the best rerank_k by the lookup-table scores (a backend's
+            // refusal of that length names rerank-k, the caller's parameter, not the fused
+            // top-k's k).
+            let (offsets, positions) = be
+                .fused_topk(&tables, index, &cand, s)
+                .map_err(|e| match e {
+                    Error::Param(m) => Error::param(format!("rerank-k = {s}: {m}")),
+                    e => e,
+                })?
+                .to_csr();
             be.rerank(
                 queries,
                 e,
@@ -190,4 +250,80 @@ fn caller_ids(mut top: TopK, index: &Index) -> TopK {
         }
     }
     top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Embeddings;
+    use crate::metric::Metric;
+    use crate::reference::Reference;
+    use crate::synthetic::{normal_matrix, random_tree_index};
+
+    /// Chunks are consecutive, cover every query, stay within the cap unless one query
+    /// alone exceeds it, and are maximal (the next query would not fit).
+    #[test]
+    fn query_chunks_are_maximal_within_the_cap() {
+        assert!(query_chunks(&[], 5).is_empty());
+        assert_eq!(query_chunks(&[3, 2, 9, 0, 1, 4], 5), vec![0..2, 2..3, 3..6]);
+        assert_eq!(query_chunks(&[0, 0, 0], 0), vec![0..3]);
+        assert_eq!(query_chunks(&[7, 7], 1), vec![0..1, 1..2]);
+        assert_eq!(query_chunks(&[4, 1, 0], 4), vec![0..1, 1..3]);
+    }
+
+    /// Re-ranking every candidate in chunks of any size (one query per call, a few, a chunk
+    /// smaller than one query's list, the whole batch) gives the whole batch's answer, and
+    /// so does `search` (one chunk here); an empty batch gives no rows.
+    #[test]
+    fn rerank_of_every_candidate_is_the_same_in_any_chunks() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        eprintln!("rerank chunks: seed = {seed}");
+        for metric in [Metric::Ip, Metric::L2] {
+            let mut index = random_tree_index(700, 9, &[5, 4], metric, seed).expect("index");
+            index.embeddings = Some(Embeddings::F32(normal_matrix(700, 9, 1.0, seed ^ 1)));
+            let queries = normal_matrix(11, 9, 1.0, seed ^ 2);
+            let params = SearchParams {
+                k: 13,
+                beams: vec![2, 3],
+                rerank: Rerank::Exact { rerank_k: None },
+            };
+            let tables = Reference
+                .lookup_tables(&queries, &index.codebooks, metric)
+                .expect("tables");
+            let cand = Reference
+                .traverse(&tables, &index.tree, &params.beams)
+                .expect("traversal");
+            let counts: Vec<usize> = (0..11).map(|b| cand.items_of(b, &index.tree)).collect();
+            let e = index.embeddings.as_ref().expect("embeddings");
+            let run = |chunk: usize| {
+                rerank_every_candidate(&Reference, &index, e, &queries, &cand, &counts, 13, chunk)
+                    .expect("re-rank")
+            };
+            let whole = run(usize::MAX);
+            assert_eq!(whole.rows, 11);
+            for chunk in [1, counts[0] / 2, counts[0] + counts[1], 3 * counts[0]] {
+                assert_eq!(run(chunk), whole, "{metric:?}, chunks of {chunk}");
+            }
+            let out = search(&Reference, &index, &queries, None, &params).expect("search");
+            assert_eq!(out.topk, caller_ids(whole, &index), "{metric:?}, search");
+            let none = rerank_every_candidate(
+                &Reference,
+                &index,
+                e,
+                &queries.slice_rows(0..0),
+                &Candidates {
+                    depth: 2,
+                    offsets: vec![0],
+                    nodes: Vec::new(),
+                },
+                &[],
+                13,
+                1,
+            )
+            .expect("empty batch");
+            assert_eq!((none.rows, none.ids.len()), (0, 0));
+        }
+    }
 }

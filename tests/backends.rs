@@ -778,7 +778,9 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
             ..BuildOptions::default()
         };
         let index = build(&Reference, &items, None, Some(cbs.clone()), &opts).unwrap();
-        let t = Reference.lookup_tables(&q, &index.codebooks, metric).unwrap();
+        let t = Reference
+            .lookup_tables(&q, &index.codebooks, metric)
+            .unwrap();
         let all: Vec<u32> = (0..index.tree.depths[0].len() as u32).collect();
         let c = Candidates {
             depth: 1,
