@@ -244,6 +244,11 @@ impl<D: Device> Residency<D> {
 
     /// [`Residency::input`] with the device copy laid out as `layout` (resident copies of
     /// one host slice in different layouts are distinct entries).
+    ///
+    /// The lock is held only to look entries up and to record them: hashing, laying out and
+    /// copying run without it, so concurrent callers overlap there. Two callers missing the
+    /// same entry at once both copy; the first to record its copy wins, the other's is
+    /// used once and freed.
     pub(crate) fn input_laid<T: bytemuck::Pod>(
         &self,
         dev: &D,
@@ -252,60 +257,87 @@ impl<D: Device> Residency<D> {
         layout: Layout,
     ) -> Result<Held<D::Buffer>> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let mut g = self.lock()?;
         let key = key_of(bytes);
-        if !bytes.is_empty() && g.trusted.contains(&key) {
-            if let Some(b) = g.pinned.get(&(key, layout)) {
-                let b = Arc::clone(b);
+        let pinned = !bytes.is_empty() && {
+            let mut g = self.lock()?;
+            if g.trusted.contains(&key) {
+                if let Some(b) = g.pinned.get(&(key, layout)) {
+                    let b = Arc::clone(b);
+                    g.stats.hits += 1;
+                    return Ok(Held::Shared(b));
+                }
+                true
+            } else {
+                false
+            }
+        };
+        if pinned {
+            let b = Arc::new(self.copy(dev, &layout.apply(bytes)?)?);
+            let mut g = self.lock()?;
+            // Still pinned (no `release` since the lookup): the slice, borrowed by this call
+            // all along, is the pinned data, so its copy may be kept.
+            if !g.trusted.contains(&key) {
+                return Ok(Held::Shared(b));
+            }
+            let kept = g.pinned.entry((key, layout)).or_insert(b);
+            return Ok(Held::Shared(Arc::clone(kept)));
+        }
+        if reuse == Reuse::PinnedOnly || bytes.is_empty() {
+            return Ok(Held::Owned(self.copy(dev, &layout.apply(bytes)?)?));
+        }
+        let ckey = (bytes.len(), xxh3_128(bytes), layout);
+        {
+            let mut g = self.lock()?;
+            g.tick += 1;
+            let tick = g.tick;
+            if let Some(c) = g.cached.get_mut(&ckey) {
+                c.last_use = tick;
+                let b = Arc::clone(&c.buf);
                 g.stats.hits += 1;
                 return Ok(Held::Shared(b));
             }
-            let b = Arc::new(Self::copy(dev, &mut g, &layout.apply(bytes)?)?);
-            g.pinned.insert((key, layout), Arc::clone(&b));
+        }
+        let laid = layout.apply(bytes)?;
+        let b = Arc::new(self.copy(dev, &laid)?);
+        if laid.len() > self.budget {
             return Ok(Held::Shared(b));
         }
-        if reuse == Reuse::PinnedOnly || bytes.is_empty() {
-            return Ok(Held::Owned(Self::copy(dev, &mut g, &layout.apply(bytes)?)?));
-        }
-        let ckey = (bytes.len(), xxh3_128(bytes), layout);
+        let mut g = self.lock()?;
         g.tick += 1;
         let tick = g.tick;
         if let Some(c) = g.cached.get_mut(&ckey) {
             c.last_use = tick;
-            let b = Arc::clone(&c.buf);
-            g.stats.hits += 1;
-            return Ok(Held::Shared(b));
+            return Ok(Held::Shared(Arc::clone(&c.buf)));
         }
-        let laid = layout.apply(bytes)?;
-        let b = Arc::new(Self::copy(dev, &mut g, &laid)?);
-        if laid.len() <= self.budget {
-            g.cached_bytes += laid.len();
-            g.cached.insert(
-                ckey,
-                Cached {
-                    buf: Arc::clone(&b),
-                    bytes: laid.len(),
-                    last_use: tick,
-                },
-            );
-            while g.cached_bytes > self.budget {
-                let oldest = g
-                    .cached
-                    .iter()
-                    .filter(|(k, _)| **k != ckey)
-                    .min_by_key(|(_, c)| c.last_use)
-                    .map(|(k, c)| (*k, c.bytes));
-                let Some((k, n)) = oldest else { break };
-                g.cached.remove(&k);
-                g.cached_bytes -= n;
-            }
+        g.cached_bytes += laid.len();
+        g.cached.insert(
+            ckey,
+            Cached {
+                buf: Arc::clone(&b),
+                bytes: laid.len(),
+                last_use: tick,
+            },
+        );
+        while g.cached_bytes > self.budget {
+            let oldest = g
+                .cached
+                .iter()
+                .filter(|(k, _)| **k != ckey)
+                .min_by_key(|(_, c)| c.last_use)
+                .map(|(k, c)| (*k, c.bytes));
+            let Some((k, n)) = oldest else { break };
+            g.cached.remove(&k);
+            g.cached_bytes -= n;
         }
         Ok(Held::Shared(b))
     }
 
-    fn copy(dev: &D, g: &mut Inner<D::Buffer>, bytes: &[u8]) -> Result<D::Buffer> {
+    /// A fresh device buffer holding `bytes` (counted in the stats; the lock is taken only
+    /// for the count, after the copy).
+    fn copy(&self, dev: &D, bytes: &[u8]) -> Result<D::Buffer> {
         let mut buf = dev.alloc(bytes.len())?;
         dev.upload(&mut buf, bytes)?;
+        let mut g = self.lock()?;
         g.stats.uploads += 1;
         g.stats.uploaded_bytes += bytes.len() as u64;
         Ok(buf)
@@ -352,5 +384,49 @@ mod tests {
         assert_eq!(&back[..5], &bytes[..5]);
         assert_eq!(&back[16..21], &bytes[5..]);
         assert!(back[5..16].iter().chain(&back[21..]).all(|&v| v == 0));
+    }
+
+    /// Callers racing on one residency (content misses of the same data, pinned first uses,
+    /// a `release` in between, a budget that evicts) each get a copy of their own data; the
+    /// cache's byte count stays the sum of its entries, and a pinned entry made after a
+    /// release is not kept (its address could later name other data).
+    #[cfg(feature = "emu")]
+    #[test]
+    fn concurrent_inputs_get_their_own_data() {
+        use crate::device::emu::EmuDevice;
+        let dev = EmuDevice::new();
+        let res = Residency::<EmuDevice>::new(3000);
+        let blobs: Vec<Arc<Vec<u8>>> = (0..6u8)
+            .map(|i| Arc::new((0..1000).map(|j| (j as u8).wrapping_mul(i + 1)).collect()))
+            .collect();
+        res.pin(Arc::new(blobs[0].clone()), vec![key_of(&blobs[0][..])])
+            .unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (dev, res, blobs) = (&dev, &res, &blobs);
+                s.spawn(move || {
+                    for round in 0..40 {
+                        let data = &blobs[(t + round) % blobs.len()];
+                        let reuse = if round % 7 == 3 {
+                            Reuse::PinnedOnly
+                        } else {
+                            Reuse::Content
+                        };
+                        let held = res.input(dev, &data[..], reuse).unwrap();
+                        let mut back = vec![0u8; data.len()];
+                        dev.download(&held, &mut back).unwrap();
+                        assert_eq!(&back, &data[..], "thread {t}, round {round}");
+                        if t == 0 && round == 20 {
+                            res.release().unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let g = res.lock().unwrap();
+        let held: usize = g.cached.values().map(|c| c.bytes).sum();
+        assert_eq!(g.cached_bytes, held);
+        assert!(g.cached_bytes <= 3000);
+        assert!(g.pinned.is_empty() && g.trusted.is_empty());
     }
 }
