@@ -449,6 +449,7 @@ fn cmd_ttt(a: &TttArgs) -> Result<()> {
     )?;
     let index = file::load(&a.index)?;
     let users = npy::read_matrix(&a.users)?;
+    users.check_finite(&format!("users ({})", a.users.display()))?;
     if users.cols() != index.dim() {
         return Err(Error::file(
             &a.users,
