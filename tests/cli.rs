@@ -444,6 +444,31 @@ fn eval_ground_truth_ties_follow_the_caller_ids() {
     }
 }
 
+/// `eval --items` of another dimension than the index is an error naming the items file; it
+/// blamed the queries ("queries has 4 columns, expected 3"), which match the index.
+#[test]
+fn eval_items_of_another_dimension_are_named() {
+    let f = Five::new();
+    let (ix, q, items3) = (f.path("ix.rqt"), f.path("q.npy"), f.path("items3.npy"));
+    npy::write_f32(&items3, &rqtree::Matrix::zeros(5, 3)).unwrap();
+    fails(
+        &[
+            "eval",
+            "--index",
+            &ix,
+            "--queries",
+            &q,
+            "--items",
+            &items3,
+            "-k",
+            "2",
+            "--beam",
+            "2",
+        ],
+        "items (",
+    );
+}
+
 /// A recall cut-off of 0 in `-k` is an error like `k = 0` alone, not a reported recall@0.
 #[test]
 fn eval_zero_in_the_k_list_is_an_error() {

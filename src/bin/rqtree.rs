@@ -773,6 +773,7 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
         }
         (None, Some(items)) => {
             let m = npy::read_matrix(items)?;
+            m.check_cols(index.dim(), &format!("items ({})", items.display()))?;
             let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
             let data = exact_truth(be.as_ref(), &queries, &m, ids, index.metric, kmax)?;
             (data, kmax)
