@@ -5,8 +5,9 @@
 //! rejects, with [`Error::Range`], inputs whose bound exceeds [`SCORE_LIMIT`]. The bounds are
 //! Cauchy–Schwarz bounds (`|<q, x>| ≤ ||q||·||x||`), so only inputs within a few orders of
 //! magnitude of `f32`'s range are refused. Code assignment needs no bound: its keys may
-//! overflow to ±inf (never NaN), which the kernels handle exactly as the reference does
-//! (`greedy_is_exact`'s "overflowing norms" and "overflowing logits").
+//! overflow to ±inf (never NaN: codeword norms are finite, [`crate::index::Codebook::new`]),
+//! which the kernels handle exactly as the reference does (`greedy_is_exact`'s "overflowing
+//! norms" and "overflowing logits").
 
 use rayon::prelude::*;
 

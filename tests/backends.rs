@@ -1155,6 +1155,89 @@ fn search_pipeline(be: &dyn Backend) {
     assert_topk_close(&got.topk, &want.topk, 1e-5, "search over large tables");
 }
 
+/// DESIGN §4 on the whole search, strictly (not within a tolerance): equal scores rank the
+/// lower caller id first in the fused lookup, the re-rank (of every candidate and of a
+/// shortlist) and the traversal (lower node id), on both metrics. Level 1 is ±e0, e1 and
+/// level 2 ±e2, ±e3: every path's reconstruction is stored twice, under ids that do not
+/// follow the code order, and a query without e2, e3 parts ties the 8 items of a depth-1 node
+/// across 4 codes (ranking by position in code order picks 100, 107, 114, 121, 104). Caller
+/// level-1 scores 1, 2, -5 with LUT_2 = 1, -1, 0, 0 tie node 0 (child of the second-kept
+/// parent) with nodes 6 and 7 (children of the first): node 0 must be kept. A zero query, and
+/// level-1 scores of ±0, tie every node.
+fn search_ties_follow_caller_ids(be: &dyn Backend) {
+    let words = |v: &[[f32; 4]]| Matrix::new(v.len(), 4, v.concat()).unwrap();
+    let cbs = Codebooks::from_matrices(vec![
+        words(&[[1., 0., 0., 0.], [0., 1., 0., 0.], [-1., 0., 0., 0.]]),
+        words(&[
+            [0., 0., 1., 0.],
+            [0., 0., -1., 0.],
+            [0., 0., 0., 1.],
+            [0., 0., 0., -1.],
+        ]),
+    ])
+    .unwrap();
+    let rows: Vec<f32> = (0..24u32)
+        .flat_map(|r| cbs.reconstruct(&[r / 8, r / 2 % 4]))
+        .collect();
+    let items = Matrix::new(24, 4, rows).unwrap();
+    let ids: Vec<i64> = (0..24).map(|r| r * 7 % 24 + 100).collect();
+    let params = |k, beams, rerank| SearchParams { k, beams, rerank };
+    for metric in [Metric::Ip, Metric::L2] {
+        let opts = BuildOptions {
+            metric,
+            ..BuildOptions::default()
+        };
+        let index = build(
+            &Reference,
+            &items,
+            Some(ids.clone()),
+            Some(cbs.clone()),
+            &opts,
+        )
+        .unwrap();
+        let q = Matrix::new(1, 4, vec![0.5, 0.25, 0.0, 0.0]).unwrap();
+        for rerank in [
+            Rerank::None,
+            Rerank::Exact { rerank_k: None },
+            Rerank::Exact { rerank_k: Some(6) },
+        ] {
+            let got = search(be, &index, &q, None, &params(5, vec![3, 12], rerank)).unwrap();
+            let want = [100, 101, 104, 107, 111];
+            assert_eq!(got.topk.row_ids(0), want, "{metric:?}, {rerank:?}");
+        }
+        let q = Matrix::new(1, 4, vec![0.0, 0.0, 1.0, 0.0]).unwrap();
+        let level1 = Matrix::new(1, 3, vec![1.0, 2.0, -5.0]).unwrap();
+        let got = search(
+            be,
+            &index,
+            &q,
+            Some(&level1),
+            &params(4, vec![2, 2], Rerank::None),
+        );
+        assert_eq!(
+            got.unwrap().topk.row_ids(0),
+            [108, 115, 100, 107],
+            "{metric:?}: tied nodes under different parents"
+        );
+        let zero = Matrix::zeros(1, 4);
+        let signed = Matrix::new(1, 3, vec![-0.0, 0.0, -0.0]).unwrap();
+        for level1 in [None, Some(&signed)] {
+            let got = search(
+                be,
+                &index,
+                &zero,
+                level1,
+                &params(3, vec![1, 1], Rerank::None),
+            );
+            assert_eq!(
+                got.unwrap().topk.row_ids(0),
+                [100, 107, -1],
+                "{metric:?}: every node tied, level-1 scores {level1:?}"
+            );
+        }
+    }
+}
+
 /// Repeated calls on an index modified in place (same allocations, new contents) never see
 /// the previous contents; an index kept resident gives the same results as the reference.
 fn resident_copies_follow_changes(be: &dyn Backend) {
@@ -1501,6 +1584,7 @@ macro_rules! backend_suite {
             resident_copies_follow_changes,
             concurrent_calls_agree,
             search_pipeline,
+            search_ties_follow_caller_ids,
             out_of_range_inputs_are_errors,
         ]);
     };

@@ -218,6 +218,26 @@ fn items_whose_norm_overflows_are_refused_at_build() {
     assert!(build(&Reference, &items, None, None, &opts).is_ok());
 }
 
+/// Finite codewords whose squared norm overflows f32 are refused with a range error naming
+/// the codebook and row: with `||C[k]||² = inf` the logit `2<r, C[k]> - ||C[k]||²` of a large
+/// row was inf - inf = NaN, and the reference assigned that codeword (code 0 with a NaN logit,
+/// where the nearest codeword is 1, as the kernels found).
+#[test]
+fn codewords_whose_norm_overflows_are_refused() {
+    let words = Matrix::new(2, 1, vec![1e20, 0.0]).unwrap();
+    match Codebook::new(words, "codebook.1") {
+        Err(rqtree::Error::Range(m)) => {
+            assert!(m.contains("codebook.1") && m.contains("row 0"), "{m}")
+        }
+        other => panic!("expected a range error, got {:?}", other.map(|_| ())),
+    }
+    let fine = Matrix::new(2, 1, vec![1e19, 0.0]).unwrap();
+    let cb = Codebook::new(fine, "codebook.0").unwrap();
+    let r = Matrix::new(1, 1, vec![1.8e19]).unwrap();
+    let a = ops::assign(&Reference, &r, &cb, &AssignOptions::default()).unwrap();
+    assert_eq!(a.codes, vec![0], "logits {:?}", a.logits);
+}
+
 /// Finite f32 items beyond the range of half-width embeddings used to become infinities in
 /// the index: saved without complaint, refused on load. Now the build refuses them, naming the
 /// item row and column; f32 (and bf16, whose range is f32's) keep them.

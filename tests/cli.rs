@@ -394,6 +394,81 @@ fn eval_with_fewer_items_than_k() {
     assert_eq!(v["rows"][0]["recall"]["10"].as_f64(), Some(1.0), "{v}");
 }
 
+/// DESIGN §4 (equal scores → lower item id first, everywhere): `eval --items --ids` ranks the
+/// exact ground truth's ties by the caller's ids, as search does. Three identical items whose
+/// ids fall as their rows rise: search's best is id 100 (row 2), so recall@1 is 1; ranking
+/// the truth's ties by row made it id 102 and recall@1 0.
+#[test]
+fn eval_ground_truth_ties_follow_the_caller_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (items, ids, q, ix) = (
+        p(d, "items.npy"),
+        p(d, "ids.npy"),
+        p(d, "q.npy"),
+        p(d, "ix.rqt"),
+    );
+    npy::write_f32(&items, &rqtree::Matrix::filled(3, 2, 0.5)).unwrap();
+    npy::write_i64(&ids, 3, 1, &[102, 101, 100]).unwrap();
+    npy::write_f32(&q, &rqtree::Matrix::filled(1, 2, 1.0)).unwrap();
+    ok(&[
+        "build", "--items", &items, "--ids", &ids, "--levels", "1", "--codes", "1", "-o", &ix,
+    ]);
+    for rerank in ["none", "exact"] {
+        let out = ok(&[
+            "eval",
+            "--index",
+            &ix,
+            "--queries",
+            &q,
+            "--items",
+            &items,
+            "--ids",
+            &ids,
+            "-k",
+            "1,2",
+            "--beam",
+            "1",
+            "--rerank",
+            rerank,
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for k in ["1", "2"] {
+            assert_eq!(
+                v["rows"][0]["recall"][k].as_f64(),
+                Some(1.0),
+                "{rerank}: {v}"
+            );
+        }
+    }
+}
+
+/// `eval --items` of another dimension than the index is an error naming the items file; it
+/// blamed the queries ("queries has 4 columns, expected 3"), which match the index.
+#[test]
+fn eval_items_of_another_dimension_are_named() {
+    let f = Five::new();
+    let (ix, q, items3) = (f.path("ix.rqt"), f.path("q.npy"), f.path("items3.npy"));
+    npy::write_f32(&items3, &rqtree::Matrix::zeros(5, 3)).unwrap();
+    fails(
+        &[
+            "eval",
+            "--index",
+            &ix,
+            "--queries",
+            &q,
+            "--items",
+            &items3,
+            "-k",
+            "2",
+            "--beam",
+            "2",
+        ],
+        "items (",
+    );
+}
+
 /// A recall cut-off of 0 in `-k` is an error like `k = 0` alone, not a reported recall@0.
 #[test]
 fn eval_zero_in_the_k_list_is_an_error() {

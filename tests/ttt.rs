@@ -198,8 +198,16 @@ fn learn_and_ttt_cli() {
     npy::write_f32(p("users7.npy"), &rand_matrix(&mut rng, 5, 7)).unwrap();
     let mut wrong_dim = ttt(&p("e.npy"), &["-o", &t]);
     wrong_dim[4] = p("users7.npy");
+    // DESIGN §4: non-finite user embeddings are refused naming the tensor and row (they were
+    // accepted, and the pairs written for training with them).
+    let mut bad = users.clone();
+    bad.row_mut(3)[6] = f32::INFINITY;
+    npy::write_f32(p("users_inf.npy"), &bad).unwrap();
+    let mut non_finite = ttt(&p("e.npy"), &["-o", &t]);
+    non_finite[4] = p("users_inf.npy");
     for (args, needle) in [
         (wrong_dim, "index's dimension is 8"),
+        (non_finite, "users_inf.npy), row 3, column 6"),
         (ttt(&p("e.npy"), &["--depth", "3", "-o", &t]), "depth 3"),
         (ttt(&p("pairs.npy"), &["-o", &t]), "M x 2"),
         (

@@ -449,6 +449,7 @@ fn cmd_ttt(a: &TttArgs) -> Result<()> {
     )?;
     let index = file::load(&a.index)?;
     let users = npy::read_matrix(&a.users)?;
+    users.check_finite(&format!("users ({})", a.users.display()))?;
     if users.cols() != index.dim() {
         return Err(Error::file(
             &a.users,
@@ -684,8 +685,8 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     Ok(())
 }
 
-/// The caller's id of exact-search result row `r` (an item row of `--items`), keeping the
-/// empty-slot marker: with fewer items than `k` the exact top-k has empty slots.
+/// The caller's id of exact-search result row `r` (`ids` by item row), keeping the empty-slot
+/// marker: with fewer items than `k` the exact top-k has empty slots.
 fn item_id(ids: &[i64], r: i64) -> Result<i64> {
     if r == NO_ID {
         return Ok(NO_ID);
@@ -699,6 +700,42 @@ fn item_id(ids: &[i64], r: i64) -> Result<i64> {
                 ids.len()
             ))
         })
+}
+
+/// The exact top-`k` of `queries` (`B × d`) against `items` (`N × d`) as caller ids, `B × k`
+/// row-major (`-1` in empty slots): `ids` (`N`, one per item row; default the rows) name the
+/// items, and equal scores rank the lower caller id first (DESIGN §4), as search ranks them.
+/// The exact top-k breaks ties by item row, so the items are handed to it in id order.
+fn exact_truth(
+    be: &dyn Backend,
+    queries: &Matrix,
+    items: &Matrix,
+    ids: Option<Vec<i64>>,
+    metric: Metric,
+    k: usize,
+) -> Result<Vec<i64>> {
+    let Some(ids) = ids else {
+        return Ok(ops::exact_topk(be, queries, items, metric, k)?.ids);
+    };
+    if ids.len() != items.rows() {
+        return Err(Error::shape(format!(
+            "{} ids for {} items",
+            ids.len(),
+            items.rows()
+        )));
+    }
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&r| ids[r]);
+    let mut sorted = Matrix::zeros(items.rows(), items.cols());
+    for (s, &r) in order.iter().enumerate() {
+        sorted.row_mut(s).copy_from_slice(items.row(r));
+    }
+    let sorted_ids: Vec<i64> = order.iter().map(|&r| ids[r]).collect();
+    ops::exact_topk(be, queries, &sorted, metric, k)?
+        .ids
+        .iter()
+        .map(|&r| item_id(&sorted_ids, r))
+        .collect()
 }
 
 fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
@@ -736,25 +773,9 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
         }
         (None, Some(items)) => {
             let m = npy::read_matrix(items)?;
+            m.check_cols(index.dim(), &format!("items ({})", items.display()))?;
             let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
-            if let Some(ids) = &ids {
-                if ids.len() != m.rows() {
-                    return Err(Error::shape(format!(
-                        "{} ids for {} items",
-                        ids.len(),
-                        m.rows()
-                    )));
-                }
-            }
-            let t = ops::exact_topk(be.as_ref(), &queries, &m, index.metric, kmax)?;
-            let data = match &ids {
-                None => t.ids,
-                Some(ids) => t
-                    .ids
-                    .iter()
-                    .map(|&r| item_id(ids, r))
-                    .collect::<Result<_>>()?,
-            };
+            let data = exact_truth(be.as_ref(), &queries, &m, ids, index.metric, kmax)?;
             (data, kmax)
         }
         (None, None) => return Err(Error::param("eval needs --gt or --items")),

@@ -16,10 +16,13 @@ pub struct Codebook {
 }
 
 impl Codebook {
-    /// Validates `words` (`K × d`, `1 ≤ K ≤ 65536`, `d ≥ 1`, finite) and precomputes norms.
-    /// (DESIGN asks `K ≥ 2` of a useful level; a single codeword, a constant offset, is
-    /// accepted because nothing breaks on it and the kernels' edge cases are tested with it.)
-    /// `name` is used in error messages (`codebook.0`, …).
+    /// Validates `words` (`K × d`, `1 ≤ K ≤ 65536`, `d ≥ 1`, finite, every squared norm
+    /// within `f32`) and precomputes norms. (DESIGN asks `K ≥ 2` of a useful level; a single
+    /// codeword, a constant offset, is accepted because nothing breaks on it and the kernels'
+    /// edge cases are tested with it.) A codeword whose squared norm overflows `f32` is an
+    /// [`Error::Range`] naming the first: its stored norm would be infinite, and a logit
+    /// `2<r, C[k]> - ||C[k]||²` of a large row NaN. `name` is used in error messages
+    /// (`codebook.0`, …).
     pub fn new(words: Matrix, name: &str) -> Result<Self> {
         if words.cols() == 0 {
             return Err(Error::shape(format!("{name}: dimension d = 0")));
@@ -32,6 +35,12 @@ impl Codebook {
         }
         words.check_finite(name)?;
         let norms = words.row_norms_sq();
+        if let Some(k) = norms.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Range(format!(
+                "{name}, row {k}: the codeword's squared norm overflows f32 (scores against it \
+                 would be infinite or NaN); scale the codebook"
+            )));
+        }
         Ok(Codebook { words, norms })
     }
     /// `K × d` codewords.
