@@ -10,6 +10,7 @@ use crate::metric::Metric;
 use crate::range;
 use crate::tables::QueryTables;
 use crate::topk::TopK;
+use rayon::prelude::*;
 
 /// Largest beam width accepted for encoding (the reference's limit; the kernel backends
 /// also need `8·E·d` bytes of shared memory per block and say so when that is too much).
@@ -178,6 +179,37 @@ fn check_offsets(offsets: &[usize], queries: usize, len: usize, what: &str) -> R
     Ok(())
 }
 
+/// Errors unless each query's entries (`entries[offsets[b]..offsets[b + 1]]`, valid offsets,
+/// every entry `< universe`) are distinct: an entry listed twice would be scored twice and
+/// could fill two result slots with one item. `what` names the entries. `O(len)` work and a
+/// `universe`-bit set per worker.
+fn check_distinct(offsets: &[usize], entries: &[u32], universe: usize, what: &str) -> Result<()> {
+    let twice = (0..offsets.len().saturating_sub(1))
+        .into_par_iter()
+        .map_init(
+            || vec![0u64; universe.div_ceil(64)],
+            |seen, b| {
+                let list = &entries[offsets[b]..offsets[b + 1]];
+                let dup = list.iter().find(|&&e| {
+                    let (w, bit) = (e as usize / 64, 1u64 << (e % 64));
+                    let had = seen[w] & bit != 0;
+                    seen[w] |= bit;
+                    had
+                });
+                for &e in list {
+                    seen[e as usize / 64] = 0;
+                }
+                dup.map(|&e| (b, e))
+            },
+        )
+        .find_first(Option::is_some)
+        .flatten();
+    match twice {
+        Some((b, e)) => Err(Error::shape(format!("{what}: query {b} lists {e} twice"))),
+        None => Ok(()),
+    }
+}
+
 /// Fused residual lookup + top-k over each query's candidate nodes (DESIGN §3): `tables`
 /// from `index`'s codebooks and metric, `candidates` nodes of one depth of its tree.
 pub fn fused_topk(
@@ -222,6 +254,12 @@ pub fn fused_topk(
             candidates.depth
         )));
     }
+    check_distinct(
+        &candidates.offsets,
+        &candidates.nodes,
+        nodes,
+        "candidate nodes",
+    )?;
     // The items' norms are bounded from the codebooks (`O(Σ K_l)`) rather than scanned
     // (`O(N)` on every call).
     range::check_table_scores(tables, range::reconstruction_norm_bound(&index.codebooks))?;
@@ -256,6 +294,7 @@ pub fn rerank(
             "shortlist position {p} of an index of {n} items"
         )));
     }
+    check_distinct(offsets, positions, n, "shortlist positions")?;
     check_rerank_range(queries, embeddings, metric)?;
     be.rerank(queries, embeddings, ids, metric, offsets, positions, k)
 }

@@ -683,6 +683,20 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
         let mut bad = c.clone();
         bad.offsets[1] = bad.offsets[2] + 1;
         shape(ops::fused_topk(be, &t, &index, &bad, 3), "fused, offsets");
+        // A node or position listed twice for one query (it would fill two slots), while
+        // lists of different queries may share entries.
+        let mut bad = c.clone();
+        bad.nodes[3] = bad.nodes[2];
+        shape(
+            ops::fused_topk(be, &t, &index, &bad, 3),
+            "fused, a node twice",
+        );
+        let shared = Candidates {
+            depth: 1,
+            offsets: vec![0, 1, 2, 3, 4, 5],
+            nodes: vec![c.nodes[0]; 5],
+        };
+        assert!(ops::fused_topk(be, &t, &index, &shared, 3).is_ok());
         let e = index.embeddings.as_ref().unwrap();
         let (off, pos) = (vec![0, 2, 3, 3, 3, 3], vec![0, 5, index.len() as u32]);
         shape(
@@ -694,6 +708,13 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
             ops::rerank(be, &q, e, &index.ids, metric, &off, &pos[..2], 1),
             "rerank, offsets",
         );
+        let (off, pos) = (vec![0, 1, 2, 2, 2, 5], vec![7, 7, 3, 9, 3]);
+        shape(
+            ops::rerank(be, &q, e, &index.ids, metric, &off, &pos, 1),
+            "rerank, a position twice",
+        );
+        let off = vec![0, 1, 2, 2, 2, 4];
+        assert!(ops::rerank(be, &q, e, &index.ids, metric, &off, &pos[..4], 1).is_ok());
         // A k whose B × k result cannot be held is an error, not an abort.
         let absurd = SearchParams {
             k: 1 << 50,
