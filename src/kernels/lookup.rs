@@ -16,9 +16,9 @@ use super::backend::Storage;
 use super::fused_scan::{launch_scan, scan_plan, FusedKernel};
 use super::resident::{Held, Residency, Reuse};
 use super::{
-    alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, grid_dim_yz, launch_1d,
-    launch_select_on_device, range_per_thread, round16, select_bytes, select_cap, upload,
-    MAX_SHARED_BYTES, SELECT_THREADS,
+    alloc, alloc_topk, arg_i32, arg_len, check_k, download, download_topk, grid_dim, grid_dim_yz,
+    launch_1d, launch_select_on_device, range_per_thread, round16, select_bytes, select_cap,
+    upload, MAX_LOOP_LEN, MAX_SHARED_BYTES, SELECT_THREADS,
 };
 
 /// `rq_lut` and `rq_exact_scores`: threads per block edge, tile edge (queries × rows per
@@ -376,8 +376,8 @@ pub fn fused_topk<D: Device>(
             tables.queries()
         )));
     }
-    let t = upload_tables(dev, res, tables)?;
     let (d_start, d_count) = upload_csr(dev, &candidates.offsets, "fused_topk: candidate nodes")?;
+    let t = upload_tables(dev, res, tables)?;
     let d_nodes = upload(dev, &candidates.nodes)?;
     let cand = DeviceCandidates {
         depth: candidates.depth,
@@ -391,14 +391,15 @@ pub fn fused_topk<D: Device>(
 }
 
 /// A CSR's `B + 1` `offsets` on the device as the kernels read them: each row's start (i64)
-/// and length (i32; `what` names a length beyond i32 in the error).
+/// and length (i32, at most [`MAX_LOOP_LEN`]: the kernels walk a row with `int` indices;
+/// `what` names a longer one in the error).
 fn upload_csr<D: Device>(dev: &D, offsets: &[usize], what: &str) -> Result<(D::Buffer, D::Buffer)> {
     let rows = offsets.len().saturating_sub(1);
-    let start: Vec<i64> = offsets[..rows].iter().map(|&o| o as i64).collect();
     let count = offsets
         .windows(2)
-        .map(|w| arg_i32(w[1] - w[0], what))
+        .map(|w| arg_len(w[1].saturating_sub(w[0]), what))
         .collect::<Result<Vec<i32>>>()?;
+    let start: Vec<i64> = offsets[..rows].iter().map(|&o| o as i64).collect();
     Ok((upload(dev, &start)?, upload(dev, &count)?))
 }
 
@@ -430,9 +431,9 @@ pub fn rerank<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     // The CSR as the kernel reads it: i64 positions, each query's start and count.
+    let (d_start, d_count) = upload_csr(dev, offsets, "rerank: shortlist length")?;
     let list: Vec<i64> = positions.iter().map(|&p| i64::from(p)).collect();
     let d_list = upload(dev, &list)?;
-    let (d_start, d_count) = upload_csr(dev, offsets, "rerank: shortlist length")?;
     let d_ids = res.input(dev, ids, Reuse::Content)?;
     let shortlist = DeviceShortlist {
         list: &d_list,
@@ -498,4 +499,25 @@ pub(crate) fn rerank_shortlist<D: Device>(
         KernelArg::I32(metric_arg(metric)),
     ];
     launch_select_on_device(dev, "rq_rerank", cfg, (b, k, cap), head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::no_launch::NoLaunch;
+    use super::*;
+
+    /// A query's shortlist or candidate-node list longer than the kernels' `int` loops walk
+    /// (`rq_rerank`, `rq_for_ranges` step a list index by the block's threads past it) is an
+    /// error naming the list, before anything is uploaded.
+    #[test]
+    fn csr_lists_beyond_the_int_loops_are_refused() {
+        let long = i32::MAX as usize - 100;
+        match upload_csr(&NoLaunch, &[0, 3, 3 + long], "rerank: shortlist length") {
+            Err(Error::Param(m)) => {
+                assert!(m.contains("rerank: shortlist length = 2147483547"), "{m}")
+            }
+            other => panic!("expected a parameter error, got {:?}", other.map(|_| ())),
+        }
+        assert!(upload_csr(&NoLaunch, &[0, 3, 3 + MAX_LOOP_LEN], "list").is_ok());
+    }
 }
