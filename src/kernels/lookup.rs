@@ -376,6 +376,7 @@ pub fn fused_topk<D: Device>(
             tables.queries()
         )));
     }
+    check_candidate_items(index, candidates)?;
     let (d_start, d_count) = upload_csr(dev, &candidates.offsets, "fused_topk: candidate nodes")?;
     let t = upload_tables(dev, res, tables)?;
     let d_nodes = upload(dev, &candidates.nodes)?;
@@ -388,6 +389,35 @@ pub fn fused_topk<D: Device>(
     let out = fused_on_device(dev, res, &t, index, &cand, k, kernel)?;
     dev.synchronize()?;
     download_topk(dev, &out.pos, &out.scores, b, k)
+}
+
+/// Errors unless each query's candidate items (the items of its candidate nodes, counted
+/// again for a node listed twice, so possibly more than the index holds) number at most
+/// [`MAX_LOOP_LEN`]: the fused kernels count them in an `int`, and sum the item ranges of up
+/// to a block's threads' nodes at a time in 32 bits. Nodes out of range are left to the
+/// caller's checks.
+fn check_candidate_items(index: &Index, candidates: &Candidates) -> Result<()> {
+    let Some(dep) = index.tree.depths.get(candidates.depth.wrapping_sub(1)) else {
+        return Ok(());
+    };
+    let items = |&j: &u32| {
+        let j = j as usize;
+        match (dep.item_start.get(j), dep.item_start.get(j + 1)) {
+            (Some(&a), Some(&b)) => b.saturating_sub(a) as usize,
+            _ => 0,
+        }
+    };
+    for (q, w) in candidates.offsets.windows(2).enumerate() {
+        let nodes = candidates.nodes.get(w[0]..w[1]).unwrap_or_default();
+        let total: usize = nodes.iter().map(items).sum();
+        if total > MAX_LOOP_LEN {
+            return Err(Error::param(format!(
+                "fused_topk: query {q}'s candidate nodes hold {total} candidate items, more \
+                 than the kernels' limit of {MAX_LOOP_LEN} (32-bit counts)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A CSR's `B + 1` `offsets` on the device as the kernels read them: each row's start (i64)
@@ -505,6 +535,9 @@ pub(crate) fn rerank_shortlist<D: Device>(
 mod tests {
     use super::super::no_launch::NoLaunch;
     use super::*;
+    use crate::backend::Backend;
+    use crate::index::build::{build, BuildOptions};
+    use crate::reference::Reference;
 
     /// A query's shortlist or candidate-node list longer than the kernels' `int` loops walk
     /// (`rq_rerank`, `rq_for_ranges` step a list index by the block's threads past it) is an
@@ -519,5 +552,53 @@ mod tests {
             other => panic!("expected a parameter error, got {:?}", other.map(|_| ())),
         }
         assert!(upload_csr(&NoLaunch, &[0, 3, 3 + MAX_LOOP_LEN], "list").is_ok());
+    }
+
+    /// Candidate nodes may repeat, so a query's candidate items can outnumber the index's
+    /// items; the fused kernels count them (and sum the item ranges of 256 nodes at a time)
+    /// in 32 bits, so more than `MAX_LOOP_LEN` of them is an error naming the query, before
+    /// any upload. (Before, the launch went through: the count wrapped, and on the emulator
+    /// a node of 2²⁴ items listed 256 times, one round's ranges summing to 2³², came back
+    /// from the range walk with no candidates at all.)
+    #[test]
+    fn candidate_items_beyond_32_bits_are_refused() {
+        let items = Matrix::new(4096, 2, (0..8192).map(|i| (i % 7) as f32).collect()).unwrap();
+        let cbs =
+            Codebooks::from_matrices(vec![Matrix::new(1, 2, vec![0.5, 1.0]).unwrap()]).unwrap();
+        let ix = build(
+            &Reference,
+            &items,
+            None,
+            Some(cbs),
+            &BuildOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            ix.tree.depths[0].count(0),
+            4096,
+            "one node holds every item"
+        );
+        let q = Matrix::new(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+        let t = Reference
+            .lookup_tables(&q, &ix.codebooks, ix.metric)
+            .unwrap();
+        // Query 1 lists the node 2^19 + 1 times: 2^31 + 4096 items.
+        let repeats = (1 << 19) + 1;
+        let cand = Candidates {
+            depth: 1,
+            offsets: vec![0, 1, 1 + repeats],
+            nodes: vec![0; 1 + repeats],
+        };
+        let res = Residency::<NoLaunch>::default();
+        for kernel in [FusedKernel::Walk, FusedKernel::Scan] {
+            match fused_topk(&NoLaunch, &res, &t, &ix, &cand, 5, kernel) {
+                Err(Error::Param(m)) => assert!(
+                    m.contains("query 1") && m.contains("2147487744 candidate items"),
+                    "{m}"
+                ),
+                other => panic!("{kernel:?}: expected a parameter error, got {other:?}"),
+            }
+        }
+        assert_eq!(res.stats().unwrap().uploads, 0, "nothing was uploaded");
     }
 }
