@@ -118,7 +118,7 @@ pub(crate) fn tables_on_device<D: Device>(
     let (b, d) = (queries.rows(), codebooks.dim());
     queries.check_cols(d, "queries")?;
     let b32 = arg_i32(b, "lookup_tables: queries")?;
-    let d32 = arg_i32(d, "lookup_tables: d")?;
+    let d32 = arg_len(d, "lookup_tables: d")?;
     let ks = codebooks.sizes();
     let (at, at_dev, ks_dev) = stacked_layout(dev, res, b, &ks)?;
     let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
