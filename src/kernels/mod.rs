@@ -3,8 +3,9 @@
 //! [`KernelBackend`], the [`crate::Backend`] built from them.
 //!
 //! Every wrapper validates what its kernel assumes (sizes that fit the kernel's `i32`/`u32`
-//! arguments, `k` within the selector's limit, shared memory within budget) and returns an
-//! [`Error`] otherwise; nothing falls back to the CPU silently.
+//! arguments, counts its `int` loops walk within [`MAX_LOOP_LEN`], `k` within the selector's
+//! limit, shared memory within budget) and returns an [`Error`] otherwise; nothing falls back
+//! to the CPU silently.
 
 pub mod assign;
 pub mod backend;
@@ -96,7 +97,7 @@ pub(crate) fn arg_i32(v: usize, what: &str) -> Result<i32> {
 /// shortlist or candidate nodes, depth-1 nodes, dimensions): its loops advance an `int` by up
 /// to 4096 (a block's threads × loads per thread) past an index below the count, which must
 /// not overflow, so counts stay at most 2³¹ − 4096.
-pub(crate) const MAX_LOOP_LEN: usize = (1 << 31) - 4096;
+pub const MAX_LOOP_LEN: usize = (1 << 31) - 4096;
 
 /// `v` as a kernel's `int` count that it loops over (at most [`MAX_LOOP_LEN`]), or an error
 /// naming it.
