@@ -11,7 +11,9 @@ use crate::topk::TopK;
 use super::lookup::{metric_arg, tile_launch, LUT_LD2, LUT_TILE};
 use super::resident::{Residency, Reuse};
 use super::topk::{lists_into, merge_into, topk_into};
-use super::{alloc, alloc_topk, arg_i32, check_k, download_topk, grid_dim, grid_dim_yz, launch_1d};
+use super::{
+    alloc, alloc_topk, arg_i32, arg_len, check_k, download_topk, grid_dim, grid_dim_yz, launch_1d,
+};
 
 /// `rq_exact_screened` (kernels/exact_tc.cu): queries × items per block, threads per block
 /// and the staged rows' stride in floats (its shared memory: both operands' staged rows).
@@ -115,7 +117,7 @@ pub(crate) fn exact_topk_tiled<D: Device>(
     if n == 0 {
         return Ok(TopK::empty(b, k));
     }
-    let d32 = arg_i32(d, "exact_topk: d")?;
+    let d32 = arg_len(d, "exact_topk: d")?;
     let (rows, cols) = (tiles.rows.clamp(1, b), tiles.cols.clamp(1, n));
     let segment = tiles.segment.filter(|&w| w >= 1 && w < cols);
     // Row stride of the score tile: whole segments (padding columns hold -inf).
@@ -242,7 +244,7 @@ fn row_norms<D: Device>(dev: &D, x: &D::Buffer, rows: usize, d: usize) -> Result
         &[
             KernelArg::Buf(x),
             KernelArg::I32(arg_i32(rows, "exact_topk: rows")?),
-            KernelArg::I32(arg_i32(d, "exact_topk: d")?),
+            KernelArg::I32(arg_len(d, "exact_topk: d")?),
             KernelArg::Buf(&out),
         ],
     )?;

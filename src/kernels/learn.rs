@@ -7,7 +7,7 @@ use crate::learn::soft::{
     check_backward_shapes, check_shapes, SoftBackward, SoftForward, SoftLevel, Upstream,
 };
 
-use super::{alloc, arg_i32, download, launch_1d, round16, upload};
+use super::{alloc, arg_i32, arg_len, download, launch_1d, round16, upload};
 
 /// Threads per block of the per-row kernels (a power of two).
 const THREADS: u32 = 128;
@@ -30,6 +30,8 @@ pub fn soft_forward<D: Device>(
             output: Vec::new(),
         });
     }
+    let d32 = arg_i32(d, "soft assignment: d")?;
+    let k32 = arg_len(kk, "soft assignment: K")?;
     let shared = round16(4 * d) + 8 * THREADS as usize;
     let cfg = launch_1d(n, THREADS, shared, "soft assignment forward")?;
     let x = upload(dev, rows)?;
@@ -42,10 +44,10 @@ pub fn soft_forward<D: Device>(
         cfg,
         &[
             KernelArg::Buf(&x),
-            KernelArg::I32(arg_i32(d, "soft assignment: d")?),
+            KernelArg::I32(d32),
             KernelArg::Buf(&cb),
             KernelArg::Buf(&norms),
-            KernelArg::I32(arg_i32(kk, "soft assignment: K")?),
+            KernelArg::I32(k32),
             KernelArg::F32(alpha),
             KernelArg::Buf(&w),
             KernelArg::Buf(&out),
@@ -75,6 +77,9 @@ pub fn soft_backward<D: Device>(
             grad_codebook: vec![0.0; kk * d],
         });
     }
+    let d32 = arg_i32(d, "soft assignment: d")?;
+    let k32 = arg_len(kk, "soft assignment: K")?;
+    let n32 = arg_i32(n, "soft assignment: rows")?;
     let shared = round16(4 * d) + 8 * THREADS as usize;
     let cfg_rows = launch_1d(n, THREADS, shared, "soft assignment backward (rows)")?;
     let cfg_codes = launch_1d(kk, CODE_THREADS, 0, "soft assignment backward (codewords)")?;
@@ -86,8 +91,6 @@ pub fn soft_backward<D: Device>(
     let gz = alloc::<D, f32>(dev, n * kk)?;
     let gx = alloc::<D, f32>(dev, n * d)?;
     let gcb = alloc::<D, f32>(dev, kk * d)?;
-    let d32 = arg_i32(d, "soft assignment: d")?;
-    let k32 = arg_i32(kk, "soft assignment: K")?;
     dev.launch(
         "rq_soft_backward_rows",
         cfg_rows,
@@ -109,7 +112,7 @@ pub fn soft_backward<D: Device>(
         cfg_codes,
         &[
             KernelArg::Buf(&x),
-            KernelArg::I32(arg_i32(n, "soft assignment: rows")?),
+            KernelArg::I32(n32),
             KernelArg::I32(d32),
             KernelArg::Buf(&cb),
             KernelArg::I32(k32),

@@ -16,9 +16,9 @@ use super::backend::Storage;
 use super::fused_scan::{launch_scan, scan_plan, FusedKernel};
 use super::resident::{Held, Residency, Reuse};
 use super::{
-    alloc, alloc_topk, arg_i32, check_k, download, download_topk, grid_dim, grid_dim_yz, launch_1d,
-    launch_select_on_device, range_per_thread, round16, select_bytes, select_cap, upload,
-    MAX_SHARED_BYTES, SELECT_THREADS,
+    alloc, alloc_topk, arg_i32, arg_len, check_k, download, download_topk, grid_dim, grid_dim_yz,
+    launch_1d, launch_select_on_device, range_per_thread, round16, select_bytes, select_cap,
+    upload, MAX_LOOP_LEN, MAX_SHARED_BYTES, SELECT_THREADS,
 };
 
 /// `rq_lut` and `rq_exact_scores`: threads per block edge, tile edge (queries × rows per
@@ -118,7 +118,7 @@ pub(crate) fn tables_on_device<D: Device>(
     let (b, d) = (queries.rows(), codebooks.dim());
     queries.check_cols(d, "queries")?;
     let b32 = arg_i32(b, "lookup_tables: queries")?;
-    let d32 = arg_i32(d, "lookup_tables: d")?;
+    let d32 = arg_len(d, "lookup_tables: d")?;
     let ks = codebooks.sizes();
     let (at, at_dev, ks_dev) = stacked_layout(dev, res, b, &ks)?;
     let q = res.input(dev, queries.data(), Reuse::PinnedOnly)?;
@@ -376,8 +376,9 @@ pub fn fused_topk<D: Device>(
             tables.queries()
         )));
     }
-    let t = upload_tables(dev, res, tables)?;
+    check_candidate_items(index, candidates)?;
     let (d_start, d_count) = upload_csr(dev, &candidates.offsets, "fused_topk: candidate nodes")?;
+    let t = upload_tables(dev, res, tables)?;
     let d_nodes = upload(dev, &candidates.nodes)?;
     let cand = DeviceCandidates {
         depth: candidates.depth,
@@ -390,15 +391,45 @@ pub fn fused_topk<D: Device>(
     download_topk(dev, &out.pos, &out.scores, b, k)
 }
 
+/// Errors unless each query's candidate items (the items of its candidate nodes, counted
+/// again for a node listed twice, so possibly more than the index holds) number at most
+/// [`MAX_LOOP_LEN`]: the fused kernels count them in an `int`, and sum the item ranges of up
+/// to a block's threads' nodes at a time in 32 bits. Nodes out of range are left to the
+/// caller's checks.
+fn check_candidate_items(index: &Index, candidates: &Candidates) -> Result<()> {
+    let Some(dep) = index.tree.depths.get(candidates.depth.wrapping_sub(1)) else {
+        return Ok(());
+    };
+    let items = |&j: &u32| {
+        let j = j as usize;
+        match (dep.item_start.get(j), dep.item_start.get(j + 1)) {
+            (Some(&a), Some(&b)) => b.saturating_sub(a) as usize,
+            _ => 0,
+        }
+    };
+    for (q, w) in candidates.offsets.windows(2).enumerate() {
+        let nodes = candidates.nodes.get(w[0]..w[1]).unwrap_or_default();
+        let total: usize = nodes.iter().map(items).sum();
+        if total > MAX_LOOP_LEN {
+            return Err(Error::param(format!(
+                "fused_topk: query {q}'s candidate nodes hold {total} candidate items, more \
+                 than the kernels' limit of {MAX_LOOP_LEN} (32-bit counts)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A CSR's `B + 1` `offsets` on the device as the kernels read them: each row's start (i64)
-/// and length (i32; `what` names a length beyond i32 in the error).
+/// and length (i32, at most [`MAX_LOOP_LEN`]: the kernels walk a row with `int` indices;
+/// `what` names a longer one in the error).
 fn upload_csr<D: Device>(dev: &D, offsets: &[usize], what: &str) -> Result<(D::Buffer, D::Buffer)> {
     let rows = offsets.len().saturating_sub(1);
-    let start: Vec<i64> = offsets[..rows].iter().map(|&o| o as i64).collect();
     let count = offsets
         .windows(2)
-        .map(|w| arg_i32(w[1] - w[0], what))
+        .map(|w| arg_len(w[1].saturating_sub(w[0]), what))
         .collect::<Result<Vec<i32>>>()?;
+    let start: Vec<i64> = offsets[..rows].iter().map(|&o| o as i64).collect();
     Ok((upload(dev, &start)?, upload(dev, &count)?))
 }
 
@@ -430,9 +461,9 @@ pub fn rerank<D: Device>(
         return Ok(TopK::empty(b, k));
     }
     // The CSR as the kernel reads it: i64 positions, each query's start and count.
+    let (d_start, d_count) = upload_csr(dev, offsets, "rerank: shortlist length")?;
     let list: Vec<i64> = positions.iter().map(|&p| i64::from(p)).collect();
     let d_list = upload(dev, &list)?;
-    let (d_start, d_count) = upload_csr(dev, offsets, "rerank: shortlist length")?;
     let d_ids = res.input(dev, ids, Reuse::Content)?;
     let shortlist = DeviceShortlist {
         list: &d_list,
@@ -498,4 +529,76 @@ pub(crate) fn rerank_shortlist<D: Device>(
         KernelArg::I32(metric_arg(metric)),
     ];
     launch_select_on_device(dev, "rq_rerank", cfg, (b, k, cap), head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::no_launch::NoLaunch;
+    use super::*;
+    use crate::backend::Backend;
+    use crate::index::build::{build, BuildOptions};
+    use crate::reference::Reference;
+
+    /// A query's shortlist or candidate-node list longer than the kernels' `int` loops walk
+    /// (`rq_rerank`, `rq_for_ranges` step a list index by the block's threads past it) is an
+    /// error naming the list, before anything is uploaded.
+    #[test]
+    fn csr_lists_beyond_the_int_loops_are_refused() {
+        let long = i32::MAX as usize - 100;
+        match upload_csr(&NoLaunch, &[0, 3, 3 + long], "rerank: shortlist length") {
+            Err(Error::Param(m)) => {
+                assert!(m.contains("rerank: shortlist length = 2147483547"), "{m}")
+            }
+            other => panic!("expected a parameter error, got {:?}", other.map(|_| ())),
+        }
+        assert!(upload_csr(&NoLaunch, &[0, 3, 3 + MAX_LOOP_LEN], "list").is_ok());
+    }
+
+    /// Candidate nodes may repeat, so a query's candidate items can outnumber the index's
+    /// items; the fused kernels count them (and sum the item ranges of 256 nodes at a time)
+    /// in 32 bits, so more than `MAX_LOOP_LEN` of them is an error naming the query, before
+    /// any upload. (Before, the launch went through: the count wrapped, and on the emulator
+    /// a node of 2²⁴ items listed 256 times, one round's ranges summing to 2³², came back
+    /// from the range walk with no candidates at all.)
+    #[test]
+    fn candidate_items_beyond_32_bits_are_refused() {
+        let items = Matrix::new(4096, 2, (0..8192).map(|i| (i % 7) as f32).collect()).unwrap();
+        let cbs =
+            Codebooks::from_matrices(vec![Matrix::new(1, 2, vec![0.5, 1.0]).unwrap()]).unwrap();
+        let ix = build(
+            &Reference,
+            &items,
+            None,
+            Some(cbs),
+            &BuildOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            ix.tree.depths[0].count(0),
+            4096,
+            "one node holds every item"
+        );
+        let q = Matrix::new(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+        let t = Reference
+            .lookup_tables(&q, &ix.codebooks, ix.metric)
+            .unwrap();
+        // Query 1 lists the node 2^19 + 1 times: 2^31 + 4096 items.
+        let repeats = (1 << 19) + 1;
+        let cand = Candidates {
+            depth: 1,
+            offsets: vec![0, 1, 1 + repeats],
+            nodes: vec![0; 1 + repeats],
+        };
+        let res = Residency::<NoLaunch>::default();
+        for kernel in [FusedKernel::Walk, FusedKernel::Scan] {
+            match fused_topk(&NoLaunch, &res, &t, &ix, &cand, 5, kernel) {
+                Err(Error::Param(m)) => assert!(
+                    m.contains("query 1") && m.contains("2147487744 candidate items"),
+                    "{m}"
+                ),
+                other => panic!("{kernel:?}: expected a parameter error, got {other:?}"),
+            }
+        }
+        assert_eq!(res.stats().unwrap().uploads, 0, "nothing was uploaded");
+    }
 }

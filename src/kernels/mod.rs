@@ -3,8 +3,9 @@
 //! [`KernelBackend`], the [`crate::Backend`] built from them.
 //!
 //! Every wrapper validates what its kernel assumes (sizes that fit the kernel's `i32`/`u32`
-//! arguments, `k` within the selector's limit, shared memory within budget) and returns an
-//! [`Error`] otherwise; nothing falls back to the CPU silently.
+//! arguments, counts its `int` loops walk within [`MAX_LOOP_LEN`], `k` within the selector's
+//! limit, shared memory within budget) and returns an [`Error`] otherwise; nothing falls back
+//! to the CPU silently.
 
 pub mod assign;
 pub mod backend;
@@ -90,6 +91,24 @@ pub(crate) fn check_k(k: usize, what: &str) -> Result<()> {
 pub(crate) fn arg_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v)
         .map_err(|_| Error::param(format!("{what} = {v} exceeds the kernels' i32 range")))
+}
+
+/// Largest count a kernel walks with `int` indices (a top-k row's columns, a query's
+/// shortlist or candidate nodes, depth-1 nodes, dimensions): its loops advance an `int` by up
+/// to 4096 (a block's threads × loads per thread) past an index below the count, which must
+/// not overflow, so counts stay at most 2³¹ − 4096.
+pub const MAX_LOOP_LEN: usize = (1 << 31) - 4096;
+
+/// `v` as a kernel's `int` count that it loops over (at most [`MAX_LOOP_LEN`]), or an error
+/// naming it.
+pub(crate) fn arg_len(v: usize, what: &str) -> Result<i32> {
+    if v > MAX_LOOP_LEN {
+        return Err(Error::param(format!(
+            "{what} = {v} exceeds the kernels' limit of {MAX_LOOP_LEN} (their 32-bit loop \
+             indices)"
+        )));
+    }
+    arg_i32(v, what)
 }
 
 /// `v` as a grid dimension, or an error naming it.
@@ -229,4 +248,69 @@ pub(crate) fn download_topk<D: Device>(
         ids: download(dev, ids, rows * k)?,
         scores: download(dev, scores, rows * k)?,
     })
+}
+
+/// A [`Device`] for testing the wrappers' validation: buffers are host memory, and every
+/// launch is refused with an error naming the kernel, so a test tells a wrapper's own refusal
+/// (a parameter error) from a launch it let through, with sizes no kernel could run.
+#[cfg(test)]
+pub(crate) mod no_launch {
+    use super::*;
+
+    pub(crate) struct NoLaunch;
+
+    /// The error of [`NoLaunch::launch`] for `kernel`.
+    pub(crate) fn launched(kernel: &str) -> String {
+        format!("launched {kernel}")
+    }
+
+    impl Device for NoLaunch {
+        type Buffer = Vec<u8>;
+        fn name(&self) -> &'static str {
+            "no-launch"
+        }
+        fn alloc(&self, bytes: usize) -> Result<Vec<u8>> {
+            Ok(vec![0; bytes])
+        }
+        fn upload_at(&self, dst: &mut Vec<u8>, at: usize, src: &[u8]) -> Result<()> {
+            let end = at + src.len();
+            dst.get_mut(at..end)
+                .ok_or_else(|| Error::Device(format!("upload to {at}..{end}")))?
+                .copy_from_slice(src);
+            Ok(())
+        }
+        fn download(&self, src: &Vec<u8>, dst: &mut [u8]) -> Result<()> {
+            let n = dst.len();
+            dst.copy_from_slice(
+                src.get(..n)
+                    .ok_or_else(|| Error::Device(format!("download of {n} bytes")))?,
+            );
+            Ok(())
+        }
+        fn launch(
+            &self,
+            kernel: &str,
+            _: LaunchConfig,
+            _: &[KernelArg<'_, Vec<u8>>],
+        ) -> Result<()> {
+            Err(Error::Device(launched(kernel)))
+        }
+        fn synchronize(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `arg_len` takes counts up to `MAX_LOOP_LEN` and names the one it refuses.
+    #[test]
+    fn loop_lengths_stay_below_the_int_range() {
+        assert_eq!(arg_len(0, "x").unwrap(), 0);
+        assert_eq!(arg_len(MAX_LOOP_LEN, "x").unwrap() as usize, MAX_LOOP_LEN);
+        // The largest index below the limit plus the longest stride stays in int.
+        assert!((MAX_LOOP_LEN - 1 + 4096) as u64 <= i32::MAX as u64);
+        let e = arg_len(MAX_LOOP_LEN + 1, "topk: columns").unwrap_err();
+        assert!(
+            matches!(&e, Error::Param(m) if m.contains("topk: columns = 2147479553")),
+            "{e}"
+        );
+    }
 }

@@ -7,8 +7,9 @@ use crate::topk::TopK;
 
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc_topk, arg_i32, check_k, download_topk, grid_dim, grid_dim_yz, launch_1d, launch_select,
-    round16, select_bytes, select_cap, upload, RADIX_HEAD, RADIX_SLOTS, SELECT_THREADS,
+    alloc_topk, arg_i32, arg_len, check_k, download_topk, grid_dim, grid_dim_yz, launch_1d,
+    launch_select, round16, select_bytes, select_cap, upload, RADIX_HEAD, RADIX_SLOTS,
+    SELECT_THREADS,
 };
 
 /// Warps (rows) per block of `rq_topk_argmax` and `rq_topk_warp`.
@@ -26,6 +27,9 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
         return Ok(TopK::empty(rows, k));
     }
     check_k(k, "topk: k")?;
+    // The limits of `topk_into`, before any copy.
+    arg_i32(rows, "topk: rows")?;
+    arg_len(n, "topk: columns")?;
     let x = res.input(dev, scores.data(), Reuse::PinnedOnly)?;
     let (ids, out) = alloc_topk(dev, rows, k)?;
     topk_into(dev, &x, (rows, n), k, (&ids, &out))?;
@@ -34,7 +38,8 @@ pub fn topk<D: Device>(dev: &D, res: &Residency<D>, scores: &Matrix, k: usize) -
 
 /// Launches the row-wise top-k of the `rows × n` f32 matrix in `x` (`rows ≥ 1`,
 /// `1 ≤ k ≤ 2048`) into `out` (`rows × k` i64 column ids and f32 scores, the layout of
-/// [`topk`]'s result); not synchronised.
+/// [`topk`]'s result); not synchronised. `n` at most [`super::MAX_LOOP_LEN`] (the kernels
+/// walk a row with `int` column indices), else an error.
 pub(crate) fn topk_into<D: Device>(
     dev: &D,
     x: &D::Buffer,
@@ -42,7 +47,7 @@ pub(crate) fn topk_into<D: Device>(
     k: usize,
     out: (&D::Buffer, &D::Buffer),
 ) -> Result<()> {
-    let n32 = arg_i32(n, "topk: columns")?;
+    let n32 = arg_len(n, "topk: columns")?;
     let k32 = arg_i32(k, "topk: k")?;
     if k > WARP_MAX_K {
         // Radix select, one block per row: (scores, n, k, slots, ids, scores out).
@@ -175,4 +180,34 @@ pub fn segmented_topk<D: Device>(
         (segs, k, cap),
         vec![KernelArg::Buf(&x), KernelArg::Buf(&o)],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::no_launch::{launched, NoLaunch};
+    use super::*;
+    use crate::error::Error;
+
+    /// A row as long as the kernels' `int` column allows (2³¹ − 1) is refused before any
+    /// launch on every path (argmax, warp queues, radix select): their loops step an `int`
+    /// column index by up to 2048 past the last chunk start, which would overflow and read
+    /// before the row.
+    #[test]
+    fn rows_beyond_the_int_loops_are_refused() {
+        let dev = NoLaunch;
+        let x = upload(&dev, &[0f32; 4]).unwrap();
+        for k in [1, 100, 300] {
+            let (ids, out) = alloc_topk(&dev, 1, k).unwrap();
+            match topk_into(&dev, &x, (1, i32::MAX as usize), k, (&ids, &out)) {
+                Err(Error::Param(m)) => assert!(m.contains("topk: columns = 2147483647"), "{m}"),
+                other => panic!("k = {k}: expected a parameter error, got {other:?}"),
+            }
+        }
+        // Within the limit the launch happens.
+        let (ids, out) = alloc_topk(&dev, 1, 1).unwrap();
+        match topk_into(&dev, &x, (1, super::super::MAX_LOOP_LEN), 1, (&ids, &out)) {
+            Err(Error::Device(m)) => assert_eq!(m, launched("rq_topk_argmax")),
+            other => panic!("expected the launch, got {other:?}"),
+        }
+    }
 }

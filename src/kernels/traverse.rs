@@ -9,8 +9,8 @@ use crate::tables::QueryTables;
 use super::lookup::{metric_arg, upload_tables, DeviceTables};
 use super::resident::{Residency, Reuse};
 use super::{
-    alloc, arg_i32, check_k, download, launch_1d, round16, select_bytes, select_cap, RADIX_HEAD,
-    RADIX_SLOTS, SELECT_THREADS,
+    alloc, arg_i32, arg_len, check_k, download, launch_1d, round16, select_bytes, select_cap,
+    RADIX_HEAD, RADIX_SLOTS, SELECT_THREADS,
 };
 
 /// Largest `K` whose lookup table `rq_beam_step` stages in shared memory (the kernel's
@@ -85,6 +85,11 @@ pub(crate) fn traverse_on_device<D: Device>(
     check_beams(tables.ks.len(), tree, beams)?;
     let b = tables.queries;
     let metric = metric_arg(tables.metric);
+    // The kernels walk a depth's nodes (depth 1) or a query's children, at most the depth's
+    // nodes (their parents are distinct), with 32-bit positions.
+    for (l, dep) in tree.depths.iter().take(beams.len()).enumerate() {
+        arg_len(dep.len(), &format!("traverse: nodes at depth {}", l + 1))?;
+    }
     let d1 = &tree.depths[0];
     let code0 = res.input(dev, &d1.code, Reuse::Content)?;
     let cn0 = res.input(dev, &d1.centroid_norm, Reuse::Content)?;
