@@ -23,6 +23,8 @@ pub struct AssignOptions {
     /// Best codes kept per row (`1 ≤ top_m ≤ K`).
     pub top_m: usize,
     /// Inverse temperature `α` for soft weights `softmax_k(α·logit_k)`; `None` skips them.
+    /// `ops::assign` refuses rows whose scaled logits could overflow
+    /// ([`crate::range::check_soft_logits`]).
     pub alpha: Option<f32>,
     /// Also return the hard residual `r - C[code]`.
     pub residual: bool,

@@ -77,6 +77,7 @@ pub fn assign(
                 "inverse temperature alpha = {a} must be finite and > 0"
             )));
         }
+        range::check_soft_logits(residuals, codebook, a)?;
     }
     be.assign(residuals, codebook, opts)
 }

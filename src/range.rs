@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::index::Codebooks;
+use crate::index::{Codebook, Codebooks};
 use crate::matrix::Matrix;
 use crate::metric::Metric;
 use crate::tables::QueryTables;
@@ -137,6 +137,26 @@ pub fn check_table_scores(tables: &QueryTables, norm: f64) -> Result<()> {
         .find_first(|&b| bound(b) > SCORE_LIMIT)
     {
         Some(b) => within(bound(b), || format!("query {b}")),
+        None => Ok(()),
+    }
+}
+
+/// Soft weights `softmax_k(α·logit_k)` of `rows` (`n × d`, finite) over `codebook`, with
+/// `logit_k = 2<r, C[k]> − ||C[k]||²` (DESIGN §1): `α·|logit_k| ≤ α·(2·||r||·c + c²)`, `c` the
+/// largest codeword norm. Beyond [`SCORE_LIMIT`] the scaled logits could overflow to ±inf
+/// and the softmax meet `inf − inf` (NaN weights); such a row is an error naming it. (Hard
+/// codes need no bound: their keys may overflow, never to NaN.)
+pub fn check_soft_logits(rows: &Matrix, codebook: &Codebook, alpha: f32) -> Result<()> {
+    let largest = codebook.norms().iter().fold(0.0f32, |m, &v| m.max(v));
+    let c = f64::from(largest).sqrt() * (1.0 + 1e-6);
+    let bound = |i: usize| f64::from(alpha) * (2.0 * norm_sq_f64(rows.row(i)).sqrt() * c + c * c);
+    match (0..rows.rows())
+        .into_par_iter()
+        .find_first(|&i| bound(i) > SCORE_LIMIT)
+    {
+        Some(i) => within(bound(i), || {
+            format!("soft weights at alpha = {alpha:e}, residuals row {i}")
+        }),
         None => Ok(()),
     }
 }

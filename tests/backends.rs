@@ -814,6 +814,30 @@ fn out_of_range_inputs_are_errors(be: &dyn Backend) {
             Metric::L2 => range(r, "fused, l2 over huge items"),
         }
     }
+    // Soft weights whose scaled logits could overflow (the softmax would meet inf − inf) are
+    // refused; the hard codes of the same rows, and mild soft weights, are computed.
+    let cb = Codebook::new(rand_matrix(&mut rng, 5, 8), "cb").unwrap();
+    let huge = Matrix::filled(3, 8, 1e19);
+    let soft = AssignOptions {
+        top_m: 2,
+        alpha: Some(1e20),
+        residual: false,
+    };
+    range(
+        ops::assign(be, &huge, &cb, &soft),
+        "soft weights, huge logits",
+    );
+    let hard = AssignOptions {
+        alpha: None,
+        ..soft
+    };
+    assert!(ops::assign(be, &huge, &cb, &hard).is_ok());
+    let mild = AssignOptions {
+        alpha: Some(1.0),
+        ..soft
+    };
+    let a = ops::assign(be, &rand_matrix(&mut rng, 3, 8), &cb, &mild).unwrap();
+    assert!(a.soft.unwrap().data().iter().all(|w| w.is_finite()));
 }
 
 /// Traversal and fused lookup over more candidates than one round of the range-walking
