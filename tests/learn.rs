@@ -757,3 +757,157 @@ fn mismatched_balance_window_is_a_shape_error() {
         ));
     }
 }
+
+/// Edge shapes and values of the soft assignment, kernels (emu; cuda when present) against the
+/// reference within DESIGN §4's `1e-5`: `K = 1`, `d = 1` and `d` not a multiple of 8 or 32,
+/// one row, rows with exactly tied logits (duplicate codewords: equal weights), `α` so large
+/// that the softmax is one-hot (on the nearest codeword), logits near the top of f32, and a
+/// codeword whose squared norm overflows to `+inf` (its logit is `-inf`: weight 0).
+#[test]
+fn kernels_match_reference_on_edge_shapes() {
+    let mut rng = rng("kernels_match_reference_on_edge_shapes");
+    let mut engines: Vec<Box<dyn SoftAssign<f32>>> = Vec::new();
+    for kind in [rqtree::BackendKind::Emu, rqtree::BackendKind::Cuda] {
+        match soft::open(kind) {
+            Ok((e, _)) => engines.push(e),
+            Err(e) => println!("SKIP: {e}"),
+        }
+    }
+    struct Case {
+        what: &'static str,
+        rows: Vec<f32>,
+        cb: Vec<f32>,
+        d: usize,
+        alpha: f32,
+    }
+    let mut cases = Vec::new();
+    for (n, d, k) in [
+        (1usize, 37usize, 1usize),
+        (6, 1, 5),
+        (1, 70, 130),
+        (3, 31, 1),
+    ] {
+        cases.push(Case {
+            what: "shape",
+            rows: rand_matrix(&mut rng, n, d).into_data(),
+            cb: rand_matrix(&mut rng, k, d).into_data(),
+            d,
+            alpha: 2.0,
+        });
+    }
+    // Codewords 0 and 2, 1 and 3 equal: their logits tie exactly.
+    let (d, k) = (13, 6);
+    let mut cb = rand_matrix(&mut rng, k, d).into_data();
+    cb.copy_within(0..2 * d, 2 * d);
+    let rows = rand_matrix(&mut rng, 9, d).into_data();
+    for alpha in [0.7f32, 1e30] {
+        cases.push(Case {
+            what: "tied logits",
+            rows: rows.clone(),
+            cb: cb.clone(),
+            d,
+            alpha,
+        });
+    }
+    cases.push(Case {
+        what: "one-hot",
+        rows: rand_matrix(&mut rng, 11, 40).into_data(),
+        cb: rand_matrix(&mut rng, 300, 40).into_data(),
+        d: 40,
+        alpha: 1e30,
+    });
+    // |z| up to ~1e38 (f32 max 3.4e38).
+    let big = |m: Matrix| m.into_data().iter().map(|v| v * 4e18).collect::<Vec<f32>>();
+    cases.push(Case {
+        what: "large logits",
+        rows: big(rand_matrix(&mut rng, 5, 3)),
+        cb: big(rand_matrix(&mut rng, 4, 3)),
+        d: 3,
+        alpha: 1.0,
+    });
+    let mut cb = rand_matrix(&mut rng, 200, 5).into_data();
+    for k in [0, 7, 130] {
+        cb[k * 5..(k + 1) * 5].fill(3e19);
+    }
+    cases.push(Case {
+        what: "norm overflows",
+        rows: rand_matrix(&mut rng, 4, 5).into_data(),
+        cb,
+        d: 5,
+        alpha: 1.0,
+    });
+    for c in &cases {
+        let (d, k, n) = (c.d, c.cb.len() / c.d, c.rows.len() / c.d);
+        let nm = norms(&c.cb, d);
+        let lv = SoftLevel {
+            words: &c.cb,
+            norms: &nm,
+            dim: d,
+        };
+        let what = format!("{} n={n} d={d} K={k} α={:e}", c.what, c.alpha);
+        let want = Reference.soft_forward(&c.rows, lv, c.alpha).unwrap();
+        assert!(
+            want.weights
+                .iter()
+                .chain(&want.output)
+                .all(|v| v.is_finite()),
+            "{what}: reference not finite"
+        );
+        for (i, w) in want.weights.chunks_exact(k).enumerate() {
+            let z: Vec<f64> = (0..k)
+                .map(|j| {
+                    let (r, cj) = (&c.rows[i * d..(i + 1) * d], &c.cb[j * d..(j + 1) * d]);
+                    2.0 * dot64(r, cj) - nm[j] as f64
+                })
+                .collect();
+            let best = (0..k).fold(0, |b, j| if z[j] > z[b] { j } else { b });
+            assert!(
+                w[best] > 0.0,
+                "{what}: row {i}: nearest codeword has weight 0"
+            );
+            if c.alpha >= 1e30 {
+                // One-hot on the nearest codeword, split evenly between exact duplicates.
+                let word = |j: usize| &c.cb[j * d..(j + 1) * d];
+                let tied: Vec<bool> = (0..k).map(|j| word(j) == word(best)).collect();
+                let ties = tied.iter().filter(|&&t| t).count();
+                for (j, (&wj, &t)) in w.iter().zip(&tied).enumerate() {
+                    let expect = if t { 1.0 / ties as f32 } else { 0.0 };
+                    assert_eq!(wj, expect, "{what}: row {i} weight {j}");
+                }
+            }
+            if c.what == "tied logits" {
+                assert_eq!(w[0], w[2], "{what}: row {i}");
+                assert_eq!(w[1], w[3], "{what}: row {i}");
+            }
+        }
+        let gout = rand_matrix(&mut rng, n, d).into_data();
+        let gw = rand_matrix(&mut rng, n, k).into_data();
+        for gwo in [None, Some(gw.as_slice())] {
+            let up = Upstream {
+                weights: &want.weights,
+                grad_output: &gout,
+                grad_weights: gwo,
+            };
+            let wb = Reference.soft_backward(&c.rows, lv, c.alpha, up).unwrap();
+            for e in &engines {
+                let what = format!("{}: {what}", e.soft_name());
+                let got = e.soft_forward(&c.rows, lv, c.alpha).unwrap();
+                rel_close(
+                    &got.weights,
+                    &want.weights,
+                    1e-5,
+                    &format!("{what}: weights"),
+                );
+                rel_close(&got.output, &want.output, 1e-5, &format!("{what}: output"));
+                let gb = e.soft_backward(&c.rows, lv, c.alpha, up).unwrap();
+                rel_close(&gb.grad_input, &wb.grad_input, 1e-5, &format!("{what}: ∂r"));
+                rel_close(
+                    &gb.grad_codebook,
+                    &wb.grad_codebook,
+                    1e-5,
+                    &format!("{what}: ∂C"),
+                );
+            }
+        }
+    }
+}
