@@ -911,3 +911,91 @@ fn kernels_match_reference_on_edge_shapes() {
         }
     }
 }
+
+/// The loss terms equal DESIGN §6's formulas (README "Learning"), recomputed here from scratch
+/// in f64: the finite-difference checks compare the gradient with the loss the same function
+/// computes, so a change made to a term and its gradient alike (a lost `1/B`, a flipped label,
+/// `<u, r_L>` for `<u, x̂>`, the window's rows left out of `p`) would pass them.
+#[test]
+fn loss_terms_follow_the_documented_formulas() {
+    let mut rng = rng("loss_terms_follow_the_documented_formulas");
+    let p = problem(&mut rng, 5, &[4, 3, 2], 6, 7);
+    let (alpha, prev_n) = (1.3f32 as f64, 5usize);
+    let mut b = p.batch(alpha as f32, 0.8, 0.6, true);
+    b.prefix_weight = 0.4;
+    let got = loss_and_grad::<f64>(&Reference, &p.levels, p.d, &b)
+        .unwrap()
+        .losses;
+    let d = p.d;
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    // Soft residual chain of one row (DESIGN §1, logits -α·||r - C[k]||²): per level the
+    // weights, and the residuals r_1..r_L.
+    let chain = |x: &[f64]| {
+        let mut r = x.to_vec();
+        let (mut weights, mut res) = (Vec::new(), Vec::new());
+        for cb in &p.levels {
+            let z: Vec<f64> = cb
+                .chunks_exact(d)
+                .map(|c| -alpha * r.iter().zip(c).map(|(a, b)| (a - b).powi(2)).sum::<f64>())
+                .collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            let a: Vec<f64> = e.iter().map(|v| v / s).collect();
+            for (ak, c) in a.iter().zip(cb.chunks_exact(d)) {
+                for (re, ce) in r.iter_mut().zip(c) {
+                    *re -= ak * ce;
+                }
+            }
+            weights.push(a);
+            res.push(r.clone());
+        }
+        (weights, res)
+    };
+    let nr = p.recon.len() / d;
+    let (mut rec, mut pre, mut mass) = (0.0, 0.0, p.window.clone());
+    for x in p.recon.chunks_exact(d) {
+        let (w, res) = chain(x);
+        let last = res.last().unwrap();
+        // ||x - Σ_l c̄_l||² with the reconstruction summed explicitly.
+        let xhat: Vec<f64> = x.iter().zip(last).map(|(a, b)| a - b).collect();
+        let err: Vec<f64> = x.iter().zip(&xhat).map(|(a, b)| a - b).collect();
+        rec += dot(&err, &err) / nr as f64;
+        pre += res[..res.len() - 1].iter().map(|r| dot(r, r)).sum::<f64>() / nr as f64;
+        for (ml, wl) in mass.iter_mut().zip(&w) {
+            ml.iter_mut().zip(wl).for_each(|(m, a)| *m += a);
+        }
+    }
+    let ns = p.sup_labels.len();
+    let mut idx = 0.0;
+    for j in 0..ns {
+        let x = &p.sup_items[j * d..(j + 1) * d];
+        let (_, res) = chain(x);
+        let xhat: Vec<f64> = x
+            .iter()
+            .zip(res.last().unwrap())
+            .map(|(a, b)| a - b)
+            .collect();
+        let s = dot(&p.sup_users[j * d..(j + 1) * d], &xhat);
+        let y = p.sup_labels[j];
+        let prob = 1.0 / (1.0 + (-s).exp());
+        idx -= (y * prob.ln() + (1.0 - y) * (1.0 - prob).ln()) / ns as f64;
+    }
+    let total_n = (prev_n + nr) as f64;
+    let bal: f64 = mass
+        .iter()
+        .flat_map(|m| m.iter().map(|v| (v / total_n).powi(2)))
+        .sum();
+    for (name, g, w) in [
+        ("recon", got.recon, rec),
+        ("prefix", got.prefix, pre),
+        ("index", got.index, idx),
+        ("balance", got.balance, bal),
+        ("total", got.total, rec + 0.4 * pre + 0.8 * idx + 0.6 * bal),
+    ] {
+        assert!(
+            (g - w).abs() <= 1e-10 * (1.0 + w.abs()),
+            "{name}: loss_and_grad {g}, formula {w}"
+        );
+    }
+}
