@@ -999,3 +999,27 @@ fn loss_terms_follow_the_documented_formulas() {
         );
     }
 }
+
+/// Supervision without a single triple is refused, naming the pairs: it used to train without
+/// the index loss, as if no supervision had been given, and report an index loss of 0.
+#[test]
+fn empty_supervision_is_an_error() {
+    let mut rng = rng("empty_supervision_is_an_error");
+    let items = rand_matrix(&mut rng, 50, 4);
+    let users = rand_matrix(&mut rng, 3, 4);
+    let o = LearnOptions {
+        levels: 2,
+        codes: 4,
+        epochs: 1,
+        batch: 16,
+        ..LearnOptions::default()
+    };
+    let sup = Supervision {
+        users: &users,
+        pairs: &[],
+    };
+    match learn(&Reference, &Reference, &items, Some(&sup), &o, false) {
+        Err(e @ Error::Param(_)) => assert!(e.to_string().contains("pairs"), "{e}"),
+        other => panic!("expected a parameter error naming the pairs, got {other:?}"),
+    }
+}
