@@ -10,7 +10,7 @@ use common::*;
 use rand::Rng;
 use rqtree::learn::model::{loss_and_grad, Batch};
 use rqtree::learn::soft::{self, norms, SoftAssign, SoftLevel, Upstream};
-use rqtree::learn::{alpha_at, learn, LearnOptions, Supervision};
+use rqtree::learn::{alpha_at, learn, lr_at, LearnOptions, Supervision};
 use rqtree::matrix::Matrix;
 use rqtree::reference::Reference;
 use rqtree::Error;
@@ -1021,5 +1021,49 @@ fn empty_supervision_is_an_error() {
     match learn(&Reference, &Reference, &items, Some(&sup), &o, false) {
         Err(e @ Error::Param(_)) => assert!(e.to_string().contains("pairs"), "{e}"),
         other => panic!("expected a parameter error naming the pairs, got {other:?}"),
+    }
+}
+
+/// The learning rate decays from `lr` to 0 by a cosine over the `T` steps, and the index-loss
+/// weight ramps linearly from 0 over the first `warmup·T` steps (README "Learning"): neither
+/// was checked (a constant learning rate, or no warm-up, passed every test).
+#[test]
+fn learning_rate_and_warm_up_follow_the_schedule() {
+    for (t, want) in [
+        (0, 2.0),
+        (1, 1.0 + 2f64.sqrt() / 2.0),
+        (2, 1.0),
+        (3, 1.0 - 2f64.sqrt() / 2.0),
+    ] {
+        assert!((lr_at(2.0, t, 4) - want).abs() < 1e-12, "step {t}");
+    }
+    let mut rng = rng("learning_rate_and_warm_up_follow_the_schedule");
+    let items = rand_matrix(&mut rng, 40, 4);
+    let users = rand_matrix(&mut rng, 3, 4);
+    let pairs = [0i64, 1, 1, 1, 7, 0, 2, 9, 1];
+    let sup = Supervision {
+        users: &users,
+        pairs: &pairs,
+    };
+    // One step: with a warm-up its index weight is 0, without one the full weight.
+    for warmup in [0.0, 0.5] {
+        let o = LearnOptions {
+            levels: 2,
+            codes: 4,
+            epochs: 1,
+            batch: 40,
+            index_weight: 2.0,
+            warmup,
+            ..LearnOptions::default()
+        };
+        let (_, rep) = learn(&Reference, &Reference, &items, Some(&sup), &o, false).unwrap();
+        let l = rep.epochs[0];
+        assert!(l.index > 0.0);
+        let w = if warmup > 0.0 { 0.0 } else { 2.0 };
+        let want = l.recon + o.prefix_weight * l.prefix + w * l.index;
+        assert!(
+            (l.total - want).abs() < 1e-9 * want,
+            "warmup {warmup}: {l:?}"
+        );
     }
 }
