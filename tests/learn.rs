@@ -531,7 +531,8 @@ fn supervision_raises_recall_of_engaged_items() {
     }
 }
 
-/// A whole (small) training run through the kernels (emu) gives the reference's codebooks.
+/// A whole (small) training run through the kernels (emu) gives the reference's codebooks,
+/// and the same ones again on a second run.
 #[test]
 fn training_through_kernels_matches_reference() {
     let mut rng = rng("training_through_kernels_matches_reference");
@@ -563,15 +564,24 @@ fn training_through_kernels_matches_reference() {
                 continue;
             }
         };
-        let (got, _) = learn(
-            &Reference,
-            engine.as_ref(),
-            &items,
-            Some(&sup),
-            &opts,
-            false,
-        )
-        .unwrap();
+        let run = || {
+            learn(
+                &Reference,
+                engine.as_ref(),
+                &items,
+                Some(&sup),
+                &opts,
+                false,
+            )
+        };
+        let (got, _) = run().unwrap();
+        // Seeded and deterministic on a given backend: the same codebooks bit for bit.
+        assert_eq!(
+            run().unwrap().0,
+            got,
+            "{}: a second run",
+            engine.soft_name()
+        );
         for l in 0..2 {
             rel_close(
                 got.level(l).words().data(),
