@@ -31,7 +31,9 @@ extern "C" __global__ void rq_soft_forward(const float* x, int d, const float* c
     if (v > m) {
       sum = sum * exp(m - v) + 1.0;
       m = v;
-    } else {
+    } else if (v != (double)rq_neg_inf()) {
+      // A -inf logit (its codeword's squared norm overflows f32) has weight 0, as in the
+      // reference; while m is still -inf, exp(v - m) would be NaN.
       sum += exp(v - m);
     }
   }

@@ -808,3 +808,113 @@ fn threads_bound_the_emu_workers() {
     // The main thread and one rayon worker.
     assert!(most <= 2, "{most} threads with --threads 1");
 }
+
+/// `rqtree learn`: the codebooks it writes are those of the library's `learn` with the same
+/// options (the same bytes on a second run: seeded), load back, and build an index that
+/// searches; bad options and supervision are one-line errors naming them, and an empty
+/// `--pairs` file is refused (it used to train without supervision, silently).
+#[test]
+fn learn_codebooks_load_back_and_bad_options_are_named() {
+    use rqtree::learn::{learn, LearnOptions};
+    let f = Five::new();
+    let items = f.path("items.npy");
+    let args = |out: &str, extra: &[&str]| {
+        let base = [
+            "learn",
+            "--items",
+            &items,
+            "--levels",
+            "2",
+            "--codes",
+            "2",
+            "--epochs",
+            "3",
+            "--batch",
+            "2",
+            "--alpha-max",
+            "5",
+            "--lr",
+            "0.01",
+            "--seed",
+            "7",
+        ];
+        let out = f.path(out);
+        base.iter()
+            .chain(extra)
+            .chain(&["--json", "-o", out.as_str()])
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    ok(&args("cb1.safetensors", &[]));
+    ok(&args("cb2.safetensors", &[]));
+    let (cb1, cb2) = (f.path("cb1.safetensors"), f.path("cb2.safetensors"));
+    assert_eq!(std::fs::read(&cb1).unwrap(), std::fs::read(&cb2).unwrap());
+    let read = rqtree::index::codebook_file::read_codebooks(&cb1).unwrap();
+    let opts = LearnOptions {
+        levels: 2,
+        codes: 2,
+        epochs: 3,
+        batch: 2,
+        alpha_max: 5.0,
+        lr: 0.01,
+        seed: 7,
+        ..LearnOptions::default()
+    };
+    let reference = rqtree::reference::Reference;
+    let (want, _) = learn(&reference, &reference, &f.items, None, &opts, false).unwrap();
+    assert_eq!(read, want);
+    let ix = f.path("learned.rqt");
+    ok(&["build", "--items", &items, "--codebooks", &cb1, "-o", &ix]);
+    assert_eq!(rqtree::index::file::load(&ix).unwrap().codebooks, want);
+    ok(&[
+        "search",
+        "--index",
+        &ix,
+        "--queries",
+        &f.path("q.npy"),
+        "-k",
+        "2",
+        "--beam",
+        "2,4",
+        "--out-ids",
+        &f.path("learned_ids.npy"),
+    ]);
+
+    let users = rqtree::Matrix::new(2, 4, vec![0.5; 8]).unwrap();
+    npy::write_f32(f.path("users.npy"), &users).unwrap();
+    let pairs = |name: &str, rows: usize, data: &[i64]| {
+        npy::write_i64(f.path(name), rows, 3, data).unwrap();
+        f.path(name)
+    };
+    let (u, empty) = (f.path("users.npy"), pairs("empty.npy", 0, &[]));
+    let (label, row) = (
+        pairs("label.npy", 1, &[0, 1, 2]),
+        pairs("row.npy", 1, &[1, 5, 1]),
+    );
+    let sup = |p: &str| args("sup.safetensors", &["--users", &u, "--pairs", p]);
+    fails(&sup(&empty), "pairs");
+    fails(&sup(&label), "pairs row 0: label 2");
+    fails(&sup(&row), "pairs row 0: item_row 5");
+    ok(&sup(&pairs("good.npy", 2, &[0, 1, 1, 1, 4, 0])));
+    for (extra, needle) in [
+        (["--lr", "0"], "lr = 0"),
+        (["--lr", "NaN"], "lr = NaN"),
+        (["--batch", "0"], "batch"),
+        (["--alpha-floor", "0"], "alpha floor = 0"),
+        (["--alpha-power", "inf"], "alpha-power = inf"),
+        (["--codes", "6"], "K = 6 codewords but only 5"),
+        (["--warmup", "1.5"], "warmup = 1.5"),
+    ] {
+        let mut a = args("bad.safetensors", &[]);
+        // The later of a repeated option is refused by clap: replace the base value instead.
+        match a.iter().position(|s| s == extra[0]) {
+            Some(i) => a[i + 1] = extra[1].to_string(),
+            None => {
+                a.insert(1, extra[1].to_string());
+                a.insert(1, extra[0].to_string());
+            }
+        }
+        fails(&a, needle);
+    }
+    assert!(!Path::new(&f.path("bad.safetensors")).exists());
+}

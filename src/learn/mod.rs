@@ -99,7 +99,7 @@ impl Default for LearnOptions {
 pub struct Supervision<'a> {
     /// `U × d` user embeddings.
     pub users: &'a Matrix,
-    /// `M × 3` triples `[user_row, item_row, label]`, row-major (label 0 or 1).
+    /// `M × 3` triples `[user_row, item_row, label]`, row-major (`M ≥ 1`, label 0 or 1).
     pub pairs: &'a [i64],
 }
 
@@ -180,8 +180,8 @@ fn check_options(o: &LearnOptions) -> Result<()> {
     Ok(())
 }
 
-/// Checks the supervision against the items (`n` rows of dimension `d`); returns the triples
-/// as `(user_row, item_row, label)`.
+/// Checks the supervision against the items (`n` rows of dimension `d`): at least one
+/// triple, rows in range, labels 0 or 1; returns the triples as `(user_row, item_row, label)`.
 fn check_supervision(s: &Supervision<'_>, n: usize, d: usize) -> Result<Vec<(usize, usize, f32)>> {
     s.users.check_cols(d, "users")?;
     s.users.check_finite("users")?;
@@ -190,6 +190,12 @@ fn check_supervision(s: &Supervision<'_>, n: usize, d: usize) -> Result<Vec<(usi
             "pairs: {} values are not M x 3 [user_row, item_row, label]",
             s.pairs.len()
         )));
+    }
+    if s.pairs.is_empty() {
+        return Err(Error::param(
+            "pairs: no triples (0 x 3); the supervised index loss needs at least one \
+             (train without supervision by giving none)",
+        ));
     }
     s.pairs
         .chunks_exact(3)

@@ -66,7 +66,7 @@ pub struct Batch<'a, T> {
     pub alpha: f32,
     /// Weight `w_pre` of the intermediate-depth reconstruction loss (0 skips it).
     pub prefix_weight: f64,
-    /// Weight `w_idx` of the index loss (0 skips it).
+    /// Weight `w_idx` of the index loss (0: no gradient from it; `L_idx` is still reported).
     pub index_weight: f64,
     /// Weight `w_bal` of the balance regulariser (0 skips it).
     pub balance_weight: f64,
@@ -180,8 +180,8 @@ pub fn loss_and_grad<T: Real>(
         }
         losses.recon = sum / nr as f64;
     }
-    // Supervised index loss.
-    if ns > 0 && batch.index_weight != 0.0 {
+    // Supervised index loss (reported even at weight 0, e.g. the first step of a warm-up).
+    if ns > 0 {
         let mut sum = 0.0f64;
         for j in 0..ns {
             let xs = &batch.sup_items[j * d..(j + 1) * d];
