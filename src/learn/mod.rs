@@ -2,7 +2,8 @@
 //! of all levels with the cross-attention soft assignment, a reconstruction loss of the leaves
 //! and of the intermediate depths (the code prefixes that score the tree's inner nodes), an
 //! optional supervised index loss over (user, item, label) triples and a balance regulariser,
-//! under an inverse-temperature schedule `α_t = max(α_max·(t/T)^p, α_floor)`, with Adam on
+//! under an inverse-temperature schedule `α_t = max(α_max·(t/(T−1))^p, α_floor)` (steps
+//! `t = 0 … T−1`), with Adam on
 //! the codebooks (learning rate decayed to 0 by a cosine over the `T` steps).
 //!
 //! - [`soft`]: the soft assignment of one level, forward and backward ([`soft::SoftAssign`],
@@ -43,7 +44,7 @@ pub struct LearnOptions {
     /// differences between codewords are squared distances: choose `α_max` so that
     /// `α_max·(typical distance gap)` is ≫ 1).
     pub alpha_max: f64,
-    /// Schedule exponent `p` of `α_t = α_max·(t/T)^p`.
+    /// Schedule exponent `p` of `α_t = α_max·(t/(T−1))^p` (steps `t = 0 … T−1`).
     pub alpha_power: f64,
     /// Floor of the schedule as a fraction of `α_max` (so `α > 0` at `t = 0`).
     pub alpha_floor: f64,
