@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch baseline of `rqtree bench`: the same operations written the obvious way, on the
 same sizes and the same synthetic generator semantics, timed with CUDA events (median of 20
-runs after 3 warm-up runs, inputs rotated over copies that together exceed twice the L2).
+runs after 3 warm-up runs, inputs rotated over copies (at most 8) so that what the runs read
+from them adds up to twice the L2, as in src/bench.rs). The floor's bytes follow src/bench.rs:
+data several queries share (an item in several candidate lists, a node several queries
+expand) counts once, a composed operation's intermediates (the search's tables) not at all.
 
     python3 benches/torch_baseline.py [--targets | --quick] [--json] [--device cpu]
 
@@ -29,7 +32,7 @@ import time
 
 PEAK_BYTES_PER_S = 4.3e12
 PEAK_FLOPS = 67e12
-L2_BYTES = 60 << 20
+L2_BYTES = 50 << 20  # H200 SXM (as H100 SXM): 50 MB
 WARMUP = 3
 RUNS = 20
 D = 128
@@ -181,9 +184,11 @@ def main():
     valid = (pos < hi[:, :, None]).reshape(b, -1)
     pos = torch.where(valid, pos.reshape(b, -1), torch.zeros_like(valid, dtype=torch.int64))
     scanned = int(valid.sum())
+    # Nodes of one depth cover disjoint item ranges: the distinct items are those of the
+    # distinct nodes. Each run reads their codes (u8) from its copy.
+    distinct = int((s1[1:] - s1[:-1])[torch.unique(nodes)].sum())
     fcbs = codebooks(flevels, fk)
-    idx_bytes = fn_items * (flevels + 12)
-    copies = copies_for(idx_bytes)
+    copies = copies_for(distinct * flevels)
     fcodes = [codes_u8.clone() for _ in range(copies)]
     q = randn(b, D)
     luts = tables(q, fcbs)
@@ -196,9 +201,10 @@ def main():
         s = s.masked_fill(~valid, float("-inf"))
         return torch.topk(s, topk_k, dim=1)
 
-    fbytes = scanned * flevels + 4 * b * flevels * fk + 12 * b * topk_k
-    timed("fused_topk", f"fused lookup + top-{topk_k} B={b}, {scanned // b} candidates/query, "
-          f"L={flevels} u8 codes (random tree, N={fn_items}; gather+sum+topk)",
+    fbytes = distinct * flevels + 4 * b * flevels * fk + 12 * b * topk_k
+    timed("fused_topk", f"fused lookup + top-{topk_k} B={b}, {scanned // b} candidates/query "
+          f"({distinct} distinct items), L={flevels} u8 codes (random tree, N={fn_items}; "
+          "gather+sum+topk)",
           copies, float(scanned * flevels), fbytes, fused)
     del fcodes, codes, codes_u8, pos, valid
 
@@ -226,52 +232,68 @@ def main():
     scodes, sstarts = random_tree(sn, slevels, sk)
     scbs = codebooks(slevels, sk)
     exists2 = (sstarts[1][1:] > sstarts[1][:-1]).reshape(sk, sk)
+    s2 = sstarts[1]
+    counts = s2[1:] - s2[:-1]
+    maxcnt = int(counts.max())
     ksum = sk * slevels
     copies = copies_for(sb * D * 4 + sb * ksum * 4)
     queries = [randn(sb, D) for _ in range(copies)]
+    w1, w2 = beams
+
+    def tables_norms(qq, cbs):
+        return tables(qq, cbs), (qq * qq).sum(1)
+
+    def traverse(luts, ex):
+        s1v, n1 = torch.topk(luts[0], w1, dim=1)
+        child = s1v[:, :, None] + luts[1][:, None, :]
+        child = child.masked_fill(~ex[n1], float("-inf")).reshape(sb, -1)
+        s2v, j = torch.topk(child, w2, dim=1)
+        return n1.gather(1, j // sk) * sk + j % sk, s2v
+
+    # The floor's bytes, from copy 0's queries (as src/bench.rs): the tree nodes read (every
+    # depth-1 node, the children of the distinct kept depth-1 nodes; 12 bytes a node) and
+    # the codes (u16 in rqtree) of the distinct candidates.
+    luts0 = tables(queries[0], scbs)
+    kept1 = torch.topk(luts0[0], w1, dim=1)[1]
+    kept, _ = traverse(luts0, exists2)
+    scanned = int(counts[kept].sum())
+    distinct = int(counts[torch.unique(kept)].sum())
+    tree_bytes = 12 * (sk + int(exists2[torch.unique(kept1)].sum()))
+    index_read = tree_bytes + distinct * slevels * 2
+    # The index rotates too: codebooks, tree and codes per copy.
+    icopies = copies_for(index_read)
+    ix = [dict(cbs=[c.clone() for c in scbs], exists2=exists2.clone(), s2=s2.clone(),
+               codes=scodes.clone()) for _ in range(icopies)]
+    del luts0, kept1, kept
 
     def lookup(c):
-        qq = queries[c]
-        return tables(qq, scbs), (qq * qq).sum(1)
+        return tables_norms(queries[c], ix[c % icopies]["cbs"])
 
     timed("lookup_tables", f"lookup tables B={sb} L={slevels} K={sk} d={D} (matmul)", copies,
           2.0 * sb * ksum * D, 4.0 * (sb * D + ksum * D + sb * ksum), lookup)
     all_luts = [lookup(c)[0] for c in range(copies)]
-    w1, w2 = beams
-
-    def traverse(luts):
-        s1v, n1 = torch.topk(luts[0], w1, dim=1)
-        child = s1v[:, :, None] + luts[1][:, None, :]
-        child = child.masked_fill(~exists2[n1], float("-inf")).reshape(sb, -1)
-        s2v, j = torch.topk(child, w2, dim=1)
-        return n1.gather(1, j // sk) * sk + j % sk, s2v
-
-    node_bytes = sb * sk * 12 + sb * 4 * sk + sb * w1 * sk * 12
+    node_bytes = 4 * sb * ksum + 4 * sb * w2 + tree_bytes
     timed("traverse", f"traverse B={sb} beams {w1},{w2} (random tree, N={sn}; add+topk per depth)",
-          copies, 0.0, float(node_bytes), lambda c: traverse(all_luts[c]))
-    s2 = sstarts[1]
-    counts = s2[1:] - s2[:-1]
-    maxcnt = int(counts.max())
-    kept, _ = traverse(all_luts[0])
-    scanned = int(counts[kept].sum())
+          copies, 0.0, float(node_bytes),
+          lambda c: traverse(all_luts[c], ix[c % icopies]["exists2"]))
 
     def search(c):
+        x = ix[c % icopies]
         luts, _ = lookup(c)
-        kept, _ = traverse(luts)
-        lo = s2[kept]
+        kept, _ = traverse(luts, x["exists2"])
+        lo = x["s2"][kept]
         p = lo[:, :, None] + torch.arange(maxcnt, device=dev)
-        ok = (p < s2[kept + 1][:, :, None]).reshape(sb, -1)
+        ok = (p < x["s2"][kept + 1][:, :, None]).reshape(sb, -1)
         p = torch.where(ok, p.reshape(sb, -1), torch.zeros_like(ok, dtype=torch.int64))
         s = torch.zeros(p.shape, device=dev)
         for l in range(slevels):
-            s += torch.gather(luts[l], 1, scodes[l][p])
+            s += torch.gather(luts[l], 1, x["codes"][l][p])
         s = s.masked_fill(~ok, float("-inf"))
         return torch.topk(s, topk_k, dim=1)
 
-    sbytes = (4.0 * (sb * D + ksum * D + sb * ksum) + node_bytes
-              + scanned * slevels * 2 + 4 * sb * ksum + 12 * sb * topk_k)
+    sbytes = 4.0 * (sb * D + ksum * D) + 12 * sb * topk_k + index_read
     timed("search", f"search B={sb} N={sn} d={D} L={slevels}x{sk} beams {w1},{w2} k={topk_k} "
-          f"no rerank (random tree, {scanned // sb} candidates/query)",
+          f"no rerank (random tree, {scanned // sb} candidates/query, {distinct} distinct items)",
           copies, 2.0 * sb * ksum * D, sbytes, search)
 
     if args.json:

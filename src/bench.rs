@@ -1,12 +1,19 @@
 //! `rqtree bench`: timings of each kernel-level operation and of end-to-end search on seeded
 //! synthetic data, with achieved GFLOP/s and GB/s and the fraction of the roofline floor of
-//! DESIGN §11 (H200: 4.3 TB/s, 67 TFLOP/s fp32).
+//! DESIGN §11 (H200: 4.3 TB/s, 67 TFLOP/s fp32; 494.7 TFLOP/s TF32 for the rows that screen
+//! on the tensor cores).
+//!
+//! The floor's bytes are those that must cross device memory: data that several queries
+//! share (the codes of an item in several queries' candidate lists, a tree node whose parent
+//! several queries keep) counts once, and intermediates of a composed operation (the search's
+//! tables and kept nodes) not at all. Its FLOPs are every query's own.
 //!
 //! Every operation is run after warm-up and timed with [`Backend::time`]: CUDA events on the
 //! `cuda` backend (median of [`CUDA_RUNS`] runs; rates use the kernels' own time), the wall
 //! clock on `emu` and `reference` (which the output says). Inputs are kept resident on the
-//! device ([`Backend::keep_resident`]) and rotated over several copies so that together they
-//! exceed the GPU's L2 cache ([`L2_BYTES`]), so no run reads its inputs from a warm L2.
+//! device ([`Backend::keep_resident`]) and rotated over several copies (at most 8) so that
+//! the data each run reads from them adds up to twice the GPU's L2 cache ([`L2_BYTES`]);
+//! where 8 copies are not enough (small inputs) a note names the operation.
 //!
 //! Sizes: small by default (`--quick`: ~10× smaller, seconds on `emu`); `--targets` runs the
 //! issue's target sizes on seeded random-tree indexes (no k-means; labelled as such).
@@ -21,6 +28,7 @@ use crate::device::{Clock, KernelTime};
 use crate::error::{Error, Result};
 use crate::index::build::{build, BuildOptions};
 use crate::index::kmeans::KMeansOptions;
+use crate::index::tree::Tree;
 use crate::index::{CodeData, Codebooks, EmbeddingKind, Index};
 use crate::kernels::FusedKernel;
 use crate::matrix::Matrix;
@@ -33,10 +41,14 @@ use crate::tables::QueryTables;
 
 /// Device memory bandwidth of the floor (bytes/s, H200 measured copy; DESIGN §11).
 pub const PEAK_BYTES_PER_S: f64 = 4.3e12;
-/// fp32 rate of the floor (FLOP/s, H200; DESIGN §11).
+/// fp32 rate of the floor (FLOP/s, H200 SXM FMA peak; DESIGN §11).
 pub const PEAK_FLOPS: f64 = 67e12;
-/// L2 cache of the target GPU (H200): rotated inputs add up to at least twice this.
-pub const L2_BYTES: usize = 60 << 20;
+/// TF32 tensor-core rate of the floor of the rows that screen on the tensor cores (FLOP/s,
+/// H200 SXM dense; NVIDIA's data sheet gives 989 TFLOP/s with 2:4 sparsity).
+pub const PEAK_TF32_FLOPS: f64 = 494.7e12;
+/// L2 cache of the target GPU (H200 SXM, as H100 SXM: 50 MB; the full GH100 die has 60 MB):
+/// rotated inputs add up to at least twice this.
+pub const L2_BYTES: usize = 50 << 20;
 /// Timed runs per operation on the cuda backend (after [`WARMUP`] untimed ones).
 pub const CUDA_RUNS: usize = 20;
 /// Untimed warm-up runs per operation on the cuda backend (one elsewhere).
@@ -145,14 +157,52 @@ pub struct BenchRow {
     pub flops: f64,
     /// Bytes that must cross device memory per run (the model).
     pub bytes: f64,
+    /// FLOP rate of the floor: the fp32 FMA peak, or the TF32 tensor-core peak for a row
+    /// that screens on the tensor cores.
+    pub peak_flops: f64,
     /// Achieved GFLOP/s (over the kernel time when known, else the whole call).
     pub gflops: f64,
     /// Achieved GB/s (same time base).
     pub gbps: f64,
-    /// The floor: max(bytes / 4.3 TB/s, flops / 67 TFLOP/s), ms.
+    /// The floor: max(bytes / 4.3 TB/s, flops / peak_flops), ms.
     pub floor_ms: f64,
     /// floor / measured (1 = at the floor).
     pub floor_fraction: f64,
+}
+
+/// What one run of an operation must do: the model behind its floor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Work {
+    /// Floating-point operations.
+    flops: f64,
+    /// Bytes that must cross device memory.
+    bytes: f64,
+    /// Rate of the unit that runs the FLOPs (FLOP/s).
+    peak_flops: f64,
+}
+
+impl Work {
+    /// FLOPs on the fp32 FMA units.
+    fn fp32(flops: f64, bytes: f64) -> Self {
+        Work {
+            flops,
+            bytes,
+            peak_flops: PEAK_FLOPS,
+        }
+    }
+
+    /// FLOPs on the TF32 tensor cores (the screened assignment and exact top-k).
+    fn tf32(flops: f64, bytes: f64) -> Self {
+        Work {
+            peak_flops: PEAK_TF32_FLOPS,
+            ..Work::fp32(flops, bytes)
+        }
+    }
+
+    /// The roofline floor, ms.
+    fn floor_ms(&self) -> f64 {
+        (self.bytes / PEAK_BYTES_PER_S).max(self.flops / self.peak_flops) * 1e3
+    }
 }
 
 /// Sizes of one bench run.
@@ -232,8 +282,7 @@ impl Timer<'_> {
         op: &str,
         label: String,
         copies: usize,
-        flops: f64,
-        bytes: f64,
+        work: Work,
         mut f: impl FnMut(&dyn Backend, usize) -> Result<()>,
     ) -> Result<BenchRow> {
         let kind = self.be.name().parse::<BackendKind>()?;
@@ -245,7 +294,7 @@ impl Timer<'_> {
             be: v.as_ref(),
             ..*self
         };
-        let row = timer.row(op, label, copies, flops, bytes, |c| f(v.as_ref(), c))?;
+        let row = timer.row(op, label, copies, work, |c| f(v.as_ref(), c))?;
         v.release_resident()?;
         Ok(row)
     }
@@ -255,8 +304,7 @@ impl Timer<'_> {
         op: &str,
         label: String,
         copies: usize,
-        flops: f64,
-        bytes: f64,
+        work: Work,
         mut f: impl FnMut(usize) -> Result<()>,
     ) -> Result<BenchRow> {
         for i in 0..self.warmup {
@@ -277,7 +325,7 @@ impl Timer<'_> {
         let kernel_ms = (!kms.is_empty()).then(|| median(kms));
         let kernels = kernel_medians(&per_run);
         let base = kernel_ms.unwrap_or(ms).max(1e-9);
-        let floor_ms = (bytes / PEAK_BYTES_PER_S).max(flops / PEAK_FLOPS) * 1e3;
+        let floor_ms = work.floor_ms();
         // Progress on stderr: a run cut short still leaves the rows it finished.
         eprintln!(
             "bench: {op:<14} {:10.3} ms  {:6.2}% of floor",
@@ -293,10 +341,11 @@ impl Timer<'_> {
             clock,
             runs: self.runs,
             copies,
-            flops,
-            bytes,
-            gflops: flops / base / 1e6,
-            gbps: bytes / base / 1e6,
+            flops: work.flops,
+            bytes: work.bytes,
+            peak_flops: work.peak_flops,
+            gflops: work.flops / base / 1e6,
+            gbps: work.bytes / base / 1e6,
             floor_ms,
             floor_fraction: floor_ms / base,
         })
@@ -351,30 +400,105 @@ fn resident_matrices(
         .collect()
 }
 
-/// Bytes a traversal must read: every depth-1 table entry and node, then per deeper level
-/// the table row and the children of the kept parents (code, centroid norm, CSR: 12 bytes).
-fn traverse_bytes(index: &Index, b: usize, beams: &[usize]) -> f64 {
-    let depths = &index.tree.depths;
-    let mut bytes = (b * depths[0].len() * 12) as f64;
-    for l in 1..beams.len() {
-        let fanout = depths[l].len() as f64 / depths[l - 1].len().max(1) as f64;
-        bytes += b as f64 * (4.0 * index.codebooks.level(l).len() as f64)
-            + b as f64 * beams[l - 1] as f64 * fanout * 12.0;
+/// The distinct nodes of `cand` (a node kept by several queries counts once), at a depth of
+/// `nodes` nodes.
+fn distinct_nodes(cand: &Candidates, nodes: usize) -> impl Iterator<Item = usize> {
+    let mut seen = vec![false; nodes];
+    let mut out = Vec::new();
+    for &j in &cand.nodes {
+        if !std::mem::replace(&mut seen[j as usize], true) {
+            out.push(j as usize);
+        }
     }
-    bytes
+    out.into_iter()
 }
 
-/// Bytes the fused lookup must read and write: codes of every candidate, norms under `l2`,
-/// the tables, the results.
-fn fused_bytes(index: &Index, tables: &QueryTables, scanned: usize, k: usize) -> f64 {
-    let code_bytes = match index.codes.data() {
+/// Items of the candidates of all queries, each item once: the nodes of one depth cover
+/// disjoint item ranges, so these are the items of the distinct nodes.
+fn distinct_items(cand: &Candidates, tree: &Tree) -> usize {
+    let dep = &tree.depths[cand.depth - 1];
+    distinct_nodes(cand, dep.len()).map(|j| dep.count(j)).sum()
+}
+
+/// The nodes a traversal keeps at each depth `1..=beams.len()` for `tables` (the reference's
+/// traversal, stopped at each depth in turn).
+fn kept_per_depth(index: &Index, tables: &QueryTables, beams: &[usize]) -> Result<Vec<Candidates>> {
+    (1..=beams.len())
+        .map(|l| ops::traverse(&Reference, tables, &index.tree, &beams[..l]))
+        .collect()
+}
+
+/// Bytes of the tree a traversal must read, each node once however many queries reach it:
+/// every depth-1 node, then at each deeper depth the children of the distinct nodes kept at
+/// the depth above (code, centroid norm, CSR: 12 bytes a node). `kept[l]`: the nodes kept
+/// at depth `l + 1`.
+fn tree_bytes(tree: &Tree, kept: &[Candidates]) -> f64 {
+    let parents = &kept[..kept.len().saturating_sub(1)];
+    let children: usize = parents
+        .iter()
+        .map(|p| {
+            let dep = &tree.depths[p.depth - 1];
+            distinct_nodes(p, dep.len())
+                .map(|j| dep.children(j).len())
+                .sum::<usize>()
+        })
+        .sum();
+    12.0 * (tree.depths[0].len() + children) as f64
+}
+
+/// Bytes a traversal must read and write: its queries' tables of the levels it walks, the
+/// tree's nodes ([`tree_bytes`]) and the ids of the nodes it keeps.
+fn traverse_bytes(index: &Index, b: usize, kept: &[Candidates]) -> f64 {
+    let table: usize = (0..kept.len())
+        .map(|l| index.codebooks.level(l).len())
+        .sum();
+    let out = kept.last().map_or(0, |c| c.nodes.len());
+    (4 * b * table + 4 * out) as f64 + tree_bytes(&index.tree, kept)
+}
+
+/// Bytes of the codes (and norms under `l2`) of `items` distinct items.
+fn code_bytes(index: &Index, items: usize) -> f64 {
+    let code = match index.codes.data() {
         CodeData::U8(_) => 1,
         CodeData::U16(_) => 2,
     };
     let norm = if index.metric == Metric::L2 { 4 } else { 0 };
+    (items * (index.levels() * code + norm)) as f64
+}
+
+/// Bytes the fused lookup must read and write: the codes of the candidates' distinct items
+/// ([`code_bytes`]), the tables, the results.
+fn fused_bytes(index: &Index, tables: &QueryTables, items: usize, k: usize) -> f64 {
     let b = tables.queries();
     let ksum: usize = tables.levels.iter().map(Matrix::cols).sum();
-    (scanned * (index.levels() * code_bytes + norm) + 4 * b * ksum + 12 * b * k) as f64
+    code_bytes(index, items) + (4 * b * ksum + 12 * b * k) as f64
+}
+
+/// Bytes an end-to-end search (no re-rank) must read and write: the queries, the codebooks,
+/// the tree nodes it walks, the codes of its candidates' distinct items and the results.
+/// Its tables and kept nodes are intermediates: a few MB that need not leave the L2.
+fn search_bytes(index: &Index, b: usize, kept: &[Candidates], k: usize) -> f64 {
+    let d = index.codebooks.dim();
+    let words: usize = (0..index.levels())
+        .map(|l| index.codebooks.level(l).len())
+        .sum();
+    let items = kept.last().map_or(0, |c| distinct_items(c, &index.tree));
+    (4 * (b * d + words * d) + 12 * b * k) as f64
+        + tree_bytes(&index.tree, kept)
+        + code_bytes(index, items)
+}
+
+/// A note when an operation's rotated inputs, of which the runs read `rotated` bytes in all
+/// (every copy once), stay under twice the L2: its runs may read them from a warm L2.
+fn warm_l2_note(op: &str, rotated: f64) -> Option<String> {
+    (rotated < 2.0 * L2_BYTES as f64).then(|| {
+        format!(
+            "{op}: the runs read {:.1} MB of rotated inputs in all, under twice the L2 \
+             ({:.0} MB): its reads may hit a warm L2",
+            rotated / 1e6,
+            2.0 * L2_BYTES as f64 / 1e6
+        )
+    })
 }
 
 /// Each query's candidates: enough consecutive depth-1 nodes (from a random start, wrapping)
@@ -445,6 +569,11 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         };
         let assign_flops = 2.0 * (n * kk * D * levels) as f64;
         let assign_bytes = (n * D * 4 + n * levels * 4 + n * 4) as f64;
+        let assign_work = if kernels && opts.tensor_cores {
+            Work::tf32(assign_flops, assign_bytes)
+        } else {
+            Work::fp32(assign_flops, assign_bytes)
+        };
         rows.push(timer.row(
             "assign",
             format!(
@@ -456,8 +585,7 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 }
             ),
             copies,
-            assign_flops,
-            assign_bytes,
+            assign_work,
             |c| ops::encode(be, &items[c], &cbs, 1).map(|_| ()),
         )?);
         if kernels && !opts.tensor_cores {
@@ -472,8 +600,7 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 "assign_tc",
                 format!("greedy encode N={n} d={D} L={levels} K={kk} f32 (tensor-core screening)"),
                 copies,
-                assign_flops,
-                assign_bytes,
+                Work::tf32(assign_flops, assign_bytes),
                 |tc, c| ops::encode(tc, &items[c], &cbs, 1).map(|_| ()),
             )?);
         }
@@ -490,9 +617,18 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         let tables = ops::lookup_tables(&Reference, &fq, &one.codebooks, Metric::Ip)?;
         let cand = depth1_candidates(&one, b, per_query, 9);
         let scanned: usize = (0..b).map(|q| cand.items_of(q, &one.tree)).sum();
-        let bytes = fused_bytes(&one, &tables, scanned, k);
-        let index_bytes = one.len() * (flevels + 12);
-        let copies = copies_for(be, index_bytes);
+        let distinct = distinct_items(&cand, &one.tree);
+        let fused_work = Work::fp32(
+            (scanned * flevels) as f64,
+            fused_bytes(&one, &tables, distinct, k),
+        );
+        // Each run reads the codes of the distinct candidates of its copy.
+        let read = code_bytes(&one, distinct);
+        let copies = copies_for(be, read as usize);
+        notes.extend(
+            cuda.then(|| warm_l2_note("fused_topk", copies as f64 * read))
+                .flatten(),
+        );
         let fused_ix: Vec<Arc<Index>> = (0..copies).map(|_| Arc::new(one.clone())).collect();
         drop(one);
         for ix in &fused_ix {
@@ -501,14 +637,13 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         rows.push(timer.row(
             "fused_topk",
             format!(
-                "fused lookup + top-{k} B={b}, {} candidates/query, L={flevels} u8 codes \
-                 (random tree, N={})",
+                "fused lookup + top-{k} B={b}, {} candidates/query ({distinct} distinct items), \
+                 L={flevels} u8 codes (random tree, N={})",
                 scanned / b.max(1),
                 fused_ix[0].len()
             ),
             copies,
-            (scanned * flevels) as f64,
-            bytes,
+            fused_work,
             |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
         )?);
         be.release_resident()?;
@@ -524,8 +659,7 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 "fused_topk_walk",
                 format!("fused lookup + top-{k} B={b}, the range-walking kernel"),
                 copies,
-                (scanned * flevels) as f64,
-                bytes,
+                fused_work,
                 |walk, c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
             )?);
         }
@@ -542,8 +676,7 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 &format!("topk_k{k}"),
                 format!("top-{k} of {tr} rows x {tn} f32"),
                 copies,
-                0.0,
-                (tr * tn * 4 + tr * k * 12) as f64,
+                Work::fp32(0.0, (tr * tn * 4 + tr * k * 12) as f64),
                 |c| ops::topk(be, &scores[c], k).map(|_| ()),
             )?);
         }
@@ -559,6 +692,11 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
         let eq = resident_matrices(be, eb, D, 1, 40)?;
         let exact_flops = 2.0 * (eb * en * D) as f64;
         let exact_bytes = (en * D * 4 + eb * D * 4 + eb * k * 12) as f64;
+        let exact_work = if kernels && opts.tensor_cores {
+            Work::tf32(exact_flops, exact_bytes)
+        } else {
+            Work::fp32(exact_flops, exact_bytes)
+        };
         let screening = if kernels && opts.tensor_cores {
             " (tensor-core screening)"
         } else {
@@ -568,8 +706,7 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
             "exact_topk",
             format!("exact top-{k} B={eb} N={en} d={D} ip{screening}"),
             copies,
-            exact_flops,
-            exact_bytes,
+            exact_work,
             |c| ops::exact_topk(be, &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
         )?);
         if kernels && !opts.tensor_cores {
@@ -584,8 +721,7 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 "exact_topk_tc",
                 format!("exact top-{k} B={eb} N={en} d={D} ip (tensor-core screening)"),
                 copies,
-                exact_flops,
-                exact_bytes,
+                Work::tf32(exact_flops, exact_bytes),
                 |tc, c| ops::exact_topk(tc, &eq[0], &eitems[c], Metric::Ip, k).map(|_| ()),
             )?);
         }
@@ -623,45 +759,71 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
             ));
             ix
         };
-        let index = Arc::new(index);
-        be.keep_resident(Resident::Index(Arc::clone(&index)))?;
         let kind = if sz.random_tree {
             "random tree"
         } else {
             "k-means"
         };
         let ksum = sk * slevels;
-        let qbytes = sb * D * 4 + sb * ksum * 4;
-        let copies = copies_for(be, qbytes);
+        // Queries rotate over copies, and so does the index: each run reads its tree nodes
+        // and its candidates' codes from its own copy.
+        let copies = copies_for(be, sb * D * 4 + sb * ksum * 4);
         let queries = resident_matrices(be, sb, D, copies, 60)?;
-        rows.push(timer.row(
-            "lookup_tables",
-            format!("lookup tables B={sb} L={slevels} K={sk} d={D}"),
-            copies,
-            2.0 * (sb * ksum * D) as f64,
-            (4 * (sb * D + ksum * D + sb * ksum)) as f64,
-            |c| ops::lookup_tables(be, &queries[c], &index.codebooks, Metric::Ip).map(|_| ()),
-        )?);
         let all_tables: Vec<QueryTables> = queries
             .iter()
             .map(|q| ops::lookup_tables(&Reference, q, &index.codebooks, Metric::Ip))
             .collect::<Result<_>>()?;
+        let kept = kept_per_depth(&index, &all_tables[0], &beams)?;
+        let cand0 = kept.last().expect("two beams");
+        let scanned: usize = (0..sb).map(|q| cand0.items_of(q, &index.tree)).sum();
+        if scanned == 0 {
+            return Err(Error::param("bench: the search found no candidates"));
+        }
+        let distinct = distinct_items(cand0, &index.tree);
+        let index_read = tree_bytes(&index.tree, &kept) + code_bytes(&index, distinct);
+        let icopies = copies_for(be, index_read as usize);
+        let ix: Vec<Arc<Index>> = (0..icopies).map(|_| Arc::new(index.clone())).collect();
+        drop(index);
+        for i in &ix {
+            be.keep_resident(Resident::Index(Arc::clone(i)))?;
+        }
+        // Rotated bytes read: per query copy (queries; the traversal's tables, uploaded by
+        // every call) and per index copy (codebooks, tree nodes, codes).
+        let (q, t, w) = (4 * sb * D, 4 * sb * ksum, 4 * ksum * D);
+        for (op, rotated) in [
+            ("lookup_tables", copies * q + icopies * w),
+            (
+                "traverse",
+                copies * t + icopies * tree_bytes(&ix[0].tree, &kept) as usize,
+            ),
+            ("search", copies * q + icopies * (w + index_read as usize)),
+        ] {
+            notes.extend(cuda.then(|| warm_l2_note(op, rotated as f64)).flatten());
+        }
+        let ix_of = |c: usize| &ix[c % icopies];
+        rows.push(timer.row(
+            "lookup_tables",
+            format!("lookup tables B={sb} L={slevels} K={sk} d={D}"),
+            copies,
+            Work::fp32(
+                2.0 * (sb * ksum * D) as f64,
+                (4 * (sb * D + ksum * D + sb * ksum)) as f64,
+            ),
+            |c| ops::lookup_tables(be, &queries[c], &ix_of(c).codebooks, Metric::Ip).map(|_| ()),
+        )?);
         rows.push(timer.row(
             "traverse",
             format!(
                 "traverse B={sb} beams {},{} over {} + {} nodes ({kind}, N={sn})",
                 beams[0],
                 beams[1],
-                index.tree.depths[0].len(),
-                index.tree.depths[1].len()
+                ix[0].tree.depths[0].len(),
+                ix[0].tree.depths[1].len()
             ),
             copies,
-            0.0,
-            traverse_bytes(&index, sb, &beams),
-            |c| ops::traverse(be, &all_tables[c], &index.tree, &beams).map(|_| ()),
+            Work::fp32(0.0, traverse_bytes(&ix[0], sb, &kept)),
+            |c| ops::traverse(be, &all_tables[c], &ix_of(c).tree, &beams).map(|_| ()),
         )?);
-        let cand0 = ops::traverse(&Reference, &all_tables[0], &index.tree, &beams)?;
-        let scanned: usize = (0..sb).map(|q| cand0.items_of(q, &index.tree)).sum();
         let rerank = if sz.random_tree {
             Rerank::None
         } else {
@@ -674,25 +836,21 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
             beams: beams.to_vec(),
             rerank,
         };
-        let search_bytes = (4 * (sb * D + ksum * D + sb * ksum)) as f64
-            + traverse_bytes(&index, sb, &beams)
-            + fused_bytes(&index, &all_tables[0], scanned, k);
-        if scanned == 0 {
-            return Err(Error::param("bench: the search found no candidates"));
-        }
         rows.push(timer.row(
             "search",
             format!(
-                "search B={sb} N={sn} d={D} L={slevels}x{sk} beams {},{} k={k} {} ({kind}, {} candidates/query)",
+                "search B={sb} N={sn} d={D} L={slevels}x{sk} beams {},{} k={k} {} ({kind}, {} candidates/query, {distinct} distinct items)",
                 beams[0],
                 beams[1],
                 if sz.random_tree { "no rerank" } else { "rerank 1000" },
                 scanned / sb.max(1)
             ),
             copies,
-            2.0 * (sb * ksum * D) as f64,
-            search_bytes,
-            |c| search(be, &index, &queries[c], None, &params).map(|_| ()),
+            Work::fp32(
+                2.0 * (sb * ksum * D) as f64,
+                search_bytes(&ix[0], sb, &kept, k),
+            ),
+            |c| search(be, ix_of(c), &queries[c], None, &params).map(|_| ()),
         )?);
         be.release_resident()?;
     }
@@ -779,5 +937,88 @@ mod tests {
             vec![kt("a", 2, 2.0), kt("b", 3, 5.0), kt("c", 4, 0.0)]
         );
         assert!(kernel_medians(&[]).is_empty());
+    }
+
+    fn cands(depth: usize, lists: &[&[u32]]) -> Candidates {
+        let mut c = Candidates {
+            depth,
+            offsets: vec![0],
+            nodes: Vec::new(),
+        };
+        for l in lists {
+            c.nodes.extend_from_slice(l);
+            c.offsets.push(c.nodes.len());
+        }
+        c
+    }
+
+    /// An item (or a node) several queries read counts once in the bytes: the fused lookup
+    /// counts the codes of the distinct candidate items, a traversal the children of the
+    /// distinct kept parents; the FLOPs stay every query's own.
+    #[test]
+    fn shared_data_counts_once() {
+        use std::collections::HashSet;
+        let ix = random_tree_index(500, 4, &[4, 8], Metric::Ip, 5).expect("index");
+        let d1 = &ix.tree.depths[0];
+        let once = cands(1, &[&[0, 1], &[1, 2], &[0]]);
+        let items: HashSet<usize> = [0, 1, 2].iter().flat_map(|&j| d1.items(j)).collect();
+        assert_eq!(distinct_items(&once, &ix.tree), items.len());
+        // Every query listing the same nodes reads no more memory.
+        let twice = cands(1, &[&[0, 1], &[1, 2], &[0], &[2, 1, 0]]);
+        assert_eq!(distinct_items(&twice, &ix.tree), items.len());
+        let q = normal_matrix(4, 4, 1.0, 6);
+        let tables = ops::lookup_tables(&Reference, &q, &ix.codebooks, Metric::Ip).expect("t");
+        assert_eq!(
+            fused_bytes(&ix, &tables, items.len(), 10),
+            (items.len() * 2 + 4 * 4 * 12 + 12 * 4 * 10) as f64
+        );
+        assert_eq!(code_bytes(&ix, 7), 14.0);
+
+        // Depth-2 nodes kept: their parents' children are read once.
+        let d2 = &ix.tree.depths[1];
+        let last = cands(2, &[&[0, 1], &[0], &[2], &[1]]);
+        let kept = [twice, last];
+        let children: HashSet<usize> = [0, 1, 2].iter().flat_map(|&j| d1.children(j)).collect();
+        let tree = 12.0 * (d1.len() + children.len()) as f64;
+        assert_eq!(tree_bytes(&ix.tree, &kept), tree);
+        assert_eq!(
+            traverse_bytes(&ix, 4, &kept),
+            (4 * 4 * (4 + 8) + 4 * 5) as f64 + tree
+        );
+        let last_items: usize = [0, 1, 2].iter().map(|&j| d2.count(j)).sum();
+        assert_eq!(
+            search_bytes(&ix, 4, &kept, 10),
+            (4 * (4 * 4 + 12 * 4) + 12 * 4 * 10 + 2 * last_items) as f64 + tree
+        );
+    }
+
+    /// The kept nodes per depth are the traversal's, stopped at each depth.
+    #[test]
+    fn kept_per_depth_is_the_traversal() {
+        let ix = random_tree_index(300, 4, &[4, 4], Metric::Ip, 9).expect("index");
+        let q = normal_matrix(3, 4, 1.0, 10);
+        let tables = ops::lookup_tables(&Reference, &q, &ix.codebooks, Metric::Ip).expect("t");
+        let kept = kept_per_depth(&ix, &tables, &[2, 3]).expect("kept");
+        assert_eq!(kept.len(), 2);
+        assert_eq!((kept[0].depth, kept[0].nodes.len()), (1, 6));
+        let full = ops::traverse(&Reference, &tables, &ix.tree, &[2, 3]).expect("traverse");
+        assert_eq!(kept[1], full);
+    }
+
+    /// The floor divides the FLOPs by the rate of the unit that runs them.
+    #[test]
+    fn floor_per_unit() {
+        assert_eq!(Work::fp32(67e12, 0.0).floor_ms(), 1e3);
+        assert_eq!(Work::tf32(494.7e12, 0.0).floor_ms(), 1e3);
+        assert_eq!(Work::tf32(0.0, 4.3e12).floor_ms(), 1e3);
+    }
+
+    /// Rotated inputs under twice the L2 get a note naming the operation.
+    #[test]
+    fn warm_l2_is_noted() {
+        let l2 = L2_BYTES as f64;
+        assert_eq!(warm_l2_note("topk_k10", 2.0 * l2), None);
+        let note = warm_l2_note("lookup_tables", l2).expect("a note");
+        assert!(note.starts_with("lookup_tables: "), "{note}");
     }
 }
