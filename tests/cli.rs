@@ -635,8 +635,120 @@ fn bench_quick_json_rows() {
         assert!(r["floor_fraction"].as_f64().is_some(), "{r}");
         // The per-kernel breakdown exists on every backend; only cuda fills it.
         assert_eq!(r["kernels"].as_array().map(Vec::len), Some(0), "{r}");
+        // The tensor-core screenings' floor is the TF32 rate, every other row's fp32.
+        let tc = r["op"].as_str().is_some_and(|op| op.ends_with("_tc"));
+        let peak = if tc { 494.7e12 } else { 67e12 };
+        assert_eq!(r["peak_flops"].as_f64(), Some(peak), "{r}");
     }
+    // scripts/compare_bench.py reads this JSON: a line per operation, set against a torch
+    // row of every op at twice rqtree's time.
+    let torch_rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::json!({"op": r["op"], "ms": 2.0 * r["ms"].as_f64().unwrap()}))
+        .collect();
+    let torch = serde_json::json!({"tool": "torch", "rows": torch_rows});
+    let table = compare_bench(&out, &torch.to_string());
+    for op in ops
+        .iter()
+        .filter(|op| !op.ends_with("_tc") && !op.ends_with("_walk"))
+    {
+        let cols = compare_line(&table, op);
+        assert_eq!(cols[3], "2.00x", "{op}: {table}");
+        assert_eq!(cols[4], "-", "{op}: no kernel time on emu: {table}");
+    }
+    assert!(
+        table.contains("  assign_tc floor: flops/494.7 TFLOP/s"),
+        "{table}"
+    );
     fails(&["bench", "--quick", "--targets"], "cannot be used with");
+}
+
+/// Runs `scripts/compare_bench.py` (python3, standard library only) on an rqtree and a torch
+/// JSON document and returns its table.
+fn compare_bench(rqtree_json: &str, torch_json: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (rq, torch) = (dir.path().join("rq.json"), dir.path().join("torch.json"));
+    std::fs::write(&rq, rqtree_json).unwrap();
+    std::fs::write(&torch, torch_json).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/compare_bench.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([&rq, &torch])
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The whitespace-separated columns of `op`'s line of a compare_bench table, the rqtree
+/// kernel time in brackets its own column: op, rqtree ms, [kernel ms], torch ms, speed-up,
+/// kernels speed-up, rqtree floor, torch floor.
+fn compare_line<'a>(table: &'a str, op: &str) -> Vec<&'a str> {
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(op))
+        .unwrap_or_else(|| panic!("no {op} line in {table}"));
+    let mut cols: Vec<&str> = line.split_whitespace().collect();
+    if !cols[2].starts_with('[') {
+        cols.insert(2, "-");
+    }
+    cols.remove(2);
+    cols
+}
+
+/// compare_bench.py on the recorded H200 run (`benches/results/h200-2026-11-28/final`) and a
+/// made-up torch run: speed-ups are torch / rqtree, on the whole call and on the kernels; a
+/// variant row (`_tc`, `_walk`) is set against torch's row of its base op; an op of one side
+/// only leaves the other's columns "-".
+#[test]
+fn compare_bench_pairs_rows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let recorded = std::fs::read_to_string(
+        root.join("benches/results/h200-2026-11-28/final/bench-rqtree.json"),
+    )
+    .unwrap();
+    let mut rq: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    let rows = rq["rows"].as_array_mut().unwrap();
+    let mut walk = rows
+        .iter()
+        .find(|r| r["op"] == "fused_topk")
+        .unwrap()
+        .clone();
+    walk["op"] = "fused_topk_walk".into();
+    walk["ms"] = 3.0.into();
+    walk["kernel_ms"] = 1.5.into();
+    rows.push(walk);
+    let torch = serde_json::json!({"tool": "torch", "rows": [
+        {"op": "assign", "ms": 153.02, "floor_fraction": 0.1},
+        {"op": "fused_topk", "ms": 6.0},
+        {"op": "only_torch", "ms": 1.0},
+    ]});
+    let table = compare_bench(&rq.to_string(), &torch.to_string());
+    // assign: call 76.510 ms, kernels 63.262 ms (recorded).
+    assert_eq!(
+        compare_line(&table, "assign")[..7],
+        ["assign", "76.510", "153.020", "2.00x", "2.42x", "19.46%", "10.00%"]
+    );
+    // assign_tc (85.444 / 72.603 ms) against torch's assign.
+    assert_eq!(compare_line(&table, "assign_tc")[3..5], ["1.79x", "2.11x"]);
+    assert_eq!(
+        compare_line(&table, "fused_topk_walk")[3..5],
+        ["2.00x", "4.00x"]
+    );
+    assert_eq!(compare_line(&table, "exact_topk")[2..5], ["-", "-", "-"]);
+    assert_eq!(
+        compare_line(&table, "only_torch")[1..4],
+        ["-", "1.000", "-"]
+    );
+    assert!(
+        table.contains("  search kernels (ms): rq_lut 0.086 (2x)"),
+        "{table}"
+    );
 }
 
 /// `bench --only` runs just the named groups and names a wrong one.
