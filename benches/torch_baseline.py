@@ -11,6 +11,7 @@ expand) counts once, a composed operation's intermediates (the search's tables) 
 Operations (keys shared with `rqtree bench --json`):
   assign          greedy residual assignment over L levels: matmul + argmax + gather
   fused_topk      fused lookup: gather codes + gather table entries + sum + topk
+  fused_topk_disjoint  the same, each query's candidates its own (depth-2 nodes)
   topk_k{10,100,1000}  torch.topk over rows
   exact_topk      matmul + topk
   lookup_tables   matmul per level (+ row norms)
@@ -207,6 +208,40 @@ def main():
           "gather+sum+topk)",
           copies, float(scanned * flevels), fbytes, fused)
     del fcodes, codes, codes_u8, pos, valid
+
+    # The same sizes with every query's candidates its own: query q scans depth-2 nodes
+    # q·m .. (q+1)·m (m = K² // B) of an index of B × candidates items, one contiguous item
+    # range per query, no item shared (rqtree's fused_topk_disjoint).
+    dn_items = max(1, b * per_query)
+    codes, starts = random_tree(dn_items, flevels, fk)
+    s2 = starts[1]
+    m = (fk * fk) // b
+    qs = torch.arange(b, device=dev)
+    lo, hi = s2[qs * m], s2[(qs + 1) * m]
+    maxcnt = int((hi - lo).max())
+    pos = lo[:, None] + torch.arange(maxcnt, device=dev)
+    valid = pos < hi[:, None]
+    pos = torch.where(valid, pos, torch.zeros_like(pos))
+    scanned = int(valid.sum())
+    copies = copies_for(scanned * flevels)
+    fcodes = [codes.to(torch.uint8) for _ in range(copies)]
+    del codes
+
+    def fused_disjoint(c, fc=fcodes, p=pos, v=valid):
+        s = torch.zeros(p.shape, device=dev)
+        for l in range(flevels):
+            s += torch.gather(luts[l], 1, fc[c][l][p].long())
+        return torch.topk(s.masked_fill(~v, float("-inf")), topk_k, dim=1)
+
+    # (Off --targets, depth-2 nodes here are all K² code prefixes, empty ones included, and
+    # rqtree's are the non-empty ones, so m and the per-query counts differ between the two;
+    # at the target sizes every prefix holds ~1560 items and both take m = 64.)
+    dbytes = scanned * flevels + 4 * b * flevels * fk + 12 * b * topk_k
+    timed("fused_topk_disjoint", f"fused lookup + top-{topk_k} B={b}, {scanned // b} "
+          f"candidates/query, no item shared between queries (depth-2 nodes), L={flevels} u8 "
+          f"codes (random tree, N={dn_items}; gather+sum+topk)",
+          copies, float(scanned * flevels), dbytes, fused_disjoint)
+    del fcodes, pos, valid, fused_disjoint
 
     # Row-wise top-k.
     tr, tn = sz["topk"]

@@ -54,7 +54,7 @@ def main(argv):
         print("compare_bench: nothing to compare", file=sys.stderr)
         return 1
     ops = list(ours) + [op for op in theirs if op not in ours]
-    head = f"{'op':<14} {'rqtree ms':>22} {'torch ms':>10} {'speed-up':>9} {'kernels':>8} {'rq floor':>9} {'torch floor':>12}"
+    head = f"{'op':<24} {'rqtree ms':>22} {'torch ms':>10} {'speed-up':>9} {'kernels':>8} {'rq floor':>9} {'torch floor':>12}"
     print(head)
     print("-" * len(head))
     for op in ops:
@@ -68,7 +68,7 @@ def main(argv):
         speed = tms / rms if rms and tms else None
         kspeed = tms / kms if kms and tms else None
         rf, tf = r.get("floor_fraction"), t.get("floor_fraction")
-        print(f"{op:<14} {rq:>22} {fmt(tms, '.3f'):>10} {fmt(speed, '.2f') + ('x' if speed else ''):>9} "
+        print(f"{op:<24} {rq:>22} {fmt(tms, '.3f'):>10} {fmt(speed, '.2f') + ('x' if speed else ''):>9} "
               f"{fmt(kspeed, '.2f') + ('x' if kspeed else ''):>8} "
               f"{fmt(rf and 100 * rf, '.2f') + ('%' if rf else ''):>9} "
               f"{fmt(tf and 100 * tf, '.2f') + ('%' if tf else ''):>12}")

@@ -328,7 +328,7 @@ impl Timer<'_> {
         let floor_ms = work.floor_ms();
         // Progress on stderr: a run cut short still leaves the rows it finished.
         eprintln!(
-            "bench: {op:<14} {:10.3} ms  {:6.2}% of floor",
+            "bench: {op:<24} {:10.3} ms  {:6.2}% of floor",
             base,
             100.0 * floor_ms / base
         );
@@ -523,6 +523,24 @@ fn depth1_candidates(index: &Index, b: usize, per_query: usize, seed: u64) -> Ca
     out
 }
 
+/// Query `q`'s candidates: depth-2 nodes `q·m .. (q+1)·m`, `m = ⌊nodes / b⌋` (≥ 1), so every
+/// query scans its own contiguous item range and no item is a candidate of two queries: the
+/// codes the fused lookup must read are then all the candidates' codes.
+fn disjoint_candidates(index: &Index, b: usize) -> Result<Candidates> {
+    let nodes = index.tree.depths.get(1).map_or(0, |d| d.len());
+    if nodes < b {
+        return Err(Error::param(format!(
+            "bench: {b} queries need as many depth-2 nodes, the index has {nodes}"
+        )));
+    }
+    let m = nodes / b;
+    Ok(Candidates {
+        depth: 2,
+        offsets: (0..=b).map(|q| q * m).collect(),
+        nodes: (0..(b * m) as u32).collect(),
+    })
+}
+
 /// Runs the benchmark on `be` and prints a table or JSON.
 pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
     let sz = sizes(opts);
@@ -660,6 +678,66 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
                 format!("fused lookup + top-{k} B={b}, the range-walking kernel"),
                 copies,
                 fused_work,
+                |walk, c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
+            )?);
+        }
+        drop(fused_ix);
+
+        // The same sizes with every query's candidates its own (depth-2 nodes of an index of
+        // B × candidates items): the bytes it must read are every candidate's codes, the
+        // issue's bandwidth target.
+        let one = random_tree_index(
+            (b * per_query).max(1),
+            D,
+            &vec![fk; flevels],
+            Metric::Ip,
+            10,
+        )?;
+        let cand = disjoint_candidates(&one, b)?;
+        let scanned: usize = (0..b).map(|q| cand.items_of(q, &one.tree)).sum();
+        let disjoint_work = Work::fp32(
+            (scanned * flevels) as f64,
+            fused_bytes(&one, &tables, scanned, k),
+        );
+        let read = code_bytes(&one, scanned);
+        let copies = copies_for(be, read as usize);
+        notes.extend(
+            cuda.then(|| warm_l2_note("fused_topk_disjoint", copies as f64 * read))
+                .flatten(),
+        );
+        let fused_ix: Vec<Arc<Index>> = (0..copies).map(|_| Arc::new(one.clone())).collect();
+        drop(one);
+        for ix in &fused_ix {
+            be.keep_resident(Resident::Index(Arc::clone(ix)))?;
+        }
+        rows.push(timer.row(
+            "fused_topk_disjoint",
+            format!(
+                "fused lookup + top-{k} B={b}, {} candidates/query, no item shared between \
+                 queries (depth-2 nodes), L={flevels} u8 codes (random tree, N={})",
+                scanned / b.max(1),
+                fused_ix[0].len()
+            ),
+            copies,
+            disjoint_work,
+            |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
+        )?);
+        be.release_resident()?;
+        if kernels && opts.fused_kernel == FusedKernel::Auto {
+            let o = OpenOptions {
+                fused_kernel: FusedKernel::Walk,
+                ..OpenOptions::default()
+            };
+            let resident = fused_ix.iter().map(|ix| Resident::Index(Arc::clone(ix)));
+            rows.push(timer.variant_row(
+                o,
+                resident,
+                "fused_topk_disjoint_walk",
+                format!(
+                    "fused lookup + top-{k} B={b}, disjoint candidates, the range-walking kernel"
+                ),
+                copies,
+                disjoint_work,
                 |walk, c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
             )?);
         }
@@ -881,7 +959,7 @@ fn print(be: &dyn Backend, rows: &[BenchRow], notes: &[String], opts: &BenchOpti
         println!("note: {n}");
     }
     println!(
-        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>8}  sizes",
+        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>8}  sizes",
         "operation", "ms", "kernel ms", "GFLOP/s", "GB/s", "floor"
     );
     for r in rows {
@@ -889,7 +967,7 @@ fn print(be: &dyn Backend, rows: &[BenchRow], notes: &[String], opts: &BenchOpti
             .kernel_ms
             .map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
         println!(
-            "{:<14} {:>10.3} {:>10} {:>10.2} {:>10.2} {:>7.2}%  {}",
+            "{:<24} {:>10.3} {:>10} {:>10.2} {:>10.2} {:>7.2}%  {}",
             r.op,
             r.ms,
             kernel,
@@ -950,6 +1028,26 @@ mod tests {
             c.offsets.push(c.nodes.len());
         }
         c
+    }
+
+    /// Disjoint candidates: `⌊nodes / b⌋` depth-2 nodes per query, no item listed twice
+    /// (distinct items = items scanned), every item scanned with one query; too many queries
+    /// for the nodes are an error.
+    #[test]
+    fn disjoint_candidates_share_no_item() {
+        let ix = random_tree_index(3000, 4, &[6, 9, 5], Metric::Ip, 11).expect("index");
+        let nodes = ix.tree.depths[1].len();
+        for b in [1, 7, nodes] {
+            let c = disjoint_candidates(&ix, b).expect("candidates");
+            assert_eq!((c.depth, c.queries()), (2, b));
+            assert!((0..b).all(|q| c.nodes_of(q).len() == nodes / b), "b = {b}");
+            let scanned: usize = (0..b).map(|q| c.items_of(q, &ix.tree)).sum();
+            assert_eq!(distinct_items(&c, &ix.tree), scanned, "b = {b}");
+            assert!(scanned <= ix.len());
+        }
+        let one = disjoint_candidates(&ix, 1).expect("candidates");
+        assert_eq!(one.items_of(0, &ix.tree), ix.len());
+        assert!(disjoint_candidates(&ix, nodes + 1).is_err());
     }
 
     /// An item (or a node) several queries read counts once in the bytes: the fused lookup

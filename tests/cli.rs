@@ -770,7 +770,16 @@ fn bench_only_groups() {
         .iter()
         .filter_map(|r| r["op"].as_str())
         .collect();
-    assert_eq!(ops, ["fused_topk", "topk_k10", "topk_k100", "topk_k1000"]);
+    assert_eq!(
+        ops,
+        [
+            "fused_topk",
+            "fused_topk_disjoint",
+            "topk_k10",
+            "topk_k100",
+            "topk_k1000"
+        ]
+    );
     fails(
         &["bench", "--quick", "--only", "topk,sort"],
         "unknown group \"sort\"",
