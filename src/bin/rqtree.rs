@@ -322,8 +322,7 @@ fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
     let (be, why) = backend::open_with(kind, o)?;
     let (engine, _) = rqtree::learn::soft::open(kind)?;
     eprintln!("backend: {why}");
-    let items = npy::read_matrix(&a.items)?;
-    items.check_finite(&format!("items ({})", a.items.display()))?;
+    let items = read_items(&a.items)?;
     let users = a.users.as_ref().map(npy::read_matrix).transpose()?;
     let pairs = a.pairs.as_ref().map(npy::read_i64_2d).transpose()?;
     if let (Some(p), Some(path)) = (&pairs, &a.pairs) {
@@ -518,6 +517,38 @@ fn rerank_of(q: &QueryArgs) -> Result<Rerank> {
     }
 }
 
+/// Errors, naming the index file, when exact re-ranking is asked of an index built without
+/// stored embeddings.
+fn check_rerank(index: &Index, path: &Path, rerank: Rerank) -> Result<()> {
+    if matches!(rerank, Rerank::Exact { .. }) && index.embeddings.is_none() {
+        return Err(Error::file(
+            path,
+            "the index stores no embeddings (built with --keep-embeddings none), which \
+             --rerank exact needs: rebuild it with --keep-embeddings f32, f16 or bf16, or \
+             search with --rerank none",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the item embeddings of `build` and `learn`, checked finite; warns on stderr when the
+/// matrix has fewer rows (items) than columns (dimensions), the mark of a transposed file.
+fn read_items(path: &Path) -> Result<Matrix> {
+    let items = npy::read_matrix(path)?;
+    items.check_finite(&format!("items ({})", path.display()))?;
+    if items.rows() < items.cols() {
+        eprintln!(
+            "warning: items ({}) are {} x {}: fewer items (rows) than dimensions (columns); \
+             if the file holds the transposed matrix, save its transpose (numpy: \
+             np.ascontiguousarray(x.T))",
+            path.display(),
+            items.rows(),
+            items.cols()
+        );
+    }
+    Ok(items)
+}
+
 fn load_queries(index: &Index, path: &Path) -> Result<Matrix> {
     let q = npy::read_matrix(path)?;
     q.check_cols(index.dim(), &format!("queries ({})", path.display()))?;
@@ -535,9 +566,12 @@ fn cmd_build(a: &BuildArgs, o: OpenOptions) -> Result<()> {
         ],
     )?;
     let be = open_backend(&a.backend, o)?;
-    let items = npy::read_matrix(&a.items)?;
-    items.check_finite(&format!("items ({})", a.items.display()))?;
-    let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
+    let items = read_items(&a.items)?;
+    let ids = a
+        .ids
+        .as_ref()
+        .map(|p| read_item_ids(p, items.rows(), &a.items))
+        .transpose()?;
     let codebooks = a.codebooks.as_ref().map(read_codebooks).transpose()?;
     let opts = BuildOptions {
         metric: a.metric.parse::<Metric>()?,
@@ -577,6 +611,45 @@ fn cmd_build(a: &BuildArgs, o: OpenOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads the caller ids (`--ids`, at `path`) of the `n` rows of the items at `items`, checked as
+/// an index needs them: one per row, non-negative (`-1` marks an empty result slot) and
+/// distinct; an error names the file and the offending rows.
+fn read_item_ids(path: &Path, n: usize, items: &Path) -> Result<Vec<i64>> {
+    let ids = npy::read_ids(path)?;
+    if ids.len() != n {
+        return Err(Error::file(
+            path,
+            format!(
+                "{} ids for the {n} item rows of {}: one id per row is needed",
+                ids.len(),
+                items.display()
+            ),
+        ));
+    }
+    if let Some(r) = ids.iter().position(|&id| id < 0) {
+        return Err(Error::file(
+            path,
+            format!(
+                "ids, row {r}: id {} is negative; item ids must be >= 0 ({NO_ID} marks an \
+                 empty result slot)",
+                ids[r]
+            ),
+        ));
+    }
+    let mut rows: Vec<usize> = (0..n).collect();
+    rows.sort_by_key(|&r| (ids[r], r));
+    if let Some(w) = rows.windows(2).find(|w| ids[w[0]] == ids[w[1]]) {
+        return Err(Error::file(
+            path,
+            format!(
+                "ids, rows {} and {}: id {} appears twice; item ids must be distinct",
+                w[0], w[1], ids[w[0]]
+            ),
+        ));
+    }
+    Ok(ids)
 }
 
 /// Loads the index at `path` and keeps it resident on `be`'s device for the command's calls
@@ -652,12 +725,14 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     )?;
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
+    let rerank = rerank_of(&a.q)?;
+    check_rerank(&index, &a.q.index, rerank)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let level1 = a.level1_scores.as_ref().map(npy::read_matrix).transpose()?;
     let params = SearchParams {
         k: a.k,
         beams: parse_list(&a.beam, "beam")?,
-        rerank: rerank_of(&a.q)?,
+        rerank,
     };
     let t = Instant::now();
     let out = search(be.as_ref(), &index, &queries, level1.as_ref(), &params)?;
@@ -741,6 +816,8 @@ fn exact_truth(
 fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
+    let rerank = rerank_of(&a.q)?;
+    check_rerank(&index, &a.q.index, rerank)?;
     let queries = load_queries(&index, &a.q.queries)?;
     if queries.rows() == 0 {
         return Err(Error::file(
@@ -774,13 +851,16 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
         (None, Some(items)) => {
             let m = npy::read_matrix(items)?;
             m.check_cols(index.dim(), &format!("items ({})", items.display()))?;
-            let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
+            let ids = a
+                .ids
+                .as_ref()
+                .map(|p| read_item_ids(p, m.rows(), items))
+                .transpose()?;
             let data = exact_truth(be.as_ref(), &queries, &m, ids, index.metric, kmax)?;
             (data, kmax)
         }
         (None, None) => return Err(Error::param("eval needs --gt or --items")),
     };
-    let rerank = rerank_of(&a.q)?;
     let mut rows = Vec::new();
     for beam in &a.beam {
         let params = SearchParams {
