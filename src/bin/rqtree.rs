@@ -236,13 +236,15 @@ struct LearnArgs {
     /// Rows (and triples) per batch.
     #[arg(long, default_value_t = LearnOptions::default().batch)]
     batch: usize,
-    /// Adam learning rate.
+    /// Peak Adam learning rate, in units of the embedding coordinates, decayed to 0 by a
+    /// cosine.
     #[arg(long, default_value_t = LearnOptions::default().lr)]
     lr: f64,
-    /// Final inverse temperature α_max.
+    /// Final inverse temperature α_max, in 1 / squared distance (it multiplies the logit
+    /// 2<r, C[k]> − ||C[k]||²).
     #[arg(long, default_value_t = LearnOptions::default().alpha_max)]
     alpha_max: f64,
-    /// Exponent p of α_t = α_max·(t/T)^p.
+    /// Exponent p of α_t = α_max·(t/(T−1))^p at steps t = 0 … T−1.
     #[arg(long, default_value_t = LearnOptions::default().alpha_power)]
     alpha_power: f64,
     /// Floor of α as a fraction of α_max.
