@@ -996,6 +996,14 @@ fn learn_codebooks_load_back_and_bad_options_are_named() {
     fails(&sup(&label), "pairs row 0: label 2");
     fails(&sup(&row), "pairs row 0: item_row 5");
     ok(&sup(&pairs("good.npy", 2, &[0, 1, 1, 1, 4, 0])));
+    npy::write_f32(f.path("users3.npy"), &rqtree::Matrix::zeros(2, 3)).unwrap();
+    fails(
+        &args(
+            "sup.safetensors",
+            &["--users", &f.path("users3.npy"), "--pairs", &label],
+        ),
+        "users3.npy) has 3 columns, expected 4",
+    );
     for (extra, needle) in [
         (["--lr", "0"], "lr = 0"),
         (["--lr", "NaN"], "lr = NaN"),

@@ -325,7 +325,16 @@ fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
     let (engine, _) = rqtree::learn::soft::open(kind)?;
     eprintln!("backend: {why}");
     let items = read_items(&a.items)?;
-    let users = a.users.as_ref().map(npy::read_matrix).transpose()?;
+    let users = match &a.users {
+        Some(path) => {
+            let u = npy::read_matrix(path)?;
+            let what = format!("users ({})", path.display());
+            u.check_cols(items.cols(), &what)?;
+            u.check_finite(&what)?;
+            Some(u)
+        }
+        None => None,
+    };
     let pairs = a.pairs.as_ref().map(npy::read_i64_2d).transpose()?;
     if let (Some(p), Some(path)) = (&pairs, &a.pairs) {
         if p.cols != 3 {
