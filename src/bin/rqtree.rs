@@ -157,7 +157,8 @@ struct QueryArgs {
     /// Exact re-rank: none or exact.
     #[arg(long, default_value = "none")]
     rerank: String,
-    /// Shortlist re-ranked per query (default: all candidates).
+    /// With --rerank exact: the shortlist re-ranked per query, best by lookup-table score,
+    /// at least k (default: all candidates).
     #[arg(long)]
     rerank_k: Option<usize>,
     /// Backend: auto, reference, emu or cuda.
@@ -172,7 +173,8 @@ struct SearchArgs {
     /// Results per query.
     #[arg(short = 'k', long = "k")]
     k: usize,
-    /// Beam width per depth, e.g. 32,256.
+    /// Beam widths (nodes kept) per depth from depth 1, comma-separated, e.g. 32,256; the
+    /// walk goes as many levels deep as widths are given (at most the index's levels).
     #[arg(long)]
     beam: String,
     /// Caller's level-1 scores, B × (#depth-1 nodes) .npy, replacing the level-1 table.
@@ -202,7 +204,7 @@ struct EvalArgs {
     /// Recall cut-offs, e.g. 10,100.
     #[arg(short = 'k', long = "k", default_value = "10,100")]
     k: String,
-    /// Beam widths per depth; repeat for several settings.
+    /// Beam widths per depth, as search's --beam (e.g. 32,256); repeat for several settings.
     #[arg(long, required = true)]
     beam: Vec<String>,
     /// Timed repetitions per setting, at least 1 (the best is reported).
