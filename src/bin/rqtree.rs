@@ -31,15 +31,15 @@ use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
 struct Cli {
     /// Worker threads for the CPU backends: the reference backend's pool and the emu
     /// backend's block workers, overriding RQTREE_EMU_WORKERS (default, or 0: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     threads: Option<usize>,
     /// emu/cuda: screen codewords for the greedy assignment and encoding, and items for the
     /// exact top-k, on the tensor cores (TF32; the same results, exact, at another speed).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     tensor_cores: bool,
     /// emu/cuda: the fused lookup + top-k kernel: auto (the scan over long candidate ranges,
     /// else the range walk), walk or scan (the same results at another speed).
-    #[arg(long, global = true, default_value = "auto")]
+    #[arg(long, global = true, help_heading = "Global options", default_value = "auto")]
     fused_kernel: String,
     #[command(subcommand)]
     cmd: Cmd,
