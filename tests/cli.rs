@@ -690,6 +690,12 @@ fn user_mistakes_name_the_file_and_the_fix() {
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&rqtree(&f.build(&[], "y.rqt")).stderr).contains("warning"));
+
+    // An .npy array where an index goes, and an index where an .npy array goes.
+    fails(&["info", &items], "is a .npy array, not a safetensors file");
+    let mut search = f.search("2", &f.path("o.npy"));
+    search[4] = ix.clone();
+    fails(&search, "it looks like a safetensors file");
 }
 
 /// Output into a missing folder: the error names the requested file, not the hidden

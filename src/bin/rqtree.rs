@@ -39,7 +39,12 @@ struct Cli {
     tensor_cores: bool,
     /// emu/cuda: the fused lookup + top-k kernel: auto (the scan over long candidate ranges,
     /// else the range walk), walk or scan (the same results at another speed).
-    #[arg(long, global = true, help_heading = "Global options", default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        default_value = "auto"
+    )]
     fused_kernel: String,
     #[command(subcommand)]
     cmd: Cmd,
