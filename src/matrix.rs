@@ -191,11 +191,20 @@ impl Matrix {
         Ok(self.finite.1.get_or(|| max_abs(&self.data)))
     }
 
-    /// Errors unless the matrix has `cols` columns; `tensor` names it in the message.
+    /// Errors unless the matrix has `cols` columns; `tensor` names it in the message, which
+    /// suggests a transposed matrix when the rows are `cols` long.
     pub fn check_cols(&self, cols: usize, tensor: &str) -> Result<()> {
         if self.cols != cols {
+            let hint = if self.rows == cols {
+                format!(
+                    " (it is {} x {}: transposed? Rows must be the vectors)",
+                    self.rows, self.cols
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::shape(format!(
-                "{tensor} has {} columns, expected {cols}",
+                "{tensor} has {} columns, expected {cols}{hint}",
                 self.cols
             )));
         }

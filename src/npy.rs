@@ -63,8 +63,17 @@ fn parse(path: &Path) -> Result<Parsed> {
     let bytes = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     check_header_shape(&bytes, path)?;
     let mut cursor = Cursor::new(&bytes[..]);
-    let header = NpyHeader::from_reader(&mut cursor)
-        .map_err(|e| bad(path, format!("not a valid .npy file: {e}")))?;
+    let header = NpyHeader::from_reader(&mut cursor).map_err(|e| {
+        // A safetensors file (an index or codebooks) starts with its header's length, then
+        // the JSON header.
+        let hint = if bytes.get(8) == Some(&b'{') {
+            " (it looks like a safetensors file, e.g. an rqtree index or codebooks: this \
+             option takes a .npy array)"
+        } else {
+            ""
+        };
+        bad(path, format!("not a valid .npy file: {e}{hint}"))
+    })?;
     let pos = cursor.position();
     let shape = header
         .shape()

@@ -149,7 +149,7 @@ pub(crate) fn shortlist(index: &Index, params: &SearchParams) -> Result<Option<u
     match params.rerank {
         Rerank::None => Ok(Some(params.k)),
         Rerank::Exact { .. } if index.embeddings.is_none() => Err(Error::param(
-            "rerank = exact needs stored embeddings; build with --keep-embeddings f16|f32",
+            "rerank = exact needs stored embeddings; build with --keep-embeddings f32, f16 or bf16",
         )),
         Rerank::Exact { rerank_k: Some(r) } if r < params.k => Err(Error::param(format!(
             "rerank-k = {r} is smaller than k = {}",

@@ -592,6 +592,112 @@ fn build_refuses_negative_ids_and_values_beyond_f16() {
     ok(&f.build(&["--keep-embeddings", "f32"], "x.rqt"));
 }
 
+/// A new user's mistakes name the file at fault and the fix: an ids file of the wrong length
+/// or with a repeated id (build and eval), exact re-rank of an index without embeddings
+/// (search and eval), a transposed query or item matrix.
+#[test]
+fn user_mistakes_name_the_file_and_the_fix() {
+    let f = Five::new();
+    let (ix, q, items) = (f.path("ix.rqt"), f.path("q.npy"), f.path("items.npy"));
+    npy::write_i64(f.path("short.npy"), 4, 1, &[100, 101, 102, 103]).unwrap();
+    npy::write_i64(f.path("dup.npy"), 5, 1, &[100, 101, 102, 101, 104]).unwrap();
+    fails(
+        &f.build(&["--ids", &f.path("short.npy")], "x.rqt"),
+        "short.npy: 4 ids for the 5 item rows of",
+    );
+    fails(
+        &f.build(&["--ids", &f.path("dup.npy")], "x.rqt"),
+        "dup.npy: ids, rows 1 and 3: id 101 appears twice",
+    );
+    let eval_ids = |ids: &str| {
+        [
+            "eval",
+            "--index",
+            &ix,
+            "--queries",
+            &q,
+            "--items",
+            &items,
+            "--ids",
+            ids,
+            "-k",
+            "2",
+            "--beam",
+            "2",
+        ]
+        .map(String::from)
+    };
+    fails(&eval_ids(&f.path("short.npy")), "short.npy: 4 ids");
+    fails(&eval_ids(&f.path("dup.npy")), "id 101 appears twice");
+
+    ok(&f.build(&["--keep-embeddings", "none"], "bare.rqt"));
+    let bare = f.path("bare.rqt");
+    let mut search = f.search("2", &f.path("o.npy"));
+    search[2] = bare.clone();
+    search.extend(["--rerank".to_string(), "exact".to_string()]);
+    fails(&search, "bare.rqt: the index stores no embeddings");
+    fails(
+        &search,
+        "--keep-embeddings f32, f16 or bf16, or search with --rerank none",
+    );
+    let eval = [
+        "eval",
+        "--index",
+        &bare,
+        "--queries",
+        &q,
+        "--items",
+        &items,
+        "--beam",
+        "2",
+        "-k",
+        "2",
+        "--rerank",
+        "exact",
+    ];
+    fails(&eval, "bare.rqt: the index stores no embeddings");
+
+    // q.npy is 2 x 4; its transpose is 4 x 2, and the items' transpose 4 x 5.
+    let t = |m: &rqtree::Matrix| {
+        let data = (0..m.cols())
+            .flat_map(|c| (0..m.rows()).map(move |r| m.row(r)[c]))
+            .collect();
+        rqtree::Matrix::new(m.cols(), m.rows(), data).unwrap()
+    };
+    npy::write_f32(f.path("qt.npy"), &t(&npy::read_matrix(&q).unwrap())).unwrap();
+    let mut search = f.search("2", &f.path("o.npy"));
+    search[4] = f.path("qt.npy");
+    fails(
+        &search,
+        "has 2 columns, expected 4 (it is 4 x 2: transposed?",
+    );
+    npy::write_f32(f.path("itemst.npy"), &t(&f.items)).unwrap();
+    let out = rqtree(&[
+        "build",
+        "--items",
+        &f.path("itemst.npy"),
+        "--levels",
+        "1",
+        "--codes",
+        "2",
+        "-o",
+        &f.path("t.rqt"),
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("itemst.npy) are 4 x 5: fewer items (rows) than dimensions"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&rqtree(&f.build(&[], "y.rqt")).stderr).contains("warning"));
+
+    // An .npy array where an index goes, and an index where an .npy array goes.
+    fails(&["info", &items], "is a .npy array, not a safetensors file");
+    let mut search = f.search("2", &f.path("o.npy"));
+    search[4] = ix.clone();
+    fails(&search, "it looks like a safetensors file");
+}
+
 /// Output into a missing folder: the error names the requested file, not the hidden
 /// temporary one.
 #[test]
@@ -1017,6 +1123,14 @@ fn learn_codebooks_load_back_and_bad_options_are_named() {
     fails(&sup(&label), "pairs row 0: label 2");
     fails(&sup(&row), "pairs row 0: item_row 5");
     ok(&sup(&pairs("good.npy", 2, &[0, 1, 1, 1, 4, 0])));
+    npy::write_f32(f.path("users3.npy"), &rqtree::Matrix::zeros(2, 3)).unwrap();
+    fails(
+        &args(
+            "sup.safetensors",
+            &["--users", &f.path("users3.npy"), "--pairs", &label],
+        ),
+        "users3.npy) has 3 columns, expected 4",
+    );
     for (extra, needle) in [
         (["--lr", "0"], "lr = 0"),
         (["--lr", "NaN"], "lr = NaN"),

@@ -31,15 +31,20 @@ use rqtree::{bench, demo, npy, ops, Error, Matrix, Result};
 struct Cli {
     /// Worker threads for the CPU backends: the reference backend's pool and the emu
     /// backend's block workers, overriding RQTREE_EMU_WORKERS (default, or 0: all cores).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     threads: Option<usize>,
     /// emu/cuda: screen codewords for the greedy assignment and encoding, and items for the
     /// exact top-k, on the tensor cores (TF32; the same results, exact, at another speed).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     tensor_cores: bool,
     /// emu/cuda: the fused lookup + top-k kernel: auto (the scan over long candidate ranges,
     /// else the range walk), walk or scan (the same results at another speed).
-    #[arg(long, global = true, default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        default_value = "auto"
+    )]
     fused_kernel: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -157,7 +162,8 @@ struct QueryArgs {
     /// Exact re-rank: none or exact.
     #[arg(long, default_value = "none")]
     rerank: String,
-    /// Shortlist re-ranked per query (default: all candidates).
+    /// With --rerank exact: the shortlist re-ranked per query, best by lookup-table score,
+    /// at least k (default: all candidates).
     #[arg(long)]
     rerank_k: Option<usize>,
     /// Backend: auto, reference, emu or cuda.
@@ -172,7 +178,8 @@ struct SearchArgs {
     /// Results per query.
     #[arg(short = 'k', long = "k")]
     k: usize,
-    /// Beam width per depth, e.g. 32,256.
+    /// Beam widths (nodes kept) per depth from depth 1, comma-separated, e.g. 32,256; the
+    /// walk goes as many levels deep as widths are given (at most the index's levels).
     #[arg(long)]
     beam: String,
     /// Caller's level-1 scores, B × (#depth-1 nodes) .npy, replacing the level-1 table.
@@ -202,7 +209,7 @@ struct EvalArgs {
     /// Recall cut-offs, e.g. 10,100.
     #[arg(short = 'k', long = "k", default_value = "10,100")]
     k: String,
-    /// Beam widths per depth; repeat for several settings.
+    /// Beam widths per depth, as search's --beam (e.g. 32,256); repeat for several settings.
     #[arg(long, required = true)]
     beam: Vec<String>,
     /// Timed repetitions per setting, at least 1 (the best is reported).
@@ -236,13 +243,15 @@ struct LearnArgs {
     /// Rows (and triples) per batch.
     #[arg(long, default_value_t = LearnOptions::default().batch)]
     batch: usize,
-    /// Adam learning rate.
+    /// Peak Adam learning rate, in units of the embedding coordinates, decayed to 0 by a
+    /// cosine.
     #[arg(long, default_value_t = LearnOptions::default().lr)]
     lr: f64,
-    /// Final inverse temperature α_max.
+    /// Final inverse temperature α_max, in 1 / squared distance (it multiplies the logit
+    /// 2<r, C[k]> − ||C[k]||²).
     #[arg(long, default_value_t = LearnOptions::default().alpha_max)]
     alpha_max: f64,
-    /// Exponent p of α_t = α_max·(t/T)^p.
+    /// Exponent p of α_t = α_max·(t/(T−1))^p at steps t = 0 … T−1.
     #[arg(long, default_value_t = LearnOptions::default().alpha_power)]
     alpha_power: f64,
     /// Floor of α as a fraction of α_max.
@@ -322,9 +331,17 @@ fn cmd_learn(a: &LearnArgs, o: OpenOptions) -> Result<()> {
     let (be, why) = backend::open_with(kind, o)?;
     let (engine, _) = rqtree::learn::soft::open(kind)?;
     eprintln!("backend: {why}");
-    let items = npy::read_matrix(&a.items)?;
-    items.check_finite(&format!("items ({})", a.items.display()))?;
-    let users = a.users.as_ref().map(npy::read_matrix).transpose()?;
+    let items = read_items(&a.items)?;
+    let users = match &a.users {
+        Some(path) => {
+            let u = npy::read_matrix(path)?;
+            let what = format!("users ({})", path.display());
+            u.check_cols(items.cols(), &what)?;
+            u.check_finite(&what)?;
+            Some(u)
+        }
+        None => None,
+    };
     let pairs = a.pairs.as_ref().map(npy::read_i64_2d).transpose()?;
     if let (Some(p), Some(path)) = (&pairs, &a.pairs) {
         if p.cols != 3 {
@@ -518,6 +535,38 @@ fn rerank_of(q: &QueryArgs) -> Result<Rerank> {
     }
 }
 
+/// Errors, naming the index file, when exact re-ranking is asked of an index built without
+/// stored embeddings.
+fn check_rerank(index: &Index, path: &Path, rerank: Rerank) -> Result<()> {
+    if matches!(rerank, Rerank::Exact { .. }) && index.embeddings.is_none() {
+        return Err(Error::file(
+            path,
+            "the index stores no embeddings (built with --keep-embeddings none), which \
+             --rerank exact needs: rebuild it with --keep-embeddings f32, f16 or bf16, or \
+             search with --rerank none",
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the item embeddings of `build` and `learn`, checked finite; warns on stderr when the
+/// matrix has fewer rows (items) than columns (dimensions), the mark of a transposed file.
+fn read_items(path: &Path) -> Result<Matrix> {
+    let items = npy::read_matrix(path)?;
+    items.check_finite(&format!("items ({})", path.display()))?;
+    if items.rows() < items.cols() {
+        eprintln!(
+            "warning: items ({}) are {} x {}: fewer items (rows) than dimensions (columns); \
+             if the file holds the transposed matrix, save its transpose (numpy: \
+             np.ascontiguousarray(x.T))",
+            path.display(),
+            items.rows(),
+            items.cols()
+        );
+    }
+    Ok(items)
+}
+
 fn load_queries(index: &Index, path: &Path) -> Result<Matrix> {
     let q = npy::read_matrix(path)?;
     q.check_cols(index.dim(), &format!("queries ({})", path.display()))?;
@@ -535,9 +584,12 @@ fn cmd_build(a: &BuildArgs, o: OpenOptions) -> Result<()> {
         ],
     )?;
     let be = open_backend(&a.backend, o)?;
-    let items = npy::read_matrix(&a.items)?;
-    items.check_finite(&format!("items ({})", a.items.display()))?;
-    let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
+    let items = read_items(&a.items)?;
+    let ids = a
+        .ids
+        .as_ref()
+        .map(|p| read_item_ids(p, items.rows(), &a.items))
+        .transpose()?;
     let codebooks = a.codebooks.as_ref().map(read_codebooks).transpose()?;
     let opts = BuildOptions {
         metric: a.metric.parse::<Metric>()?,
@@ -577,6 +629,45 @@ fn cmd_build(a: &BuildArgs, o: OpenOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reads the caller ids (`--ids`, at `path`) of the `n` rows of the items at `items`, checked as
+/// an index needs them: one per row, non-negative (`-1` marks an empty result slot) and
+/// distinct; an error names the file and the offending rows.
+fn read_item_ids(path: &Path, n: usize, items: &Path) -> Result<Vec<i64>> {
+    let ids = npy::read_ids(path)?;
+    if ids.len() != n {
+        return Err(Error::file(
+            path,
+            format!(
+                "{} ids for the {n} item rows of {}: one id per row is needed",
+                ids.len(),
+                items.display()
+            ),
+        ));
+    }
+    if let Some(r) = ids.iter().position(|&id| id < 0) {
+        return Err(Error::file(
+            path,
+            format!(
+                "ids, row {r}: id {} is negative; item ids must be >= 0 ({NO_ID} marks an \
+                 empty result slot)",
+                ids[r]
+            ),
+        ));
+    }
+    let mut rows: Vec<usize> = (0..n).collect();
+    rows.sort_by_key(|&r| (ids[r], r));
+    if let Some(w) = rows.windows(2).find(|w| ids[w[0]] == ids[w[1]]) {
+        return Err(Error::file(
+            path,
+            format!(
+                "ids, rows {} and {}: id {} appears twice; item ids must be distinct",
+                w[0], w[1], ids[w[0]]
+            ),
+        ));
+    }
+    Ok(ids)
 }
 
 /// Loads the index at `path` and keeps it resident on `be`'s device for the command's calls
@@ -652,12 +743,14 @@ fn cmd_search(a: &SearchArgs, o: OpenOptions) -> Result<()> {
     )?;
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
+    let rerank = rerank_of(&a.q)?;
+    check_rerank(&index, &a.q.index, rerank)?;
     let queries = load_queries(&index, &a.q.queries)?;
     let level1 = a.level1_scores.as_ref().map(npy::read_matrix).transpose()?;
     let params = SearchParams {
         k: a.k,
         beams: parse_list(&a.beam, "beam")?,
-        rerank: rerank_of(&a.q)?,
+        rerank,
     };
     let t = Instant::now();
     let out = search(be.as_ref(), &index, &queries, level1.as_ref(), &params)?;
@@ -741,6 +834,8 @@ fn exact_truth(
 fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
     let be = open_backend(&a.q.backend, o)?;
     let index = load_resident(be.as_ref(), &a.q.index)?;
+    let rerank = rerank_of(&a.q)?;
+    check_rerank(&index, &a.q.index, rerank)?;
     let queries = load_queries(&index, &a.q.queries)?;
     if queries.rows() == 0 {
         return Err(Error::file(
@@ -774,13 +869,16 @@ fn cmd_eval(a: &EvalArgs, o: OpenOptions) -> Result<()> {
         (None, Some(items)) => {
             let m = npy::read_matrix(items)?;
             m.check_cols(index.dim(), &format!("items ({})", items.display()))?;
-            let ids = a.ids.as_ref().map(npy::read_ids).transpose()?;
+            let ids = a
+                .ids
+                .as_ref()
+                .map(|p| read_item_ids(p, m.rows(), items))
+                .transpose()?;
             let data = exact_truth(be.as_ref(), &queries, &m, ids, index.metric, kmax)?;
             (data, kmax)
         }
         (None, None) => return Err(Error::param("eval needs --gt or --items")),
     };
-    let rerank = rerank_of(&a.q)?;
     let mut rows = Vec::new();
     for beam in &a.beam {
         let params = SearchParams {

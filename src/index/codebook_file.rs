@@ -88,6 +88,12 @@ pub(crate) fn tensor_f32(view: &TensorView<'_>, name: &str, path: &Path) -> Resu
 /// Parses a safetensors buffer, reporting header problems (not safetensors, truncated,
 /// inconsistent offsets) as [`Error::File`].
 pub(crate) fn parse_safetensors<'a>(bytes: &'a [u8], path: &Path) -> Result<SafeTensors<'a>> {
+    if bytes.starts_with(b"\x93NUMPY") {
+        return Err(Error::file(
+            path,
+            "this is a .npy array, not a safetensors file (an rqtree index or codebooks)",
+        ));
+    }
     SafeTensors::deserialize(bytes).map_err(|e| {
         Error::file(
             path,
