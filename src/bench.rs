@@ -299,6 +299,68 @@ impl Timer<'_> {
         Ok(row)
     }
 
+    /// The fused lookup's rows over `index` (`index.levels()` u8 levels) and the candidates
+    /// `cand` (`candidates` says what they are): `op` on this timer's backend and, when
+    /// `walk_too`, `{op}_walk` on a backend that always walks the ranges. Each run reads
+    /// the codes of the distinct candidates of its copy of the index (resident while timed);
+    /// the copies exceed twice the L2 where they can, else the note says so.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_rows(
+        &self,
+        op: &str,
+        candidates: &str,
+        index: Index,
+        tables: &QueryTables,
+        cand: &Candidates,
+        k: usize,
+        walk_too: bool,
+    ) -> Result<(Vec<BenchRow>, Option<String>)> {
+        let be = self.be;
+        let b = tables.queries();
+        let scanned: usize = (0..b).map(|q| cand.items_of(q, &index.tree)).sum();
+        let distinct = distinct_items(cand, &index.tree);
+        let work = Work::fp32(
+            (scanned * index.levels()) as f64,
+            fused_bytes(&index, tables, distinct, k),
+        );
+        let read = code_bytes(&index, distinct);
+        let copies = copies_for(be, read as usize);
+        let note = warm_l2_note(op, copies as f64 * read);
+        let label = format!(
+            "fused lookup + top-{k} B={b}, {} candidates/query ({distinct} distinct items; \
+             {candidates}), L={} u8 codes (random tree, N={})",
+            scanned / b.max(1),
+            index.levels(),
+            index.len()
+        );
+        let copies_of: Vec<Arc<Index>> = (0..copies).map(|_| Arc::new(index.clone())).collect();
+        drop(index);
+        for ix in &copies_of {
+            be.keep_resident(Resident::Index(Arc::clone(ix)))?;
+        }
+        let mut rows = vec![self.row(op, label, copies, work, |c| {
+            be.fused_topk(tables, &copies_of[c], cand, k).map(|_| ())
+        })?];
+        be.release_resident()?;
+        if walk_too {
+            let o = OpenOptions {
+                fused_kernel: FusedKernel::Walk,
+                ..OpenOptions::default()
+            };
+            let resident = copies_of.iter().map(|ix| Resident::Index(Arc::clone(ix)));
+            rows.push(self.variant_row(
+                o,
+                resident,
+                &format!("{op}_walk"),
+                format!("fused lookup + top-{k} B={b}, {candidates}, the range-walking kernel"),
+                copies,
+                work,
+                |walk, c| walk.fused_topk(tables, &copies_of[c], cand, k).map(|_| ()),
+            )?);
+        }
+        Ok((rows, note))
+    }
+
     fn row(
         &self,
         op: &str,
@@ -627,121 +689,41 @@ pub fn run(be: &dyn Backend, opts: &BenchOptions) -> Result<()> {
     }
 
     if opts.only.fused {
-        // Fused residual lookup + top-k over each query's candidates (depth-1 nodes).
+        // Fused residual lookup + top-k: each query's candidates are depth-1 nodes shared
+        // with other queries; then the same sizes with every query's candidates its own
+        // (depth-2 nodes of an index of B × candidates items), whose bytes are every
+        // candidate's codes: the issue's bandwidth target.
         let (b, per_query, flevels, fk) = sz.fused;
-        let fn_items = per_query.saturating_mul(fk) / 4;
-        let one = random_tree_index(fn_items.max(1), D, &vec![fk; flevels], Metric::Ip, 7)?;
+        let walk_too = kernels && opts.fused_kernel == FusedKernel::Auto;
+        let sizes = vec![fk; flevels];
+        let shared = random_tree_index((per_query * fk / 4).max(1), D, &sizes, Metric::Ip, 7)?;
         let fq = normal_matrix(b, D, 1.0, 8);
-        let tables = ops::lookup_tables(&Reference, &fq, &one.codebooks, Metric::Ip)?;
-        let cand = depth1_candidates(&one, b, per_query, 9);
-        let scanned: usize = (0..b).map(|q| cand.items_of(q, &one.tree)).sum();
-        let distinct = distinct_items(&cand, &one.tree);
-        let fused_work = Work::fp32(
-            (scanned * flevels) as f64,
-            fused_bytes(&one, &tables, distinct, k),
-        );
-        // Each run reads the codes of the distinct candidates of its copy.
-        let read = code_bytes(&one, distinct);
-        let copies = copies_for(be, read as usize);
-        notes.extend(
-            cuda.then(|| warm_l2_note("fused_topk", copies as f64 * read))
-                .flatten(),
-        );
-        let fused_ix: Vec<Arc<Index>> = (0..copies).map(|_| Arc::new(one.clone())).collect();
-        drop(one);
-        for ix in &fused_ix {
-            be.keep_resident(Resident::Index(Arc::clone(ix)))?;
-        }
-        rows.push(timer.row(
+        let tables = ops::lookup_tables(&Reference, &fq, &shared.codebooks, Metric::Ip)?;
+        let cand = depth1_candidates(&shared, b, per_query, 9);
+        let shared_rows = timer.fused_rows(
             "fused_topk",
-            format!(
-                "fused lookup + top-{k} B={b}, {} candidates/query ({distinct} distinct items), \
-                 L={flevels} u8 codes (random tree, N={})",
-                scanned / b.max(1),
-                fused_ix[0].len()
-            ),
-            copies,
-            fused_work,
-            |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
-        )?);
-        be.release_resident()?;
-        if kernels && opts.fused_kernel == FusedKernel::Auto {
-            let o = OpenOptions {
-                fused_kernel: FusedKernel::Walk,
-                ..OpenOptions::default()
-            };
-            let resident = fused_ix.iter().map(|ix| Resident::Index(Arc::clone(ix)));
-            rows.push(timer.variant_row(
-                o,
-                resident,
-                "fused_topk_walk",
-                format!("fused lookup + top-{k} B={b}, the range-walking kernel"),
-                copies,
-                fused_work,
-                |walk, c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
-            )?);
-        }
-        drop(fused_ix);
-
-        // The same sizes with every query's candidates its own (depth-2 nodes of an index of
-        // B × candidates items): the bytes it must read are every candidate's codes, the
-        // issue's bandwidth target.
-        let one = random_tree_index(
-            (b * per_query).max(1),
-            D,
-            &vec![fk; flevels],
-            Metric::Ip,
-            10,
+            "depth-1 nodes",
+            shared,
+            &tables,
+            &cand,
+            k,
+            walk_too,
         )?;
-        let cand = disjoint_candidates(&one, b)?;
-        let scanned: usize = (0..b).map(|q| cand.items_of(q, &one.tree)).sum();
-        let disjoint_work = Work::fp32(
-            (scanned * flevels) as f64,
-            fused_bytes(&one, &tables, scanned, k),
-        );
-        let read = code_bytes(&one, scanned);
-        let copies = copies_for(be, read as usize);
-        notes.extend(
-            cuda.then(|| warm_l2_note("fused_topk_disjoint", copies as f64 * read))
-                .flatten(),
-        );
-        let fused_ix: Vec<Arc<Index>> = (0..copies).map(|_| Arc::new(one.clone())).collect();
-        drop(one);
-        for ix in &fused_ix {
-            be.keep_resident(Resident::Index(Arc::clone(ix)))?;
-        }
-        rows.push(timer.row(
+        let own = random_tree_index((b * per_query).max(1), D, &sizes, Metric::Ip, 10)?;
+        let cand = disjoint_candidates(&own, b)?;
+        let own_rows = timer.fused_rows(
             "fused_topk_disjoint",
-            format!(
-                "fused lookup + top-{k} B={b}, {} candidates/query, no item shared between \
-                 queries (depth-2 nodes), L={flevels} u8 codes (random tree, N={})",
-                scanned / b.max(1),
-                fused_ix[0].len()
-            ),
-            copies,
-            disjoint_work,
-            |c| be.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
-        )?);
-        be.release_resident()?;
-        if kernels && opts.fused_kernel == FusedKernel::Auto {
-            let o = OpenOptions {
-                fused_kernel: FusedKernel::Walk,
-                ..OpenOptions::default()
-            };
-            let resident = fused_ix.iter().map(|ix| Resident::Index(Arc::clone(ix)));
-            rows.push(timer.variant_row(
-                o,
-                resident,
-                "fused_topk_disjoint_walk",
-                format!(
-                    "fused lookup + top-{k} B={b}, disjoint candidates, the range-walking kernel"
-                ),
-                copies,
-                disjoint_work,
-                |walk, c| walk.fused_topk(&tables, &fused_ix[c], &cand, k).map(|_| ()),
-            )?);
+            "depth-2 nodes, none shared between queries",
+            own,
+            &tables,
+            &cand,
+            k,
+            walk_too,
+        )?;
+        for (r, note) in [shared_rows, own_rows] {
+            rows.extend(r);
+            notes.extend(note.filter(|_| cuda));
         }
-        drop(fused_ix);
     }
 
     if opts.only.topk {
